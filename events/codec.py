@@ -1,0 +1,57 @@
+"""Bytes ↔ messages. Every rejection becomes one line a person can act on."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from events.inbound import Event
+from events.limits import MAX_PAYLOAD_BYTES
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class InvalidMessage(ValueError):
+    """A message that cannot be accepted; `str()` is one line naming the field and the problem."""
+
+
+def describe_validation_error(error: ValidationError, *, limit: int = 3) -> str:
+    """Turn pydantic's multi-line report into one line: `field.path: message; …`."""
+    parts = []
+    for item in error.errors(include_url=False)[:limit]:
+        where = ".".join(str(p) for p in item["loc"]) or "message"
+        parts.append(f"{where}: {item['msg']}")
+    more = error.error_count() - limit
+    if more > 0:
+        parts.append(f"(+{more} more)")
+    return "; ".join(parts)
+
+
+def decode_event(raw: bytes | bytearray | memoryview | str) -> Event:
+    """Validate one inbound envelope; raise InvalidMessage with a one-line reason."""
+    size = len(raw)
+    if size > MAX_PAYLOAD_BYTES:
+        raise InvalidMessage(f"payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    try:
+        return Event.model_validate_json(raw)
+    except ValidationError as error:
+        raise InvalidMessage(describe_validation_error(error)) from None
+    except UnicodeDecodeError as error:
+        raise InvalidMessage(f"payload is not valid UTF-8: {error.reason}") from None
+
+
+def decode_model(model: type[M], raw: bytes | str) -> M:
+    """Validate any leadflow message type with the same one-line errors as events."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as error:
+        raise InvalidMessage(describe_validation_error(error)) from None
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON bytes for models, dataclasses and plain data, with aware datetimes as ISO 8601."""
+    if isinstance(obj, BaseModel):
+        return obj.model_dump_json().encode()
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)

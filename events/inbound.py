@@ -1,0 +1,109 @@
+"""The inbound envelope: every engagement and sales-feedback event on `leadflow.events`.
+
+One model for every `type`, so an unknown type from a newer producer is still a valid envelope
+that the core records and ignores, instead of a dead letter.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from events.limits import MAX_ID, MAX_NAME, MAX_TEXT
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+
+
+class EventType(StrEnum):
+    """Every event type the core knows. Other values are accepted and have no effect."""
+
+    # marketing engagement
+    NEWSLETTER_SIGNUP = "newsletter_signup"
+    CONTENT_DOWNLOAD = "content_download"
+    WEBINAR_REGISTERED = "webinar_registered"
+    WEBINAR_ATTENDED = "webinar_attended"
+    EVENT_VISIT = "event_visit"
+    FORM_SUBMITTED = "form_submitted"
+    EMAIL_CLICKED = "email_clicked"
+    PAGE_VIEWED = "page_viewed"
+    FREE_TRIAL_STARTED = "free_trial_started"
+    DEMO_REQUESTED = "demo_requested"
+    CONTACT_SALES = "contact_sales"
+    QUOTE_REQUESTED = "quote_requested"
+    CHAT_SALES_REQUEST = "chat_sales_request"
+    INTENT_SIGNAL = "intent_signal"
+    LINKEDIN_CONNECTION = "linkedin_connection"
+    APPOINTMENT_SET = "appointment_set"
+    PROFILE_UPDATED = "profile_updated"
+    UNSUBSCRIBED = "unsubscribed"
+    # sales feedback (authoritative)
+    SALES_ACCEPTED = "sales_accepted"
+    SALES_REJECTED = "sales_rejected"
+    OPPORTUNITY_OPENED = "opportunity_opened"
+    DEAL_WON = "deal_won"
+    DEAL_LOST = "deal_lost"
+    # system
+    INACTIVITY_TIMEOUT = "inactivity_timeout"
+    PERSON_ERASED = "person_erased"
+
+
+MARKETING_TYPES = frozenset(
+    t
+    for t in EventType
+    if t
+    not in {
+        EventType.SALES_ACCEPTED,
+        EventType.SALES_REJECTED,
+        EventType.OPPORTUNITY_OPENED,
+        EventType.DEAL_WON,
+        EventType.DEAL_LOST,
+        EventType.INACTIVITY_TIMEOUT,
+        EventType.PERSON_ERASED,
+    }
+)
+SALES_TYPES = frozenset(
+    {
+        EventType.SALES_ACCEPTED,
+        EventType.SALES_REJECTED,
+        EventType.OPPORTUNITY_OPENED,
+        EventType.DEAL_WON,
+        EventType.DEAL_LOST,
+    }
+)
+KNOWN_TYPES = frozenset(t.value for t in EventType)
+
+
+class Profile(BaseModel):
+    """What upstream systems know of the person. Personal data: erased on `person_erased`."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    email: Text | None = None
+    job_title: Text | None = None
+    seniority: Name | None = None
+    company: Text | None = None
+    industry: Name | None = None
+    employees: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
+    country: Name | None = None
+
+
+class Event(BaseModel):
+    """The inbound envelope, discriminated by `type`; `event_id` is the idempotency key."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    event_id: Id
+    type: Name
+    person_id: Id
+    occurred_at: AwareDatetime
+    source: Name | None = Field(
+        default=None, description="campaign touch type: webinar, tradeshow, form, paid_search …"
+    )
+    campaign: Text | None = None
+    profile: Profile | None = None
+    reason: Text | None = Field(default=None, description="why, for sales feedback")
+    schema_version: Annotated[int, Field(ge=1, le=1000)] = 1

@@ -1,0 +1,111 @@
+"""What leadflow publishes: stage changes, SLA breaches, history records and dead letters.
+
+These pydantic models are the contract (validation when reading, JSON Schema for consumers).
+The core builds light records of the same shape on its hot path and serialises them with
+orjson; `tests/unit/test_contract.py` proves the two agree.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AwareDatetime, Base64Bytes, BaseModel, ConfigDict, Field
+
+from events.inbound import Event
+
+CLOUDEVENTS_SOURCE = "urn:leadflow"
+STAGE_CHANGED_TYPE = "io.leadflow.stage_changed"
+
+
+class Reason(BaseModel):
+    """Why a decision was taken: a stable rule id for machines and one sentence for people."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: str
+    text: str
+
+
+class StageChanged(BaseModel):
+    """A person moved; published on `leadflow.stage-changes` for sales tools.
+
+    `change_id` is person + sequence (+ index within the event), so a redelivery carries the
+    same id and consumers can drop duplicates. The CloudEvents attributes make the message
+    usable by CloudEvents-aware tools without a wrapper.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    change_id: str
+    person_id: str
+    sequence: int = Field(ge=1, description="per-person sequence of the history record")
+    from_stage: str | None = Field(description="None when the person had no stage yet")
+    to_stage: str
+    passed_through: tuple[str, ...] = Field(
+        default=(), description="stages skipped by an authoritative sales event, in order"
+    )
+    occurred_at: AwareDatetime
+    event_id: str = Field(description="the inbound event that triggered this change")
+    reason: Reason
+    lead_source: str | None = None
+    first_touch_source: str | None = None
+    temperature: Literal["hot", "warm", "cold"] | None = None
+    policy_version: str
+    # CloudEvents 1.0 attributes
+    id: str
+    source: str = CLOUDEVENTS_SOURCE
+    type: Literal["io.leadflow.stage_changed"] = STAGE_CHANGED_TYPE
+    specversion: Literal["1.0"] = "1.0"
+    time: AwareDatetime
+
+
+class SlaBreached(BaseModel):
+    """A person stayed in a stage longer than the policy's SLA allows (not a stage change)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    person_id: str
+    stage: str
+    entered_at: AwareDatetime
+    due_at: AwareDatetime
+    detected_at: AwareDatetime = Field(description="occurred_at of the event that detected it")
+    sla_days: float
+    event_id: str
+
+
+class HistoryRecord(BaseModel):
+    """One applied inbound event, as stored forever on `leadflow.history`.
+
+    The person's state is the fold of these records; `sequence` lets a worker check its table
+    against history and rebuild what is missing.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    person_id: str
+    sequence: int = Field(ge=1)
+    policy_version: str
+    event: Event
+    changes: tuple[StageChanged, ...] = ()
+    sla_breaches: tuple[SlaBreached, ...] = ()
+    note: Reason | None = Field(default=None, description="why the event moved no one, if so")
+    activity: bool = Field(description="the event counts as activity for the inactivity window")
+    last_activity: AwareDatetime | None = None
+    score: float = 0.0
+    score_at: AwareDatetime | None = None
+    first_touch_source: str | None = None
+    lead_source: str | None = None
+    erased: bool = False
+
+
+class DeadLetter(BaseModel):
+    """Anything rejected, with enough to find and replay it: raw bytes and where they came from."""
+
+    model_config = ConfigDict(frozen=True)
+
+    error: str
+    topic: str
+    partition: int
+    offset: int
+    key: Base64Bytes | None = None
+    value: Base64Bytes

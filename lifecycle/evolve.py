@@ -1,0 +1,72 @@
+"""evolve(): apply one decision (or a stored history record) to a person's state.
+
+It only assigns what decide() already worked out and never re-checks a rule, so folding
+evolve over the history topic rebuilds exactly the state the live worker had.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from lifecycle.stages import higher
+from lifecycle.state import DEDUP_WINDOW, PersonState
+
+
+class Applied(Protocol):
+    """What evolve reads: a `lifecycle.records.Decision` or an `events.outbound.HistoryRecord`."""
+
+    person_id: str
+    sequence: int
+    event: Any
+    changes: Any
+    sla_breaches: Any
+    note: Any
+    last_activity: Any
+    score: float
+    score_at: Any
+    first_touch_source: str | None
+    lead_source: str | None
+    erased: bool
+
+
+def evolve(state: PersonState | None, decision: Applied) -> PersonState:
+    """The state after `decision`. Updates `state` in place and returns it (copy() to keep one).
+
+    In place because the worker and every replay hold one state per person and drop the old
+    one; a copy per event would double the cost of the fold for nothing.
+    """
+    if state is None:
+        state = PersonState(decision.person_id)
+    if getattr(decision, "duplicate", False):
+        return state
+    state.sequence = decision.sequence
+    for change in decision.changes:
+        state.stage = change.to_stage
+        for stage in change.passed_through:
+            state.entered_at[stage] = change.occurred_at
+            state.highest = higher(state.highest, stage)
+        state.entered_at[change.to_stage] = change.occurred_at
+        state.highest = higher(state.highest, change.to_stage)
+        if change.to_stage in state.sla_breached:
+            state.sla_breached = tuple(s for s in state.sla_breached if s != change.to_stage)
+        state.last_reason = change.reason
+    for breach in decision.sla_breaches:
+        state.sla_breached = (*state.sla_breached, breach.stage)
+    if decision.note is not None and not decision.changes:
+        state.last_reason = decision.note
+    state.last_activity = decision.last_activity
+    state.score = decision.score
+    state.score_at = decision.score_at
+    state.first_touch_source = decision.first_touch_source
+    state.lead_source = decision.lead_source
+    event = decision.event
+    if decision.erased:
+        state.profile = {}
+        state.erased = True
+    elif event.profile is not None:
+        state.profile = {**state.profile, **event.profile.model_dump(exclude_none=True)}
+    recent = state.recent
+    recent[event.event_id] = (decision.sequence, tuple(decision.changes))
+    if len(recent) > DEDUP_WINDOW:
+        del recent[next(iter(recent))]
+    return state

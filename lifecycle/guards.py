@@ -1,0 +1,155 @@
+"""The guards named by the lifecycle machine: fit (ICP), UCP, decision maker, gating, score.
+
+Each guard answers (passes, sentence). The sentences of passing guards make up the reason on
+a stage change ("fits ICP; decision maker (vp); source webinar is not gated"); the sentence of
+the first failing guard is the note on a blocked move ("UCP: industry education").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+from events.inbound import Event
+from lifecycle.policy import Policy
+
+
+class GuardInput(NamedTuple):
+    event: Event
+    profile: Mapping[str, Any]
+    policy: Policy
+    stage: str
+    score: float
+
+
+Verdict = tuple[bool, str | None]
+
+
+def _text(profile: Mapping[str, Any], key: str) -> str | None:
+    value = profile.get(key)
+    return value.lower() if isinstance(value, str) and value else None
+
+
+def not_ucp(g: GuardInput) -> Verdict:
+    """Unacceptable customer profile: these contacts never reach lead or mql."""
+    c = g.policy.compiled
+    email = _text(g.profile, "email")
+    if email and "@" in email and email.rsplit("@", 1)[1] in c.ucp_domains:
+        return False, f"UCP: email domain {email.rsplit('@', 1)[1]} is unacceptable"
+    industry = _text(g.profile, "industry")
+    if industry and industry in c.ucp_industries:
+        return False, f"UCP: industry {industry} is unacceptable"
+    country = _text(g.profile, "country")
+    if country and country in c.ucp_countries:
+        return False, f"UCP: country {country.upper()} is unacceptable"
+    title = _text(g.profile, "job_title")
+    if title:
+        for keyword in c.ucp_titles:
+            if keyword in title:
+                return False, f"UCP: job title {g.profile['job_title']!r} contains {keyword!r}"
+    return True, None
+
+
+def fits_icp(g: GuardInput) -> Verdict:
+    """Industry, country and company size inside the ICP; missing data per `unknown_passes`."""
+    icp = g.policy.icp
+    c = g.policy.compiled
+    checked = False
+    industry = _text(g.profile, "industry")
+    if c.icp_industries:
+        checked = True
+        if industry is None:
+            if not icp.unknown_passes:
+                return False, "industry unknown and this policy requires it"
+        elif industry not in c.icp_industries:
+            return False, f"industry {industry} is outside the ICP"
+    country = _text(g.profile, "country")
+    if c.icp_countries:
+        checked = True
+        if country is None:
+            if not icp.unknown_passes:
+                return False, "country unknown and this policy requires it"
+        elif country not in c.icp_countries:
+            return False, f"country {country.upper()} is outside the ICP"
+    if icp.employees_min is not None or icp.employees_max is not None:
+        checked = True
+        employees = g.profile.get("employees")
+        if employees is None:
+            if not icp.unknown_passes:
+                return False, "company size unknown and this policy requires it"
+        elif icp.employees_min is not None and employees < icp.employees_min:
+            return False, f"{employees} employees is below the ICP minimum {icp.employees_min}"
+        elif icp.employees_max is not None and employees > icp.employees_max:
+            return False, f"{employees} employees is above the ICP maximum {icp.employees_max}"
+    return True, ("fits ICP" if checked else "no ICP gate")
+
+
+def is_decision_maker(g: GuardInput) -> Verdict:
+    """A decision maker or influencer, by seniority or by a keyword in the job title."""
+    rules = g.policy.decision_makers
+    if not rules.required:
+        return True, None
+    c = g.policy.compiled
+    seniority = _text(g.profile, "seniority")
+    if seniority and seniority in c.dm_seniorities:
+        return True, f"decision maker ({seniority})"
+    title = _text(g.profile, "job_title")
+    if title:
+        for keyword in c.dm_titles:
+            if keyword in title:
+                return True, f"decision maker (title {g.profile['job_title']!r})"
+    if seniority is None and title is None:
+        if rules.unknown_passes:
+            return True, "role unknown"
+        return False, "role unknown and this policy requires a decision maker"
+    shown = seniority or repr(g.profile.get("job_title"))
+    return False, f"{shown} is not a decision maker or influencer"
+
+
+def source_not_gated(g: GuardInput) -> Verdict:
+    """Gated sources cannot make an mql; with `allowed_sources`, only those listed can."""
+    c = g.policy.compiled
+    source = g.event.source
+    name = source.lower() if source else None
+    if c.allowed is not None and (name is None or name not in c.allowed):
+        return False, f"source {source} is not among the allowed sources"
+    if name is not None and name in c.gated:
+        return False, f"source {source} is gated"
+    return True, f"source {source} is not gated"
+
+
+def score_reached(g: GuardInput) -> Verdict:
+    scoring = g.policy.scoring
+    if scoring is None:
+        return False, "this policy has no scoring"
+    if g.score >= scoring.threshold:
+        return True, f"score {g.score:.0f} reached the threshold {scoring.threshold:.0f}"
+    return False, f"score {g.score:.0f} is below the threshold {scoring.threshold:.0f}"
+
+
+def times_out(g: GuardInput) -> Verdict:
+    if g.stage in g.policy.compiled.timeout_stages:
+        return True, f"{g.stage} times out under policy {g.policy.name}"
+    return False, f"{g.stage} does not time out under policy {g.policy.name}"
+
+
+GUARDS: dict[str, Callable[[GuardInput], Verdict]] = {
+    "not_ucp": not_ucp,
+    "fits_icp": fits_icp,
+    "is_decision_maker": is_decision_maker,
+    "source_not_gated": source_not_gated,
+    "score_reached": score_reached,
+    "times_out": times_out,
+}
+
+
+def check(guards: tuple[str, ...], g: GuardInput) -> tuple[str | None, list[str]]:
+    """Run guards in order: (name of the first failing guard or None, sentences so far)."""
+    sentences: list[str] = []
+    for name in guards:
+        ok, sentence = GUARDS[name](g)
+        if sentence:
+            sentences.append(sentence)
+        if not ok:
+            return name, sentences
+    return None, sentences

@@ -1,0 +1,316 @@
+"""The policy: the lead definition sales and marketing agreed on, as a validated YAML file.
+
+Its version is a hash of its validated content, so reformatting or comments do not change it
+but any rule change does. Errors name the file, the key path and the line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from events.inbound import KNOWN_TYPES, EventType
+from lifecycle.stages import Stage
+
+PRESETS = ("default", "seed", "growth", "mature")
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; the message names file, key and line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Icp(_Strict):
+    """Ideal customer profile. Empty lists mean "any"; `unknown_passes` decides missing data."""
+
+    industries: list[str] = []
+    countries: list[str] = []
+    employees_min: int | None = Field(default=None, ge=0)
+    employees_max: int | None = Field(default=None, ge=0)
+    unknown_passes: bool = True
+
+    @model_validator(mode="after")
+    def _range(self) -> Icp:
+        if (
+            self.employees_min is not None
+            and self.employees_max is not None
+            and self.employees_min > self.employees_max
+        ):
+            raise ValueError("employees_min is greater than employees_max")
+        return self
+
+
+class Ucp(_Strict):
+    """Unacceptable customer profile: such contacts never reach lead or mql."""
+
+    email_domains: list[str] = []
+    industries: list[str] = []
+    countries: list[str] = []
+    title_keywords: list[str] = []
+
+
+class DecisionMakers(_Strict):
+    """Who counts as a decision maker or influencer: a seniority or a title keyword."""
+
+    required: bool = True
+    seniorities: list[str] = ["c_level", "vp", "director", "head", "manager", "owner"]
+    title_keywords: list[str] = ["chief", "vp", "vice president", "director", "head of"]
+    unknown_passes: bool = True
+
+
+class Scoring(_Strict):
+    """Optional simple scoring: weights per event type, a threshold to mql, a half-life decay."""
+
+    weights: dict[str, float]
+    threshold: float = Field(gt=0)
+    half_life_days: float | None = Field(default=None, gt=0)
+
+
+class Temperature(_Strict):
+    """Hot / warm / cold from the lead source's measured conversion rate (mql → customer)."""
+
+    hot: float = Field(ge=0, le=1)
+    warm: float = Field(ge=0, le=1)
+    source_conversion: dict[str, float] = {}
+    default_conversion: float | None = Field(default=None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> Temperature:
+        if self.warm > self.hot:
+            raise ValueError("warm threshold is above the hot threshold")
+        return self
+
+
+_SALES_TRIGGERS = {
+    EventType.SALES_ACCEPTED.value: "accept",
+    EventType.SALES_REJECTED.value: "reject",
+    EventType.OPPORTUNITY_OPENED.value: "open_opportunity",
+    EventType.DEAL_WON.value: "win",
+    EventType.DEAL_LOST.value: "lose",
+}
+
+#: Types that never count as activity for the inactivity window, whatever the policy says.
+_NOT_ACTIVITY = {
+    EventType.PROFILE_UPDATED.value,
+    EventType.UNSUBSCRIBED.value,
+    EventType.INACTIVITY_TIMEOUT.value,
+    EventType.PERSON_ERASED.value,
+}
+
+
+def _lower(values: list[str]) -> frozenset[str]:
+    return frozenset(v.lower() for v in values)
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """A policy's lists as lookup sets and its event types mapped to machine triggers."""
+
+    triggers: dict[str, str]
+    activity: frozenset[str]
+    not_a_lead: frozenset[str]
+    gated: frozenset[str]
+    allowed: frozenset[str] | None
+    icp_industries: frozenset[str]
+    icp_countries: frozenset[str]
+    ucp_domains: frozenset[str]
+    ucp_industries: frozenset[str]
+    ucp_countries: frozenset[str]
+    ucp_titles: tuple[str, ...]
+    dm_seniorities: frozenset[str]
+    dm_titles: tuple[str, ...]
+    timeout_stages: frozenset[str]
+    weights: dict[str, float]
+
+    @classmethod
+    def of(cls, policy: Policy) -> Compiled:
+        triggers = dict(_SALES_TRIGGERS)
+        for event_type in policy.subscribe_actions:
+            triggers[event_type] = "subscribe"
+        for event_type in policy.interest_actions:
+            triggers[event_type] = "show_interest"
+        for event_type in policy.hand_raises:
+            triggers[event_type] = "raise_hand"
+        activity = (KNOWN_TYPES | set(triggers)) - _NOT_ACTIVITY - set(policy.not_a_lead)
+        return cls(
+            triggers=triggers,
+            activity=frozenset(activity),
+            not_a_lead=frozenset(policy.not_a_lead),
+            gated=_lower(policy.gated_sources),
+            allowed=None if policy.allowed_sources is None else _lower(policy.allowed_sources),
+            icp_industries=_lower(policy.icp.industries),
+            icp_countries=_lower(policy.icp.countries),
+            ucp_domains=_lower(policy.ucp.email_domains),
+            ucp_industries=_lower(policy.ucp.industries),
+            ucp_countries=_lower(policy.ucp.countries),
+            ucp_titles=tuple(_lower(policy.ucp.title_keywords)),
+            dm_seniorities=_lower(policy.decision_makers.seniorities),
+            dm_titles=tuple(_lower(policy.decision_makers.title_keywords)),
+            timeout_stages=frozenset(policy.timeout_stages),
+            weights=dict(policy.scoring.weights) if policy.scoring else {},
+        )
+
+
+class Policy(_Strict):
+    """The whole lead definition. Build with `load_policy` or `load_preset`."""
+
+    name: str
+    description: str = ""
+    icp: Icp = Icp()
+    ucp: Ucp = Ucp()
+    decision_makers: DecisionMakers = DecisionMakers()
+    subscribe_actions: list[str] = [EventType.NEWSLETTER_SIGNUP.value]
+    interest_actions: list[str]
+    hand_raises: list[str]
+    not_a_lead: list[str] = []
+    gated_sources: list[str] = []
+    allowed_sources: list[str] | None = Field(
+        default=None, description="when set, every source not listed is gated (mature companies)"
+    )
+    scoring: Scoring | None = None
+    inactivity_days: float = Field(default=90, gt=0)
+    timeout_stages: list[Stage] = ["lead", "mql"]
+    sla_days: dict[Stage, float] = {}
+    temperature: Temperature | None = None
+
+    _version: str = PrivateAttr(default="")
+    _window: timedelta = PrivateAttr(default=timedelta(days=90))
+    _compiled: Compiled | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> Policy:
+        lists = {
+            "subscribe_actions": self.subscribe_actions,
+            "interest_actions": self.interest_actions,
+            "hand_raises": self.hand_raises,
+            "not_a_lead": self.not_a_lead,
+        }
+        seen: dict[str, str] = {}
+        for key, types in lists.items():
+            for event_type in types:
+                if event_type in seen:
+                    raise ValueError(f"{event_type} is listed in both {seen[event_type]} and {key}")
+                seen[event_type] = key
+        if "customer" in self.timeout_stages:
+            raise ValueError("timeout_stages: customer is terminal and cannot time out")
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        self._version = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        self._window = timedelta(days=self.inactivity_days)
+        self._compiled = Compiled.of(self)
+
+    @property
+    def version(self) -> str:
+        """Content hash of the validated policy: the `policy_version` on every decision."""
+        return self._version
+
+    @property
+    def inactivity_window(self) -> timedelta:
+        return self._window
+
+    @property
+    def compiled(self) -> Compiled:
+        """Lookup sets built once, so the per-event path does no list scans or lowercasing."""
+        assert self._compiled is not None
+        return self._compiled
+
+    def unknown_event_types(self) -> list[str]:
+        """Event types named by the policy that no upstream schema defines (likely typos)."""
+        named = [*self.subscribe_actions, *self.interest_actions, *self.hand_raises]
+        named += self.not_a_lead
+        if self.scoring:
+            named += list(self.scoring.weights)
+        return sorted({t for t in named if t not in KNOWN_TYPES})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map each key path in a YAML document to its 1-based line, for error messages."""
+    lines: dict[tuple[str | int, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*path, key.value)
+                lines[child] = key.start_mark.line + 1
+                walk(value, child)
+                lines[child] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def parse_policy(text: str, origin: str = "<policy>") -> Policy:
+    """Validate policy YAML text; raise PolicyError naming origin:line and the key path."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{origin}:{mark.line + 1}" if mark else origin
+        raise PolicyError(f"{where}: not valid YAML: {getattr(error, 'problem', error)}") from None
+    if not isinstance(data, dict):
+        raise PolicyError(f"{origin}:1: a policy is a mapping of keys (name, interest_actions, …)")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as error:
+        index = _line_index(text)
+        messages = []
+        for item in error.errors(include_url=False):
+            loc = tuple(item["loc"])
+            line = next((index[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in index), 1)
+            key = ".".join(str(p) for p in loc) or "(top level)"
+            messages.append(f"{origin}:{line}: {key}: {item['msg']}")
+        raise PolicyError("\n".join(messages)) from None
+
+
+def load_policy(path: str | Path) -> Policy:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise PolicyError(f"{path}: cannot read policy: {error.strerror}") from None
+    return parse_policy(text, str(path))
+
+
+def preset_path(name: str) -> Path:
+    if name not in PRESETS:
+        raise PolicyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return Path(str(resources.files("lifecycle") / "policies" / f"{name}.yaml"))
+
+
+def load_preset(name: str) -> Policy:
+    return load_policy(preset_path(name))
+
+
+def resolve_policy(path: str | Path | None = None, preset: str | None = None) -> Policy:
+    """The policy a command runs with: a file, a named preset, or the default preset."""
+    if path is not None and preset is not None:
+        raise PolicyError("give either a policy file or a preset, not both")
+    if path is not None:
+        return load_policy(path)
+    return load_preset(preset or "default")
+

@@ -1,0 +1,112 @@
+"""What decide() produces, as light records built on the per-event path.
+
+They have exactly the fields of the wire models in `events/outbound.py` (StageChanged,
+SlaBreached, HistoryRecord) and serialise with orjson; building pydantic models per event
+would cost more than the decision itself. `tests/unit/test_contract.py` keeps them in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from events.inbound import Event
+from events.outbound import CLOUDEVENTS_SOURCE, STAGE_CHANGED_TYPE
+
+
+@dataclass(slots=True)
+class Reason:
+    rule: str
+    text: str
+
+
+@dataclass(slots=True)
+class StageChange:
+    """One move of one person; the domain twin of `events.outbound.StageChanged`."""
+
+    change_id: str
+    person_id: str
+    sequence: int
+    from_stage: str | None
+    to_stage: str
+    passed_through: tuple[str, ...]
+    occurred_at: datetime
+    event_id: str
+    reason: Reason
+    lead_source: str | None
+    first_touch_source: str | None
+    temperature: str | None
+    policy_version: str
+    id: str = ""
+    source: str = CLOUDEVENTS_SOURCE
+    type: str = STAGE_CHANGED_TYPE
+    specversion: str = "1.0"
+    time: datetime | None = None
+
+    def __post_init__(self) -> None:
+        self.id = self.change_id
+        self.time = self.occurred_at
+
+    @property
+    def reached(self) -> tuple[str, ...]:
+        """Every stage this change counts as reached: the skipped ones, then the destination."""
+        return (*self.passed_through, self.to_stage)
+
+
+@dataclass(slots=True)
+class SlaBreach:
+    """The domain twin of `events.outbound.SlaBreached`."""
+
+    person_id: str
+    stage: str
+    entered_at: datetime
+    due_at: datetime
+    detected_at: datetime
+    sla_days: float
+    event_id: str
+
+
+@dataclass(slots=True)
+class Decision:
+    """Everything one inbound event did to one person: the body of a history record.
+
+    It carries the new values of derived fields (last activity, score, sources) so evolve()
+    only assigns them and never re-applies a rule. `duplicate` marks a redelivered event id:
+    its `changes` are the ones recorded the first time, to be re-emitted, and evolve ignores it.
+    """
+
+    person_id: str
+    sequence: int
+    policy_version: str
+    event: Event
+    changes: list[StageChange] = field(default_factory=list)
+    sla_breaches: list[SlaBreach] = field(default_factory=list)
+    note: Reason | None = None
+    activity: bool = False
+    last_activity: datetime | None = None
+    score: float = 0.0
+    score_at: datetime | None = None
+    first_touch_source: str | None = None
+    lead_source: str | None = None
+    erased: bool = False
+    duplicate: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        """The history record as plain data for orjson (the `HistoryRecord` shape)."""
+        return {
+            "person_id": self.person_id,
+            "sequence": self.sequence,
+            "policy_version": self.policy_version,
+            "event": self.event.model_dump(mode="json", exclude_none=True),
+            "changes": self.changes,
+            "sla_breaches": self.sla_breaches,
+            "note": self.note,
+            "activity": self.activity,
+            "last_activity": self.last_activity,
+            "score": self.score,
+            "score_at": self.score_at,
+            "first_touch_source": self.first_touch_source,
+            "lead_source": self.lead_source,
+            "erased": self.erased,
+        }
