@@ -145,7 +145,9 @@ class _Deciding:
         due = entered + timedelta(days=days)
         if now <= due:
             return []
-        return [SlaBreach(state.person_id, state.stage, entered, due, now, days, self.event.event_id)]
+        return [
+            SlaBreach(state.person_id, state.stage, entered, due, now, days, self.event.event_id)
+        ]
 
     def _inactivity(self, now: datetime) -> None:
         last = self.state.last_activity

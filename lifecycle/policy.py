@@ -313,4 +313,3 @@ def resolve_policy(path: str | Path | None = None, preset: str | None = None) ->
     if path is not None:
         return load_policy(path)
     return load_preset(preset or "default")
-

@@ -10,7 +10,15 @@ Stage = Literal["subscriber", "lead", "mql", "sql", "opportunity", "customer", "
 #: (a first change has `from_stage = None`).
 NEW = "new"
 
-STAGES: tuple[str, ...] = ("subscriber", "lead", "mql", "sql", "opportunity", "customer", "recycled")
+STAGES: tuple[str, ...] = (
+    "subscriber",
+    "lead",
+    "mql",
+    "sql",
+    "opportunity",
+    "customer",
+    "recycled",
+)
 
 #: The forward path. `recycled` is a detour, not a rank.
 FORWARD: tuple[str, ...] = ("subscriber", "lead", "mql", "sql", "opportunity", "customer")

@@ -1,0 +1,114 @@
+"""Verify: recompute every recorded decision under its recorded policy and list mismatches.
+
+Each record is re-decided from the state folded from the records before it, then the
+*recorded* record is applied, so one mismatch is reported once instead of cascading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lifecycle.decide import decide
+from lifecycle.evolve import Applied, evolve
+from lifecycle.policy import Policy
+from lifecycle.state import PersonState
+
+
+@dataclass(slots=True)
+class Mismatch:
+    person_id: str
+    sequence: int
+    event_id: str
+    field: str
+    recorded: Any
+    recomputed: Any
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    checked: int = 0
+    mismatches: list[Mismatch] = field(default_factory=list)
+    missing_policies: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and not self.missing_policies
+
+
+def _change_facts(change: Any) -> tuple[Any, ...]:
+    return (
+        change.change_id,
+        change.from_stage,
+        change.to_stage,
+        tuple(change.passed_through),
+        change.occurred_at,
+        change.reason.rule,
+        change.reason.text,
+        change.lead_source,
+        change.first_touch_source,
+        change.temperature,
+    )
+
+
+def _breach_facts(breach: Any) -> tuple[Any, ...]:
+    return (breach.stage, breach.entered_at, breach.due_at, breach.detected_at)
+
+
+def _facts(record: Any) -> dict[str, Any]:
+    """The parts of a decision that verify compares, from a Decision or a HistoryRecord."""
+    note = record.note
+    return {
+        "sequence": record.sequence,
+        "changes": [_change_facts(c) for c in record.changes],
+        "sla_breaches": [_breach_facts(b) for b in record.sla_breaches],
+        "note": None if note is None else (note.rule, note.text),
+        "last_activity": record.last_activity,
+        "score": round(record.score, 9),
+        "lead_source": record.lead_source,
+        "first_touch_source": record.first_touch_source,
+        "erased": record.erased,
+    }
+
+
+def verify(records: Iterable[Applied], policies: Mapping[str, Policy]) -> VerifyReport:
+    """Check every record whose policy version is known; count those whose policy is not."""
+    report = VerifyReport()
+    states: dict[str, PersonState] = {}
+    for record in records:
+        state = states.get(record.person_id)
+        policy = policies.get(record.policy_version)  # type: ignore[attr-defined]
+        if policy is None:
+            version = record.policy_version  # type: ignore[attr-defined]
+            report.missing_policies[version] = report.missing_policies.get(version, 0) + 1
+        else:
+            report.checked += 1
+            recomputed = decide(state, record.event, policy)
+            if recomputed.duplicate:
+                report.mismatches.append(
+                    Mismatch(
+                        record.person_id,
+                        record.sequence,
+                        record.event.event_id,
+                        "duplicate",
+                        "applied",
+                        "event id already applied",
+                    )
+                )
+            else:
+                want, got = _facts(record), _facts(recomputed)
+                for name, value in want.items():
+                    if got[name] != value:
+                        report.mismatches.append(
+                            Mismatch(
+                                record.person_id,
+                                record.sequence,
+                                record.event.event_id,
+                                name,
+                                value,
+                                got[name],
+                            )
+                        )
+        states[record.person_id] = evolve(state, record)
+    return report
