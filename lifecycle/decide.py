@@ -37,24 +37,108 @@ _SALES_RULES = {
 
 
 def decide(state: PersonState | None, event: Event, policy: Policy) -> Decision:
-    """What `event` does to the person in `state` under `policy`. Never mutates `state`."""
+    """What `event` does to the person in `state` under `policy`. Never mutates `state`.
+
+    Most events move no one (page views, clicks); they take the short path through this
+    function. Anything that may move the person goes through `_Deciding`.
+    """
     if state is None:
         state = PersonState(event.person_id)
     seen = state.recent.get(event.event_id)
     if seen is not None:
         sequence, changes = seen
-        return Decision(
-            state.person_id, sequence, policy.version, event, list(changes), duplicate=True
-        )
-    return _Deciding(state, event, policy).run()
+        return Decision(state.person_id, sequence, policy.version, event, changes, duplicate=True)
+
+    compiled = policy.compiled
+    now = event.occurred_at
+    event_type = event.type
+    stage = state.stage
+    breaches: tuple[SlaBreach, ...] = ()
+    if policy.sla_days and stage in policy.sla_days and stage not in state.sla_breached:
+        breaches = _sla_breaches(state, event, policy)
+
+    last = state.last_activity
+    timed_out = (
+        last is not None
+        and stage in compiled.timeout_stages
+        and now > last + policy.inactivity_window
+    )
+    activity = event_type in compiled.activity
+    last_activity = now if activity and (last is None or now > last) else last
+
+    score, score_at, scored = state.score, state.score_at, False
+    weight = compiled.weights.get(event_type)
+    if weight:
+        scoring = policy.scoring
+        assert scoring is not None
+        score = _decayed(score, score_at, now, scoring.half_life_days) + weight
+        scored = score >= scoring.threshold
+        if score_at is None or now > score_at:
+            score_at = now
+
+    first_touch = state.first_touch_source or event.source
+    trigger = compiled.triggers.get(event_type)
+    note: Reason | None = None
+    erased = False
+    changes: tuple[StageChange, ...] = ()
+    lead_source = state.lead_source
+    if timed_out or scored or (trigger is not None and (stage, trigger) in TABLE):
+        deciding = _Deciding(state, event, policy, score, first_touch)
+        if timed_out:
+            deciding.time_out(last)  # type: ignore[arg-type]
+        if trigger is not None:
+            note = deciding.trigger(trigger)
+        if scored and (deciding.stage, "reach_score") in TABLE:
+            blocked = deciding.move("reach_score", "mql.score", f"{event_type} raised the score")
+            note = note or blocked
+        changes = tuple(deciding.changes)
+        lead_source = deciding.lead_source
+    elif trigger is None:
+        if event_type == _ERASED:
+            erased = True
+        elif event_type in compiled.not_a_lead:
+            note = Reason("not_a_lead", f"{event_type} is not a lead action under {policy.name}")
+        elif event_type not in KNOWN_TYPES:
+            note = Reason("unknown_type", f"unknown event type {event_type!r}: recorded, no effect")
+
+    return Decision(
+        state.person_id,
+        state.sequence + 1,
+        policy.version,
+        event,
+        changes,
+        breaches,
+        note,
+        activity,
+        last_activity,
+        score,
+        score_at,
+        first_touch,
+        lead_source,
+        erased,
+    )
+
+
+def _sla_breaches(state: PersonState, event: Event, policy: Policy) -> tuple[SlaBreach, ...]:
+    """The current stage's SLA, if this event arrives after it was due."""
+    days = policy.sla_days[state.stage]  # type: ignore[index]
+    entered = state.entered_at.get(state.stage)
+    if entered is None:
+        return ()
+    due = entered + timedelta(days=days)
+    if event.occurred_at <= due:
+        return ()
+    breach = SlaBreach(
+        state.person_id, state.stage, entered, due, event.occurred_at, days, event.event_id
+    )
+    return (breach,)
 
 
 class _Deciding:
-    """The working set of one decide() call; a class only to avoid threading ten arguments."""
+    """The working set of a decision that may move the person (the slow, rarer path)."""
 
     __slots__ = (
         "changes",
-        "compiled",
         "event",
         "first_touch",
         "lead_source",
@@ -66,96 +150,28 @@ class _Deciding:
         "state",
     )
 
-    def __init__(self, state: PersonState, event: Event, policy: Policy) -> None:
+    def __init__(
+        self,
+        state: PersonState,
+        event: Event,
+        policy: Policy,
+        score: float,
+        first_touch: str | None,
+    ) -> None:
         self.state = state
         self.event = event
         self.policy = policy
-        self.compiled = policy.compiled
         self.sequence = state.sequence + 1
         self.stage = state.stage
         self.changes: list[StageChange] = []
-        self.first_touch = state.first_touch_source or event.source
+        self.first_touch = first_touch
         self.lead_source = state.lead_source
-        self.score = state.score
+        self.score = score
         self.profile: dict[str, Any] | None = None
 
-    def run(self) -> Decision:
-        event, policy, state, compiled = self.event, self.policy, self.state, self.compiled
-        now = event.occurred_at
-        breaches = self._sla_breaches(now) if policy.sla_days else []
-        self._inactivity(now)
-
-        activity = event.type in compiled.activity
-        last_activity = state.last_activity
-        if activity and (last_activity is None or now > last_activity):
-            last_activity = now
-
-        score_at = state.score_at
-        scored = False
-        if policy.scoring is not None:
-            weight = compiled.weights.get(event.type)
-            if weight:
-                self.score = _decayed(state.score, score_at, now, policy.scoring.half_life_days)
-                self.score += weight
-                scored = self.score >= policy.scoring.threshold
-                if score_at is None or now > score_at:
-                    score_at = now
-
-        note: Reason | None = None
-        erased = False
-        trigger = compiled.triggers.get(event.type)
-        if trigger is not None:
-            note = self._trigger(trigger)
-        elif event.type == _ERASED:
-            erased = True
-        elif event.type in compiled.not_a_lead:
-            note = Reason("not_a_lead", f"{event.type} is not a lead action under {policy.name}")
-        elif event.type not in KNOWN_TYPES:
-            note = Reason("unknown_type", f"unknown event type {event.type!r}: recorded, no effect")
-
-        if scored and (self.stage, "reach_score") in TABLE:
-            blocked = self._move("reach_score", "mql.score", f"{event.type} raised the score")
-            note = note or blocked
-
-        return Decision(
-            state.person_id,
-            self.sequence,
-            policy.version,
-            event,
-            self.changes,
-            breaches,
-            note,
-            activity,
-            last_activity,
-            self.score,
-            score_at,
-            self.first_touch,
-            self.lead_source,
-            erased,
-        )
-
-    def _sla_breaches(self, now: datetime) -> list[SlaBreach]:
-        state = self.state
-        days = self.policy.sla_days.get(state.stage)  # type: ignore[call-overload]
-        if days is None or state.stage in state.sla_breached:
-            return []
-        entered = state.entered_at.get(state.stage)
-        if entered is None:
-            return []
-        due = entered + timedelta(days=days)
-        if now <= due:
-            return []
-        return [
-            SlaBreach(state.person_id, state.stage, entered, due, now, days, self.event.event_id)
-        ]
-
-    def _inactivity(self, now: datetime) -> None:
-        last = self.state.last_activity
-        if last is None or self.stage not in self.compiled.timeout_stages:
-            return
+    def time_out(self, last: datetime) -> None:
+        """Recycle as of the end of the inactivity window (the caller checked it elapsed)."""
         deadline = last + self.policy.inactivity_window
-        if now <= deadline:
-            return
         move = TABLE.get((self.stage, "time_out"))
         if move is None:
             return
@@ -163,7 +179,7 @@ class _Deciding:
         text = f"no activity for {days} days since {last:%Y-%m-%d}; {self.stage} times out"
         self._append(move.dest, deadline, Reason("inactivity", text))
 
-    def _trigger(self, trigger: str) -> Reason | None:
+    def trigger(self, trigger: str) -> Reason | None:
         event = self.event
         if trigger in _SALES_RULES:
             rule, text = _SALES_RULES[trigger]
@@ -182,18 +198,18 @@ class _Deciding:
         if trigger == "raise_hand":
             if (self.stage, trigger) not in TABLE:
                 return None
-            blocked = self._move(trigger, "mql.hand_raise", f"{event.type} is a hand-raise")
+            blocked = self.move(trigger, "mql.hand_raise", f"{event.type} is a hand-raise")
             if blocked is None or blocked.rule != "blocked.source_not_gated":
                 return blocked
             if (self.stage, "show_interest") in TABLE:
                 why = f"{event.type} is a hand-raise but {blocked.text}"
-                return self._move("show_interest", "lead.interest", why)
+                return self.move("show_interest", "lead.interest", why)
             return blocked
         if (self.stage, trigger) not in TABLE:
             return None
-        return self._move(trigger, "lead.interest", f"{event.type} is an interest action")
+        return self.move(trigger, "lead.interest", f"{event.type} is an interest action")
 
-    def _move(self, trigger: str, rule: str, why: str) -> Reason | None:
+    def move(self, trigger: str, rule: str, why: str) -> Reason | None:
         """Check the guards of (stage, trigger); move and return None, or return the note."""
         move = TABLE.get((self.stage, trigger))
         if move is None:

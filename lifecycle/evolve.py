@@ -32,15 +32,15 @@ class Applied(Protocol):
 def evolve(state: PersonState | None, decision: Applied) -> PersonState:
     """The state after `decision`. Updates `state` in place and returns it (copy() to keep one).
 
+    Never give it a duplicate decision (`decision.duplicate`): a duplicate changes nothing.
+
     In place because the worker and every replay hold one state per person and drop the old
     one; a copy per event would double the cost of the fold for nothing.
     """
     if state is None:
         state = PersonState(decision.person_id)
-    if getattr(decision, "duplicate", False):
-        return state
     state.sequence = decision.sequence
-    for change in decision.changes:
+    for change in decision.changes:  # most events move no one: an empty loop
         state.stage = change.to_stage
         for stage in change.passed_through:
             state.entered_at[stage] = change.occurred_at
@@ -50,8 +50,8 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
         if change.to_stage in state.sla_breached:
             state.sla_breached = tuple(s for s in state.sla_breached if s != change.to_stage)
         state.last_reason = change.reason
-    for breach in decision.sla_breaches:
-        state.sla_breached = (*state.sla_breached, breach.stage)
+    if decision.sla_breaches:
+        state.sla_breached += tuple(b.stage for b in decision.sla_breaches)
     if decision.note is not None and not decision.changes:
         state.last_reason = decision.note
     state.last_activity = decision.last_activity
@@ -66,7 +66,7 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
     elif event.profile is not None:
         state.profile = {**state.profile, **event.profile.model_dump(exclude_none=True)}
     recent = state.recent
-    recent[event.event_id] = (decision.sequence, tuple(decision.changes))
+    recent[event.event_id] = (decision.sequence, tuple(decision.changes))  # free for tuples
     if len(recent) > DEDUP_WINDOW:
         del recent[next(iter(recent))]
     return state

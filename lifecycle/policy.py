@@ -10,12 +10,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from events.inbound import KNOWN_TYPES, EventType
 from lifecycle.stages import Stage
@@ -184,10 +184,6 @@ class Policy(_Strict):
     sla_days: dict[Stage, float] = {}
     temperature: Temperature | None = None
 
-    _version: str = PrivateAttr(default="")
-    _window: timedelta = PrivateAttr(default=timedelta(days=90))
-    _compiled: Compiled | None = PrivateAttr(default=None)
-
     @model_validator(mode="after")
     def _no_overlap(self) -> Policy:
         lists = {
@@ -206,26 +202,22 @@ class Policy(_Strict):
             raise ValueError("timeout_stages: customer is terminal and cannot time out")
         return self
 
-    def model_post_init(self, context: Any, /) -> None:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        self._version = hashlib.sha256(canonical.encode()).hexdigest()[:12]
-        self._window = timedelta(days=self.inactivity_days)
-        self._compiled = Compiled.of(self)
-
-    @property
+    # cached_property values live in the instance __dict__: plain attribute reads on the
+    # per-event path (pydantic private attributes go through a slow __getattr__).
+    @cached_property
     def version(self) -> str:
         """Content hash of the validated policy: the `policy_version` on every decision."""
-        return self._version
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
-    @property
+    @cached_property
     def inactivity_window(self) -> timedelta:
-        return self._window
+        return timedelta(days=self.inactivity_days)
 
-    @property
+    @cached_property
     def compiled(self) -> Compiled:
         """Lookup sets built once, so the per-event path does no list scans or lowercasing."""
-        assert self._compiled is not None
-        return self._compiled
+        return Compiled.of(self)
 
     def unknown_event_types(self) -> list[str]:
         """Event types named by the policy that no upstream schema defines (likely typos)."""

@@ -7,7 +7,7 @@ would cost more than the decision itself. `tests/unit/test_contract.py` keeps th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -80,8 +80,8 @@ class Decision:
     sequence: int
     policy_version: str
     event: Event
-    changes: list[StageChange] = field(default_factory=list)
-    sla_breaches: list[SlaBreach] = field(default_factory=list)
+    changes: tuple[StageChange, ...] = ()
+    sla_breaches: tuple[SlaBreach, ...] = ()
     note: Reason | None = None
     activity: bool = False
     last_activity: datetime | None = None
