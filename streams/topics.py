@@ -1,0 +1,359 @@
+"""Topic names, their specs/configs, creation, and reading a topic to its true end.
+
+Topic configs matter on Apache Kafka (production). Tansu (dev/test) accepts and describes
+them back but never deletes or compacts anything, and it also accepts things Kafka rejects
+(replication factor > broker count, unknown config keys), so do not rely on the dev broker
+to validate a spec.
+
+``read_to_end`` exists because "read until the end offset" is wrong on Tansu: ListOffsets
+(``end_offsets`` / ``seek_to_end``) there reports the first offset of the last batch + 1, so
+a reader that stops at ``end_offsets`` silently drops the tail of every partition. The high
+watermark carried in every Fetch response is right on both Tansu and Kafka, so we stop on
+that instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal, NamedTuple, overload
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import for_code
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEAD_LETTER_RETENTION_MS",
+    "EnsureResult",
+    "TopicNames",
+    "TopicNotFound",
+    "TopicSpec",
+    "TopicSpecMismatch",
+    "ensure_topics",
+    "iter_to_end",
+    "read_to_end",
+    "topic_specs",
+]
+
+DEAD_LETTER_RETENTION_MS = 90 * 24 * 60 * 60 * 1000  # 7_776_000_000
+_TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """The service's topic names. Defaults are the production names.
+
+    Use :meth:`prefixed` to get an isolated set (per test, per dev sandbox).
+    """
+
+    events: str = "leadflow.events"  # inbound lead events (validated input)
+    stage_changes: str = "leadflow.stage-changes"  # derived stage transitions
+    history: str = "leadflow.history"  # event-sourced history: kept forever
+    dead_letters: str = "leadflow.dead-letters"  # rejected input, kept 90 days
+    policies: str = "leadflow.policies"  # versioned lead definitions, compacted
+
+    @classmethod
+    def prefixed(cls, prefix: str) -> TopicNames:
+        """Defaults with ``"{prefix}."`` in front, e.g. ``t1a2b.leadflow.events``."""
+        if not prefix:
+            return cls()
+        prefix = prefix.rstrip(".")
+        return cls(**{f.name: f"{prefix}.{getattr(cls(), f.name)}" for f in fields(cls)})
+
+    def all(self) -> tuple[str, ...]:
+        """All names, in field order."""
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+
+class TopicSpec(NamedTuple):
+    """``(name, partitions, replication, configs)`` for one topic."""
+
+    name: str
+    partitions: int
+    replication: int
+    configs: dict[str, str]
+
+
+def topic_specs(
+    names: TopicNames | None = None,
+    partitions: int = 4,
+    replication: int = 1,
+    *,
+    policies_partitions: int = 1,
+) -> list[TopicSpec]:
+    """Specs for every leadflow topic.
+
+    * history: ``retention.ms=-1`` — the event-sourced record; replay/verify read it whole.
+    * dead-letters: 90 days of retention, enough to investigate and re-drive.
+    * policies: ``cleanup.policy=compact`` — latest value per policy key/version is what
+      matters; one partition by default so every reader sees versions in one total order.
+    * events / stage-changes: broker defaults.
+    """
+    n = names or TopicNames()
+    return [
+        TopicSpec(n.events, partitions, replication, {}),
+        TopicSpec(n.stage_changes, partitions, replication, {}),
+        TopicSpec(n.history, partitions, replication, {"retention.ms": "-1"}),
+        TopicSpec(
+            n.dead_letters,
+            partitions,
+            replication,
+            {"retention.ms": str(DEAD_LETTER_RETENTION_MS)},
+        ),
+        TopicSpec(n.policies, policies_partitions, replication, {"cleanup.policy": "compact"}),
+    ]
+
+
+class TopicSpecMismatch(RuntimeError):
+    """An existing topic's partition count or configs differ from its spec."""
+
+
+class TopicNotFound(LookupError):
+    """The topic does not exist on the broker."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureResult:
+    created: tuple[str, ...]
+    existing: tuple[str, ...]
+
+
+async def ensure_topics(
+    bootstrap: str,
+    spec: Iterable[TopicSpec | tuple[str, int, int, dict[str, str]]],
+    *,
+    timeout: float = 30.0,
+    check_existing: bool = True,
+) -> EnsureResult:
+    """Create the topics in ``spec`` that are missing, with their configs.
+
+    Existing topics are left alone (configs are not altered: ``alter_configs`` is not
+    supported on Tansu, and changing retention of a live topic should be a deliberate act).
+    With ``check_existing`` an existing topic whose partition count or spec'd config values
+    differ raises :class:`TopicSpecMismatch` (keyed state would be partitioned differently;
+    an auto-created history topic would have default retention).
+    Waits until the metadata shows a leader for every partition of every spec'd topic, so
+    producing right after this returns does not race topic creation on Kafka.
+    """
+    specs = [TopicSpec(*s) for s in spec]
+    if not specs:
+        return EnsureResult((), ())
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=int(timeout * 1000),
+        client_id="leadflow-ensure-topics",
+    )
+    await admin.start()
+    try:
+        response = await admin.create_topics(
+            [
+                NewTopic(s.name, s.partitions, s.replication, topic_configs=dict(s.configs))
+                for s in specs
+            ],
+            timeout_ms=int(timeout * 1000),
+        )
+        created: list[str] = []
+        existing: list[str] = []
+        for topic, code, *rest in response.topic_errors:
+            if code == 0:
+                created.append(topic)
+            elif code == _TOPIC_ALREADY_EXISTS:
+                existing.append(topic)
+            else:
+                message = rest[0] if rest else None
+                raise for_code(code)(f"creating topic {topic!r}: {message}")
+        deadline = time.monotonic() + timeout
+        names = [s.name for s in specs]
+        while True:
+            described = {t["topic"]: t for t in await admin.describe_topics(names)}
+            pending = [s.name for s in specs if not _has_leaders(described.get(s.name))]
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics without partition leaders after {timeout}s: {pending}")
+            await asyncio.sleep(0.1)
+        if check_existing and existing:
+            await _check_existing(admin, [s for s in specs if s.name in existing], described)
+        if created:
+            log.info("created topics %s", created)
+        return EnsureResult(tuple(created), tuple(existing))
+    finally:
+        await admin.close()
+
+
+async def _check_existing(
+    admin: AIOKafkaAdminClient, specs: list[TopicSpec], described: dict[str, Any]
+) -> None:
+    """Raise TopicSpecMismatch if an existing topic differs in partitions or spec'd configs.
+
+    Catches topics that were auto-created (broker defaults, e.g. 7-day retention on a
+    history topic) before ``ensure_topics`` ran. Tansu auto-creates a 4-partition topic with
+    no configs on *any* Metadata request naming it; Kafka does so when
+    ``auto.create.topics.enable`` is on.
+    """
+    problems: list[str] = []
+    for s in specs:
+        have = len(described[s.name]["partitions"])
+        if have != s.partitions:
+            problems.append(f"{s.name}: {have} partitions, spec says {s.partitions}")
+    with_configs = [s for s in specs if s.configs]
+    if with_configs:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in with_configs]
+        )
+        actual: dict[str, dict[str, str | None]] = {}
+        for resp in responses:
+            for error_code, _msg, _type, name, entries, *_ in resp.resources:
+                if error_code == 0:
+                    actual[name] = {e[0]: e[1] for e in entries}
+        for s in with_configs:
+            got = actual.get(s.name, {})
+            for key, want in s.configs.items():
+                if got.get(key) != want:
+                    problems.append(f"{s.name}: {key}={got.get(key)!r}, spec says {want!r}")
+    if problems:
+        raise TopicSpecMismatch("existing topics differ from their spec: " + "; ".join(problems))
+
+
+def _has_leaders(topic: dict[str, Any] | None) -> bool:
+    return bool(
+        topic
+        and topic["error_code"] == 0
+        and topic["partitions"]
+        and all(p["error_code"] == 0 and p["leader"] >= 0 for p in topic["partitions"])
+    )
+
+
+async def iter_to_end(
+    bootstrap: str,
+    topic: str,
+    *,
+    partitions: Sequence[int] | None = None,
+    idle_timeout: float = 30.0,
+    poll_ms: int = 100,
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Yield every record of ``topic`` from the beginning up to the end as of the call.
+
+    Uses manual ``assign`` (no consumer group, nothing committed). The end of a partition
+    is the high watermark from its *first Fetch response* (``consumer.highwater(tp)``), not
+    ``end_offsets`` (wrong on Tansu). aiokafka sets ``highwater`` only when a Fetch response
+    for that partition arrives, including empty ones (highwater 0), so ``None`` means "not
+    known yet" and an empty partition is done as soon as its first response arrives.
+    A partition is done when ``position >= end``; records at or past the end (produced
+    after the call) are not yielded, so the result is a consistent snapshot.
+
+    Order: offset order within a partition; partitions interleave as fetched.
+    Raises :class:`TopicNotFound` if the topic does not exist, ``TimeoutError`` if no
+    progress is made for ``idle_timeout`` seconds.
+    """
+    consumer: AIOKafkaConsumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id="leadflow-read-to-end",
+        # Brokers hold a Fetch for an empty partition up to fetch_max_wait_ms before
+        # answering; the answer (highwater 0) is what tells us it is empty, so keep it short.
+        fetch_max_wait_ms=100,
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # refresh metadata for all topics
+        available = consumer.partitions_for_topic(topic)
+        if not available:
+            raise TopicNotFound(topic)
+        wanted = sorted(available if partitions is None else set(partitions) & available)
+        tps = [TopicPartition(topic, p) for p in wanted]
+        if not tps:
+            return
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end: dict[TopicPartition, int] = {}
+        remaining = set(tps)
+        last_progress = time.monotonic()
+        while remaining:
+            batches = await consumer.getmany(*remaining, timeout_ms=poll_ms)
+            progressed = False
+            for tp, records in batches.items():
+                if tp not in end:
+                    hw = consumer.highwater(tp)
+                    if hw is not None:
+                        end[tp] = hw
+                for rec in records:
+                    if tp in end and rec.offset >= end[tp]:
+                        break
+                    progressed = True
+                    yield rec
+            for tp in list(remaining):
+                if tp not in end:
+                    hw = consumer.highwater(tp)
+                    if hw is None:
+                        continue  # no Fetch response for this partition yet
+                    end[tp] = hw
+                    progressed = True
+                if await consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+                    consumer.pause(tp)
+                    progressed = True
+            now = time.monotonic()
+            if progressed:
+                last_progress = now
+            elif now - last_progress > idle_timeout:
+                detail = {
+                    tp.partition: (await consumer.position(tp), end.get(tp)) for tp in remaining
+                }
+                raise TimeoutError(
+                    f"read_to_end({topic!r}) made no progress for {idle_timeout}s; "
+                    f"partition: (position, end) = {detail}"
+                )
+    finally:
+        await consumer.stop()
+
+
+@overload
+async def read_to_end(
+    bootstrap: str,
+    topic: str,
+    *,
+    value_only: Literal[False] = ...,
+    partitions: Sequence[int] | None = ...,
+    idle_timeout: float = ...,
+) -> list[ConsumerRecord[bytes, bytes]]: ...
+@overload
+async def read_to_end(
+    bootstrap: str,
+    topic: str,
+    *,
+    value_only: Literal[True],
+    partitions: Sequence[int] | None = ...,
+    idle_timeout: float = ...,
+) -> list[bytes | None]: ...
+async def read_to_end(
+    bootstrap: str,
+    topic: str,
+    *,
+    value_only: bool = False,
+    partitions: Sequence[int] | None = None,
+    idle_timeout: float = 30.0,
+) -> list[ConsumerRecord[bytes, bytes]] | list[bytes | None]:
+    """All records of ``topic`` (see :func:`iter_to_end`), sorted by (partition, offset).
+
+    With ``value_only`` return just the raw values. Holds everything in memory; use
+    :func:`iter_to_end` to stream large topics.
+    """
+    records = [
+        r
+        async for r in iter_to_end(
+            bootstrap, topic, partitions=partitions, idle_timeout=idle_timeout
+        )
+    ]
+    records.sort(key=lambda r: (r.partition, r.offset))
+    if value_only:
+        return [r.value for r in records]
+    return records

