@@ -1,0 +1,178 @@
+"""Reading events and history from files: JSONL (events or exported history) and CSV.
+
+A bad line never stops the read by default: it is reported as `FILE:LINE: reason`, skipped and
+counted; with `strict` the first bad line raises.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from events.codec import InvalidMessage, decode_event, describe_validation_error
+from events.inbound import Event
+from events.outbound import HistoryRecord
+
+#: Files larger than this get a progress bar (about 100k lines of typical events).
+PROGRESS_BYTES = 15_000_000
+
+
+class BadLine(ValueError):
+    def __init__(self, path: str, line: int, reason: str) -> None:
+        super().__init__(f"{path}:{line}: {reason}")
+        self.path, self.line, self.reason = path, line, reason
+
+
+@dataclass(slots=True)
+class ReadStats:
+    lines: int = 0
+    bad: int = 0
+    history_records: int = 0
+    errors: list[BadLine] = field(default_factory=list)
+
+
+OnError = Callable[[BadLine], None]
+
+
+def _raise(error: BadLine) -> None:
+    raise error
+
+
+def _open(path: Path, progress: bool) -> tuple[io.BufferedReader, Any]:
+    handle = path.open("rb")
+    bar = None
+    if progress and path.stat().st_size > PROGRESS_BYTES:
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        bar.start()
+        task = bar.add_task(f"reading {path.name}", total=path.stat().st_size)
+        return handle, (bar, task)
+    return handle, bar
+
+
+def _lines(path: Path, progress: bool) -> Iterator[tuple[int, bytes]]:
+    handle, bar = _open(path, progress)
+    try:
+        done = 0
+        for number, line in enumerate(handle, start=1):
+            if bar is not None:
+                done += len(line)
+                if number % 20_000 == 0:
+                    bar[0].update(bar[1], completed=done)
+            yield number, line
+    finally:
+        handle.close()
+        if bar is not None:
+            bar[0].stop()
+
+
+def read_events(
+    path: str | Path,
+    *,
+    stats: ReadStats | None = None,
+    on_error: OnError | None = None,
+    strict: bool = False,
+    progress: bool = False,
+    csv_columns: dict[str, str] | None = None,
+) -> Iterator[Event]:
+    """Events in file order from JSONL (inbound events or exported history) or CSV.
+
+    History lines (with `sequence` and `event`) yield their event, so a history export can be
+    replayed under another policy.
+    """
+    path = Path(path)
+    stats = stats if stats is not None else ReadStats()
+    report = _raise if strict else (on_error or stats.errors.append)
+    if path.suffix.lower() == ".csv":
+        yield from _read_csv(path, stats, report, csv_columns or {})
+        return
+    name = str(path)
+    for number, line in _lines(path, progress):
+        if not line.strip():
+            continue
+        stats.lines += 1
+        try:
+            if line.startswith(b'{"person_id"') or b'"sequence"' in line[:200]:
+                event = _history_event(line)
+                if event is not None:
+                    stats.history_records += 1
+                    yield event
+                    continue
+            yield decode_event(line.rstrip(b"\r\n"))
+        except InvalidMessage as error:
+            stats.bad += 1
+            report(BadLine(name, number, str(error)))
+
+
+def _history_event(line: bytes) -> Event | None:
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        raise InvalidMessage(f"not JSON: {error}") from None
+    if not (isinstance(data, dict) and "sequence" in data and "event" in data):
+        return None
+    try:
+        return Event.model_validate(data["event"])
+    except ValidationError as error:
+        raise InvalidMessage(f"history record event: {describe_validation_error(error)}") from None
+
+
+def read_history(
+    path: str | Path,
+    *,
+    stats: ReadStats | None = None,
+    on_error: OnError | None = None,
+    strict: bool = False,
+    progress: bool = False,
+) -> Iterator[HistoryRecord]:
+    """History records from a JSONL export (`leadflow export-history`)."""
+    path = Path(path)
+    stats = stats if stats is not None else ReadStats()
+    report = _raise if strict else (on_error or stats.errors.append)
+    for number, line in _lines(path, progress):
+        if not line.strip():
+            continue
+        stats.lines += 1
+        try:
+            yield HistoryRecord.model_validate_json(line)
+        except ValidationError as error:
+            stats.bad += 1
+            report(BadLine(str(path), number, describe_validation_error(error)))
+
+
+def _read_csv(
+    path: Path, stats: ReadStats, report: OnError, columns: dict[str, str]
+) -> Iterator[Event]:
+    """CSV with a header row. `columns` maps event fields to CSV headers when they differ;
+    `profile.job_title` style keys fill the profile."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        for row in reader:
+            stats.lines += 1
+            data: dict[str, Any] = {}
+            profile: dict[str, Any] = {}
+            fields = set(columns) | set(reader.fieldnames or [])
+            for target in fields:
+                header = columns.get(target, target)
+                value = row.get(header)
+                if value in (None, ""):
+                    continue
+                if target.startswith("profile."):
+                    profile[target.removeprefix("profile.")] = value
+                elif target in Event.model_fields:
+                    data[target] = value
+            if profile:
+                data["profile"] = profile
+            try:
+                yield Event.model_validate(data)
+            except ValidationError as error:
+                stats.bad += 1
+                report(BadLine(str(path), reader.line_num, describe_validation_error(error)))

@@ -1,0 +1,76 @@
+"""Runtime settings from flags or `LEADFLOW_*` environment variables (pydantic-settings).
+
+Secrets (the API token, SASL password) come only from the environment and are never printed:
+they are `SecretStr`, so a logged settings object shows `**********`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.topics import TopicNames
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEADFLOW_", extra="ignore")
+
+    broker: str = Field(default="kafka://localhost:9092", description="kafka://host:port[,…]")
+    topic_prefix: str = ""
+    partitions: int = Field(default=4, ge=1)
+    replication: int = Field(default=1, ge=1)
+    policy: Path | None = Field(default=None, description="policy YAML; default preset if unset")
+    preset: str | None = None
+    data_dir: Path = Path("./data")
+    web_host: str = "0.0.0.0"
+    web_port: int = 6066
+    api_token: SecretStr | None = None
+    session_timeout: float = Field(default=10.0, description="consumer group session, seconds")
+    sweep_interval: float = Field(default=60.0, gt=0, description="sweeper period, seconds")
+    exactly_once: bool = False
+    store: Literal["rocksdb", "memory"] = "rocksdb"
+    # Security, passed through to aiokafka / Faust.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames.prefixed(self.topic_prefix)
+
+    @property
+    def bootstrap(self) -> str:
+        """`host:port,…` for aiokafka, from the `kafka://` URL Faust takes."""
+        return ",".join(
+            part.removeprefix("kafka://").strip() for part in self.broker.split(",") if part
+        )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        return ssl.create_default_context(
+            cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+        )
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """Connection settings for any aiokafka client (producer, consumer, admin)."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+        }
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["ssl_context"] = context
+        if self.security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return kwargs
