@@ -78,10 +78,12 @@ def funnel(changes: Iterable[Any]) -> FunnelReport:
     current = Counter(p.current for p in persons.values() if p.current)
     highest = Counter(FORWARD[p.highest_rank] for p in persons.values() if p.highest_rank >= 0)
 
-    def conversions(group: Iterable[_Person]) -> dict[str, dict[str, Any]]:
+    def conversions(
+        group: Iterable[_Person], steps: tuple[tuple[str, str], ...] = CONVERSIONS
+    ) -> dict[str, dict[str, Any]]:
         group = list(group)
         out = {}
-        for a, b in CONVERSIONS:
+        for a, b in steps:
             base = sum(1 for p in group if a in p.first_reached)
             hits = sum(1 for p in group if a in p.first_reached and b in p.first_reached)
             out[f"{a}->{b}"] = {"from": base, "to": hits, "rate": _rate(hits, base)}
@@ -110,6 +112,9 @@ def funnel(changes: Iterable[Any]) -> FunnelReport:
         conversion={
             k: {"rate": v["rate"], "from": v["from"], "to": v["to"]} for k, v in overall.items()
         },
-        conversion_by_source={src: conversions(g) for src, g in sorted(by_source.items())},
+        # Lead source is set when a person reaches mql, so by source the funnel starts there.
+        conversion_by_source={
+            src: conversions(g, CONVERSIONS[1:]) for src, g in sorted(by_source.items())
+        },
         median_days=median_days,
     )
