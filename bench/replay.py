@@ -190,11 +190,15 @@ def baseline_fold(lines: list[bytes], p: Policy) -> tuple[dict[str, dict], Count
         elif t in interest and pre_lead and fits(s["profile"]):
             changes.append("lead")
             stage = "lead"
-        if scored and stage in ("new", "subscriber", "recycled", "lead"):
-            if fits(s["profile"]) and open_source(e.source):
-                changes.append("mql")
-                stage = "mql"
-                s["lead_source"] = e.source or s["lead_source"]
+        if (
+            scored
+            and stage in ("new", "subscriber", "recycled", "lead")
+            and fits(s["profile"])
+            and open_source(e.source)
+        ):
+            changes.append("mql")
+            stage = "mql"
+            s["lead_source"] = e.source or s["lead_source"]
         s["seq"] += 1
         s["stage"] = stage
         recent = s["recent"]
