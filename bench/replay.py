@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,8 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 
-from events.codec import decode_event  # noqa: E402
+from events.inbound import Event  # noqa: E402
 from lifecycle.policy import Policy, load_preset  # noqa: E402
+from streams.files import ReadStats, read_events  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 
@@ -66,7 +68,7 @@ SALES = {
 }
 
 
-def baseline_fold(lines: list[bytes], p: Policy) -> tuple[dict[str, dict], Counter]:
+def baseline_fold(events: Iterable[Event], p: Policy) -> tuple[dict[str, dict], Counter]:
     interest, hand = set(p.interest_actions), set(p.hand_raises)
     subscribe = set(p.subscribe_actions)
     timeout = set(p.timeout_stages)
@@ -127,8 +129,7 @@ def baseline_fold(lines: list[bytes], p: Policy) -> tuple[dict[str, dict], Count
             return False
         return not (name is not None and name in gated)
 
-    for line in lines:
-        e = decode_event(line)
+    for e in events:
         s = states.get(e.person_id)
         if s is None:
             s = states[e.person_id] = {
@@ -213,17 +214,17 @@ def baseline_fold(lines: list[bytes], p: Policy) -> tuple[dict[str, dict], Count
 
 
 def run_one(kind: str, path: Path, preset: str) -> dict:
+    """One fold over the file, parsing included, through the reader `leadflow replay` uses."""
     policy = load_preset(preset)
-    started = time.perf_counter()
-    lines = path.read_bytes().splitlines()
-    load_s = time.perf_counter() - started
+    stats = ReadStats()
+    events = read_events(path, stats=stats)
     started = time.perf_counter()
     if kind == "parse":
-        for line in lines:
-            decode_event(line)
+        for _ in events:
+            pass
         finals, moves = {}, Counter()
     elif kind == "baseline":
-        states, moves = baseline_fold(lines, policy)
+        states, moves = baseline_fold(events, policy)
         finals = {k: v["stage"] for k, v in states.items()}
     else:
         from lifecycle.replay import Replayer
@@ -231,8 +232,8 @@ def run_one(kind: str, path: Path, preset: str) -> dict:
         replayer = Replayer(policy)
         moves = Counter()
         apply = replayer.apply
-        for line in lines:
-            decision = apply(decode_event(line))
+        for event in events:
+            decision = apply(event)
             if not decision.duplicate:
                 for change in decision.changes:
                     moves[change.to_stage] += 1
@@ -241,10 +242,9 @@ def run_one(kind: str, path: Path, preset: str) -> dict:
     digest = hashlib.sha256(json.dumps(sorted(finals.items())).encode()).hexdigest()[:16]
     return {
         "kind": kind,
-        "events": len(lines),
+        "events": stats.lines,
         "seconds": round(elapsed, 3),
-        "read_seconds": round(load_s, 3),
-        "events_per_s": round(len(lines) / elapsed),
+        "events_per_s": round(stats.lines / elapsed),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "moves": dict(sorted(moves.items())),
         "final_stages_digest": digest,
