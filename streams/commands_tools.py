@@ -1,9 +1,508 @@
-"""CLI commands registered on the `leadflow` app (filled in by the streams work)."""
+"""Operator tools: `topics create`, `send`, `tail`, `export-history` and `dev`.
+
+Commands parse options, build `Settings` (flags win over `LEADFLOW_*` variables) and call the
+modules that do the work (`streams.publish`, `streams.tail`, `streams.export`,
+`streams.devstack`); nothing here holds a rule.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+from collections.abc import Coroutine, Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
 import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from events.codec import describe_validation_error
+from events.inbound import Event, Profile
+from streams.settings import Settings
+
+T = TypeVar("T")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+BrokerOpt = Annotated[
+    str | None,
+    typer.Option("--broker", help="kafka://host:port[,…] (default: $LEADFLOW_BROKER)"),
+]
+PrefixOpt = Annotated[
+    str | None,
+    typer.Option("--topic-prefix", help="topic name prefix (default: $LEADFLOW_TOPIC_PREFIX)"),
+]
+
+
+class TopicChoice(StrEnum):
+    stage_changes = "stage-changes"
+    history = "history"
+    dead_letters = "dead-letters"
+    events = "events"
+    policies = "policies"
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _problem(error: BaseException) -> str:
+    """`Type: message` without repeating the type when the message already starts with it."""
+    text = str(error)
+    name = type(error).__name__
+    return text if text.startswith(name) else f"{name}: {text}".rstrip(": ")
+
+
+def _settings(**flags: Any) -> Settings:
+    """Settings from the environment, with every flag the user gave taking precedence."""
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as error:
+        raise _fail(f"settings: {describe_validation_error(error)}") from None
+
+
+def _run_until_signal(main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
+    """Run `main`; SIGINT/SIGTERM cancel it (its `finally` blocks still run).
+
+    Returns (result, interrupted). Cancellation is how aiokafka clients get closed cleanly;
+    a KeyboardInterrupt raised into the middle of a library call would skip that.
+    """
+
+    async def runner() -> tuple[T | None, bool]:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(main)
+        stopped = False
+
+        def stop() -> None:
+            nonlocal stopped
+            stopped = True
+            task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
+        try:
+            return await task, False
+        except asyncio.CancelledError:
+            if stopped:
+                return None, True
+            raise
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(runner())
+
+
+# --- topics -------------------------------------------------------------------------------
+
+topics_app = typer.Typer(no_args_is_help=True, help="The leadflow topics.")
+
+
+@topics_app.command("create")
+def topics_create(
+    broker: BrokerOpt = None,
+    topic_prefix: PrefixOpt = None,
+    partitions: Annotated[int | None, typer.Option(min=1, help="default 4")] = None,
+    replication: Annotated[int | None, typer.Option(min=1, help="default 1")] = None,
+) -> None:
+    """Create every leadflow topic that is missing, with its retention and cleanup configs.
+
+    Safe to run again: existing topics are left alone, but one whose partition count or
+    configs differ from the spec is reported (exit code 1).
+    """
+    from streams.topics import TopicSpecMismatch, ensure_topics, topic_specs
+
+    s = _settings(
+        broker=broker, topic_prefix=topic_prefix, partitions=partitions, replication=replication
+    )
+    specs = topic_specs(s.topics, s.partitions, s.replication)
+    try:
+        result = asyncio.run(ensure_topics(s.bootstrap, specs, client_options=s.aiokafka_kwargs()))
+    except TopicSpecMismatch as error:
+        raise _fail(str(error), 1) from None
+    except Exception as error:  # connection problems: say where we tried
+        raise _fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
+    for spec in specs:
+        state = "[green]created[/green]" if spec.name in result.created else "exists "
+        details = [f"{spec.partitions} partition{'s' if spec.partitions != 1 else ''}"]
+        details += [f"{k}={v}" for k, v in spec.configs.items()]
+        out.print(f"{state}  {spec.name}  ({', '.join(details)})", highlight=False)
+    out.print(f"{len(result.created)} created, {len(result.existing)} already existed")
+
+
+# --- send ---------------------------------------------------------------------------------
+
+_CSV_TARGETS = set(Event.model_fields) | {f"profile.{f}" for f in Profile.model_fields}
+
+
+def _csv_map(pairs: list[str] | None) -> dict[str, str]:
+    columns: dict[str, str] = {}
+    for pair in pairs or []:
+        target, sep, header = pair.partition("=")
+        target, header = target.strip(), header.strip()
+        if not sep or not target or not header:
+            raise _fail(f"--csv-map {pair!r}: expected FIELD=HEADER, e.g. person_id='Contact ID'")
+        if target not in _CSV_TARGETS:
+            known = ", ".join(sorted(_CSV_TARGETS))
+            raise _fail(f"--csv-map {pair!r}: {target!r} is not an event field ({known})")
+        columns[target] = header
+    return columns
+
+
+def _count_lines(path: Path) -> int:
+    count = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            count += chunk.count(b"\n")
+    return max(count - (1 if path.suffix.lower() == ".csv" else 0), 1)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err,
+    )
+
+
+def send(
+    file: Annotated[
+        Path | None, typer.Argument(help="JSONL (events or an exported history) or CSV")
+    ] = None,
+    broker: BrokerOpt = None,
+    topic_prefix: PrefixOpt = None,
+    csv_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--csv-map",
+            metavar="FIELD=HEADER",
+            help="CSV column for an event field, e.g. person_id='Contact ID' or "
+            "profile.job_title=Title (repeatable)",
+        ),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="send nothing and exit 1 if any line is invalid")
+    ] = False,
+    demo: Annotated[
+        int | None, typer.Option("--demo", metavar="N", help="send N synthetic events instead")
+    ] = None,
+    persons: Annotated[int, typer.Option(min=1, help="persons in the --demo stream")] = 1_000,
+    seed: Annotated[int, typer.Option(help="seed of the --demo stream")] = 7,
+    rate: Annotated[
+        float, typer.Option(min=0, help="events per second (0: as fast as possible)")
+    ] = 0.0,
+) -> None:
+    """Publish events to the events topic, keyed by person id, with a progress bar.
+
+    Every line is validated first; an invalid one is reported on stderr as FILE:LINE: reason
+    and skipped (with --strict: nothing is sent).
+    """
+    from streams.files import BadLine, ReadStats, read_events
+    from streams.publish import encode_event, publish
+
+    if (file is None) == (demo is None):
+        raise _fail("give a FILE or --demo N (not both)")
+    s = _settings(broker=broker, topic_prefix=topic_prefix)
+    stats = ReadStats()
+    progress = _progress()
+
+    def report(error: BadLine) -> None:
+        progress.console.print(str(error), markup=False, highlight=False)
+
+    messages: Iterator[tuple[bytes, bytes]]
+    if demo is not None:
+        from streams.demo import synthetic_events
+
+        total, label = demo, f"demo ({persons:,} persons)"
+        messages = (encode_event(e) for e in synthetic_events(persons, demo, seed=seed))
+    else:
+        assert file is not None
+        if not file.is_file():
+            raise _fail(f"{file}: no such file")
+        columns = _csv_map(csv_map)
+        if csv_map and file.suffix.lower() != ".csv":
+            raise _fail("--csv-map applies to .csv files only")
+        total, label = _count_lines(file), file.name
+        if strict:  # validate everything first: a strict send is all or nothing
+            for _ in read_events(file, stats=stats, on_error=report, csv_columns=columns):
+                pass
+            if stats.bad:
+                out.print(f"sent 0, invalid {stats.bad} of {stats.lines} (--strict: nothing sent)")
+                raise typer.Exit(1)
+            stats = ReadStats()
+        messages = (
+            encode_event(e)
+            for e in read_events(file, stats=stats, on_error=report, csv_columns=columns)
+        )
+
+    confirmed = 0
+    with progress:
+        task = progress.add_task(f"sending {label}", total=total)
+
+        def sent(n: int) -> None:
+            nonlocal confirmed
+            confirmed += n
+            progress.advance(task, n)
+
+        try:
+            result, interrupted = _run_until_signal(publish(s, messages, on_sent=sent, rate=rate))
+        except Exception as error:  # cannot reach the broker, topic authorisation, …
+            raise _fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
+        progress.update(task, total=confirmed + (result.failed if result else 0))
+    if interrupted or result is None:
+        out.print(f"interrupted: sent {confirmed:,}, invalid {stats.bad}")
+        raise typer.Exit(130)
+    out.print(
+        f"sent {result.sent:,} to {s.topics.events} in {result.seconds:.1f}s "
+        f"({result.rate:,.0f}/s), invalid {stats.bad}"
+        + (f", failed {result.failed}" if result.failed else ""),
+        highlight=False,
+    )
+    for message in result.errors:
+        err.print(f"delivery failed: {message}", markup=False)
+    if result.failed or (strict and stats.bad):
+        raise typer.Exit(1)
+
+
+# --- tail ---------------------------------------------------------------------------------
+
+
+def tail(
+    topic: Annotated[TopicChoice, typer.Option("--topic", help="which topic")] = (
+        TopicChoice.stage_changes
+    ),
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="start at the oldest record")
+    ] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="exit after this many records")] = None,
+    json_lines: Annotated[bool, typer.Option("--json", help="print raw JSON lines")] = False,
+    idle_timeout: Annotated[
+        float | None, typer.Option(help="exit after this many seconds without a record")
+    ] = None,
+    broker: BrokerOpt = None,
+    topic_prefix: PrefixOpt = None,
+) -> None:
+    """Follow a topic in readable form (Ctrl-C to stop). No consumer group is used."""
+    import sys
+
+    from streams.tail import as_json, follow, render, topic_name
+    from streams.topics import TopicNotFound
+
+    s = _settings(broker=broker, topic_prefix=topic_prefix)
+    which = topic.value
+
+    def emit(record: Any) -> None:
+        if json_lines:
+            sys.stdout.write(as_json(record) + "\n")
+            sys.stdout.flush()
+        else:
+            out.print(render(which, record), highlight=False)
+
+    try:
+        _run_until_signal(
+            follow(
+                s,
+                which,
+                emit,
+                from_beginning=from_beginning,
+                limit=limit,
+                idle_timeout=idle_timeout,
+            )
+        )
+    except TopicNotFound:
+        name = topic_name(s.topics, which)
+        raise _fail(f"no topic {name} on {s.bootstrap} (run `leadflow topics create`?)") from None
+    except Exception as error:
+        raise _fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
+
+
+# --- export-history -----------------------------------------------------------------------
+
+
+def export_history(
+    out_file: Annotated[Path, typer.Option("--out", help="history JSONL to write", dir_okay=False)],
+    policies_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="policies JSONL to write (default: <out>.policies.jsonl)", dir_okay=False
+        ),
+    ] = None,
+    broker: BrokerOpt = None,
+    topic_prefix: PrefixOpt = None,
+) -> None:
+    """Dump the whole history topic (and every policy version) to JSONL for verify/replay.
+
+    Reads each partition to its true end, in partition and offset order.
+    """
+    from streams.export import export_history as run
+    from streams.topics import TopicNotFound
+
+    s = _settings(broker=broker, topic_prefix=topic_prefix)
+    policies_out = policies_out or out_file.with_name(out_file.name + ".policies.jsonl")
+    progress = Progress(
+        TextColumn("{task.description}"), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+    )
+    with progress:
+        task = progress.add_task(f"reading {s.topics.history}", total=None)
+
+        def report(message: str) -> None:
+            progress.console.print(message, markup=False, highlight=False)
+
+        try:
+            stats, interrupted = _run_until_signal(
+                run(
+                    s,
+                    out_file,
+                    policies_out,
+                    on_error=report,
+                    on_record=lambda n: progress.advance(task, n),
+                )
+            )
+        except TopicNotFound:
+            raise _fail(f"no topic {s.topics.history} on {s.bootstrap}") from None
+        except Exception as error:
+            raise _fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
+    if interrupted or stats is None:
+        out.print("interrupted: nothing written")
+        raise typer.Exit(130)
+    partitions = ", ".join(f"{p}: {n:,}" for p, n in sorted(stats.per_partition.items()))
+    out.print(
+        f"exported {stats.records:,} history records ({len(stats.persons):,} persons, "
+        f"{stats.changes:,} stage changes) to {out_file} in {stats.seconds:.1f}s",
+        highlight=False,
+    )
+    out.print(f"per partition: {partitions or 'none'}", highlight=False)
+    out.print(f"wrote {stats.policies} policy version(s) to {policies_out}", highlight=False)
+    if stats.invalid:
+        err.print(f"{stats.invalid} invalid record(s) skipped")
+        raise typer.Exit(1)
+
+
+# --- dev ----------------------------------------------------------------------------------
+
+
+def dev(
+    port: Annotated[int | None, typer.Option(help="broker port (default: a free one)")] = None,
+    demo: Annotated[bool, typer.Option("--demo/--no-demo", help="publish a demo stream")] = True,
+    persons: Annotated[int, typer.Option(min=1, help="persons in the demo stream")] = 3_000,
+    events: Annotated[int, typer.Option(min=1, help="events in the demo stream")] = 30_000,
+    rate: Annotated[
+        float, typer.Option(min=0, help="demo events per second (0: as fast as possible)")
+    ] = 0.0,
+    web_port: Annotated[int, typer.Option(help="worker HTTP API and dashboard port")] = 6066,
+    topic_prefix: Annotated[str, typer.Option("--topic-prefix")] = "",
+    data_dir: Annotated[
+        Path, typer.Option(help="worker state and logs; wiped at every start")
+    ] = Path("data/dev"),
+    policy: Annotated[Path | None, typer.Option("--policy", "-p", dir_okay=False)] = None,
+    preset: Annotated[str | None, typer.Option("--preset")] = None,
+    session_timeout: Annotated[
+        float, typer.Option(help="worker consumer-group session timeout, seconds")
+    ] = 6.0,
+) -> None:
+    """Everything on this machine, no Docker: broker, topics, worker, API, dashboard, demo."""
+    from streams.devstack import DevError, DevOptions, DevStack
+
+    options = DevOptions(
+        port=port,
+        web_port=web_port,
+        demo=demo,
+        persons=persons,
+        events=events,
+        rate=rate,
+        topic_prefix=topic_prefix,
+        data_dir=data_dir,
+        session_timeout=session_timeout,
+        policy=policy,
+        preset=preset,
+    )
+    stack = DevStack(options, out)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        try:
+            stack.start()
+            _, interrupted = _run_until_signal(_dev_session(stack))
+        except DevError as error:
+            raise _fail(str(error), 1) from None
+        except KeyboardInterrupt:
+            interrupted = True
+        if interrupted:
+            out.print("stopping…")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan a child
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            stack.stop()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, previous)
+    out.print("worker and broker stopped")
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+async def _dev_session(stack: Any) -> None:
+    o, s = stack.options, stack.settings
+    out.print(f"broker     {s.broker}  (pid {stack.broker.pid}; log {stack.broker.log_path})")
+    topics = await stack.create_topics()
+    worker = stack.start_worker()
+    out.print(f"worker     starting (pid {worker.pid}; log {worker.log_path})", highlight=False)
+    seconds = await stack.wait_for_worker()
+    cli = f"--broker {s.broker}" + (f" --topic-prefix {o.topic_prefix}" if o.topic_prefix else "")
+    out.print(
+        f"[bold green]leadflow dev is up[/bold green] (worker ready in {seconds:.1f}s)\n"
+        f"  API        {stack.web_url}/  (health {stack.web_url}/healthz, "
+        f"metrics {stack.web_url}/metrics)\n"
+        f"  dashboard  {stack.web_url}/dashboard\n"
+        f"  topics     {', '.join(topics)}\n"
+        f"  tail       leadflow tail {cli} --topic stage-changes\n"
+        f"  send       leadflow send events.jsonl {cli}\n"
+        f"  export     leadflow export-history {cli} --out history.jsonl\n"
+        f"  stop       Ctrl-C",
+        highlight=False,
+    )
+    demo_task = None
+    if o.demo:
+        out.print(f"publishing {o.events:,} demo events for {o.persons:,} persons…")
+        demo_task = asyncio.create_task(stack.publish_demo())
+
+        def done(task: asyncio.Task[int]) -> None:
+            if task.cancelled():
+                return
+            if task.exception() is not None:
+                err.print(f"demo stream failed: {task.exception()!r}")
+            else:
+                out.print(f"published {task.result():,} demo events")
+
+        demo_task.add_done_callback(done)
+    try:
+        await stack.watch()
+    finally:
+        if demo_task is not None:
+            demo_task.cancel()
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to `app`."""
+    app.add_typer(topics_app, name="topics")
+    app.command()(send)
+    app.command()(tail)
+    app.command("export-history")(export_history)
+    app.command()(dev)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, NamedTuple, overload
 
@@ -130,6 +130,7 @@ async def ensure_topics(
     *,
     timeout: float = 30.0,
     check_existing: bool = True,
+    client_options: Mapping[str, Any] | None = None,
 ) -> EnsureResult:
     """Create the topics in ``spec`` that are missing, with their configs.
 
@@ -140,12 +141,13 @@ async def ensure_topics(
     an auto-created history topic would have default retention).
     Waits until the metadata shows a leader for every partition of every spec'd topic, so
     producing right after this returns does not race topic creation on Kafka.
+    ``client_options`` are extra aiokafka client settings (security: ``aiokafka_kwargs()``).
     """
     specs = [TopicSpec(*s) for s in spec]
     if not specs:
         return EnsureResult((), ())
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
+        **{**(client_options or {}), "bootstrap_servers": bootstrap},
         request_timeout_ms=int(timeout * 1000),
         client_id="leadflow-ensure-topics",
     )
@@ -237,6 +239,7 @@ async def iter_to_end(
     partitions: Sequence[int] | None = None,
     idle_timeout: float = 30.0,
     poll_ms: int = 100,
+    client_options: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Yield every record of ``topic`` from the beginning up to the end as of the call.
 
@@ -250,10 +253,11 @@ async def iter_to_end(
 
     Order: offset order within a partition; partitions interleave as fetched.
     Raises :class:`TopicNotFound` if the topic does not exist, ``TimeoutError`` if no
-    progress is made for ``idle_timeout`` seconds.
+    progress is made for ``idle_timeout`` seconds. ``client_options`` are extra aiokafka
+    consumer settings (security: ``Settings.aiokafka_kwargs()``).
     """
     consumer: AIOKafkaConsumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **{**(client_options or {}), "bootstrap_servers": bootstrap},
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
