@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 from collections.abc import Coroutine, Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -73,6 +74,10 @@ def _settings(**flags: Any) -> Settings:
         raise _fail(f"settings: {describe_validation_error(error)}") from None
 
 
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 def _run_until_signal(main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
     """Run `main`; SIGINT/SIGTERM cancel it (its `finally` blocks still run).
 
@@ -90,7 +95,9 @@ def _run_until_signal(main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
             stopped = True
             task.cancel()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # Signal handlers can only be set from the main thread (not when called in a thread).
+        signals = (signal.SIGINT, signal.SIGTERM) if _in_main_thread() else ()
+        for sig in signals:
             loop.add_signal_handler(sig, stop)
         try:
             return await task, False
@@ -99,7 +106,7 @@ def _run_until_signal(main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
                 return None, True
             raise
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in signals:
                 loop.remove_signal_handler(sig)
 
     return asyncio.run(runner())

@@ -328,6 +328,7 @@ async def read_to_end(
     value_only: Literal[False] = ...,
     partitions: Sequence[int] | None = ...,
     idle_timeout: float = ...,
+    client_options: Mapping[str, Any] | None = ...,
 ) -> list[ConsumerRecord[bytes, bytes]]: ...
 @overload
 async def read_to_end(
@@ -337,6 +338,7 @@ async def read_to_end(
     value_only: Literal[True],
     partitions: Sequence[int] | None = ...,
     idle_timeout: float = ...,
+    client_options: Mapping[str, Any] | None = ...,
 ) -> list[bytes | None]: ...
 async def read_to_end(
     bootstrap: str,
@@ -345,6 +347,7 @@ async def read_to_end(
     value_only: bool = False,
     partitions: Sequence[int] | None = None,
     idle_timeout: float = 30.0,
+    client_options: Mapping[str, Any] | None = None,
 ) -> list[ConsumerRecord[bytes, bytes]] | list[bytes | None]:
     """All records of ``topic`` (see :func:`iter_to_end`), sorted by (partition, offset).
 
@@ -354,7 +357,11 @@ async def read_to_end(
     records = [
         r
         async for r in iter_to_end(
-            bootstrap, topic, partitions=partitions, idle_timeout=idle_timeout
+            bootstrap,
+            topic,
+            partitions=partitions,
+            idle_timeout=idle_timeout,
+            client_options=client_options,
         )
     ]
     records.sort(key=lambda r: (r.partition, r.offset))
