@@ -144,6 +144,7 @@ class _Deciding:
         "lead_source",
         "policy",
         "profile",
+        "refusal",
         "score",
         "sequence",
         "stage",
@@ -168,6 +169,7 @@ class _Deciding:
         self.lead_source = state.lead_source
         self.score = score
         self.profile: dict[str, Any] | None = None
+        self.refusal: str | None = None
 
     def time_out(self, last: datetime) -> None:
         """Recycle as of the end of the inactivity window (the caller checked it elapsed)."""
@@ -202,7 +204,7 @@ class _Deciding:
             if blocked is None or blocked.rule != "blocked.source_not_gated":
                 return blocked
             if (self.stage, "show_interest") in TABLE:
-                why = f"{event.type} is a hand-raise but {blocked.text}"
+                why = f"{event.type} is a hand-raise but {self.refusal}"
                 return self.move("show_interest", "lead.interest", why)
             return blocked
         if (self.stage, trigger) not in TABLE:
@@ -219,6 +221,7 @@ class _Deciding:
         g = GuardInput(self.event, self.profile, self.policy, self.stage, self.score)
         failed, sentences = check(move.guards, g)
         if failed is not None:
+            self.refusal = sentences[-1]  # the failing guard's own sentence
             return Reason(f"blocked.{failed}", "; ".join([why, *sentences]))
         self._append(move.dest, self.event.occurred_at, Reason(rule, "; ".join([why, *sentences])))
         return None

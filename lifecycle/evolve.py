@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from lifecycle.records import Reason, StageChange
 from lifecycle.stages import higher
 from lifecycle.state import DEDUP_WINDOW, PersonState
 
@@ -49,11 +50,11 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
         state.highest = higher(state.highest, change.to_stage)
         if change.to_stage in state.sla_breached:
             state.sla_breached = tuple(s for s in state.sla_breached if s != change.to_stage)
-        state.last_reason = change.reason
+        state.last_reason = Reason.of(change.reason)
     if decision.sla_breaches:
         state.sla_breached += tuple(b.stage for b in decision.sla_breaches)
     if decision.note is not None and not decision.changes:
-        state.last_reason = decision.note
+        state.last_reason = Reason.of(decision.note)
     state.last_activity = decision.last_activity
     state.score = decision.score
     state.score_at = decision.score_at
@@ -66,7 +67,10 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
     elif event.profile is not None:
         state.profile = {**state.profile, **event.profile.model_dump(exclude_none=True)}
     recent = state.recent
-    recent[event.event_id] = (decision.sequence, tuple(decision.changes))  # free for tuples
+    changes = decision.changes
+    if changes and type(changes[0]) is not StageChange:  # a history record, not a decision
+        changes = tuple(StageChange.of(c) for c in changes)
+    recent[event.event_id] = (decision.sequence, tuple(changes))  # free for tuples
     if len(recent) > DEDUP_WINDOW:
         del recent[next(iter(recent))]
     return state

@@ -20,6 +20,11 @@ class Reason:
     rule: str
     text: str
 
+    @classmethod
+    def of(cls, reason: Any) -> Reason:
+        """The domain record of a reason read back from history (an `events.outbound.Reason`)."""
+        return reason if type(reason) is cls else cls(reason.rule, reason.text)
+
 
 @dataclass(slots=True)
 class StageChange:
@@ -47,6 +52,31 @@ class StageChange:
     def __post_init__(self) -> None:
         self.id = self.change_id
         self.time = self.occurred_at
+
+    @classmethod
+    def of(cls, change: Any) -> StageChange:
+        """The domain record of a change read back from history (an `events.outbound.StageChanged`).
+
+        A state folded from history must hold the same records as a live one, or it would not
+        serialise with orjson (the person table) nor re-emit duplicates the same way.
+        """
+        if type(change) is cls:
+            return change
+        return cls(
+            change.change_id,
+            change.person_id,
+            change.sequence,
+            change.from_stage,
+            change.to_stage,
+            tuple(change.passed_through),
+            change.occurred_at,
+            change.event_id,
+            Reason.of(change.reason),
+            change.lead_source,
+            change.first_touch_source,
+            change.temperature,
+            change.policy_version,
+        )
 
     @property
     def reached(self) -> tuple[str, ...]:

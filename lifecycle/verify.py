@@ -77,6 +77,8 @@ def verify(records: Iterable[Applied], policies: Mapping[str, Policy]) -> Verify
     report = VerifyReport()
     states: dict[str, PersonState] = {}
     for record in records:
+        if getattr(record, "duplicate", False):
+            continue  # a redelivery replay() reports; it was never applied, as in fold()
         state = states.get(record.person_id)
         policy = policies.get(record.policy_version)  # type: ignore[attr-defined]
         if policy is None:
