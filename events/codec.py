@@ -31,15 +31,26 @@ def describe_validation_error(error: ValidationError, *, limit: int = 3) -> str:
 
 def decode_event(raw: bytes | bytearray | memoryview | str) -> Event:
     """Validate one inbound envelope; raise InvalidMessage with a one-line reason."""
-    size = len(raw)
+    size = len(raw.encode()) if isinstance(raw, str) else len(raw)
     if size > MAX_PAYLOAD_BYTES:
         raise InvalidMessage(f"payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}")
     try:
         return Event.model_validate_json(raw)
     except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise InvalidMessage(_json_problem(raw, first["msg"])) from None
         raise InvalidMessage(describe_validation_error(error)) from None
-    except UnicodeDecodeError as error:
-        raise InvalidMessage(f"payload is not valid UTF-8: {error.reason}") from None
+
+
+def _json_problem(raw: bytes | bytearray | memoryview | str, message: str) -> str:
+    """Say "not UTF-8" when that is the problem; the parser calls it a bad code point."""
+    if not isinstance(raw, str):
+        try:
+            bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as error:
+            return f"payload is not valid UTF-8 (byte {error.start}: {error.reason})"
+    return f"not valid JSON: {message.removeprefix('Invalid JSON: ')}"
 
 
 def decode_model(model: type[M], raw: bytes | str) -> M:

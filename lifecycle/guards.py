@@ -112,6 +112,8 @@ def source_not_gated(g: GuardInput) -> Verdict:
     source = g.event.source
     name = source.lower() if source else None
     if c.allowed is not None and (name is None or name not in c.allowed):
+        if source is None:
+            return False, "no source given and this policy only allows listed sources"
         return False, f"source {source} is not among the allowed sources"
     if name is not None and name in c.gated:
         return False, f"source {source} is gated"

@@ -204,16 +204,23 @@ def test_payload_at_the_limit_is_parsed():
     assert decode_event(raw).profile.company == "x"
 
 
-def test_decode_error_for_invalid_utf8_is_one_line_with_the_position():
+def test_decode_error_for_invalid_utf8_says_so_with_the_byte_position():
     raw = b'{"event_id": "\xff\xfe", "type": "page_viewed"}'
 
     with pytest.raises(InvalidMessage) as caught:
         decode_event(raw)
 
+    assert str(caught.value) == "payload is not valid UTF-8 (byte 14: invalid start byte)"
+
+
+def test_decode_error_for_broken_json_is_one_line_with_the_position():
+    with pytest.raises(InvalidMessage) as caught:
+        decode_event(b'{"event_id": "a", "type": ')
+
     message = str(caught.value)
     assert "\n" not in message
-    assert message.startswith("message: Invalid JSON: ")
-    assert "column 15" in message
+    assert message.startswith("not valid JSON: ")
+    assert "column" in message
 
 
 def test_decode_error_lists_at_most_three_problems():
