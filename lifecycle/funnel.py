@@ -31,6 +31,7 @@ _STEPS = tuple(itertools.pairwise(FORWARD[1:]))
 class _Person:
     first_reached: dict[str, datetime] = field(default_factory=dict)
     current: str | None = None
+    last: tuple[int, str] = (0, "")  # (sequence, change_id) of the change setting `current`
     highest_rank: int = -1
     lead_source: str | None = None
 
@@ -61,19 +62,44 @@ def _rate(hits: int, base: int) -> float | None:
     return round(hits / base, 4) if base else None
 
 
-def funnel(changes: Iterable[Any]) -> FunnelReport:
-    """Aggregate `StageChange`/`StageChanged` records, in history order."""
-    persons: dict[str, _Person] = defaultdict(_Person)
-    rank = {stage: i for i, stage in enumerate(FORWARD)}
-    for change in changes:
-        person = persons[change.person_id]
+_RANK = {stage: i for i, stage in enumerate(FORWARD)}
+
+
+class Funnel:
+    """A funnel fed one change at a time (the live view), reported on demand.
+
+    Safe under redelivery: a stage counts once per person, and a replayed older change never
+    overrides the current stage set by a newer one.
+    """
+
+    def __init__(self) -> None:
+        self.persons: dict[str, _Person] = defaultdict(_Person)
+
+    def add(self, change: Any) -> None:
+        person = self.persons[change.person_id]
         for stage in (*change.passed_through, change.to_stage):
             person.first_reached.setdefault(stage, change.occurred_at)
-            person.highest_rank = max(person.highest_rank, rank.get(stage, -1))
-        person.current = change.to_stage
-        if change.to_stage == "mql" or "mql" in change.passed_through:
-            person.lead_source = change.lead_source
+            person.highest_rank = max(person.highest_rank, _RANK.get(stage, -1))
+        order = (change.sequence, change.change_id)
+        if order >= person.last:
+            person.last = order
+            person.current = change.to_stage
+            if change.to_stage == "mql" or "mql" in change.passed_through:
+                person.lead_source = change.lead_source
 
+    def report(self) -> FunnelReport:
+        return _report(self.persons)
+
+
+def funnel(changes: Iterable[Any]) -> FunnelReport:
+    """Aggregate `StageChange`/`StageChanged` records, in history order."""
+    view = Funnel()
+    for change in changes:
+        view.add(change)
+    return view.report()
+
+
+def _report(persons: dict[str, _Person]) -> FunnelReport:
     reached = Counter(s for p in persons.values() for s in p.first_reached)
     current = Counter(p.current for p in persons.values() if p.current)
     highest = Counter(FORWARD[p.highest_rank] for p in persons.values() if p.highest_rank >= 0)

@@ -1,0 +1,112 @@
+"""A live view of a stage-change topic: the funnel and the most recent changes.
+
+Each worker follows the whole topic (every partition, no consumer group), so any worker can
+answer `/funnel` for everyone, not only for the persons it owns. Used for the live topic and
+for each shadow policy's topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from events.outbound import StageChanged
+from lifecycle.funnel import Funnel
+
+log = logging.getLogger(__name__)
+
+
+class ChangeFeed:
+    """Follows one stage-change topic from its beginning into a `Funnel` and a recent list."""
+
+    def __init__(
+        self,
+        topic: str,
+        *,
+        client_options: dict[str, Any],
+        recent: int = 200,
+    ) -> None:
+        self.topic = topic
+        self.client_options = client_options
+        self.funnel = Funnel()
+        self.recent: deque[StageChanged] = deque(maxlen=recent)
+        self.seen = 0
+        self.skipped = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the broker went away: retry, the view must not die
+                log.warning("change feed %s interrupted; retrying", self.topic, exc_info=True)
+                await asyncio.sleep(2.0)
+
+    async def _follow(self) -> None:
+        consumer = AIOKafkaConsumer(
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=200,
+            **self.client_options,
+        )
+        await consumer.start()
+        try:
+            partitions: set[int] | None = None
+            for _ in range(60):
+                partitions = consumer.partitions_for_topic(self.topic)
+                if partitions:
+                    break
+                await consumer.force_metadata_update()
+                await asyncio.sleep(0.5)
+            if not partitions:
+                raise RuntimeError(f"topic {self.topic} has no partitions yet")
+            assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            consumer.assign(assigned)
+            positions = getattr(self, "_positions", {})
+            for tp in assigned:
+                if tp.partition in positions:
+                    consumer.seek(tp, positions[tp.partition])
+                else:
+                    await consumer.seek_to_beginning(tp)
+            self._positions = positions
+            while True:
+                batches = await consumer.getmany(timeout_ms=500, max_records=2000)
+                for tp, records in batches.items():
+                    for record in records:
+                        self._add(record.value)
+                    if records:
+                        positions[tp.partition] = records[-1].offset + 1
+        finally:
+            await consumer.stop()
+
+    def _add(self, value: bytes | None) -> None:
+        if value is None:
+            return
+        try:
+            change = StageChanged.model_validate_json(value)
+        except ValidationError:
+            self.skipped += 1
+            return
+        self.seen += 1
+        self.funnel.add(change)
+        if all(c.change_id != change.change_id for c in self.recent):  # redeliveries once
+            self.recent.append(change)
