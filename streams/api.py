@@ -1,0 +1,345 @@
+"""The HTTP API and dashboard, served by every worker (Faust web views).
+
+Open: `/`, `/healthz`, `/metrics`, `/funnel`, `/policies` — aggregates and definitions only.
+Bearer token (LEADFLOW_API_TOKEN, compared in constant time): `/people/…`, `/changes/recent`,
+`POST /events` — anything that shows or writes a person's data.
+
+A person's requests are answered by the worker that owns their partition: if this worker
+does not hold the person, it asks the owner Faust's router names for the key, then any other
+worker (the upstream producer's partitioner may differ from Faust's), and answers 404 only
+when no worker has them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from datetime import UTC, datetime
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from faust.web import Request, Response, View
+
+from events.codec import InvalidMessage, decode_event
+from events.limits import MAX_PAYLOAD_BYTES
+from events.outbound import HistoryRecord
+from lifecycle.evolve import evolve
+from lifecycle.policy import Policy
+from lifecycle.state import PersonState
+from lifecycle.temperature import temperature
+from streams.agent import partition_event, writing_for
+from streams.changefeed import ChangeFeed
+from streams.outputs import to_json
+from streams.topics import iter_to_end
+
+if TYPE_CHECKING:
+    from streams.app import LeadflowApp
+
+log = logging.getLogger(__name__)
+
+FORWARDED = "X-Leadflow-Forwarded"
+JSON = "application/json"
+
+
+def _json(view: View, data: Any, status: int = 200) -> Response:
+    return view.bytes(to_json(data), content_type=JSON, status=status)
+
+
+def _problem(view: View, status: int, message: str, **extra: Any) -> Response:
+    return _json(view, {"error": message, **extra}, status)
+
+
+def person_view(state: PersonState, policy: Policy, now: datetime) -> dict[str, Any]:
+    """What `GET /people/{id}` shows: stage facts, sources, temperature, the last reason."""
+    stage = state.current_stage
+    entered = state.entered_at.get(stage) if stage else None
+    return {
+        "person_id": state.person_id,
+        "stage": stage,
+        "highest": state.highest,
+        "entered_at": state.entered_at,
+        "time_in_stage_days": round((now - entered).total_seconds() / 86400, 2)
+        if entered
+        else None,
+        "lead_source": state.lead_source,
+        "first_touch_source": state.first_touch_source,
+        "temperature": temperature(policy, state.lead_source) if stage else None,
+        "last_reason": state.last_reason,
+        "last_activity": state.last_activity,
+        "score": round(state.score, 2),
+        "sequence": state.sequence,
+        "sla_breached": state.sla_breached,
+        "erased": state.erased,
+        "profile": {} if state.erased else state.profile,
+        "policy_version": policy.version,
+    }
+
+
+def funnel_view(feed: ChangeFeed, policy: Policy, *, shadow: bool) -> dict[str, Any]:
+    report = feed.funnel.report().to_dict()
+    sources = report["conversion_by_source"]
+    return {
+        "policy_version": policy.version,
+        "policy_name": policy.name,
+        "shadow": shadow,
+        "topic": feed.topic,
+        "changes_seen": feed.seen,
+        **report,
+        "temperature_by_source": {s: temperature(policy, s) for s in sources},
+    }
+
+
+class Api:
+    """State the views share: the app, the feeds per policy version, the token."""
+
+    def __init__(self, app: LeadflowApp, shadows: dict[str, tuple[Policy, str]]) -> None:
+        self.app = app
+        options = app.settings.aiokafka_kwargs()
+        self.live = ChangeFeed(app.names.stage_changes, client_options=options)
+        self.shadow_feeds = {
+            version: (policy, ChangeFeed(topic, client_options=options))
+            for version, (policy, topic) in shadows.items()
+        }
+        token = app.settings.api_token
+        self._token = token.get_secret_value().encode() if token else None
+
+    def start(self) -> None:
+        self.live.start()
+        for _, feed in self.shadow_feeds.values():
+            feed.start()
+
+    # -- auth ----------------------------------------------------------------------------------
+    def refuse(self, view: View, request: Request) -> Response | None:
+        """None if the request carries the token; otherwise the response to send."""
+        if self._token is None:
+            return _problem(
+                view, 503, "personal data is disabled: set LEADFLOW_API_TOKEN on the worker"
+            )
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self._token):
+            response = _problem(view, 401, "a valid bearer token is required")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="leadflow"'
+            return response
+        return None
+
+    # -- persons ---------------------------------------------------------------------------------
+    def local_partition(self, person: str) -> int | None:
+        for partition, persons in self.app.lifecycle.persons.items():
+            if person in persons:
+                return partition
+        return None
+
+    async def forward(self, view: View, request: Request, person: str) -> Response:
+        """Ask the owner, then every other worker; 404 when none holds the person."""
+        if request.headers.get(FORWARDED):
+            return _problem(view, 404, f"no person {person!r}")
+        app = self.app
+        me = str(app.conf.canonical_url).rstrip("/")
+        hosts: list[str] = []
+        try:
+            hosts.append(str(app.router.key_store("persons", person.encode())).rstrip("/"))
+        except Exception:  # no assignment yet, or no such table metadata
+            log.debug("router has no owner for %s", person)
+        try:
+            hosts += [str(h).rstrip("/") for h in app.router.table_metadata("persons")]
+        except Exception:
+            log.debug("router has no table metadata")
+        seen = {me}
+        headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
+        headers[FORWARDED] = "1"
+        for host in hosts:
+            if host in seen:
+                continue
+            seen.add(host)
+            url = f"{host}{request.rel_url}"
+            try:
+                async with app.http_client.get(url, headers=headers) as response:
+                    if response.status == 404:
+                        continue
+                    body = await response.read()
+                    return view.bytes(body, content_type=JSON, status=response.status)
+            except Exception as error:
+                log.warning("forwarding to %s failed: %s", host, error)
+        return _problem(view, 404, f"no person {person!r}")
+
+    def state_of(self, person: str, partition: int) -> PersonState | None:
+        """The person's current state on this worker (cache, else table)."""
+        app = self.app
+        with writing_for(partition_event(app, app.names.events, partition)):
+            return app.lifecycle._state(person, partition)
+
+    async def history(self, partition: int, person: str) -> list[HistoryRecord]:
+        """The person's history records, in order, read from their history partition."""
+        key = person.encode()
+        records = []
+        async for record in iter_to_end(
+            self.app.settings.bootstrap,
+            self.app.names.history,
+            partitions=[partition],
+            client_options=self.app.settings.aiokafka_kwargs(),
+        ):
+            if record.key == key:
+                records.append(HistoryRecord.model_validate_json(record.value))
+        return records
+
+
+def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None = None) -> Api:
+    """Hang the API and the dashboard on `app`; returns the shared state (feeds, auth)."""
+    api = Api(app, shadows or {})
+    policy = app.policy
+    dashboard = (resources.files("streams") / "static" / "index.html").read_bytes()
+
+    @app.task
+    async def start_feeds() -> None:
+        api.start()
+
+    @app.page("/")
+    class Dashboard(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(dashboard, content_type="text/html; charset=utf-8")
+
+    @app.page("/people/{person_id}")
+    class Person(View):
+        async def get(self, request: Request, person_id: str) -> Response:
+            if (refused := api.refuse(self, request)) is not None:
+                return refused
+            partition = api.local_partition(person_id)
+            if partition is None:
+                return await api.forward(self, request, person_id)
+            state = api.state_of(person_id, partition)
+            if state is None:
+                return _problem(self, 404, f"no person {person_id!r}")
+            return _json(self, person_view(state, policy, datetime.now(UTC)))
+
+    @app.page("/people/{person_id}/history")
+    class PersonHistory(View):
+        async def get(self, request: Request, person_id: str) -> Response:
+            if (refused := api.refuse(self, request)) is not None:
+                return refused
+            as_of_text = request.query.get("as_of")
+            as_of = None
+            if as_of_text:
+                try:
+                    as_of = datetime.fromisoformat(as_of_text)
+                except ValueError:
+                    return _problem(self, 422, f"as_of {as_of_text!r} is not an ISO 8601 time")
+                if as_of.tzinfo is None:
+                    return _problem(self, 422, "as_of needs a time zone (e.g. Z)")
+            partition = api.local_partition(person_id)
+            if partition is None:
+                return await api.forward(self, request, person_id)
+            records = await api.history(partition, person_id)
+            if as_of is not None:
+                records = [r for r in records if r.event.occurred_at <= as_of]
+            body: dict[str, Any] = {
+                "person_id": person_id,
+                "as_of": as_of,
+                "records": [_record_view(r) for r in records],
+            }
+            if as_of is not None:
+                state = PersonState(person_id)
+                for record in records:
+                    state = evolve(state, record)
+                body["state"] = person_view(state, policy, as_of)
+            return _json(self, body)
+
+    @app.page("/changes/recent")
+    class RecentChanges(View):
+        async def get(self, request: Request) -> Response:
+            if (refused := api.refuse(self, request)) is not None:
+                return refused
+            try:
+                limit = max(1, min(int(request.query.get("limit", "50")), 200))
+            except ValueError:
+                return _problem(self, 422, "limit must be a number")
+            recent = list(api.live.recent)[-limit:][::-1]
+            return self.bytes(
+                b"[" + b",".join(c.model_dump_json().encode() for c in recent) + b"]",
+                content_type=JSON,
+            )
+
+    @app.page("/funnel")
+    class FunnelPage(View):
+        async def get(self, request: Request) -> Response:
+            version = request.query.get("policy")
+            if version is None or version == policy.version:
+                return _json(self, funnel_view(api.live, policy, shadow=False))
+            if version not in api.shadow_feeds:
+                known = [policy.version, *api.shadow_feeds]
+                return _problem(self, 404, f"policy {version} is not running here", known=known)
+            shadow_policy, feed = api.shadow_feeds[version]
+            return _json(self, funnel_view(feed, shadow_policy, shadow=True))
+
+    @app.page("/policies")
+    class Policies(View):
+        async def get(self, request: Request) -> Response:
+            rows = [_policy_row(policy, "active")]
+            rows += [_policy_row(p, "shadow") for p, _ in api.shadow_feeds.values()]
+            return _json(self, rows)
+
+    @app.page("/policies/{version}")
+    class PolicyPage(View):
+        async def get(self, request: Request, version: str) -> Response:
+            candidates = {
+                policy.version: policy,
+                **{v: p for v, (p, _) in api.shadow_feeds.items()},
+            }
+            found = candidates.get(version)
+            if found is None:
+                return _problem(self, 404, f"no policy {version} in use here")
+            return _json(
+                self,
+                {
+                    **_policy_row(found, "active" if found is policy else "shadow"),
+                    "policy": found.model_dump(mode="json"),
+                },
+            )
+
+    @app.page("/events")
+    class Ingest(View):
+        async def post(self, request: Request) -> Response:
+            if (refused := api.refuse(self, request)) is not None:
+                return refused
+            if (request.content_length or 0) > MAX_PAYLOAD_BYTES:
+                return _problem(self, 413, f"body over {MAX_PAYLOAD_BYTES} bytes")
+            body = await request.content.read(MAX_PAYLOAD_BYTES + 1)
+            if len(body) > MAX_PAYLOAD_BYTES:
+                return _problem(self, 413, f"body over {MAX_PAYLOAD_BYTES} bytes")
+            try:
+                event = decode_event(body)
+            except InvalidMessage as error:
+                return _problem(self, 422, str(error))
+            delivery = await app.events_topic.send(key=event.person_id.encode(), value=body)
+            await delivery  # answer 202 only once the broker has the event
+            return _json(self, {"event_id": event.event_id, "status": "accepted"}, 202)
+
+    del Dashboard, Person, PersonHistory, RecentChanges, FunnelPage, Policies, PolicyPage, Ingest
+    return api
+
+
+def _record_view(record: HistoryRecord) -> dict[str, Any]:
+    event = record.event
+    return {
+        "sequence": record.sequence,
+        "policy_version": record.policy_version,
+        "event": {
+            "event_id": event.event_id,
+            "type": event.type,
+            "occurred_at": event.occurred_at,
+            "source": event.source,
+            "campaign": event.campaign,
+        },
+        "changes": [c.model_dump(mode="json") for c in record.changes],
+        "sla_breaches": [b.model_dump(mode="json") for b in record.sla_breaches],
+        "note": record.note.model_dump() if record.note else None,
+    }
+
+
+def _policy_row(policy: Policy, role: str) -> dict[str, Any]:
+    return {
+        "version": policy.version,
+        "name": policy.name,
+        "role": role,
+        "description": policy.description,
+    }
