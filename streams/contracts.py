@@ -1,14 +1,21 @@
-"""Machine-readable contracts generated from the pydantic models: JSON Schema per message."""
+"""Machine-readable contracts generated from the pydantic models.
+
+`leadflow schema --out docs` writes a JSON Schema per message, an AsyncAPI document for the
+topics and an OpenAPI document for the HTTP API; `tests/unit/test_docs_current.py` fails when
+the checked-in copies in `docs/` fall behind the models.
+"""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from events.inbound import Event
-from events.outbound import DeadLetter, HistoryRecord, SlaBreached, StageChanged
+from events.outbound import DeadLetter, HistoryRecord, Reason, SlaBreached, StageChanged
 from lifecycle.policy import Policy
 
 MESSAGES: dict[str, type[BaseModel]] = {
@@ -21,15 +28,328 @@ MESSAGES: dict[str, type[BaseModel]] = {
 }
 
 
-def json_schemas() -> dict[str, dict[str, object]]:
+# --- HTTP response shapes (the API tests validate real responses against these) -------------
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PersonView(_Response):
+    person_id: str
+    stage: str | None
+    highest: str | None
+    entered_at: dict[str, datetime]
+    time_in_stage_days: float | None
+    lead_source: str | None
+    first_touch_source: str | None
+    temperature: str | None
+    last_reason: Reason | None
+    last_activity: datetime | None
+    score: float
+    sequence: int
+    sla_breached: list[str]
+    erased: bool
+    profile: dict[str, Any]
+    policy_version: str
+
+
+class TimelineEvent(_Response):
+    event_id: str
+    type: str
+    occurred_at: datetime
+    source: str | None
+    campaign: str | None
+
+
+class TimelineEntry(_Response):
+    sequence: int
+    policy_version: str
+    event: TimelineEvent
+    changes: list[StageChanged]
+    sla_breaches: list[SlaBreached]
+    note: Reason | None
+
+
+class PersonHistory(_Response):
+    person_id: str
+    as_of: datetime | None
+    records: list[TimelineEntry]
+    state: PersonView | None = None
+
+
+class FunnelView(_Response):
+    policy_version: str
+    policy_name: str
+    shadow: bool
+    topic: str
+    changes_seen: int
+    persons: int
+    reached: dict[str, int]
+    current: dict[str, int]
+    highest: dict[str, int]
+    conversion: dict[str, dict[str, Any]]
+    conversion_by_source: dict[str, dict[str, dict[str, Any]]]
+    median_days: dict[str, float | None]
+    temperature_by_source: dict[str, str | None]
+
+
+class PolicyRow(_Response):
+    version: str
+    name: str
+    role: str
+    description: str
+
+
+class Accepted(_Response):
+    event_id: str
+    status: str
+
+
+class Problem(BaseModel):
+    error: str
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
     return {name: model.model_json_schema(mode="serialization") for name, model in MESSAGES.items()}
 
 
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _components(models: dict[str, type[BaseModel]]) -> dict[str, Any]:
+    """Every model's schema, with nested $defs lifted into components."""
+    schemas: dict[str, Any] = {}
+    for name, model in models.items():
+        schema = model.model_json_schema(
+            mode="serialization", ref_template="#/components/schemas/{model}"
+        )
+        for sub, definition in schema.pop("$defs", {}).items():
+            schemas.setdefault(sub, definition)
+        schemas[name] = schema
+    return schemas
+
+
+def openapi() -> dict[str, Any]:
+    personal = [{"bearer": []}]
+    ok = "application/json"
+
+    def answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {"description": description, "content": {ok: {"schema": schema}}}
+
+    problem = answer("problem", _ref("Problem"))
+    person_param = {
+        "name": "person_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "leadflow API",
+            "version": "1",
+            "description": "Person state and timeline (bearer token), funnel, policies, ingest.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": _components(
+                {
+                    "Event": Event,
+                    "PersonView": PersonView,
+                    "PersonHistory": PersonHistory,
+                    "FunnelView": FunnelView,
+                    "PolicyRow": PolicyRow,
+                    "Accepted": Accepted,
+                    "Problem": Problem,
+                    "StageChanged": StageChanged,
+                }
+            ),
+        },
+        "paths": {
+            "/people/{person_id}": {
+                "get": {
+                    "summary": "Current stage, highest stage, entered-at, sources, temperature",
+                    "security": personal,
+                    "parameters": [person_param],
+                    "responses": {
+                        "200": answer("the person", _ref("PersonView")),
+                        "401": problem,
+                        "404": problem,
+                    },
+                }
+            },
+            "/people/{person_id}/history": {
+                "get": {
+                    "summary": "Ordered history with every decision's rule, sentence, policy",
+                    "security": personal,
+                    "parameters": [
+                        person_param,
+                        {
+                            "name": "as_of",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "format": "date-time"},
+                        },
+                    ],
+                    "responses": {
+                        "200": answer("the timeline", _ref("PersonHistory")),
+                        "401": problem,
+                        "404": problem,
+                        "422": problem,
+                    },
+                }
+            },
+            "/changes/recent": {
+                "get": {
+                    "summary": "The most recent stage changes, newest first",
+                    "security": personal,
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "maximum": 200},
+                        }
+                    ],
+                    "responses": {
+                        "200": answer("changes", {"type": "array", "items": _ref("StageChanged")}),
+                        "401": problem,
+                    },
+                }
+            },
+            "/funnel": {
+                "get": {
+                    "summary": "Counts per stage and conversion by lead source (live or shadow)",
+                    "parameters": [
+                        {
+                            "name": "policy",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {"200": answer("the funnel", _ref("FunnelView")), "404": problem},
+                }
+            },
+            "/policies": {
+                "get": {
+                    "summary": "Policy versions in use (active and shadow)",
+                    "responses": {
+                        "200": answer("policies", {"type": "array", "items": _ref("PolicyRow")})
+                    },
+                }
+            },
+            "/policies/{version}": {
+                "get": {
+                    "summary": "One policy version with its full definition",
+                    "parameters": [
+                        {
+                            "name": "version",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {"200": {"description": "the policy"}, "404": problem},
+                }
+            },
+            "/events": {
+                "post": {
+                    "summary": "Ingest one event for systems that cannot speak Kafka",
+                    "security": personal,
+                    "requestBody": {"required": True, "content": {ok: {"schema": _ref("Event")}}},
+                    "responses": {
+                        "202": answer("accepted", _ref("Accepted")),
+                        "401": problem,
+                        "413": problem,
+                        "422": problem,
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text"}},
+                }
+            },
+        },
+    }
+
+
+def asyncapi() -> dict[str, Any]:
+    def channel(topic: str, message: str, description: str) -> dict[str, Any]:
+        return {
+            "address": topic,
+            "description": description + " Key: person id (policy hash for policies).",
+            "messages": {message: {"$ref": f"#/components/messages/{message}"}},
+        }
+
+    models = {
+        "Event": Event,
+        "StageChanged": StageChanged,
+        "HistoryRecord": HistoryRecord,
+        "DeadLetter": DeadLetter,
+        "Policy": Policy,
+    }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {"title": "leadflow topics", "version": "1"},
+        "channels": {
+            "events": channel("leadflow.events", "Event", "Inbound engagement and sales feedback."),
+            "stageChanges": channel(
+                "leadflow.stage-changes", "StageChanged", "Every move, for sales tools."
+            ),
+            "history": channel(
+                "leadflow.history", "HistoryRecord", "The event store, kept forever."
+            ),
+            "deadLetters": channel(
+                "leadflow.dead-letters", "DeadLetter", "Anything rejected, with the reason."
+            ),
+            "policies": channel("leadflow.policies", "Policy", "Every policy version used."),
+        },
+        "operations": {
+            "receiveEvents": {"action": "receive", "channel": {"$ref": "#/channels/events"}},
+            "sendStageChanges": {"action": "send", "channel": {"$ref": "#/channels/stageChanges"}},
+            "sendHistory": {"action": "send", "channel": {"$ref": "#/channels/history"}},
+            "sendDeadLetters": {"action": "send", "channel": {"$ref": "#/channels/deadLetters"}},
+            "sendPolicies": {"action": "send", "channel": {"$ref": "#/channels/policies"}},
+        },
+        "components": {
+            "messages": {
+                name: {"name": name, "contentType": "application/json", "payload": _ref_async(name)}
+                for name in models
+            },
+            "schemas": _components(models),
+        },
+    }
+
+
+def _ref_async(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def documents() -> dict[str, Any]:
+    """Every generated document, by its path relative to the output directory."""
+    docs: dict[str, Any] = {f"schemas/{n}.schema.json": s for n, s in json_schemas().items()}
+    docs["openapi.json"] = openapi()
+    docs["asyncapi.json"] = asyncapi()
+    return docs
+
+
+def render(document: Any) -> str:
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
 def write_schemas(directory: Path) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, schema in json_schemas().items():
-        path = directory / f"{name}.schema.json"
-        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    for relative, document in documents().items():
+        path = directory / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render(document), encoding="utf-8")
         written.append(path)
     return written

@@ -176,9 +176,11 @@ def test_golden_fixtures_fail_loudly_under_another_policy():
     assert "FAIL" in result.stdout and "expected" in result.stdout
 
 
-def test_schema_writes_a_json_schema_per_message(tmp_path: Path):
+def test_schema_writes_json_schemas_openapi_and_asyncapi(tmp_path: Path):
     result = runner.invoke(app, ["schema", "--out", str(tmp_path)])
     assert result.exit_code == 0
-    event = json.loads((tmp_path / "event.schema.json").read_text())
+    event = json.loads((tmp_path / "schemas" / "event.schema.json").read_text())
     assert "event_id" in event["required"]
-    assert (tmp_path / "stage-changed.schema.json").exists()
+    assert (tmp_path / "schemas" / "stage-changed.schema.json").exists()
+    assert json.loads((tmp_path / "openapi.json").read_text())["openapi"] == "3.1.0"
+    assert "stageChanges" in json.loads((tmp_path / "asyncapi.json").read_text())["channels"]

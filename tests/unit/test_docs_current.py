@@ -1,0 +1,28 @@
+"""The checked-in contracts in docs/ are what the models generate today."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams.contracts import documents, render
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+@pytest.mark.parametrize("relative", sorted(documents()))
+def test_checked_in_document_matches_the_models(relative: str):
+    path = DOCS / relative
+    assert path.exists(), f"{path} missing: run `leadflow schema --out docs`"
+    assert path.read_text(encoding="utf-8") == render(documents()[relative]), (
+        f"{path} is stale: run `leadflow schema --out docs` and commit"
+    )
+
+
+def test_openapi_marks_personal_endpoints_as_needing_the_token():
+    paths = documents()["openapi.json"]["paths"]
+    for path in ("/people/{person_id}", "/people/{person_id}/history", "/changes/recent"):
+        assert paths[path]["get"]["security"] == [{"bearer": []}]
+    assert paths["/events"]["post"]["security"] == [{"bearer": []}]
+    assert "security" not in paths["/funnel"]["get"]
