@@ -475,9 +475,10 @@ async def _dev_session(stack: Any) -> None:
     cli = f"--broker {s.broker}" + (f" --topic-prefix {o.topic_prefix}" if o.topic_prefix else "")
     out.print(
         f"[bold green]leadflow dev is up[/bold green] (worker ready in {seconds:.1f}s)\n"
-        f"  API        {stack.web_url}/  (health {stack.web_url}/healthz, "
-        f"metrics {stack.web_url}/metrics)\n"
-        f"  dashboard  {stack.web_url}/dashboard\n"
+        f"  dashboard  {stack.web_url}/\n"
+        f"  API        {stack.web_url}/people/ID, /people/ID/history, /funnel, "
+        f"/changes/recent, /policies\n"
+        f"  health     {stack.web_url}/healthz  metrics {stack.web_url}/metrics\n"
         f"  topics     {', '.join(topics)}\n"
         f"  tail       leadflow tail {cli} --topic stage-changes\n"
         f"  send       leadflow send events.jsonl {cli}\n"

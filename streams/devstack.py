@@ -24,6 +24,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -196,14 +197,29 @@ class Worker:
             return "<no log>"
 
 
-def _get(url: str, timeout: float = 2.0) -> int:
+def _health(url: str, timeout: float = 2.0) -> tuple[int, Any]:
+    """(HTTP status, parsed JSON body or None); status 0 when nothing answers."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status)
+            body = response.read()
+            status = int(response.status)
     except urllib.error.HTTPError as error:
-        return error.code
+        return error.code, None
     except (OSError, ValueError):
-        return 0
+        return 0, None
+    try:
+        return status, orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return status, None
+
+
+def is_consuming(status: int, body: Any) -> bool:
+    """Healthy, and (when the worker reports them) owning at least one events partition."""
+    if status != 200:
+        return False
+    if isinstance(body, dict) and "partitions" in body:
+        return bool(body["partitions"])
+    return True
 
 
 class DevStack:
@@ -251,7 +267,10 @@ class DevStack:
         return f"http://127.0.0.1:{self.options.web_port}"
 
     async def wait_for_worker(self) -> float:
-        """Seconds until the worker's /healthz answers 200; DevError if it dies or never does."""
+        """Seconds until the worker is consuming (its /healthz lists partitions it owns).
+
+        DevError if it exits or never gets there.
+        """
         assert self.worker is not None
         started = time.monotonic()
         deadline = started + self.options.ready_timeout
@@ -263,11 +282,11 @@ class DevStack:
                     f"the worker exited with code {code} during startup; "
                     f"log {self.worker.log_path}:\n{self.worker.log_tail()}"
                 )
-            if await asyncio.to_thread(_get, url) == 200:
+            if is_consuming(*await asyncio.to_thread(_health, url)):
                 return time.monotonic() - started
             await asyncio.sleep(0.25)
         raise DevError(
-            f"the worker did not answer {url} within {self.options.ready_timeout:.0f}s; "
+            f"the worker was not consuming ({url}) within {self.options.ready_timeout:.0f}s; "
             f"log {self.worker.log_path}:\n{self.worker.log_tail()}"
         )
 

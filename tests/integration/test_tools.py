@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -17,10 +25,11 @@ from events.inbound import Event
 from events.outbound import DeadLetter, HistoryRecord, Reason, StageChanged
 from lifecycle.policy import load_preset
 from lifecycle.replay import replay
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, free_port
 from streams.cli import app
 from streams.demo import synthetic_events
 from streams.export import read_history_topic, read_policies_topic
+from streams.publish import encode_event, publish
 from streams.settings import Settings
 from streams.tail import follow
 from streams.topics import TopicNames, read_to_end
@@ -335,3 +344,67 @@ async def test_tail_from_now_skips_every_old_record_of_the_last_batch(
         await asyncio.sleep(0.5)
     assert await asyncio.wait_for(task, 10) == 1
     assert seen[0].startswith("new-"), seen
+
+
+# --- dev ----------------------------------------------------------------------------------
+
+
+class Lines:
+    """A child's stdout, read by a thread so the test can wait for a line with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        assert proc.stdout is not None
+        self._thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.append(line.rstrip("\n"))
+
+    async def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := re.search(pattern, line):
+                    return match
+            await asyncio.sleep(0.1)
+        raise AssertionError(
+            f"no line matching {pattern!r} in {timeout}s:\n" + "\n".join(self.lines)
+        )
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def test_dev_runs_broker_and_worker_and_sigint_stops_both(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "streams.cli", "dev", "--no-demo"]
+    command += ["--web-port", str(free_port()), "--data-dir", str(tmp_path / "dev")]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
+    )
+    out = Lines(proc)
+    try:
+        broker = await out.wait_for(r"^broker\s+(kafka://\S+)\s+\(pid (\d+)", 30)
+        worker = await out.wait_for(r"^worker\s+starting \(pid (\d+)", 30)
+        await out.wait_for(r"leadflow dev is up", 90)
+        await out.wait_for(r"^\s+dashboard\s+http://127\.0\.0\.1:\d+/", 1)
+        url, broker_pid, worker_pid = broker[1], int(broker[2]), int(worker[1])
+
+        settings = Settings(broker=url)
+        events = [encode_event(e) for e in synthetic_events(20, 200, seed=4)]
+        assert (await publish(settings, events)).sent == len(events)
+        await out.wait_for(r"history records: 200 .*stage changes: [1-9]", 60)
+        changes = await read_to_end(settings.bootstrap, settings.topics.stage_changes)
+        assert changes and all(StageChanged.model_validate_json(r.value) for r in changes)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(proc.wait, 60)
+    assert code == 0, "\n".join(out.lines)
+    await out.wait_for(r"worker and broker stopped", 5)
+    assert gone(broker_pid) and gone(worker_pid)

@@ -1,0 +1,613 @@
+"""End-to-end throughput through the broker: events in → stage changes and history out.
+
+Each measurement starts its own embedded broker and fresh topics, runs the processor in its
+own process, warms it up (the consumer is assigned and has processed a few events), then
+produces the synthetic stream from this process and times first produce → last history
+record observed. Records are counted from fetch responses with manual assignment, so the
+count is exact (Tansu's `end_offsets` is not).
+
+  raw     aiokafka consume (getmany) → dict update → produce, sends not awaited: the upper
+          bound of the plumbing, no domain rules
+  naive   a Faust agent with the real core (decide/evolve), one Table write and one awaited
+          send per output: how a first version is usually written
+  worker  the real `leadflow worker` with full processing
+
+Then, against the same worker, a fixed rate of 20 % of its measured capacity: every event's
+send time is stamped and its stage change timed when it appears (p50 / p99).
+Target: worker ≥ 3× naive.
+
+    python bench/stream.py [--events 100000] [--persons 10000] [--only raw,naive,worker]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+
+from streams.broker import EmbeddedBroker, free_port  # noqa: E402
+from streams.demo import synthetic_events  # noqa: E402
+from streams.publish import KeyPartitions, encode_event, publish  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+from streams.topics import TopicNames, ensure_topics, topic_specs  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+Message = tuple[bytes, bytes]
+
+
+# --- the input --------------------------------------------------------------------------
+
+
+def stream(persons: int, events: int, *, seed: int, tag: str = "") -> list[dict[str, Any]]:
+    """Synthetic events; `tag` renames persons and event ids so streams never share a person."""
+    out = []
+    for event in synthetic_events(persons, events, seed=seed):
+        if tag:
+            event["person_id"] = f"{tag}{event['person_id']}"
+            event["event_id"] = f"{tag}{event['event_id']}"
+        out.append(event)
+    return out
+
+
+# --- counting outputs -------------------------------------------------------------------
+
+
+class Observer:
+    """Counts records per topic from the beginning, with manual assignment (no group)."""
+
+    def __init__(self, settings: Settings, topics: Iterable[str]) -> None:
+        self.settings = settings
+        self.topics = list(topics)
+        self.counts: Counter[str] = Counter()
+        self.last_progress = time.monotonic()
+        self.on_records: Any = None  # optional callback(topic, records, now)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=10,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            client_id="bench-observer",
+        )
+        await consumer.start()
+        await consumer.topics()
+        tps = [
+            TopicPartition(t, p)
+            for t in self.topics
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        self._task = asyncio.create_task(self._run(consumer))
+
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=50, max_records=20_000)
+                now = time.monotonic()
+                for tp, records in batches.items():
+                    self.counts[tp.topic] += len(records)
+                    if self.on_records is not None:
+                        self.on_records(tp.topic, records, now)
+                if batches:
+                    self.last_progress = now
+        finally:
+            await consumer.stop()
+
+    async def wait_for(self, topic: str, count: int, *, stall: float = 60.0) -> float:
+        """Monotonic time when `topic` reached `count` records; TimeoutError on a stall."""
+        while self.counts[topic] < count:
+            if time.monotonic() - self.last_progress > stall:
+                raise TimeoutError(
+                    f"{topic}: {self.counts[topic]} of {count} records, no progress for {stall}s"
+                )
+            if self._task is not None and self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.002)
+        return time.monotonic()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (Linux), 0 if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class Child:
+    """A processor in its own process group, stopped by PID."""
+
+    def __init__(self, command: list[str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as handle:
+            self.proc = subprocess.Popen(
+                command,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                cwd=ROOT,
+            )
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log.read_bytes()[-3000:].decode(errors="replace")
+            raise RuntimeError(f"{self.log.name}: exited with {self.proc.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@dataclass
+class Result:
+    name: str
+    events: int
+    seconds: float = 0.0
+    history: int = 0
+    stage_changes: int = 0
+    cpu_seconds: float = 0.0
+    ready_seconds: float = 0.0
+    error: str | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+async def measure(
+    name: str,
+    command_for: Any,
+    events: list[Message],
+    *,
+    partitions: int,
+    warmup: list[Message],
+    stall: float,
+    latency: dict[str, Any] | None = None,
+) -> Result:
+    """One run on a fresh broker: start the processor, warm it up, time the stream."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    result = Result(name, len(events))
+    prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+    with EmbeddedBroker(log_path=OUT / f"tansu-{name}.log") as broker:
+        settings = Settings(broker=broker.url, topic_prefix=prefix, partitions=partitions)
+        names = settings.topics
+        await ensure_topics(broker.bootstrap, topic_specs(names, partitions))
+        child = Child(command_for(settings), OUT / f"{name}.log")
+        observer = Observer(settings, [names.history, names.stage_changes])
+        producer = AIOKafkaProducer(
+            bootstrap_servers=broker.bootstrap, linger_ms=20, max_batch_size=512 * 1024
+        )
+        await producer.start()
+        try:
+            await observer.start()
+            started = time.monotonic()
+            stats = await publish(settings, warmup, producer=producer)
+            assert stats.sent == len(warmup), stats
+            while observer.counts[names.history] < len(warmup):
+                child.check()
+                if time.monotonic() - started > 120:
+                    raise TimeoutError(f"{name}: not consuming after 120 s")
+                await asyncio.sleep(0.05)
+            result.ready_seconds = time.monotonic() - started
+            print(f"  {name}: consuming after {result.ready_seconds:.1f}s", flush=True)
+            cpu0 = cpu_seconds(child.proc.pid)
+            changes0 = observer.counts[names.stage_changes]
+            t0 = time.monotonic()
+            send = asyncio.create_task(publish(settings, events, producer=producer))
+            target = len(warmup) + len(events)
+            watch = asyncio.create_task(observer.wait_for(names.history, target, stall=stall))
+            while not watch.done():
+                child.check()
+                await asyncio.wait({watch}, timeout=0.5)
+            t1 = watch.result()
+            await send
+            result.seconds = t1 - t0
+            result.cpu_seconds = cpu_seconds(child.proc.pid) - cpu0
+            await asyncio.sleep(0.5)  # stage changes of the last events may trail the history
+            result.history = observer.counts[names.history] - len(warmup)
+            result.stage_changes = observer.counts[names.stage_changes] - changes0
+            if latency is not None:
+                rate = latency["fraction"] * result.rate
+                result.latency_ms = await measure_latency(
+                    settings, names, observer, rate, latency["seconds"], latency["seed"]
+                )
+        except Exception as error:  # report and go on with the other benches
+            result.error = f"{type(error).__name__}: {error}"
+        finally:
+            await observer.stop()
+            await producer.stop()
+            child.stop()
+    return result
+
+
+async def measure_latency(
+    settings: Settings,
+    names: TopicNames,
+    observer: Observer,
+    rate: float,
+    seconds: float,
+    seed: int,
+) -> dict[str, float]:
+    """Produce at `rate`/s for `seconds`; event send time → first stage change it caused."""
+    count = max(50, int(rate * seconds))
+    events = stream(max(50, count // 8), count, seed=seed, tag="lat-")
+    sent_at: dict[str, float] = {}
+    seen: dict[str, float] = {}
+
+    def on_records(topic: str, records: list[Any], now: float) -> None:
+        if topic != names.stage_changes:
+            return
+        for record in records:
+            event_id = orjson.loads(record.value).get("event_id")
+            if event_id in sent_at and event_id not in seen:
+                seen[event_id] = now
+
+    observer.on_records = on_records
+    # Its own producer with a short linger: the latency is the processor's, not batching's.
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, linger_ms=1)
+    await producer.start()
+    try:
+        return await _paced(names, producer, events, rate, sent_at, seen, observer)
+    finally:
+        observer.on_records = None
+        await producer.stop()
+
+
+async def _paced(
+    names: TopicNames,
+    producer: AIOKafkaProducer,
+    events: list[dict[str, Any]],
+    rate: float,
+    sent_at: dict[str, float],
+    seen: dict[str, float],
+    observer: Observer,
+) -> dict[str, float]:
+    partition_of = KeyPartitions(await producer.partitions_for(names.events))
+    messages = [(event["event_id"], *encode_event(event)) for event in events]
+    started = time.monotonic()
+    sent = 0
+    while sent < len(messages):  # every 2 ms, send what is due by then
+        due = min(len(messages), int((time.monotonic() - started) * rate) + 1)
+        for event_id, key, value in messages[sent:due]:
+            sent_at[event_id] = time.monotonic()
+            await producer.send(names.events, value, key=key, partition=partition_of(key))
+        sent = max(sent, due)
+        await asyncio.sleep(0.002)
+    finished = time.monotonic()
+    await producer.flush()
+    deadline = time.monotonic() + 30
+    target = observer.counts[names.history]
+    while time.monotonic() < deadline:  # until the history holds every latency event
+        await asyncio.sleep(0.2)
+        if (
+            observer.counts[names.history] == target
+            and time.monotonic() - observer.last_progress > 2
+        ):
+            break
+        target = observer.counts[names.history]
+    delays = sorted((seen[e] - sent_at[e]) * 1000 for e in seen)
+    if not delays:
+        return {"rate": rate, "events": len(events), "measured": 0}
+
+    def pct(p: float) -> float:
+        return delays[min(len(delays) - 1, int(p / 100 * len(delays)))]
+
+    return {
+        "rate": rate,
+        "events": len(events),
+        "measured": len(delays),
+        "p50": pct(50),
+        "p99": pct(99),
+        "max": delays[-1],
+        "actual_rate": len(events) / (finished - started),
+    }
+
+
+# --- the processors -------------------------------------------------------------------------
+
+FORWARD = {
+    "newsletter_signup": "subscriber",
+    "content_download": "lead",
+    "webinar_attended": "lead",
+    "form_submitted": "lead",
+    "demo_requested": "mql",
+    "contact_sales": "mql",
+    "sales_accepted": "sql",
+    "opportunity_opened": "opportunity",
+    "deal_won": "customer",
+    "sales_rejected": "recycled",
+    "deal_lost": "recycled",
+}
+
+
+async def run_raw(settings: Settings) -> None:
+    """The upper bound: getmany → orjson → dict update → produce, sends not awaited."""
+    names = settings.topics
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=10,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap, linger_ms=5, max_batch_size=512 * 1024
+    )
+    await consumer.start()
+    await producer.start()
+    await consumer.topics()
+    tps = [TopicPartition(names.events, p) for p in consumer.partitions_for_topic(names.events)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    state: dict[bytes, tuple[int, str | None]] = {}
+    send = producer.send
+    while True:
+        batches = await consumer.getmany(timeout_ms=100, max_records=5_000)
+        for tp, records in batches.items():
+            for r in records:
+                event = orjson.loads(r.value)
+                sequence, stage = state.get(r.key, (0, None))
+                new = FORWARD.get(event["type"], stage)
+                changes = []
+                if new != stage:
+                    change = {
+                        "person_id": event["person_id"],
+                        "event_id": event["event_id"],
+                        "from_stage": stage,
+                        "to_stage": new,
+                    }
+                    changes.append(change)
+                    await send(
+                        names.stage_changes, orjson.dumps(change), key=r.key, partition=tp.partition
+                    )
+                state[r.key] = (sequence + 1, new)
+                record = {"sequence": sequence + 1, "event": event, "changes": changes}
+                await send(names.history, orjson.dumps(record), key=r.key, partition=tp.partition)
+
+
+def run_naive(settings: Settings, data_dir: Path) -> None:
+    """A Faust agent as first written: core call, Table write, one awaited send per output."""
+    import faust
+
+    from events.codec import decode_event
+    from lifecycle.decide import decide
+    from lifecycle.evolve import evolve
+    from lifecycle.policy import load_preset
+    from lifecycle.state import PersonState
+
+    names = settings.topics
+    policy = load_preset("default")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"{settings.topic_prefix}-naive",
+        broker=settings.broker,
+        store="rocksdb://",
+        datadir=str(data_dir),
+        topic_partitions=settings.partitions,
+        broker_session_timeout=6,
+        web_enabled=False,
+    )
+    raw = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    events = app.topic(names.events, **raw)
+    history = app.topic(names.history, **raw)
+    changes = app.topic(names.stage_changes, **raw)
+    persons = app.Table("persons", default=None, key_type=bytes, value_type=bytes)
+
+    @app.agent(events)
+    async def process(stream: Any) -> None:
+        async for key, value in stream.items():
+            event = decode_event(value)
+            stored = persons.get(key)
+            state = PersonState.from_wire(orjson.loads(stored)) if stored else None
+            decision = decide(state, event, policy)
+            if not decision.duplicate:
+                persons[key] = orjson.dumps(evolve(state, decision).to_wire())
+            for change in decision.changes:
+                await changes.send(key=key, value=orjson.dumps(change))
+            await history.send(key=key, value=orjson.dumps(decision.to_wire()))
+
+    worker = faust.Worker(app, loglevel="warning")
+    # Faust's logging setup leaves aiokafka and faust loggers creating DEBUG records (~5 per
+    # event); quiet them so the baseline is not charged for logs nobody reads.
+    for name in ("aiokafka", "faust", "mode"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    worker.execute_from_commandline()
+
+
+def worker_command(settings: Settings, data_dir: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "streams.cli",
+        "worker",
+        "--broker",
+        settings.broker,
+        "--topic-prefix",
+        settings.topic_prefix,
+        "--data-dir",
+        str(data_dir),
+        "--web-port",
+        str(free_port()),
+        "--session-timeout",
+        "6",
+        "--loglevel",
+        "warning",
+    ]
+
+
+def role_command(role: str, settings: Settings, data_dir: Path) -> list[str]:
+    profile = os.environ.get("BENCH_PROFILE")  # a file: run the role under cProfile
+    return [
+        sys.executable,
+        *(["-m", "cProfile", "-o", profile] if profile else []),
+        str(Path(__file__).resolve()),
+        "--role",
+        role,
+        "--broker",
+        settings.broker,
+        "--prefix",
+        settings.topic_prefix,
+        "--partitions",
+        str(settings.partitions),
+        "--data-dir",
+        str(data_dir),
+    ]
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def report(results: list[Result], args: argparse.Namespace) -> None:
+    print()
+    print(f"{args.events:,} events over {args.persons:,} persons, {args.partitions} partitions")
+    print(f"{'':8} {'events/s':>10} {'seconds':>8} {'history':>8} {'changes':>8} {'cpu µs/ev':>10}")
+    by = {r.name: r for r in results}
+    for r in results:
+        if r.error:
+            print(f"{r.name:8} failed: {r.error.splitlines()[0]}")
+            continue
+        cpu = r.cpu_seconds / r.events * 1e6 if r.events else 0
+        print(
+            f"{r.name:8} {r.rate:>10,.0f} {r.seconds:>8.2f} {r.history:>8,} "
+            f"{r.stage_changes:>8,} {cpu:>10.0f}"
+        )
+    worker = by.get("worker")
+    if worker and not worker.error:
+        for other in ("naive", "raw"):
+            base = by.get(other)
+            if base and not base.error and base.rate:
+                print(f"worker / {other}: {worker.rate / base.rate:.2f}x")
+    for r in results:
+        lat = r.latency_ms
+        if lat.get("measured"):
+            print(
+                f"{r.name} latency at {lat['rate']:,.0f} events/s (20 % of its capacity; "
+                f"achieved {lat['actual_rate']:,.0f}/s), {lat['measured']:,} stage changes: "
+                f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms"
+            )
+        elif lat:
+            print(f"{r.name} latency: no stage change observed ({lat})")
+
+
+async def bench(args: argparse.Namespace) -> list[Result]:
+    print(f"generating {args.events:,} events over {args.persons:,} persons…", flush=True)
+    events = [encode_event(e) for e in stream(args.persons, args.events, seed=11)]
+    warmup = [encode_event(e) for e in stream(50, 200, seed=99, tag="warm-")]
+    only = args.only.split(",")
+    results = []
+    data = OUT / "data"
+    for name in ("raw", "naive", "worker"):
+        if name not in only:
+            continue
+        print(f"{name}…", flush=True)
+        store = data / f"{name}-{uuid.uuid4().hex[:6]}"
+
+        def command(settings: Settings, name: str = name, store: Path = store) -> list[str]:
+            if name == "worker":
+                return worker_command(settings, store)
+            return role_command(name, settings, store)
+
+        latency = None
+        if name in args.latency_for.split(",") and args.latency_seconds > 0:
+            latency = {"fraction": 0.2, "seconds": args.latency_seconds, "seed": 23}
+        result = await measure(
+            name,
+            command,
+            events,
+            partitions=args.partitions,
+            warmup=warmup,
+            stall=args.stall,
+            latency=latency,
+        )
+        results.append(result)
+        shutil.rmtree(store, ignore_errors=True)
+        status = result.error or f"{result.rate:,.0f} events/s"
+        print(f"  {name}: {status}", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--persons", type=int, default=10_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--only", default="raw,naive,worker", help="comma-separated benches")
+    parser.add_argument("--latency-seconds", type=float, default=10.0, help="0 to skip")
+    parser.add_argument("--latency-for", default="worker", help="benches timing latency")
+    parser.add_argument("--stall", type=float, default=60.0, help="give up after s idle")
+    parser.add_argument("--role", help=argparse.SUPPRESS)
+    parser.add_argument("--broker", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role:
+        settings = Settings(
+            broker=args.broker, topic_prefix=args.prefix, partitions=args.partitions
+        )
+        if args.role == "raw":
+            asyncio.run(run_raw(settings))
+        else:
+            run_naive(settings, Path(args.data_dir))
+        return
+    results = asyncio.run(bench(args))
+    report(results, args)
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"stream-{args.events}-{args.persons}.json"
+    rows = [{**asdict(r), "rate": r.rate} for r in results]
+    path.write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
+    print(f"results in {path}")
+
+
+if __name__ == "__main__":
+    main()
