@@ -81,6 +81,9 @@ class Observer:
         self.counts: Counter[str] = Counter()
         self.last_progress = time.monotonic()
         self.on_records: Any = None  # optional callback(topic, records, now)
+        # Also count, per topic, records naming an event id with each tag (`topic#tag`):
+        # the worker may write records of its own (inactivity ticks) that must not count.
+        self.tags: tuple[str, ...] = ("warm-", "run-")
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -111,6 +114,10 @@ class Observer:
                 now = time.monotonic()
                 for tp, records in batches.items():
                     self.counts[tp.topic] += len(records)
+                    for tag in self.tags:
+                        mark = b'"event_id":"' + tag.encode()
+                        found = sum(1 for r in records if r.value and mark in r.value)
+                        self.counts[f"{tp.topic}#{tag}"] += found
                     if self.on_records is not None:
                         self.on_records(tp.topic, records, now)
                 if batches:
@@ -191,6 +198,7 @@ class Result:
     stage_changes: int = 0
     cpu_seconds: float = 0.0
     ready_seconds: float = 0.0
+    own_records: int = 0  # history records not from an inbound event (inactivity ticks)
     error: str | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
 
@@ -228,7 +236,7 @@ async def measure(
             started = time.monotonic()
             stats = await publish(settings, warmup, producer=producer)
             assert stats.sent == len(warmup), stats
-            while observer.counts[names.history] < len(warmup):
+            while observer.counts[f"{names.history}#warm-"] < len(warmup):
                 child.check()
                 if time.monotonic() - started > 120:
                     raise TimeoutError(f"{name}: not consuming after 120 s")
@@ -236,11 +244,13 @@ async def measure(
             result.ready_seconds = time.monotonic() - started
             print(f"  {name}: consuming after {result.ready_seconds:.1f}s", flush=True)
             cpu0 = cpu_seconds(child.proc.pid)
+            history0 = observer.counts[names.history]
             changes0 = observer.counts[names.stage_changes]
             t0 = time.monotonic()
             send = asyncio.create_task(publish(settings, events, producer=producer))
-            target = len(warmup) + len(events)
-            watch = asyncio.create_task(observer.wait_for(names.history, target, stall=stall))
+            watch = asyncio.create_task(
+                observer.wait_for(f"{names.history}#run-", len(events), stall=stall)
+            )
             while not watch.done():
                 child.check()
                 await asyncio.wait({watch}, timeout=0.5)
@@ -249,7 +259,8 @@ async def measure(
             result.seconds = t1 - t0
             result.cpu_seconds = cpu_seconds(child.proc.pid) - cpu0
             await asyncio.sleep(0.5)  # stage changes of the last events may trail the history
-            result.history = observer.counts[names.history] - len(warmup)
+            result.history = observer.counts[names.history] - history0
+            result.own_records = result.history - observer.counts[f"{names.history}#run-"]
             result.stage_changes = observer.counts[names.stage_changes] - changes0
             if latency is not None:
                 rate = latency["fraction"] * result.rate
@@ -518,11 +529,18 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             print(f"{r.name:8} failed: {r.error.splitlines()[0]}")
             continue
         cpu = r.cpu_seconds / r.events * 1e6 if r.events else 0
+        own = f"  (+{r.own_records:,} history records of its own)" if r.own_records else ""
         print(
             f"{r.name:8} {r.rate:>10,.0f} {r.seconds:>8.2f} {r.history:>8,} "
-            f"{r.stage_changes:>8,} {cpu:>10.0f}"
+            f"{r.stage_changes:>8,} {cpu:>10.0f}{own}"
         )
-    worker = by.get("worker")
+    worker, naive = by.get("worker"), by.get("naive")
+    both = worker and naive and not (worker.error or naive.error)
+    if both and worker.stage_changes != naive.stage_changes:  # same core, same input
+        print(
+            f"note: worker published {worker.stage_changes:,} stage changes, the naive "
+            f"agent {naive.stage_changes:,} (same core and input: expected equal)"
+        )
     if worker and not worker.error:
         for other in ("naive", "raw"):
             base = by.get(other)
@@ -542,7 +560,7 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
 
 async def bench(args: argparse.Namespace) -> list[Result]:
     print(f"generating {args.events:,} events over {args.persons:,} persons…", flush=True)
-    events = [encode_event(e) for e in stream(args.persons, args.events, seed=11)]
+    events = [encode_event(e) for e in stream(args.persons, args.events, seed=11, tag="run-")]
     warmup = [encode_event(e) for e in stream(50, 200, seed=99, tag="warm-")]
     only = args.only.split(",")
     results = []
