@@ -23,6 +23,7 @@ dev: $(STAMP)
 	$(BIN)/leadflow dev --demo
 
 test: $(TEST_STAMP)
+	@scripts/ensure-chromium
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
