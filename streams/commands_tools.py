@@ -423,6 +423,7 @@ def dev(
     ] = 6.0,
 ) -> None:
     """Everything on this machine, no Docker: broker, topics, worker, API, dashboard, demo."""
+    from streams.broker import BrokerStartError, TansuNotInstalled
     from streams.devstack import DevError, DevOptions, DevStack
 
     options = DevOptions(
@@ -444,7 +445,7 @@ def dev(
         try:
             stack.start()
             _, interrupted = _run_until_signal(_dev_session(stack))
-        except DevError as error:
+        except (DevError, BrokerStartError, TansuNotInstalled) as error:
             raise _fail(str(error), 1) from None
         except KeyboardInterrupt:
             interrupted = True

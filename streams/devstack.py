@@ -242,6 +242,10 @@ class DevStack:
         o = self.options
         if not port_is_free(o.web_port):
             raise DevError(f"port {o.web_port} is in use; pick another with --web-port")
+        # Tansu binds with SO_REUSEPORT: on a busy port it starts anyway and shares the
+        # connections with whatever listens there, so check before starting it.
+        if o.port is not None and not port_is_free(o.port):
+            raise DevError(f"port {o.port} is in use; pick another with --port or leave it out")
         prepare_data_dir(o.data_dir)
         self.broker.start()
         self.settings = Settings(
