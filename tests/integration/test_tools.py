@@ -183,6 +183,19 @@ async def test_send_csv_maps_columns_to_event_and_profile_fields(
     assert events[1].occurred_at == datetime(2026, 1, 2, 10, 0, tzinfo=UTC)
 
 
+async def test_send_demo_publishes_the_synthetic_stream(
+    broker: EmbeddedBroker, make_topics: MakeTopics
+) -> None:
+    names = await make_topics()
+    args = cli(broker, names, "send", "--demo", "500", "--persons", "50")
+    result = await asyncio.to_thread(runner.invoke, app, args)
+    assert result.exit_code == 0, result.output
+    assert "sent 500" in result.stdout and "invalid 0" in result.stdout
+    records = await read_to_end(broker.bootstrap, names.events)
+    assert len({r.key for r in records}) == 50
+    assert all(Event.model_validate_json(r.value).person_id.encode() == r.key for r in records)
+
+
 def test_send_rejects_a_csv_map_naming_no_event_field(tmp_path: Path) -> None:
     path = tmp_path / "x.csv"
     path.write_text("a\n1\n")
