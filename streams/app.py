@@ -1,0 +1,193 @@
+"""The Faust app: topics, the person table, the lifecycle agent, the sweeper, health and metrics.
+
+`make_app(settings, policy)` builds everything from settings and nothing else; the worker
+command (`streams.worker`) creates the topics with their configs *before* the app starts,
+because some brokers (Tansu, Kafka with auto-create on) create a missing topic with default
+configs on the first metadata request that names it.
+
+Topics are raw bytes: pydantic is not a Faust codec, so the agent decodes with
+`events.codec.decode_event` and encodes with orjson.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from lifecycle.policy import Policy
+from streams import metrics
+from streams.agent import BATCH_SIZE, BATCH_WAIT, Lifecycle
+from streams.outputs import Outputs
+from streams.recovery import reconcile
+from streams.settings import Settings
+from streams.sweeper import sweep
+from streams.topics import TopicNames, TopicSpec
+
+log = logging.getLogger(__name__)
+
+TABLE = "persons"
+LAG_INTERVAL = 5.0
+
+
+def app_id(settings: Settings) -> str:
+    """The Faust app id: the consumer group and the prefix of the table's changelog topic."""
+    prefix = settings.topic_prefix.rstrip(".")
+    return f"{prefix}.leadflow" if prefix else "leadflow"
+
+
+def changelog_spec(settings: Settings) -> TopicSpec:
+    """The person table's changelog, created with the other topics (compacted, same count)."""
+    name = f"{app_id(settings)}-{TABLE}-changelog"
+    return TopicSpec(name, settings.partitions, settings.replication, {"cleanup.policy": "compact"})
+
+
+def credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """SASL / SSL settings in the form Faust takes them (None for PLAINTEXT)."""
+    context = settings.ssl_context()
+    if settings.security_protocol.startswith("SASL"):
+        password = settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=password,
+            ssl_context=context,
+            mechanism=settings.sasl_mechanism,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+class LeadflowApp(faust.App):
+    """The Faust app and the parts of leadflow hung on it (for the worker, the API, tests)."""
+
+    settings: Settings
+    policy: Policy
+    names: TopicNames
+    events_topic: faust.TopicT
+    persons: Any  # faust Table of person id (bytes) → PersonState.to_wire() JSON (bytes)
+    lifecycle: Lifecycle
+
+    def on_init_dependencies(self):  # type: ignore[no-untyped-def]
+        deps = super().on_init_dependencies()
+        import os
+        if os.environ.get("LF_NOMON"):
+            self.sensors.remove(self.monitor)
+        return deps
+
+
+def make_app(
+    settings: Settings,
+    policy: Policy,
+    *,
+    cache_size: int = 100_000,
+    batch_size: int = BATCH_SIZE,
+    batch_wait: float = BATCH_WAIT,
+) -> LeadflowApp:
+    names = settings.topics
+    options: dict[str, Any] = {
+        "broker": settings.broker,
+        "broker_session_timeout": settings.session_timeout,
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication,
+        "store": "rocksdb://" if settings.store == "rocksdb" else "memory://",
+        "datadir": str(settings.data_dir),
+        "web_enabled": True,
+        "web_bind": settings.web_host,
+        "web_port": settings.web_port,
+        # /table/… would serve person data without a token.
+        "web_tables_enabled": False,
+        "consumer_auto_offset_reset": "earliest",
+        # The table is checked against history after every assignment (streams.recovery);
+        # brokers that misreport end offsets (Tansu) must not crash the restore instead.
+        "recovery_consistency_check": False,
+        "processing_guarantee": "exactly_once" if settings.exactly_once else "at_least_once",
+        "producer_linger_ms": 5,
+    }
+    if settings.web_host not in ("0.0.0.0", "::", ""):
+        options["web_host"] = settings.web_host
+    creds = credentials(settings)
+    if creds is not None:
+        options["broker_credentials"] = creds
+    app = LeadflowApp(app_id(settings), **options)
+    app.settings, app.policy, app.names = settings, policy, names
+
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    app.events_topic = app.topic(names.events, partitions=settings.partitions, **raw)
+    app.persons = app.Table(
+        TABLE,
+        default=None,
+        partitions=settings.partitions,
+        options={"driver": "rocksdict"} if settings.store == "rocksdb" else None,
+        key_type=bytes,  # bytes keys and values: the "raw" serializer
+        value_type=bytes,
+    )
+    lifecycle = app.lifecycle = Lifecycle(app, policy, names, app.persons, cache_size=cache_size)
+
+    @app.agent(app.events_topic, name="lifecycle", concurrency=1)
+    async def lifecycle_agent(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(batch_size, within=batch_wait):
+            try:
+                await lifecycle.process(batch)
+            except Exception as error:
+                # Most likely a failed delivery: stop the worker rather than ack inputs
+                # whose outputs are lost; a restart re-processes them and recovery repairs
+                # the table from history.
+                log.exception("lifecycle agent failed; stopping the worker")
+                await app.crash(error)
+                raise
+
+    @app.persons.on_recover
+    async def check_against_history() -> None:
+        assigned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.events}
+        lifecycle.release(lifecycle.owned - assigned)
+        new = assigned - lifecycle.owned
+        if not new:
+            return
+        report = await reconcile(
+            lifecycle,
+            new,
+            bootstrap=settings.bootstrap,
+            client_options=settings.aiokafka_kwargs(),
+        )
+        metrics.REBUILT.inc(report.rebuilt)
+        log.info("recovery: %s", report.summary())
+
+    @app.on_partitions_revoked.connect
+    async def forget_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
+        lifecycle.release({tp.partition for tp in revoked if tp.topic == names.events})
+
+    sweeper_outputs = Outputs(app, names.events)
+
+    @app.timer(settings.sweep_interval, name="sweeper")
+    async def sweeper() -> None:
+        await sweep(lifecycle, sweeper_outputs)
+
+    @app.timer(LAG_INTERVAL, name="consumer_lag")
+    async def consumer_lag() -> None:
+        consumer = app.consumer
+        for partition in list(lifecycle.owned):
+            last = lifecycle.offsets.get(partition)
+            highwater = consumer.highwater(TP(names.events, partition))
+            if last is not None and highwater is not None:
+                metrics.CONSUMER_LAG.labels(str(partition)).set(max(highwater - last - 1, 0))
+
+    @app.page("/healthz")
+    async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return web.json(
+            {
+                "status": "ok",
+                "policy_version": policy.version,
+                "partitions": sorted(lifecycle.owned),
+                "events_processed": lifecycle.processed,
+            }
+        )
+
+    @app.page("/metrics")
+    async def metrics_page(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        body, content_type = metrics.render()
+        return web.bytes(body, content_type=content_type)
+
+    return app

@@ -1,0 +1,40 @@
+"""Dead letters: anything the worker cannot accept, kept with enough to find and re-drive it.
+
+The worker never stops on a bad message: the raw bytes, where they came from and a one-line
+reason go to the dead-letter topic and processing continues with the next message.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from events.outbound import DeadLetter
+
+#: Longest error kept in a dead letter; a reason is one line, never a traceback.
+MAX_ERROR = 1000
+
+
+def one_line(error: object) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
+
+
+def dead_letter(
+    error: object,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+) -> bytes:
+    """The `DeadLetter` JSON for one rejected message (raw key and value base64-encoded)."""
+    letter = DeadLetter(
+        error=one_line(error),
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=None if key is None else base64.b64encode(key),
+        value=base64.b64encode(value or b""),
+    )
+    return letter.model_dump_json().encode()
