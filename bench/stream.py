@@ -422,7 +422,7 @@ async def run_raw(settings: Settings) -> None:
                 await send(names.history, orjson.dumps(record), key=r.key, partition=tp.partition)
 
 
-def run_naive(settings: Settings, data_dir: Path) -> None:
+def run_naive(settings: Settings, data_dir: Path, session_timeout: float) -> None:
     """A Faust agent as first written: core call, Table write, one awaited send per output."""
     import faust
 
@@ -441,7 +441,7 @@ def run_naive(settings: Settings, data_dir: Path) -> None:
         store="rocksdb://",
         datadir=str(data_dir),
         topic_partitions=settings.partitions,
-        broker_session_timeout=6,
+        broker_session_timeout=session_timeout,
         web_enabled=False,
     )
     raw = {
@@ -476,7 +476,7 @@ def run_naive(settings: Settings, data_dir: Path) -> None:
     worker.execute_from_commandline()
 
 
-def worker_command(settings: Settings, data_dir: Path) -> list[str]:
+def worker_command(settings: Settings, data_dir: Path, session_timeout: float) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -491,13 +491,15 @@ def worker_command(settings: Settings, data_dir: Path) -> list[str]:
         "--web-port",
         str(free_port()),
         "--session-timeout",
-        "6",
+        str(session_timeout),
         "--loglevel",
         "warning",
     ]
 
 
-def role_command(role: str, settings: Settings, data_dir: Path) -> list[str]:
+def role_command(
+    role: str, settings: Settings, data_dir: Path, session_timeout: float
+) -> list[str]:
     profile = os.environ.get("BENCH_PROFILE")  # a file: run the role under cProfile
     return [
         sys.executable,
@@ -513,6 +515,8 @@ def role_command(role: str, settings: Settings, data_dir: Path) -> list[str]:
         str(settings.partitions),
         "--data-dir",
         str(data_dir),
+        "--session-timeout",
+        str(session_timeout),
     ]
 
 
@@ -574,8 +578,8 @@ async def bench(args: argparse.Namespace) -> list[Result]:
 
         def command(settings: Settings, name: str = name, store: Path = store) -> list[str]:
             if name == "worker":
-                return worker_command(settings, store)
-            return role_command(name, settings, store)
+                return worker_command(settings, store, args.session_timeout)
+            return role_command(name, settings, store, args.session_timeout)
 
         latency = None
         if name in args.latency_for.split(",") and args.latency_seconds > 0:
@@ -605,6 +609,13 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="0 to skip")
     parser.add_argument("--latency-for", default="worker", help="benches timing latency")
     parser.add_argument("--stall", type=float, default=60.0, help="give up after s idle")
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        default=20.0,
+        help="group session of naive and worker: the join (half of it) is paid once, during "
+        "warm-up; short sessions risk a rebalance when 2 cores are saturated",
+    )
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--broker", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -617,7 +628,7 @@ def main() -> None:
         if args.role == "raw":
             asyncio.run(run_raw(settings))
         else:
-            run_naive(settings, Path(args.data_dir))
+            run_naive(settings, Path(args.data_dir), args.session_timeout)
         return
     results = asyncio.run(bench(args))
     report(results, args)
