@@ -44,24 +44,24 @@ def decide(state: PersonState | None, event: Event, policy: Policy) -> Decision:
     """
     if state is None:
         state = PersonState(event.person_id)
+    compiled = policy.compiled
     seen = state.recent.get(event.event_id)
     if seen is not None:
         sequence, changes = seen
-        return Decision(state.person_id, sequence, policy.version, event, changes, duplicate=True)
+        return Decision(state.person_id, sequence, compiled.version, event, changes, duplicate=True)
 
-    compiled = policy.compiled
     now = event.occurred_at
     event_type = event.type
     stage = state.stage
     breaches: tuple[SlaBreach, ...] = ()
-    if policy.sla_days and stage in policy.sla_days and stage not in state.sla_breached:
-        breaches = _sla_breaches(state, event, policy)
+    if stage in compiled.sla_days and stage not in state.sla_breached:
+        breaches = _sla_breaches(state, event, compiled.sla_days[stage])
 
     last = state.last_activity
     timed_out = (
         last is not None
         and stage in compiled.timeout_stages
-        and now > last + policy.inactivity_window
+        and now > last + compiled.inactivity_window
     )
     activity = event_type in compiled.activity
     last_activity = now if activity and (last is None or now > last) else last
@@ -69,10 +69,14 @@ def decide(state: PersonState | None, event: Event, policy: Policy) -> Decision:
     score, score_at, scored = state.score, state.score_at, False
     weight = compiled.weights.get(event_type)
     if weight:
-        scoring = policy.scoring
-        assert scoring is not None
-        score = _decayed(score, score_at, now, scoring.half_life_days) + weight
-        scored = score >= scoring.threshold
+        # Exponential decay since the last scored event (late events do not decay it), inline
+        # because it runs on most events; same operations in the same order as ever.
+        half_life = compiled.half_life_days
+        if score and score_at is not None and half_life is not None and now > score_at:
+            days = (now - score_at).total_seconds() / 86400
+            score = score * math.pow(0.5, days / half_life)
+        score += weight
+        scored = score >= compiled.threshold
         if score_at is None or now > score_at:
             score_at = now
 
@@ -97,14 +101,14 @@ def decide(state: PersonState | None, event: Event, policy: Policy) -> Decision:
         if event_type == _ERASED:
             erased = True
         elif event_type in compiled.not_a_lead:
-            note = Reason("not_a_lead", f"{event_type} is not a lead action under {policy.name}")
+            note = Reason("not_a_lead", f"{event_type} is not a lead action under {compiled.name}")
         elif event_type not in KNOWN_TYPES:
             note = Reason("unknown_type", f"unknown event type {event_type!r}: recorded, no effect")
 
     return Decision(
         state.person_id,
         state.sequence + 1,
-        policy.version,
+        compiled.version,
         event,
         changes,
         breaches,
@@ -119,9 +123,8 @@ def decide(state: PersonState | None, event: Event, policy: Policy) -> Decision:
     )
 
 
-def _sla_breaches(state: PersonState, event: Event, policy: Policy) -> tuple[SlaBreach, ...]:
+def _sla_breaches(state: PersonState, event: Event, days: float) -> tuple[SlaBreach, ...]:
     """The current stage's SLA, if this event arrives after it was due."""
-    days = policy.sla_days[state.stage]  # type: ignore[index]
     entered = state.entered_at.get(state.stage)
     if entered is None:
         return ()
@@ -260,12 +263,3 @@ def _merged_profile(state: PersonState, event: Event) -> dict[str, Any]:
         return state.profile
     return {**state.profile, **event.profile.model_dump(exclude_none=True)}
 
-
-def _decayed(
-    score: float, since: datetime | None, now: datetime, half_life_days: float | None
-) -> float:
-    """Score after exponential decay from `since` to `now`; late events do not decay it."""
-    if not score or since is None or half_life_days is None or now <= since:
-        return score
-    days = (now - since).total_seconds() / 86400
-    return score * math.pow(0.5, days / half_life_days)

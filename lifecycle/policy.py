@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
@@ -128,10 +129,23 @@ class Compiled:
     ucp_industries: frozenset[str]
     ucp_countries: frozenset[str]
     ucp_titles: tuple[str, ...]
+    icp_unknown_passes: bool
+    employees_min: int | None
+    employees_max: int | None
+    dm_required: bool
     dm_seniorities: frozenset[str]
     dm_titles: tuple[str, ...]
+    dm_unknown_passes: bool
     timeout_stages: frozenset[str]
     weights: dict[str, float]
+    # Scalars decide() reads on every event, bound once: a frozen dataclass slot is cheaper to
+    # read than the pydantic model's nested attributes (policy.scoring.threshold …).
+    version: str
+    name: str
+    sla_days: dict[str, float]
+    inactivity_window: timedelta
+    threshold: float
+    half_life_days: float | None
 
     @classmethod
     def of(cls, policy: Policy) -> Compiled:
@@ -155,10 +169,21 @@ class Compiled:
             ucp_industries=_lower(policy.ucp.industries),
             ucp_countries=_lower(policy.ucp.countries),
             ucp_titles=tuple(_lower(policy.ucp.title_keywords)),
+            icp_unknown_passes=policy.icp.unknown_passes,
+            employees_min=policy.icp.employees_min,
+            employees_max=policy.icp.employees_max,
+            dm_required=policy.decision_makers.required,
             dm_seniorities=_lower(policy.decision_makers.seniorities),
             dm_titles=tuple(_lower(policy.decision_makers.title_keywords)),
+            dm_unknown_passes=policy.decision_makers.unknown_passes,
             timeout_stages=frozenset(policy.timeout_stages),
             weights=dict(policy.scoring.weights) if policy.scoring else {},
+            version=policy.version,
+            name=policy.name,
+            sla_days=dict(policy.sla_days),
+            inactivity_window=policy.inactivity_window,
+            threshold=policy.scoring.threshold if policy.scoring else math.inf,
+            half_life_days=policy.scoring.half_life_days if policy.scoring else None,
         )
 
 
@@ -296,6 +321,15 @@ def preset_path(name: str) -> Path:
 
 def load_preset(name: str) -> Policy:
     return load_policy(preset_path(name))
+
+
+def named_policy(value: str | Path) -> Policy:
+    """A policy given as a file path or a preset name (as `--shadow` and `--against` take)."""
+    if Path(value).is_file():
+        return load_policy(value)
+    if str(value) in PRESETS:
+        return load_preset(str(value))
+    raise PolicyError(f"{value}: no such policy file, and not a preset ({', '.join(PRESETS)})")
 
 
 def resolve_policy(path: str | Path | None = None, preset: str | None = None) -> Policy:

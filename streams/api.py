@@ -197,7 +197,7 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
     @app.page("/")
     class Dashboard(View):
         async def get(self, request: Request) -> Response:
-            return self.bytes(dashboard, content_type="text/html; charset=utf-8")
+            return self.bytes(dashboard, content_type="text/html")
 
     @app.page("/people/{person_id}")
     class Person(View):

@@ -12,19 +12,24 @@ Topics are raw bytes: pydantic is not a Faust codec, so the agent decodes with
 from __future__ import annotations
 
 import logging
+import os
+import time
 from typing import Any
 
 import faust
 from faust.types import TP
 
-from lifecycle.policy import Policy
+from events.outbound import HistoryRecord
+from lifecycle.policy import Policy, named_policy
 from streams import metrics
-from streams.agent import BATCH_SIZE, BATCH_WAIT, Lifecycle
+from streams.agent import BATCH_SIZE, BATCH_WAIT, AckAfterDelivery, Batcher, Lifecycle
+from streams.api import Api, install_api
 from streams.outputs import Outputs
 from streams.recovery import reconcile
 from streams.settings import Settings
+from streams.shadow import Shadow, shadow_topic
 from streams.sweeper import sweep
-from streams.topics import TopicNames, TopicSpec
+from streams.topics import TopicNames, TopicSpec, iter_to_end
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,7 @@ class LeadflowApp(faust.App):
     events_topic: faust.TopicT
     persons: Any  # faust Table of person id (bytes) → PersonState.to_wire() JSON (bytes)
     lifecycle: Lifecycle
+    api: Api
 
     def on_init_dependencies(self):  # type: ignore[no-untyped-def]
         deps = super().on_init_dependencies()
@@ -104,10 +110,13 @@ def make_app(
         # brokers that misreport end offsets (Tansu) must not crash the restore instead.
         "recovery_consistency_check": False,
         "processing_guarantee": "exactly_once" if settings.exactly_once else "at_least_once",
-        "producer_linger_ms": 5,
+        "producer_linger_ms": int(os.environ.get("LF_LINGER", "5")),
+        "producer_max_batch_size": int(os.environ.get("LF_MAXBATCH", "16384")),
     }
     if settings.web_host not in ("0.0.0.0", "::", ""):
         options["web_host"] = settings.web_host
+    if settings.canonical_url:
+        options["canonical_url"] = settings.canonical_url  # how other workers reach this one
     creds = credentials(settings)
     if creds is not None:
         options["broker_credentials"] = creds
@@ -128,16 +137,14 @@ def make_app(
 
     @app.agent(app.events_topic, name="lifecycle", concurrency=1)
     async def lifecycle_agent(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(batch_size, within=batch_wait):
-            try:
-                await lifecycle.process(batch)
-            except Exception as error:
-                # Most likely a failed delivery: stop the worker rather than ack inputs
-                # whose outputs are lost; a restart re-processes them and recovery repairs
-                # the table from history.
-                log.exception("lifecycle agent failed; stopping the worker")
-                await app.crash(error)
-                raise
+        import os
+        if os.environ.get("LF_ITER") == "take":
+            acks0 = AckAfterDelivery(app, stream)
+            async for events in stream.take_events(batch_size, within=batch_wait):
+                stats = await lifecycle.process(events)
+                acks0.after(stats.deliveries, [])
+        batches = Batcher(app, stream, lifecycle, size=batch_size, wait=batch_wait)
+        await batches.run()
 
     @app.persons.on_recover
     async def check_against_history() -> None:
@@ -154,6 +161,8 @@ def make_app(
         )
         metrics.REBUILT.inc(report.rebuilt)
         log.info("recovery: %s", report.summary())
+        if lifecycle.shadows:
+            await rebuild_shadows(lifecycle.shadows, new, settings)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
@@ -190,4 +199,27 @@ def make_app(
         body, content_type = metrics.render()
         return web.bytes(body, content_type=content_type)
 
+    lifecycle.shadows = shadows_of(settings, names)
+    app.api = install_api(app, {s.policy.version: (s.policy, s.topic) for s in lifecycle.shadows})
     return app
+
+
+def shadows_of(settings: Settings, names: TopicNames) -> list[Shadow]:
+    """The candidate policies of `--shadow`, each with its own stage-change topic."""
+    return [Shadow(p, shadow_topic(names, p)) for p in map(named_policy, settings.shadow)]
+
+
+async def rebuild_shadows(shadows: list[Shadow], partitions: set[int], settings: Settings) -> None:
+    """Shadow states are memory only: replay the newly owned history partitions into them."""
+    started, count = time.monotonic(), 0
+    async for record in iter_to_end(
+        settings.bootstrap,
+        settings.topics.history,
+        partitions=sorted(partitions),
+        client_options=settings.aiokafka_kwargs(),
+    ):
+        event = HistoryRecord.model_validate_json(record.value).event
+        for shadow in shadows:
+            shadow.apply(event)
+        count += 1
+    log.info("shadows: replayed %d history records in %.2fs", count, time.monotonic() - started)

@@ -15,7 +15,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from events.codec import describe_validation_error
-from lifecycle.policy import PolicyError, resolve_policy
+from lifecycle.policy import PolicyError, named_policy, resolve_policy
 from streams.settings import Settings
 
 
@@ -55,6 +55,13 @@ def worker(
     session_timeout: float | None = typer.Option(
         None, help="consumer group session, seconds (env LEADFLOW_SESSION_TIMEOUT)"
     ),
+    shadow: list[str] | None = typer.Option(
+        None,
+        help="candidate policy (file or preset) to run in shadow; repeatable (env LEADFLOW_SHADOW)",
+    ),
+    canonical_url: str | None = typer.Option(
+        None, help="URL other workers reach this one at (env LEADFLOW_CANONICAL_URL)"
+    ),
     loglevel: str = typer.Option("info", help="debug, info, warning, error"),
 ) -> None:
     """Run the lifecycle worker: decide every event, publish stage changes and history."""
@@ -71,6 +78,8 @@ def worker(
         "store": store,
         "sweep_interval": sweep_interval,
         "session_timeout": session_timeout,
+        "shadow": shadow or None,
+        "canonical_url": canonical_url,
     }
     try:
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})
@@ -79,6 +88,8 @@ def worker(
         raise typer.Exit(2) from None
     try:
         lead_definition = resolve_policy(settings.policy, settings.preset)
+        for candidate in settings.shadow:
+            named_policy(candidate)  # fail now, with the file and line, not inside Faust
     except PolicyError as error:
         typer.echo(f"leadflow worker: {error}", err=True)
         raise typer.Exit(2) from None

@@ -66,4 +66,5 @@ def count_batch(types: Mapping[str, int], stages: Mapping[str, int], duplicates:
 
 def render() -> tuple[bytes, str]:
     """The text exposition of every registered metric and its content type."""
-    return generate_latest(), CONTENT_TYPE_LATEST
+    # aiohttp refuses a charset inside content_type; the exposition format is UTF-8 anyway.
+    return generate_latest(), CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"

@@ -77,6 +77,11 @@ class Outputs:
     def pending(self) -> int:
         return len(self._pending)
 
+    def detach(self) -> list[Awaitable[Any]]:
+        """Hand over the delivery futures of everything sent so far (and forget them)."""
+        pending, self._pending = self._pending, []
+        return pending
+
     async def settle(self) -> None:
         """Wait for every buffered send; raise the first delivery error."""
         pending, self._pending = self._pending, []

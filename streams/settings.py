@@ -28,10 +28,17 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     web_host: str = "0.0.0.0"
     web_port: int = 6066
+    canonical_url: str | None = Field(
+        default=None,
+        description="URL other workers reach this one at (routing); http://<hostname>:<port>",
+    )
     api_token: SecretStr | None = None
     session_timeout: float = Field(default=10.0, description="consumer group session, seconds")
     sweep_interval: float = Field(default=60.0, gt=0, description="sweeper period, seconds")
     exactly_once: bool = False
+    shadow: list[str] = Field(
+        default_factory=list, description="candidate policies (files or presets) run in shadow"
+    )
     store: Literal["rocksdb", "memory"] = "rocksdb"
     # Security, passed through to aiokafka / Faust.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

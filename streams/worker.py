@@ -17,7 +17,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from lifecycle.policy import Policy
-from streams.app import LeadflowApp, changelog_spec, make_app
+from streams.app import LeadflowApp, changelog_spec, make_app, shadows_of
 from streams.exactly_once import probe_transactions
 from streams.settings import Settings
 from streams.topics import EnsureResult, ensure_topics, topic_specs
@@ -43,14 +43,22 @@ async def prepare(settings: Settings, policy: Policy) -> EnsureResult:
     """What must hold before Faust touches the broker. Raises TransactionsUnsupported."""
     if settings.exactly_once:
         await probe_transactions(settings)
+    shadows = shadows_of(settings, settings.topics)
+    stage_changes = next(
+        spec
+        for spec in topic_specs(settings.topics, settings.partitions, settings.replication)
+        if spec.name == settings.topics.stage_changes
+    )
     specs = [
         *topic_specs(settings.topics, settings.partitions, settings.replication),
         changelog_spec(settings),
+        *(stage_changes._replace(name=shadow.topic) for shadow in shadows),
     ]
     result = await ensure_topics(
         settings.bootstrap, specs, client_options=settings.aiokafka_kwargs()
     )
-    await publish_policy(settings, policy)
+    for candidate in (policy, *(shadow.policy for shadow in shadows)):
+        await publish_policy(settings, candidate)
     return result
 
 

@@ -1,0 +1,275 @@
+"""The HTTP API against running workers and a real broker: auth, ingest, persons, routing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from events.limits import MAX_PAYLOAD_BYTES
+from streams.broker import EmbeddedBroker, free_port
+from streams.contracts import FunnelView, PersonHistory, PersonView, PolicyRow
+from streams.topics import TopicNames
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-token-" + "x" * 20
+VP = {"seniority": "vp", "industry": "software", "employees": 300, "country": "DE"}
+LEADFLOW = str(Path(sys.executable).with_name("leadflow"))
+
+
+class Worker:
+    """A `leadflow worker` process started the way users start it."""
+
+    def __init__(self, broker: EmbeddedBroker, names: TopicNames, tmp: Path, name: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / f"{name}.log"
+        prefix = names.events.removesuffix(".leadflow.events")
+        env = {
+            **os.environ,
+            "LEADFLOW_API_TOKEN": TOKEN,
+            "LEADFLOW_CANONICAL_URL": self.url,
+        }
+        self.proc = subprocess.Popen(
+            [
+                LEADFLOW,
+                "worker",
+                "--broker",
+                broker.url,
+                "--topic-prefix",
+                prefix,
+                "--data-dir",
+                str(tmp / name),
+                "--web-port",
+                str(self.port),
+                "--web-host",
+                "127.0.0.1",
+                "--session-timeout",
+                "6",
+                "--store",
+                "memory",
+            ],
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def request(
+        self, path: str, *, token: str | None = TOKEN, body: bytes | None = None
+    ) -> tuple[int, Any]:
+        req = urllib.request.Request(self.url + path, data=body, method="POST" if body else "GET")
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        if body is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as response:
+                raw = response.read()
+                status = response.status
+        except urllib.error.HTTPError as error:
+            raw, status = error.read(), error.code
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    async def owned(self) -> list[int]:
+        status, body = await asyncio.to_thread(self.request, "/healthz", token=None)
+        return body.get("partitions", []) if status == 200 else []
+
+
+async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = await check()
+        except (OSError, urllib.error.URLError):
+            result = None
+        if result:
+            return result
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def event(event_id: str, person: str, type_: str, at: str, **extra: Any) -> bytes:
+    body = {
+        "event_id": event_id,
+        "person_id": person,
+        "type": type_,
+        "occurred_at": at,
+        "source": "webinar",
+        **extra,
+    }
+    return json.dumps(body).encode()
+
+
+@pytest.fixture
+def workers(
+    broker: EmbeddedBroker, make_topics: Callable[..., Awaitable[TopicNames]], tmp_path: Path
+) -> Iterator[Callable[[int], Awaitable[list[Worker]]]]:
+    started: list[Worker] = []
+
+    async def start(count: int) -> list[Worker]:
+        names = await make_topics(partitions=4)
+        group = [Worker(broker, names, tmp_path, f"w{i}") for i in range(count)]
+        started.extend(group)
+
+        async def all_partitions_owned() -> bool:
+            owned = [await w.owned() for w in group]
+            return sorted(p for parts in owned for p in parts) == [0, 1, 2, 3] and all(owned)
+
+        await wait_for(all_partitions_owned, 90, f"{count} worker(s) to own every partition")
+        return group
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+async def ingest(worker: Worker, *bodies: bytes) -> None:
+    for body in bodies:
+        status, answer = await asyncio.to_thread(worker.request, "/events", body=body)
+        assert status == 202, answer
+
+
+async def test_api_end_to_end_with_auth_ingest_person_history_and_funnel(workers):
+    (w,) = await workers(1)
+    await ingest(
+        w,
+        event("a1", "ada", "newsletter_signup", "2026-01-01T09:00:00Z"),
+        event("a2", "ada", "webinar_attended", "2026-01-02T09:00:00Z", profile=VP),
+        event("a3", "ada", "demo_requested", "2026-01-03T09:00:00Z"),
+    )
+
+    async def ada_is_mql() -> Any:
+        status, body = await asyncio.to_thread(w.request, "/people/ada")
+        return body if status == 200 and body["stage"] == "mql" else None
+
+    person = PersonView.model_validate(await wait_for(ada_is_mql, 30, "ada to reach mql"))
+    assert person.highest == "mql"
+    assert person.lead_source == "webinar"
+    assert person.profile["seniority"] == "vp"
+    assert "hand-raise" in person.last_reason.text
+
+    status, history = await asyncio.to_thread(w.request, "/people/ada/history")
+    timeline = PersonHistory.model_validate(history)
+    assert [r.sequence for r in timeline.records] == [1, 2, 3]
+    assert [c.to_stage for r in timeline.records for c in r.changes] == [
+        "subscriber",
+        "lead",
+        "mql",
+    ]
+    assert all(r.policy_version == person.policy_version for r in timeline.records)
+
+    status, as_of = await asyncio.to_thread(
+        w.request, "/people/ada/history?as_of=2026-01-02T12:00:00Z"
+    )
+    assert status == 200
+    assert as_of["state"]["stage"] == "lead"
+    assert len(as_of["records"]) == 2
+
+    async def funnel_has_ada() -> Any:
+        status, body = await asyncio.to_thread(w.request, "/funnel", token=None)
+        return body if status == 200 and body["reached"]["mql"] >= 1 else None
+
+    funnel = FunnelView.model_validate(await wait_for(funnel_has_ada, 30, "the live funnel"))
+    assert funnel.reached["lead"] == 1 and funnel.persons == 1
+    assert funnel.policy_version == person.policy_version
+
+    status, policies = await asyncio.to_thread(w.request, "/policies", token=None)
+    assert [PolicyRow.model_validate(p).version for p in policies] == [person.policy_version]
+    status, recent = await asyncio.to_thread(w.request, "/changes/recent")
+    assert status == 200 and recent[0]["to_stage"] == "mql"
+
+
+async def test_personal_data_needs_the_token_and_open_endpoints_show_none(workers):
+    (w,) = await workers(1)
+    await ingest(w, event("b1", "bob", "webinar_attended", "2026-01-02T09:00:00Z", profile=VP))
+
+    async def bob_known() -> bool:
+        return (await asyncio.to_thread(w.request, "/people/bob"))[0] == 200
+
+    await wait_for(bob_known, 30, "bob")
+    for path in ("/people/bob", "/people/bob/history", "/changes/recent"):
+        for token in (None, "wrong-token"):
+            status, body = await asyncio.to_thread(w.request, path, token=token)
+            assert status == 401, (path, token)
+            assert "bob" not in json.dumps(body) and "vp" not in json.dumps(body)
+    status, _ = await asyncio.to_thread(
+        w.request,
+        "/events",
+        token=None,
+        body=event("b2", "bob", "page_viewed", "2026-01-03T00:00:00Z"),
+    )
+    assert status == 401
+    for path in ("/healthz", "/funnel", "/policies", "/metrics", "/"):
+        status, body = await asyncio.to_thread(w.request, path, token=None)
+        assert status == 200, path
+        text = body if isinstance(body, str) else json.dumps(body)
+        assert "bob" not in text and "software" not in text, path
+
+
+async def test_ingest_rejects_invalid_and_oversized_bodies(workers):
+    (w,) = await workers(1)
+    status, body = await asyncio.to_thread(
+        w.request,
+        "/events",
+        body=b'{"event_id": "x", "type": "page_viewed", "person_id": "p",'
+        b' "occurred_at": "2026-01-01T00:00:00"}',
+    )
+    assert status == 422
+    assert "occurred_at" in body["error"] and "timezone" in body["error"]
+    status, body = await asyncio.to_thread(w.request, "/events", body=b"not json")
+    assert status == 422
+    huge = event("h1", "p", "page_viewed", "2026-01-01T00:00:00Z", campaign="x" * MAX_PAYLOAD_BYTES)
+    status, body = await asyncio.to_thread(w.request, "/events", body=huge)
+    assert status == 413
+    status, body = await asyncio.to_thread(w.request, "/people/nobody")
+    assert status == 404
+
+
+async def test_requests_reach_the_worker_that_owns_the_person(workers):
+    first, second = await workers(2)
+    persons = [f"person-{i}" for i in range(12)]
+    await ingest(
+        first,
+        *[
+            event(f"r-{p}", p, "webinar_attended", "2026-01-02T09:00:00Z", profile=VP)
+            for p in persons
+        ],
+    )
+
+    async def everyone_answered_by_both() -> bool:
+        for p in persons:
+            for w in (first, second):
+                status, body = await asyncio.to_thread(w.request, f"/people/{p}")
+                if status != 200 or body["stage"] != "lead":
+                    return False
+        return True
+
+    await wait_for(everyone_answered_by_both, 60, "both workers to answer for every person")
+    owned = {w.url: set(await w.owned()) for w in (first, second)}
+    assert all(owned.values()), owned  # both own partitions: answers crossed workers
+    for p in persons:
+        a = (await asyncio.to_thread(first.request, f"/people/{p}"))[1]
+        b = (await asyncio.to_thread(second.request, f"/people/{p}"))[1]
+        a.pop("time_in_stage_days"), b.pop("time_in_stage_days")
+        assert a == b
