@@ -134,9 +134,7 @@ class Lifecycle:
 
     def remember(self, partition: int, state: PersonState) -> None:
         """Record a state just written to the table: its deadline, and drop a stale tick."""
-        self.persons.setdefault(partition, {})[state.person_id] = next_deadline(
-            state, self.policy
-        )
+        self.persons.setdefault(partition, {})[state.person_id] = next_deadline(state, self.policy)
         self.ticks.pop(state.person_id, None)
 
     # -- table ---------------------------------------------------------------------------------
@@ -167,12 +165,6 @@ class Lifecycle:
         Returns only after every record it published is acked, so Faust acks (and later
         commits) the inputs only once their effects are durable.
         """
-        t_start = time.perf_counter()
-        import os
-        exp = os.environ.get("LF_EXP", "D")
-        if exp == "A":
-            self.processed += len(batch)
-            return BatchStats()
         app, policy, names, outputs = self.app, self.policy, self.names, self.outputs
         generation = app.consumer_generation_id
         owned = self.owned
@@ -213,7 +205,9 @@ class Lifecycle:
                 observe(perf() - started)
             except Exception as error:
                 if not isinstance(error, InvalidMessage):
-                    log.exception("event at %s[%s]@%s failed", message.topic, partition, message.offset)
+                    log.exception(
+                        "event at %s[%s]@%s failed", message.topic, partition, message.offset
+                    )
                     error = f"{type(error).__name__}: {error}"
                 stats.dead_letters += 1
                 await outputs.send(
@@ -234,11 +228,6 @@ class Lifecycle:
             for shadow in self.shadows:  # redeliveries re-emit the shadow's changes too
                 for change in shadow.apply(event):
                     await outputs.send(shadow.topic, key, to_json(change), partition)
-            if exp == "B":
-                if not decision.duplicate:
-                    cache[person] = evolve(state, decision)
-                    touched[person] = (partition, item)
-                continue
             if decision.duplicate:
                 stats.duplicates += 1
                 for change in decision.changes:
@@ -253,9 +242,6 @@ class Lifecycle:
                 await outputs.send(stage_changes, key, to_json(change), partition)
 
         for person, (partition, item) in touched.items():
-            if exp in "BC":
-                self.remember(partition, cache[person])
-                continue
             state = cache.pop(person)
             cache[person] = state  # most recently used last
             token = _current_event.set(weakref.ref(item))
@@ -264,17 +250,9 @@ class Lifecycle:
             finally:
                 _current_event.reset(token)
             self.remember(partition, state)
-        t_settle = 0.0
         stats.deliveries = outputs.detach()
         self._trim_cache()
         self.processed += stats.events
-        import os
-        if os.environ.get("LF_DEBUG"):
-            self._dbg = getattr(self, "_dbg", [0, 0, 0.0, 0.0])
-            self._dbg[0] += 1; self._dbg[1] += len(batch)
-            self._dbg[2] += time.perf_counter() - t_start; self._dbg[3] += t_settle
-            if self._dbg[0] % 20 == 0:
-                log.warning("DBG batches %d events %d avg %.1f proc %.2fs settle %.2fs touched %d", *self._dbg[:2], self._dbg[1]/self._dbg[0], self._dbg[2], self._dbg[3], len(touched))
         metrics.count_batch(types, stages, stats.duplicates)
         if stats.dead_letters:
             metrics.DEAD_LETTERS.inc(stats.dead_letters)

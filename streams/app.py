@@ -12,7 +12,6 @@ Topics are raw bytes: pydantic is not a Faust codec, so the agent decodes with
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ from faust.types import TP
 from events.outbound import HistoryRecord
 from lifecycle.policy import Policy, named_policy
 from streams import metrics
-from streams.agent import BATCH_SIZE, BATCH_WAIT, AckAfterDelivery, Batcher, Lifecycle
+from streams.agent import BATCH_SIZE, BATCH_WAIT, Batcher, Lifecycle
 from streams.api import Api, install_api
 from streams.outputs import Outputs
 from streams.recovery import reconcile
@@ -76,13 +75,6 @@ class LeadflowApp(faust.App):
     lifecycle: Lifecycle
     api: Api
 
-    def on_init_dependencies(self):  # type: ignore[no-untyped-def]
-        deps = super().on_init_dependencies()
-        import os
-        if os.environ.get("LF_NOMON"):
-            self.sensors.remove(self.monitor)
-        return deps
-
 
 def make_app(
     settings: Settings,
@@ -110,8 +102,10 @@ def make_app(
         # brokers that misreport end offsets (Tansu) must not crash the restore instead.
         "recovery_consistency_check": False,
         "processing_guarantee": "exactly_once" if settings.exactly_once else "at_least_once",
-        "producer_linger_ms": int(os.environ.get("LF_LINGER", "5")),
-        "producer_max_batch_size": int(os.environ.get("LF_MAXBATCH", "16384")),
+        # Each event publishes ~2 KB (history record, table changelog): Faust's default 16 KB
+        # batches meant a produce request every few events.
+        "producer_linger_ms": 20,
+        "producer_max_batch_size": 512 * 1024,
     }
     if settings.web_host not in ("0.0.0.0", "::", ""):
         options["web_host"] = settings.web_host
@@ -123,7 +117,12 @@ def make_app(
     app = LeadflowApp(app_id(settings), **options)
     app.settings, app.policy, app.names = settings, policy, names
 
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    raw = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
     app.events_topic = app.topic(names.events, partitions=settings.partitions, **raw)
     app.persons = app.Table(
         TABLE,
@@ -137,18 +136,14 @@ def make_app(
 
     @app.agent(app.events_topic, name="lifecycle", concurrency=1)
     async def lifecycle_agent(stream: faust.StreamT) -> None:
-        import os
-        if os.environ.get("LF_ITER") == "take":
-            acks0 = AckAfterDelivery(app, stream)
-            async for events in stream.take_events(batch_size, within=batch_wait):
-                stats = await lifecycle.process(events)
-                acks0.after(stats.deliveries, [])
         batches = Batcher(app, stream, lifecycle, size=batch_size, wait=batch_wait)
         await batches.run()
 
     @app.persons.on_recover
     async def check_against_history() -> None:
-        assigned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.events}
+        assigned = {
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.events
+        }
         lifecycle.release(lifecycle.owned - assigned)
         new = assigned - lifecycle.owned
         if not new:

@@ -8,6 +8,7 @@ the tests.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import time
 from typing import NoReturn
@@ -25,7 +26,11 @@ from streams.topics import EnsureResult, ensure_topics, topic_specs
 
 def policy_record(policy: Policy) -> tuple[bytes, bytes]:
     """(key, value) of the policy on the policies topic: keyed by its version."""
-    value = {"version": policy.version, "name": policy.name, "policy": policy.model_dump(mode="json")}
+    value = {
+        "version": policy.version,
+        "name": policy.name,
+        "policy": policy.model_dump(mode="json"),
+    }
     return policy.version.encode(), orjson.dumps(value)
 
 
@@ -75,6 +80,14 @@ def banner(app: LeadflowApp, result: EnsureResult, seconds: float) -> str:
     )
 
 
+def tune_gc() -> None:
+    """Fewer cyclic-GC passes: the worker holds many long-lived states, and the default
+    thresholds re-scan them every few hundred events (~30 % of the per-event cost measured)."""
+    gc.collect()
+    gc.freeze()  # everything loaded so far (modules, the app) is never garbage
+    gc.set_threshold(20_000, 50, 100)
+
+
 def run(settings: Settings, policy: Policy, *, loglevel: str = "info") -> NoReturn:
     """Prepare, then run the Faust worker until it is stopped (SIGTERM / SIGINT)."""
     started = time.monotonic()
@@ -82,6 +95,7 @@ def run(settings: Settings, policy: Policy, *, loglevel: str = "info") -> NoRetu
     asyncio.set_event_loop(loop)
     result = loop.run_until_complete(prepare(settings, policy))
     app = make_app(settings, policy)
+    tune_gc()
     print(banner(app, result, time.monotonic() - started), file=sys.stderr, flush=True)
     worker = faust.Worker(
         app,
