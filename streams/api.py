@@ -64,7 +64,9 @@ def person_view(state: PersonState, policy: Policy, now: datetime) -> dict[str, 
         "lead_source": state.lead_source,
         "first_touch_source": state.first_touch_source,
         "temperature": temperature(policy, state.lead_source) if stage else None,
-        "last_reason": state.last_reason,
+        "last_reason": _withheld(state.last_reason)
+        if state.erased and state.last_reason
+        else state.last_reason,
         "last_activity": state.last_activity,
         "score": round(state.score, 2),
         "sequence": state.sequence,
@@ -230,17 +232,20 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
             if partition is None:
                 return await api.forward(self, request, person_id)
             records = await api.history(partition, person_id)
+            erased = any(r.erased for r in records)
             if as_of is not None:
                 records = [r for r in records if r.event.occurred_at <= as_of]
             body: dict[str, Any] = {
                 "person_id": person_id,
                 "as_of": as_of,
-                "records": [_record_view(r) for r in records],
+                "records": [_record_view(r, erased) for r in records],
             }
             if as_of is not None:
                 state = PersonState(person_id)
                 for record in records:
                     state = evolve(state, record)
+                if erased:  # an erasure also hides what the person's profile was
+                    state.profile, state.erased = {}, True
                 body["state"] = person_view(state, policy, as_of)
             return _json(self, body)
 
@@ -318,8 +323,24 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
     return api
 
 
-def _record_view(record: HistoryRecord) -> dict[str, Any]:
+WITHHELD = "withheld: the person was erased"
+
+
+def _withheld(reason: Any) -> dict[str, str]:
+    rule = reason["rule"] if isinstance(reason, dict) else reason.rule
+    return {"rule": rule, "text": WITHHELD}
+
+
+def _record_view(record: HistoryRecord, erased: bool = False) -> dict[str, Any]:
+    """One timeline entry. For an erased person, reason sentences (which can quote a job
+    title or a seniority) are withheld; the rule ids and stage facts stay."""
     event = record.event
+    changes = [c.model_dump(mode="json") for c in record.changes]
+    note = record.note.model_dump() if record.note else None
+    if erased:
+        for change in changes:
+            change["reason"] = _withheld(change["reason"])
+        note = _withheld(record.note) if record.note else None
     return {
         "sequence": record.sequence,
         "policy_version": record.policy_version,
@@ -330,9 +351,9 @@ def _record_view(record: HistoryRecord) -> dict[str, Any]:
             "source": event.source,
             "campaign": event.campaign,
         },
-        "changes": [c.model_dump(mode="json") for c in record.changes],
+        "changes": changes,
         "sla_breaches": [b.model_dump(mode="json") for b in record.sla_breaches],
-        "note": record.note.model_dump() if record.note else None,
+        "note": note,
     }
 
 

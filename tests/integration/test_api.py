@@ -4,109 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from events.limits import MAX_PAYLOAD_BYTES
-from streams.broker import EmbeddedBroker, free_port
 from streams.contracts import FunnelView, PersonHistory, PersonView, PolicyRow
-from streams.topics import TopicNames
+from tests.fixtures.worker import Worker, wait_for
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "test-token-" + "x" * 20
 VP = {"seniority": "vp", "industry": "software", "employees": 300, "country": "DE"}
-LEADFLOW = str(Path(sys.executable).with_name("leadflow"))
-
-
-class Worker:
-    """A `leadflow worker` process started the way users start it."""
-
-    def __init__(self, broker: EmbeddedBroker, names: TopicNames, tmp: Path, name: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / f"{name}.log"
-        prefix = names.events.removesuffix(".leadflow.events")
-        env = {
-            **os.environ,
-            "LEADFLOW_API_TOKEN": TOKEN,
-            "LEADFLOW_CANONICAL_URL": self.url,
-        }
-        self.proc = subprocess.Popen(
-            [
-                LEADFLOW,
-                "worker",
-                "--broker",
-                broker.url,
-                "--topic-prefix",
-                prefix,
-                "--data-dir",
-                str(tmp / name),
-                "--web-port",
-                str(self.port),
-                "--web-host",
-                "127.0.0.1",
-                "--session-timeout",
-                "6",
-                "--store",
-                "memory",
-            ],
-            stdout=self.log.open("w"),
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def request(
-        self, path: str, *, token: str | None = TOKEN, body: bytes | None = None
-    ) -> tuple[int, Any]:
-        req = urllib.request.Request(self.url + path, data=body, method="POST" if body else "GET")
-        if token is not None:
-            req.add_header("Authorization", f"Bearer {token}")
-        if body is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as response:
-                raw = response.read()
-                status = response.status
-        except urllib.error.HTTPError as error:
-            raw, status = error.read(), error.code
-        try:
-            return status, json.loads(raw)
-        except ValueError:
-            return status, raw.decode(errors="replace")
-
-    async def owned(self) -> list[int]:
-        status, body = await asyncio.to_thread(self.request, "/healthz", token=None)
-        return body.get("partitions", []) if status == 200 else []
-
-
-async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = await check()
-        except (OSError, urllib.error.URLError):
-            result = None
-        if result:
-            return result
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def event(event_id: str, person: str, type_: str, at: str, **extra: Any) -> bytes:
@@ -119,29 +27,6 @@ def event(event_id: str, person: str, type_: str, at: str, **extra: Any) -> byte
         **extra,
     }
     return json.dumps(body).encode()
-
-
-@pytest.fixture
-def workers(
-    broker: EmbeddedBroker, make_topics: Callable[..., Awaitable[TopicNames]], tmp_path: Path
-) -> Iterator[Callable[[int], Awaitable[list[Worker]]]]:
-    started: list[Worker] = []
-
-    async def start(count: int) -> list[Worker]:
-        names = await make_topics(partitions=4)
-        group = [Worker(broker, names, tmp_path, f"w{i}") for i in range(count)]
-        started.extend(group)
-
-        async def all_partitions_owned() -> bool:
-            owned = [await w.owned() for w in group]
-            return sorted(p for parts in owned for p in parts) == [0, 1, 2, 3] and all(owned)
-
-        await wait_for(all_partitions_owned, 90, f"{count} worker(s) to own every partition")
-        return group
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 async def ingest(worker: Worker, *bodies: bytes) -> None:
@@ -273,3 +158,35 @@ async def test_requests_reach_the_worker_that_owns_the_person(workers):
         b = (await asyncio.to_thread(second.request, f"/people/{p}"))[1]
         a.pop("time_in_stage_days"), b.pop("time_in_stage_days")
         assert a == b
+
+
+async def test_erasure_removes_profile_keeps_stage_facts_and_metrics_count_it(workers):
+    (w,) = await workers(1)
+    await ingest(
+        w,
+        event("e1", "eve", "webinar_attended", "2026-01-02T09:00:00Z", profile=VP),
+        event("e2", "eve", "demo_requested", "2026-01-03T09:00:00Z"),
+        event("e3", "eve", "person_erased", "2026-01-04T09:00:00Z"),
+    )
+
+    async def eve_erased() -> Any:
+        status, body = await asyncio.to_thread(w.request, "/people/eve")
+        return body if status == 200 and body["erased"] else None
+
+    eve = PersonView.model_validate(await wait_for(eve_erased, 30, "eve's erasure"))
+    assert eve.profile == {}
+    assert eve.stage == "mql" and eve.highest == "mql"  # anonymous stage facts stay
+    status, history = await asyncio.to_thread(w.request, "/people/eve/history")
+    assert [r["event"]["type"] for r in history["records"]][-1] == "person_erased"
+    assert "vp" not in json.dumps(history)  # the timeline never shows profile data
+
+    status, metrics = await asyncio.to_thread(w.request, "/metrics", token=None)
+    assert status == 200
+    for name in (
+        "leadflow_events_processed_total",
+        'leadflow_stage_changes_total{to_stage="mql"}',
+        "leadflow_dead_letters_total",
+        "leadflow_decide_seconds_bucket",
+        "leadflow_consumer_lag",
+    ):
+        assert name in metrics, name
