@@ -41,20 +41,26 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
     if state is None:
         state = PersonState(decision.person_id)
     state.sequence = decision.sequence
-    for change in decision.changes:  # most events move no one: an empty loop
-        state.stage = change.to_stage
-        for stage in change.passed_through:
-            state.entered_at[stage] = change.occurred_at
-            state.highest = higher(state.highest, stage)
-        state.entered_at[change.to_stage] = change.occurred_at
-        state.highest = higher(state.highest, change.to_stage)
-        if change.to_stage in state.sla_breached:
-            state.sla_breached = tuple(s for s in state.sla_breached if s != change.to_stage)
-        state.last_reason = Reason.of(change.reason)
+    changes = decision.changes
+    if changes:  # most events move no one: skip the loop and its checks
+        for change in changes:
+            state.stage = change.to_stage
+            for stage in change.passed_through:
+                state.entered_at[stage] = change.occurred_at
+                state.highest = higher(state.highest, stage)
+            state.entered_at[change.to_stage] = change.occurred_at
+            state.highest = higher(state.highest, change.to_stage)
+            if change.to_stage in state.sla_breached:
+                state.sla_breached = tuple(s for s in state.sla_breached if s != change.to_stage)
+            state.last_reason = Reason.of(change.reason)
+        if type(changes) is not tuple or type(changes[0]) is not StageChange:
+            changes = tuple(StageChange.of(c) for c in changes)  # a history record
+    else:
+        changes = ()
+        if decision.note is not None:
+            state.last_reason = Reason.of(decision.note)
     if decision.sla_breaches:
         state.sla_breached += tuple(b.stage for b in decision.sla_breaches)
-    if decision.note is not None and not decision.changes:
-        state.last_reason = Reason.of(decision.note)
     state.last_activity = decision.last_activity
     state.score = decision.score
     state.score_at = decision.score_at
@@ -67,10 +73,7 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
     elif event.profile is not None:
         state.profile = {**state.profile, **event.profile.model_dump(exclude_none=True)}
     recent = state.recent
-    changes = decision.changes
-    if changes and type(changes[0]) is not StageChange:  # a history record, not a decision
-        changes = tuple(StageChange.of(c) for c in changes)
-    recent[event.event_id] = (decision.sequence, tuple(changes))  # free for tuples
+    recent[event.event_id] = (decision.sequence, changes)
     if len(recent) > DEDUP_WINDOW:
         del recent[next(iter(recent))]
     return state

@@ -30,79 +30,92 @@ def _text(profile: Mapping[str, Any], key: str) -> str | None:
     return value.lower() if isinstance(value, str) and value else None
 
 
+# The fit guards run on every interest action and hand-raise, most of which they block. They
+# read the policy only through `compiled` (plain slots, no pydantic attribute lookups) and look
+# a profile key up only when the policy has a list to check it against.
+
+
 def not_ucp(g: GuardInput) -> Verdict:
     """Unacceptable customer profile: these contacts never reach lead or mql."""
     c = g.policy.compiled
-    email = _text(g.profile, "email")
-    if email and "@" in email and email.rsplit("@", 1)[1] in c.ucp_domains:
-        return False, f"UCP: email domain {email.rsplit('@', 1)[1]} is unacceptable"
-    industry = _text(g.profile, "industry")
-    if industry and industry in c.ucp_industries:
-        return False, f"UCP: industry {industry} is unacceptable"
-    country = _text(g.profile, "country")
-    if country and country in c.ucp_countries:
-        return False, f"UCP: country {country.upper()} is unacceptable"
-    title = _text(g.profile, "job_title")
-    if title:
-        for keyword in c.ucp_titles:
-            if keyword in title:
-                return False, f"UCP: job title {g.profile['job_title']!r} contains {keyword!r}"
+    profile = g.profile
+    if c.ucp_domains:
+        email = _text(profile, "email")
+        if email and "@" in email:
+            domain = email.rsplit("@", 1)[1]
+            if domain in c.ucp_domains:
+                return False, f"UCP: email domain {domain} is unacceptable"
+    if c.ucp_industries:
+        industry = _text(profile, "industry")
+        if industry and industry in c.ucp_industries:
+            return False, f"UCP: industry {industry} is unacceptable"
+    if c.ucp_countries:
+        country = _text(profile, "country")
+        if country and country in c.ucp_countries:
+            return False, f"UCP: country {country.upper()} is unacceptable"
+    if c.ucp_titles:
+        title = _text(profile, "job_title")
+        if title:
+            for keyword in c.ucp_titles:
+                if keyword in title:
+                    return False, f"UCP: job title {profile['job_title']!r} contains {keyword!r}"
     return True, None
 
 
 def fits_icp(g: GuardInput) -> Verdict:
     """Industry, country and company size inside the ICP; missing data per `unknown_passes`."""
-    icp = g.policy.icp
     c = g.policy.compiled
+    profile = g.profile
     checked = False
-    industry = _text(g.profile, "industry")
     if c.icp_industries:
         checked = True
+        industry = _text(profile, "industry")
         if industry is None:
-            if not icp.unknown_passes:
+            if not c.icp_unknown_passes:
                 return False, "industry unknown and this policy requires it"
         elif industry not in c.icp_industries:
             return False, f"industry {industry} is outside the ICP"
-    country = _text(g.profile, "country")
     if c.icp_countries:
         checked = True
+        country = _text(profile, "country")
         if country is None:
-            if not icp.unknown_passes:
+            if not c.icp_unknown_passes:
                 return False, "country unknown and this policy requires it"
         elif country not in c.icp_countries:
             return False, f"country {country.upper()} is outside the ICP"
-    if icp.employees_min is not None or icp.employees_max is not None:
+    low, high = c.employees_min, c.employees_max
+    if low is not None or high is not None:
         checked = True
-        employees = g.profile.get("employees")
+        employees = profile.get("employees")
         if employees is None:
-            if not icp.unknown_passes:
+            if not c.icp_unknown_passes:
                 return False, "company size unknown and this policy requires it"
-        elif icp.employees_min is not None and employees < icp.employees_min:
-            return False, f"{employees} employees is below the ICP minimum {icp.employees_min}"
-        elif icp.employees_max is not None and employees > icp.employees_max:
-            return False, f"{employees} employees is above the ICP maximum {icp.employees_max}"
+        elif low is not None and employees < low:
+            return False, f"{employees} employees is below the ICP minimum {low}"
+        elif high is not None and employees > high:
+            return False, f"{employees} employees is above the ICP maximum {high}"
     return True, ("fits ICP" if checked else "no ICP gate")
 
 
 def is_decision_maker(g: GuardInput) -> Verdict:
     """A decision maker or influencer, by seniority or by a keyword in the job title."""
-    rules = g.policy.decision_makers
-    if not rules.required:
-        return True, None
     c = g.policy.compiled
-    seniority = _text(g.profile, "seniority")
+    if not c.dm_required:
+        return True, None
+    profile = g.profile
+    seniority = _text(profile, "seniority")
     if seniority and seniority in c.dm_seniorities:
         return True, f"decision maker ({seniority})"
-    title = _text(g.profile, "job_title")
+    title = _text(profile, "job_title")
     if title:
         for keyword in c.dm_titles:
             if keyword in title:
-                return True, f"decision maker (title {g.profile['job_title']!r})"
+                return True, f"decision maker (title {profile['job_title']!r})"
     if seniority is None and title is None:
-        if rules.unknown_passes:
+        if c.dm_unknown_passes:
             return True, "role unknown"
         return False, "role unknown and this policy requires a decision maker"
-    shown = seniority or repr(g.profile.get("job_title"))
+    shown = seniority or repr(profile.get("job_title"))
     return False, f"{shown} is not a decision maker or influencer"
 
 

@@ -141,6 +141,16 @@ def make_app(
 
     @app.persons.on_recover
     async def check_against_history() -> None:
+        # Runs after Faust's own table restore and before the events partitions resume.
+        # Faust ignores exceptions from these callbacks, so a failure stops the worker here:
+        # processing a partition whose table was not checked could re-decide persons.
+        try:
+            await take_assignment()
+        except Exception as error:
+            log.exception("recovery from history failed; stopping the worker")
+            await app.crash(error)
+
+    async def take_assignment() -> None:
         assigned = {
             tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.events
         }
