@@ -1,8 +1,8 @@
-"""Operator tools: `topics create`, `send`, `tail`, `export-history` and `dev`.
+"""Operator tools: `topics create`, `send`, `tail`, `export-history`, `reconcile` and `dev`.
 
 Commands parse options, build `Settings` (flags win over `LEADFLOW_*` variables) and call the
 modules that do the work (`streams.publish`, `streams.tail`, `streams.export`,
-`streams.devstack`); nothing here holds a rule.
+`streams.reconcile`, `streams.devstack`); nothing here holds a rule.
 """
 
 from __future__ import annotations
@@ -400,6 +400,92 @@ def export_history(
         raise typer.Exit(1)
 
 
+# --- reconcile ----------------------------------------------------------------------------
+
+
+class ReportFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def reconcile(
+    repair: Annotated[
+        bool, typer.Option("--repair", help="re-publish every gap to its original partition")
+    ] = False,
+    group: Annotated[
+        str | None,
+        typer.Option(help="the worker's consumer group (default: its app id from the prefix)"),
+    ] = None,
+    fmt: Annotated[ReportFormat, typer.Option("--format")] = ReportFormat.table,
+    broker: BrokerOpt = None,
+    topic_prefix: PrefixOpt = None,
+) -> None:
+    """Find inbound events the worker committed but never applied; re-drive them with --repair.
+
+    Reads the group's committed offsets, then history and dead letters, then the events topic
+    to its true end. An event below the committed offset that is neither in history (by event
+    id) nor dead-lettered is a gap. Exit status: 0 when there is no gap left unrepaired, 1
+    otherwise.
+    """
+    from streams.reconcile import reconcile as run
+    from streams.topics import TopicNotFound
+
+    s = _settings(broker=broker, topic_prefix=topic_prefix)
+    try:
+        report, interrupted = _run_until_signal(run(s, repair=repair, group=group))
+    except TopicNotFound as error:
+        raise _fail(f"no topic {error} on {s.bootstrap}") from None
+    except Exception as error:
+        raise _fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
+    if interrupted or report is None:
+        out.print("interrupted")
+        raise typer.Exit(130)
+    if fmt is ReportFormat.json:
+        out.print_json(data=report.to_json())
+    else:
+        _print_reconcile(report, repair)
+    raise typer.Exit(1 if report.unrepaired else 0)
+
+
+def _print_reconcile(report: Any, repair: bool) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{report.events_topic} vs history (group {report.group})")
+    for column in ("partition", "committed", "below", "applied", "dead-lettered", "gaps"):
+        table.add_column(column, justify="right")
+    table.add_column("pending", justify="right")
+    for partition, c in sorted(report.partitions.items()):
+        table.add_row(
+            str(partition),
+            "never" if c.committed is None else f"{c.committed:,}",
+            f"{c.below:,}",
+            f"{c.applied:,}",
+            f"{c.dead_lettered:,}",
+            f"[red]{c.gaps:,}[/red]" if c.gaps else "0",
+            f"{c.pending:,}",
+        )
+    out.print(table)
+    out.print(
+        f"{report.history_records:,} history records, {report.dead_letters:,} dead letters, "
+        f"read in {report.seconds:.1f}s",
+        highlight=False,
+    )
+    if not report.gaps:
+        out.print("[green]no gaps[/green]: every committed event reached history or dead letters")
+        return
+    shown = ", ".join(report.gap_ids(10)) + (" …" if len(report.gaps) > 10 else "")
+    out.print(f"[red]{len(report.gaps):,} gap(s)[/red]: {shown}", highlight=False)
+    if repair:
+        out.print(
+            f"re-published {report.repaired:,} to their original partitions"
+            + (f", {report.repair_failed:,} failed" if report.repair_failed else "")
+            + "; the worker applies them as new arrivals",
+            highlight=False,
+        )
+    else:
+        out.print("run again with --repair to re-drive them through the worker")
+
+
 # --- dev ----------------------------------------------------------------------------------
 
 
@@ -514,4 +600,5 @@ def register(app: typer.Typer) -> None:
     app.command()(send)
     app.command()(tail)
     app.command("export-history")(export_history)
+    app.command()(reconcile)
     app.command()(dev)
