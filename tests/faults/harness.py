@@ -1,0 +1,358 @@
+"""Shared machinery of the fault tests: a steady inbound stream, waiting, and the checks.
+
+* `make_stream`: a realistic synthetic stream (`streams.demo`), with redeliveries of the
+  same event id and a few records the worker must dead-letter, as (key, value) bytes;
+* `Publisher`: publishes it at a steady rate in the background and remembers where every
+  record landed (partition, offset), the true end of each partition;
+* `wait_settled`: until every valid event is in history, or the worker group committed
+  everything and nothing moves any more (what is missing then is a gap, not lag);
+* `check`: the invariants a fault must not break, computed from the topics alone:
+  - every valid inbound event id is in history exactly once, and per person the
+    sequences are 1..n with no gap and no duplicate;
+  - the stage changes that `lifecycle.replay.replay` of the history's events predicts are
+    all on the stage-changes topic, and nothing else is; copies of one change id carry an
+    identical payload, equal to the predicted one;
+  - every invalid inbound record is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from events.codec import InvalidMessage, decode_event
+from events.inbound import Event
+from lifecycle.policy import Policy, load_preset
+from lifecycle.replay import replay
+from streams.app import app_id
+from streams.demo import synthetic_events
+from streams.outputs import to_json
+from streams.settings import Settings
+from streams.topics import TopicNames, iter_to_end
+
+#: Records the worker must reject (dead letters), mixed into the stream.
+GARBAGE: tuple[tuple[bytes, bytes], ...] = (
+    (b"g1", b"\xff\xfe not json"),
+    (
+        b"g2",
+        b'{"event_id": "bad-naive", "type": "page_viewed", "person_id": "g2",'
+        b' "occurred_at": "2026-01-01T00:00:00"}',
+    ),
+    (
+        b"g3",
+        b'{"type": "page_viewed", "person_id": "g3", "occurred_at": "2026-01-01T00:00:00Z"}',
+    ),
+    (
+        b"not-g4",
+        b'{"event_id": "bad-key", "type": "page_viewed", "person_id": "g4",'
+        b' "occurred_at": "2026-01-01T00:00:00Z"}',
+    ),
+)
+
+
+def settings_for(broker_url: str, names: TopicNames) -> Settings:
+    """The settings a worker on these topics runs with (for app id and reconcile)."""
+    return Settings(broker=broker_url, topic_prefix=names.events.removesuffix(".leadflow.events"))
+
+
+def make_stream(
+    events: int = 20_000,
+    persons: int = 2_000,
+    *,
+    seed: int = 11,
+    duplicates: float = 0.01,
+    garbage_every: int = 2_500,
+    id_prefix: str = "",
+) -> list[tuple[bytes, bytes]]:
+    """(key, value) records: synthetic journeys incl. sales feedback, some events sent twice
+    (same id), and one invalid record every `garbage_every` (cycling through `GARBAGE`)."""
+    records: list[tuple[bytes, bytes]] = []
+    for n, event in enumerate(
+        synthetic_events(persons, events, seed=seed, duplicates=duplicates), start=1
+    ):
+        if id_prefix:
+            event["event_id"] = id_prefix + event["event_id"]
+        records.append((event["person_id"].encode(), orjson.dumps(event)))
+        if garbage_every and n % garbage_every == 0:
+            records.append(GARBAGE[(n // garbage_every) % len(GARBAGE)])
+    return records
+
+
+def is_valid(key: bytes | None, value: bytes | None) -> bool:
+    """What the worker accepts: a valid envelope keyed by its person id."""
+    if value is None:
+        return False
+    try:
+        event = decode_event(value)
+    except InvalidMessage:
+        return False
+    return key == event.person_id.encode()
+
+
+class Publisher:
+    """Publishes records at a steady rate (records/s) in a background task.
+
+    `where[i]` is (partition, offset) of record i once acked; `published` counts acked
+    records, so a test can time its faults against the stream's progress.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+        self.bootstrap, self.topic, self.records = bootstrap, topic, records
+        self.where: list[tuple[int, int] | None] = [None] * len(records)
+        self.published = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self, rate: float, *, first: int = 0, last: int | None = None) -> None:
+        self.task = asyncio.ensure_future(
+            self.run(rate, first, len(self.records) if last is None else last)
+        )
+
+    async def run(self, rate: float, first: int, last: int, chunk: int = 100) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=10)
+        await producer.start()
+        try:
+            started = time.monotonic()
+            for begin in range(first, last, chunk):
+                # Steady: chunk k leaves at started + k·chunk/rate (catching up if late).
+                delay = started + (begin - first) / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                futures = []
+                for i in range(begin, min(begin + chunk, last)):
+                    key, value = self.records[i]
+                    futures.append((i, await producer.send(self.topic, value, key=key)))
+                for i, future in futures:
+                    meta = await future
+                    self.where[i] = (meta.partition, meta.offset)
+                    self.published += 1
+        finally:
+            await producer.stop()
+
+    async def wait(self, at_least: int | None = None, timeout: float = 120) -> None:
+        """Until `at_least` records are acked (default: until the task is done)."""
+        assert self.task is not None
+        if at_least is None:
+            await asyncio.wait_for(asyncio.shield(self.task), timeout)
+            return
+        deadline = time.monotonic() + timeout
+        while self.published < at_least:
+            if self.task.done():
+                self.task.result()
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"published {self.published} < {at_least} in {timeout} s")
+            await asyncio.sleep(0.05)
+
+    def ends(self) -> dict[int, int]:
+        """The true end offset of every partition that received a record."""
+        ends: dict[int, int] = {}
+        for spot in self.where:
+            if spot is not None:
+                ends[spot[0]] = max(ends.get(spot[0], 0), spot[1] + 1)
+        return ends
+
+
+async def committed_offsets(settings: Settings, partitions: list[int]) -> dict[int, int | None]:
+    """The worker group's committed offset per events partition (read without joining)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        group_id=app_id(settings),
+        enable_auto_commit=False,
+        client_id="faults-committed",
+    )
+    await consumer.start()
+    try:
+        topic = settings.topics.events
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in partitions}
+    finally:
+        await consumer.stop()
+
+
+async def history_event_ids(bootstrap: str, names: TopicNames) -> Counter[str]:
+    ids: Counter[str] = Counter()
+    async for record in iter_to_end(bootstrap, names.history):
+        ids[orjson.loads(record.value)["event"]["event_id"]] += 1
+    return ids
+
+
+async def wait_settled(
+    settings: Settings,
+    valid_ids: set[str],
+    ends: dict[int, int],
+    *,
+    timeout: float = 120,
+    alive: Callable[[], bool] | None = None,
+) -> int:
+    """Wait until history holds every valid event id, or until the group committed up to
+    every partition's end and history stopped growing (then the rest are gaps).
+    Returns the number of valid ids still missing from history."""
+    deadline = time.monotonic() + timeout
+    previous, stable_since = -1, time.monotonic()
+    while True:
+        ids = await history_event_ids(settings.bootstrap, settings.topics)
+        missing = len(valid_ids - ids.keys())
+        if not missing:
+            return 0
+        now = time.monotonic()
+        if len(ids) != previous:
+            previous, stable_since = len(ids), now
+        elif now - stable_since > 8:
+            committed = await committed_offsets(settings, sorted(ends))
+            if all((committed[p] or 0) >= end for p, end in ends.items()):
+                return missing  # everything committed, history still: gaps
+        if alive is not None and not alive():
+            raise AssertionError("the worker exited while the stream was being processed")
+        if now > deadline:
+            committed = await committed_offsets(settings, sorted(ends))
+            raise AssertionError(
+                f"{missing} valid events not in history after {timeout} s; "
+                f"committed {committed}, ends {ends}"
+            )
+        await asyncio.sleep(1.0)
+
+
+@dataclass
+class Outcome:
+    """The counts of one check, and every violation found (empty means all invariants hold)."""
+
+    inbound: int = 0
+    valid: int = 0
+    invalid: int = 0
+    history: int = 0
+    persons: int = 0
+    expected: int = 0
+    found: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    missing_events: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, Any]:
+        return {
+            "events": self.inbound,
+            "expected": self.expected,
+            "found": self.found,
+            "duplicates": self.duplicates,
+            "dead_letters": self.dead_letters,
+        }
+
+    def summary(self) -> str:
+        return (
+            f"inbound {self.inbound} (valid {self.valid}, invalid {self.invalid}), history "
+            f"{self.history} records / {self.persons} persons, stage changes expected "
+            f"{self.expected} found {self.found} duplicates {self.duplicates}, dead letters "
+            f"{self.dead_letters}, missing events {len(self.missing_events)}, "
+            f"problems {len(self.problems)}"
+        )
+
+
+def _note(problems: list[str], what: str, items: list[Any], limit: int = 5) -> None:
+    if items:
+        problems.append(f"{len(items)} {what}: {items[:limit]}")
+
+
+async def check(bootstrap: str, names: TopicNames, policy: Policy | None = None) -> Outcome:
+    """Read the events, history, stage-changes and dead-letter topics and check them."""
+    policy = policy or load_preset("default")
+    out = Outcome()
+    problems = out.problems
+
+    valid_ids: set[str] = set()
+    invalid_at: set[tuple[int, int]] = set()
+    async for record in iter_to_end(bootstrap, names.events):
+        out.inbound += 1
+        if is_valid(record.key, record.value):
+            valid_ids.add(orjson.loads(record.value)["event_id"])
+            out.valid += 1
+        else:
+            invalid_at.add((record.partition, record.offset))
+    out.invalid = len(invalid_at)
+
+    # History: exactly once per event id, sequences 1..n per person.
+    events: list[Event] = []
+    seen: Counter[str] = Counter()
+    sequences: dict[str, list[int]] = defaultdict(list)
+    history = sorted(
+        [r async for r in iter_to_end(bootstrap, names.history)],
+        key=lambda r: (r.partition, r.offset),
+    )
+    for record in history:
+        data = orjson.loads(record.value)
+        sequences[data["person_id"]].append(data["sequence"])
+        seen[data["event"]["event_id"]] += 1
+        events.append(Event.model_validate(data["event"]))
+    out.history, out.persons = len(history), len(sequences)
+    _note(problems, "event ids in history more than once", [i for i, n in seen.items() if n > 1])
+    _note(problems, "history records of events never published", sorted(seen.keys() - valid_ids))
+    out.missing_events = sorted(valid_ids - seen.keys())
+    _note(problems, "valid inbound events missing from history", out.missing_events)
+    _note(
+        problems,
+        "persons whose history sequences are not 1..n",
+        [
+            (person, seq[:10])
+            for person, seq in sequences.items()
+            if seq != list(range(1, len(seq) + 1))
+        ],
+    )
+
+    # Stage changes: exactly what replay of the history predicts, copies identical.
+    predicted: dict[str, Any] = {}
+    for decision in replay(events, policy):
+        if decision.duplicate:  # cannot be: history holds each event id once (checked above)
+            continue
+        for change in decision.changes:
+            predicted[change.change_id] = orjson.loads(to_json(change))
+    out.expected = len(predicted)
+    copies: dict[str, list[Any]] = defaultdict(list)
+    async for record in iter_to_end(bootstrap, names.stage_changes):
+        payload = orjson.loads(record.value)
+        copies[payload["change_id"]].append(payload)
+    out.found = len(copies.keys() & predicted.keys())
+    out.duplicates = sum(len(c) - 1 for c in copies.values())
+    _note(
+        problems, "predicted stage changes not published", sorted(predicted.keys() - copies.keys())
+    )
+    _note(
+        problems,
+        "published stage changes replay does not predict",
+        sorted(copies.keys() - predicted.keys()),
+    )
+    _note(
+        problems,
+        "change ids whose copies differ",
+        [cid for cid, c in copies.items() if any(p != c[0] for p in c[1:])],
+    )
+    _note(
+        problems,
+        "change ids whose payload differs from the prediction",
+        [cid for cid, c in copies.items() if cid in predicted and c[0] != predicted[cid]],
+    )
+
+    # Dead letters: every invalid inbound record, named by its partition and offset.
+    lettered: set[tuple[int, int]] = set()
+    async for record in iter_to_end(bootstrap, names.dead_letters):
+        out.dead_letters += 1
+        letter = orjson.loads(record.value)
+        if letter["topic"] == names.events:
+            lettered.add((letter["partition"], letter["offset"]))
+    _note(problems, "invalid inbound records not dead-lettered", sorted(invalid_at - lettered))
+    _note(problems, "dead letters of valid records", sorted(lettered - invalid_at))
+    return out
+
+
+def pause_points(rng: random.Random, rounds: int, low: float, high: float) -> list[float]:
+    """Seconds to let the worker run before each fault (random, reproducible per seed)."""
+    return [rng.uniform(low, high) for _ in range(rounds)]
+
+
+def event_id(value: bytes) -> str:
+    return str(orjson.loads(value)["event_id"])
