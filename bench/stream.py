@@ -201,6 +201,7 @@ class Result:
     own_records: int = 0  # history records not from an inbound event (inactivity ticks)
     error: str | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
+    profile: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -216,8 +217,13 @@ async def measure(
     warmup: list[Message],
     stall: float,
     latency: dict[str, Any] | None = None,
+    profile: float = 0.0,
 ) -> Result:
-    """One run on a fresh broker: start the processor, warm it up, time the stream."""
+    """One run on a fresh broker: start the processor, warm it up, time the stream.
+
+    With `profile` > 0, py-spy samples the processor for that many seconds of the timed run
+    (its own CPU, idle excluded) and the summary is printed and kept in bench/out/.
+    """
     OUT.mkdir(parents=True, exist_ok=True)
     result = Result(name, len(events))
     prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
@@ -246,6 +252,7 @@ async def measure(
             cpu0 = cpu_seconds(child.proc.pid)
             history0 = observer.counts[names.history]
             changes0 = observer.counts[names.stage_changes]
+            spy = start_profile(name, child.proc.pid, profile) if profile > 0 else None
             t0 = time.monotonic()
             send = asyncio.create_task(publish(settings, events, producer=producer))
             watch = asyncio.create_task(
@@ -258,6 +265,8 @@ async def measure(
             await send
             result.seconds = t1 - t0
             result.cpu_seconds = cpu_seconds(child.proc.pid) - cpu0
+            if spy is not None:
+                result.profile = await finish_profile(spy)
             await asyncio.sleep(0.5)  # stage changes of the last events may trail the history
             result.history = observer.counts[names.history] - history0
             result.own_records = result.history - observer.counts[f"{names.history}#run-"]
@@ -274,6 +283,89 @@ async def measure(
             await producer.stop()
             child.stop()
     return result
+
+
+# --- profile ------------------------------------------------------------------------------
+
+#: Where a sample's time goes, by the first matching frame from the innermost outwards.
+BUCKETS = (
+    ("gc", ("(garbage collection)",)),
+    ("decode (pydantic)", ("events/codec.py", "pydantic")),
+    ("decide + evolve (core)", ("lifecycle/",)),
+    ("outputs: encode", ("events/outbound.py", "streams/outputs.py")),
+    ("state table (rocksdict/faust table)", ("rocksdict", "faust/stores", "faust/tables")),
+    ("worker glue (streams/)", ("streams/",)),
+    ("producer (aiokafka)", ("aiokafka/producer",)),
+    ("consumer/fetch (aiokafka)", ("aiokafka/consumer", "aiokafka/record", "aiokafka/protocol")),
+    ("faust stream/consumer machinery", ("faust/",)),
+    ("mode/asyncio event loop", ("mode/", "asyncio/", "uvloop", "selectors.py")),
+    ("aiokafka other", ("aiokafka/",)),
+)
+
+
+def start_profile(name: str, pid: int, seconds: float) -> tuple[subprocess.Popen[bytes], Path]:
+    out = OUT / f"{name}-profile.txt"
+    command = [
+        str(Path(sys.executable).with_name("py-spy")),
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(seconds)),
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "--gil",
+        "--output",
+        str(out),
+    ]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return spy, out
+
+
+async def finish_profile(spy: tuple[subprocess.Popen[bytes], Path]) -> dict[str, float]:
+    proc, out = spy
+    await asyncio.to_thread(proc.wait)
+    if proc.returncode != 0 or not out.exists():
+        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        print(f"  py-spy failed ({proc.returncode}): {stderr.strip()[:300]}")
+        return {}
+    buckets: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1].split(" (")[0] + " " + _where(frames[-1])] += n
+        for frame in reversed(frames):
+            bucket = next((b for b, keys in BUCKETS if any(k in frame for k in keys)), None)
+            if bucket is not None:
+                buckets[bucket] += n
+                break
+        else:
+            buckets["other"] += n
+    if not total:
+        return {}
+    print(f"  profile ({total:,} samples holding the GIL; by innermost known layer):")
+    for bucket, n in buckets.most_common():
+        print(f"    {n / total:6.1%}  {bucket}")
+    print("  top functions by own time:")
+    for function, n in own.most_common(12):
+        print(f"    {n / total:6.1%}  {function}")
+    print(f"  raw stacks: {out}")
+    return {bucket: round(n / total, 4) for bucket, n in buckets.items()}
+
+
+def _where(frame: str) -> str:
+    """`(path:line)` of a py-spy frame shortened to its last two path parts."""
+    inside = frame.rpartition(" (")[2].rstrip(")")
+    path = inside.rsplit(":", 1)[0]
+    return "/".join(Path(path).parts[-2:])
 
 
 async def measure_latency(
@@ -592,6 +684,7 @@ async def bench(args: argparse.Namespace) -> list[Result]:
             warmup=warmup,
             stall=args.stall,
             latency=latency,
+            profile=args.profile if name in args.profile_for.split(",") else 0.0,
         )
         results.append(result)
         shutil.rmtree(store, ignore_errors=True)
@@ -609,6 +702,10 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="0 to skip")
     parser.add_argument("--latency-for", default="worker", help="benches timing latency")
     parser.add_argument("--stall", type=float, default=60.0, help="give up after s idle")
+    parser.add_argument(
+        "--profile", type=float, default=0.0, help="py-spy the processor for N s of the run"
+    )
+    parser.add_argument("--profile-for", default="worker", help="benches to profile")
     parser.add_argument(
         "--session-timeout",
         type=float,
