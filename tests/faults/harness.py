@@ -183,22 +183,30 @@ async def history_event_ids(bootstrap: str, names: TopicNames) -> Counter[str]:
     return ids
 
 
+async def inbound_state(settings: Settings) -> tuple[set[str], dict[int, int]]:
+    """The valid event ids on the events topic (the sweeper's ticks included: they are
+    inbound events too) and the true end offset of each partition."""
+    valid: set[str] = set()
+    ends: dict[int, int] = {}
+    async for record in iter_to_end(settings.bootstrap, settings.topics.events):
+        ends[record.partition] = record.offset + 1
+        if is_valid(record.key, record.value):
+            valid.add(event_id(record.value))
+    return valid, ends
+
+
 async def wait_settled(
-    settings: Settings,
-    valid_ids: set[str],
-    ends: dict[int, int],
-    *,
-    timeout: float = 120,
-    alive: Callable[[], bool] | None = None,
+    settings: Settings, *, timeout: float = 120, alive: Callable[[], bool] | None = None
 ) -> int:
-    """Wait until history holds every valid event id, or until the group committed up to
-    every partition's end and history stopped growing (then the rest are gaps).
-    Returns the number of valid ids still missing from history."""
+    """Wait until history holds every valid event id of the events topic, or until the
+    worker group committed up to every partition's end and history stopped growing (then
+    the rest are gaps). Returns the number of valid ids still missing from history."""
     deadline = time.monotonic() + timeout
     previous, stable_since = -1, time.monotonic()
     while True:
+        valid, ends = await inbound_state(settings)
         ids = await history_event_ids(settings.bootstrap, settings.topics)
-        missing = len(valid_ids - ids.keys())
+        missing = len(valid - ids.keys())
         if not missing:
             return 0
         now = time.monotonic()
@@ -209,7 +217,7 @@ async def wait_settled(
             if all((committed[p] or 0) >= end for p, end in ends.items()):
                 return missing  # everything committed, history still: gaps
         if alive is not None and not alive():
-            raise AssertionError("the worker exited while the stream was being processed")
+            raise AssertionError("a worker exited while the stream was being processed")
         if now > deadline:
             committed = await committed_offsets(settings, sorted(ends))
             raise AssertionError(
@@ -224,7 +232,9 @@ class Outcome:
     """The counts of one check, and every violation found (empty means all invariants hold)."""
 
     inbound: int = 0
-    valid: int = 0
+    valid: int = 0  # valid inbound records (a redelivery counts again)
+    valid_ids: int = 0  # distinct valid event ids: what history must hold, once each
+    ticks: int = 0  # the sweeper's inactivity ticks among them (published by the worker)
     invalid: int = 0
     history: int = 0
     persons: int = 0
@@ -246,7 +256,8 @@ class Outcome:
 
     def summary(self) -> str:
         return (
-            f"inbound {self.inbound} (valid {self.valid}, invalid {self.invalid}), history "
+            f"inbound {self.inbound} (valid {self.valid}, {self.valid_ids} distinct ids, "
+            f"{self.ticks} sweeper ticks, invalid {self.invalid}), history "
             f"{self.history} records / {self.persons} persons, stage changes expected "
             f"{self.expected} found {self.found} duplicates {self.duplicates}, dead letters "
             f"{self.dead_letters}, missing events {len(self.missing_events)}, "
@@ -270,11 +281,13 @@ async def check(bootstrap: str, names: TopicNames, policy: Policy | None = None)
     async for record in iter_to_end(bootstrap, names.events):
         out.inbound += 1
         if is_valid(record.key, record.value):
-            valid_ids.add(orjson.loads(record.value)["event_id"])
+            valid_ids.add(event_id(record.value))
             out.valid += 1
+            out.ticks += b'"inactivity_timeout"' in record.value
         else:
             invalid_at.add((record.partition, record.offset))
     out.invalid = len(invalid_at)
+    out.valid_ids = len(valid_ids)
 
     # History: exactly once per event id, sequences 1..n per person.
     events: list[Event] = []
