@@ -12,7 +12,13 @@ from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
-from events.limits import MAX_ID, MAX_NAME, MAX_TEXT
+from events.limits import (
+    EARLIEST_OCCURRED_AT,
+    LATEST_OCCURRED_AT,
+    MAX_ID,
+    MAX_NAME,
+    MAX_TEXT,
+)
 
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
@@ -22,7 +28,16 @@ Text = Annotated[str, Field(max_length=MAX_TEXT)]
 def _to_utc(value: datetime) -> datetime:
     # One shared tzinfo makes every later comparison and subtraction ~10x cheaper than
     # with the per-value offsets the parser attaches; the instant is unchanged.
-    return value.astimezone(UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        utc = None
+    if utc is None or not EARLIEST_OCCURRED_AT <= utc < LATEST_OCCURRED_AT:
+        raise ValueError(
+            f"must be from {EARLIEST_OCCURRED_AT.year} up to (not including) "
+            f"{LATEST_OCCURRED_AT.year}; deadlines after it could not be computed"
+        )
+    return utc
 
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
