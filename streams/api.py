@@ -119,7 +119,10 @@ class Api:
             )
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self._token):
+        # aiohttp decodes header bytes that are not UTF-8 to lone surrogates; plain
+        # `.encode()` would raise on them (a 500): get the bytes back as sent instead.
+        sent = given.encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent, self._token):
             response = _problem(view, 401, "a valid bearer token is required")
             response.headers["WWW-Authenticate"] = 'Bearer realm="leadflow"'
             return response
