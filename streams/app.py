@@ -11,11 +11,14 @@ Topics are raw bytes: pydantic is not a Faust codec, so the agent decodes with
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
+from aiokafka import AIOKafkaClient
 from faust.types import TP
 
 from events.outbound import HistoryRecord
@@ -28,12 +31,16 @@ from streams.recovery import reconcile
 from streams.settings import Settings
 from streams.shadow import Shadow, shadow_topic
 from streams.sweeper import sweep
-from streams.topics import TopicNames, TopicSpec, iter_to_end
+from streams.topics import TopicNames, TopicNotFound, TopicSpec, iter_to_end
 
 log = logging.getLogger(__name__)
 
 TABLE = "persons"
 LAG_INTERVAL = 5.0
+#: Seconds between checks that the broker still has leadflow's topics (see `TopicsWatch`).
+TOPICS_CHECK_INTERVAL = 3.0
+#: Exit status of a worker whose broker lost its topics: restart it (see `topics_lost`).
+EXIT_TOPICS_LOST = 3
 
 
 def app_id(settings: Settings) -> str:
@@ -158,12 +165,15 @@ def make_app(
         new = assigned - lifecycle.owned
         if not new:
             return
-        report = await reconcile(
-            lifecycle,
-            new,
-            bootstrap=settings.bootstrap,
-            client_options=settings.aiokafka_kwargs(),
-        )
+        try:
+            report = await reconcile(
+                lifecycle,
+                new,
+                bootstrap=settings.bootstrap,
+                client_options=settings.aiokafka_kwargs(),
+            )
+        except TopicNotFound as missing:
+            topics_lost([str(missing)])
         metrics.REBUILT.inc(report.rebuilt)
         log.info("recovery: %s", report.summary())
         if lifecycle.shadows:
@@ -187,6 +197,14 @@ def make_app(
             highwater = consumer.highwater(TP(names.events, partition))
             if last is not None and highwater is not None:
                 metrics.CONSUMER_LAG.labels(str(partition)).set(max(highwater - last - 1, 0))
+
+    watch = TopicsWatch(settings, (names.events, names.history))
+
+    @app.timer(TOPICS_CHECK_INTERVAL, name="topics_watch")
+    async def topics_watch() -> None:
+        missing = await watch.missing()
+        if missing:
+            topics_lost(missing)
 
     @app.page("/healthz")
     async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
@@ -228,3 +246,56 @@ async def rebuild_shadows(shadows: list[Shadow], partitions: set[int], settings:
             shadow.apply(event)
         count += 1
     log.info("shadows: replayed %d history records in %.2fs", count, time.monotonic() - started)
+
+
+class TopicsWatch:
+    """Notices a broker that came back without leadflow's topics (lost its data).
+
+    A single-node broker restarted without its disks (or Tansu, which keeps everything in
+    memory) answers again with no topics, no records, no committed offsets and no group.
+    Faust does not notice: at the next rebalance it retries committing to the vanished
+    events topic forever, and the worker hangs while /healthz still says ok.
+    """
+
+    def __init__(self, settings: Settings, topics: tuple[str, ...]) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.client: AIOKafkaClient | None = None
+
+    async def missing(self) -> list[str]:
+        """The watched topics the broker says it does not have (none while it is down)."""
+        try:
+            if self.client is None:
+                self.client = AIOKafkaClient(
+                    **self.settings.aiokafka_kwargs(), client_id="leadflow-topics-watch"
+                )
+                await self.client.bootstrap()
+            # All topics: a Metadata request naming a missing topic may auto-create it.
+            cluster = await asyncio.wait_for(self.client.fetch_all_metadata(), 10)
+        except Exception as error:  # the broker is down or slow: its clients retry anyway
+            log.debug("topics watch: no metadata (%s)", error)
+            return []
+        if not cluster.brokers():
+            return []
+        present = cluster.topics()
+        return [topic for topic in self.topics if topic not in present]
+
+
+def topics_lost(missing: list[str]) -> NoReturn:
+    """Exit at once: the broker lost leadflow's topics, so it lost history and offsets.
+
+    Nothing decided from now on may reach the broker: the person table holds states whose
+    history is gone, and records still buffered in the producer were decided from them. A
+    hard exit drops both (the RocksDB store survives it, as it survives kill -9). Restarted,
+    the worker recreates the topics with their configs and, because its table follows history
+    (`streams.recovery`), starts from what the broker holds now.
+    """
+    log.critical(
+        "the broker lost leadflow's topics (%s missing): its history, offsets and group are "
+        "gone. Exiting with status %d; restart the worker to recreate the topics and "
+        "continue from what the broker holds now",
+        ", ".join(missing),
+        EXIT_TOPICS_LOST,
+    )
+    logging.shutdown()
+    os._exit(EXIT_TOPICS_LOST)
