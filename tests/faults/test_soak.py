@@ -1,7 +1,7 @@
 """A bounded soak: a fixed rate below the worker's measured capacity, for ~30 s (60 s --long).
 
 First a burst measures what the worker processes per second here (it also warms the worker
-up: every person has a state before RSS is first read). Then events are published at 60 %
+up: every person has a state before RSS is first read). Then events are published at 50 %
 of that rate, and every second the lag (published minus processed, from `/healthz`; the
 worker's own `leadflow_consumer_lag` from `/metrics` is printed beside it) and the RSS are
 sampled. Lag must stay bounded and drain, RSS must stay flat, the worker log must hold no
@@ -29,9 +29,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 PERSONS = 2_000
 WARMUP_EVENTS = 3_000
-RATE_SHARE = 0.6  # of the measured capacity
+RATE_SHARE = 0.5  # of the measured capacity (other tests may share the machine)
 MIN_RATE, MAX_RATE = 100, 1_500
-MAX_LAG_SECONDS = 10.0  # lag bound, in seconds' worth of events at the soak rate
+MAX_LAG_SECONDS = 15.0  # lag bound, in seconds' worth of events at the soak rate
 DRAIN_SECONDS = 30.0
 RSS_SLACK_MB = 40.0
 LAG_LINE = re.compile(rb"^leadflow_consumer_lag\{[^}]*\} ([0-9.e+]+)$", re.M)

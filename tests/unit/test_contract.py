@@ -16,7 +16,9 @@ from events.codec import InvalidMessage, decode_event, decode_model, dumps
 from events.inbound import Event
 from events.limits import MAX_ID, MAX_PAYLOAD_BYTES
 from events.outbound import HistoryRecord, SlaBreached, StageChanged
+from lifecycle.deadlines import next_deadline
 from lifecycle.decide import decide
+from lifecycle.evolve import evolve
 from lifecycle.records import Decision, SlaBreach, StageChange
 from lifecycle.replay import fold
 from lifecycle.state import PersonState
@@ -202,6 +204,31 @@ def test_payload_at_the_limit_is_parsed():
 
     assert len(raw) == MAX_PAYLOAD_BYTES
     assert decode_event(raw).profile.company == "x"
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        "9999-12-31T23:59:59-14:00",  # past year 9999 in UTC: OverflowError before the fix
+        "0001-01-01T00:00:00+01:00",  # before year 1 in UTC
+        "9999-12-01T00:00:00Z",  # parsed fine, but its deadlines overflowed in the worker
+        "1899-12-31T23:59:59Z",
+        "3000-01-01T00:00:00Z",
+    ],
+)
+def test_occurred_at_outside_the_accepted_years_is_an_invalid_message(occurred_at):
+    with pytest.raises(InvalidMessage, match=r"occurred_at: .*from 1900 up to"):
+        decode_event(orjson.dumps({**VALID, "occurred_at": occurred_at}))
+
+
+def test_occurred_at_at_the_edges_of_the_accepted_years_has_computable_deadlines():
+    policy = preset()
+    for occurred_at in ("1900-01-01T00:00:00Z", "2999-12-31T23:59:59.999999Z"):
+        raw = {**VALID, "type": "webinar_attended", "profile": fit_profile()}
+        event = decode_event(orjson.dumps({**raw, "occurred_at": occurred_at}))
+        state = evolve(None, decide(None, event, policy))
+        assert state.stage == "lead"
+        assert next_deadline(state, policy) == event.occurred_at + policy.inactivity_window
 
 
 def test_decode_error_for_invalid_utf8_says_so_with_the_byte_position():
