@@ -35,7 +35,7 @@ from typing import Any
 import faust
 import orjson
 from faust.streams import _current_event
-from faust.types import EventT
+from faust.types import TP, EventT
 from faust.types.tuples import Message
 
 from events.codec import InvalidMessage, decode_event
@@ -111,6 +111,8 @@ class Lifecycle:
         self.ticks: dict[str, datetime] = {}  # sweeper ticks published, not yet applied
         self.offsets: dict[int, int] = {}  # last processed offset per partition
         self.outputs = Outputs(app, names.events)
+        self.changelog: str = table.changelog_topic.get_topic_name()
+        self.outputs.on_sent[self.changelog] = self._changelog_sent
         self.processed = 0
         self.shadows: list[Shadow] = []  # candidate policies run beside this one (streams.shadow)
 
@@ -143,7 +145,28 @@ class Lifecycle:
         return self.table.get(person.encode())
 
     def write_table(self, state: PersonState) -> None:
+        """Through Faust: store write, changelog send, persisted offset (recovery uses it)."""
         self.table[state.person_id.encode()] = to_json(state.to_wire())
+
+    def write_batched(self, state: PersonState, partition: int) -> None:
+        """The hot-path table write: the store now, the changelog record with the batch.
+
+        What `table[key] = value` does, without its per-write cost (~20 % of the worker's CPU
+        measured: a changelog send through Faust's producer buffer, a delivery callback and a
+        persisted-offset write in RocksDB per person): the same record (raw key and value, the
+        input's partition) goes out in the batch's changelog record batch, and the store's
+        persisted changelog offset is set once per acked batch (`_changelog_sent`). In a
+        Kafka transaction Faust's own path is kept (it persists offsets on commit).
+        """
+        if self.app.in_transaction:
+            self.write_table(state)
+            return
+        key, value = state.person_id.encode(), to_json(state.to_wire())
+        self.table.data[key] = value
+        self.outputs.add(self.changelog, key, value, partition)
+
+    def _changelog_sent(self, partition: int, last_offset: int) -> None:
+        self.table.data.set_persisted_offset(TP(self.changelog, partition), last_offset)
 
     def _state(self, person: str, partition: int) -> PersonState | None:
         state = self.cache.get(person)
@@ -210,7 +233,7 @@ class Lifecycle:
                     )
                     error = f"{type(error).__name__}: {error}"
                 stats.dead_letters += 1
-                await outputs.send(
+                outputs.add(
                     names.dead_letters,
                     message.key,
                     dead_letter(
@@ -227,29 +250,30 @@ class Lifecycle:
             types[event.type] += 1
             for shadow in self.shadows:  # redeliveries re-emit the shadow's changes too
                 for change in shadow.apply(event):
-                    await outputs.send(shadow.topic, key, to_json(change), partition)
+                    outputs.add(shadow.topic, key, to_json(change), partition)
             if decision.duplicate:
                 stats.duplicates += 1
                 for change in decision.changes:
-                    await outputs.send(stage_changes, key, to_json(change), partition)
+                    outputs.add(stage_changes, key, to_json(change), partition)
                 continue
             state = evolve(state, decision)
             cache[person] = state
             touched[person] = (partition, item)
-            await outputs.send(history, key, to_json(decision.to_wire()), partition)
+            outputs.add(history, key, to_json(decision.to_wire()), partition)
             for change in decision.changes:
                 stages[change.to_stage] += 1
-                await outputs.send(stage_changes, key, to_json(change), partition)
+                outputs.add(stage_changes, key, to_json(change), partition)
 
         for person, (partition, item) in touched.items():
             state = cache.pop(person)
             cache[person] = state  # most recently used last
             token = _current_event.set(weakref.ref(item))
             try:
-                self.write_table(state)
+                self.write_batched(state, partition)
             finally:
                 _current_event.reset(token)
             self.remember(partition, state)
+        await outputs.publish()
         stats.deliveries = outputs.detach()
         self._trim_cache()
         self.processed += stats.events
