@@ -2,7 +2,11 @@
 
 Open: `/`, `/healthz`, `/metrics`, `/funnel`, `/policies` — aggregates and definitions only.
 Bearer token (LEADFLOW_API_TOKEN, compared in constant time): `/people/…`, `/changes/recent`,
-`POST /events` — anything that shows or writes a person's data.
+`POST /events`, `POST /internal/erased` — anything that shows or writes a person's data.
+
+Erasure: a person's reason sentences (which can quote a job title) are withheld wherever the
+API shows them, also in `/changes/recent`, whose changes come from every partition: the
+worker asks the others which of the listed persons they know to be erased.
 
 A person's requests are answered by the worker that owns their partition: if this worker
 does not hold the person, it asks the owner Faust's router names for the key, then any other
@@ -18,11 +22,12 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from faust.web import Request, Response, View
 
 from events.codec import InvalidMessage, decode_event
 from events.limits import MAX_PAYLOAD_BYTES
-from events.outbound import HistoryRecord
+from events.outbound import HistoryRecord, Reason
 from lifecycle.evolve import evolve
 from lifecycle.policy import Policy
 from lifecycle.state import PersonState
@@ -135,28 +140,68 @@ class Api:
                 return partition
         return None
 
+    def _other_hosts(self, person: str | None = None) -> list[str]:
+        """Other workers' URLs: the owner of `person` first (when given), then the rest."""
+        app = self.app
+        hosts: list[str] = []
+        if person is not None:
+            try:
+                hosts.append(str(app.router.key_store("persons", person.encode())).rstrip("/"))
+            except Exception:  # no assignment yet, or no such table metadata
+                log.debug("router has no owner for %s", person)
+        try:
+            hosts += [str(h).rstrip("/") for h in app.router.table_metadata("persons")]
+        except Exception:
+            log.debug("router has no table metadata")
+        others: list[str] = []
+        for host in hosts:
+            if host != str(app.conf.canonical_url).rstrip("/") and host not in others:
+                others.append(host)
+        return others
+
+    @staticmethod
+    def _forward_headers(request: Request) -> dict[str, str]:
+        headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
+        headers[FORWARDED] = "1"
+        return headers
+
+    def erased_here(self, persons: set[str]) -> set[str]:
+        """Those of `persons` this worker holds and knows to be erased."""
+        erased = set()
+        for person in persons:
+            partition = self.local_partition(person)
+            if partition is not None:
+                state = self.state_of(person, partition)
+                if state is not None and state.erased:
+                    erased.add(person)
+        return erased
+
+    async def erased(self, request: Request, persons: set[str]) -> set[str]:
+        """Erased persons among `persons`: this worker's own, and the other workers' answer
+        (`POST /internal/erased`) for the persons it does not hold."""
+        erased = self.erased_here(persons)
+        remote = sorted(p for p in persons if self.local_partition(p) is None)
+        if not remote or request.headers.get(FORWARDED):
+            return erased
+        headers = self._forward_headers(request)
+        for host in self._other_hosts():
+            try:
+                async with self.app.http_client.post(
+                    f"{host}/internal/erased", data=to_json(remote), headers=headers
+                ) as response:
+                    if response.status == 200:
+                        erased.update(p for p in await response.json() if p in persons)
+            except Exception as error:
+                log.warning("asking %s for erasures failed: %s", host, error)
+        return erased
+
     async def forward(self, view: View, request: Request, person: str) -> Response:
         """Ask the owner, then every other worker; 404 when none holds the person."""
         if request.headers.get(FORWARDED):
             return _problem(view, 404, f"no person {person!r}")
         app = self.app
-        me = str(app.conf.canonical_url).rstrip("/")
-        hosts: list[str] = []
-        try:
-            hosts.append(str(app.router.key_store("persons", person.encode())).rstrip("/"))
-        except Exception:  # no assignment yet, or no such table metadata
-            log.debug("router has no owner for %s", person)
-        try:
-            hosts += [str(h).rstrip("/") for h in app.router.table_metadata("persons")]
-        except Exception:
-            log.debug("router has no table metadata")
-        seen = {me}
-        headers = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
-        headers[FORWARDED] = "1"
-        for host in hosts:
-            if host in seen:
-                continue
-            seen.add(host)
+        headers = self._forward_headers(request)
+        for host in self._other_hosts(person):
             url = f"{host}{request.rel_url}"
             try:
                 async with app.http_client.get(url, headers=headers) as response:
@@ -262,10 +307,38 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
             except ValueError:
                 return _problem(self, 422, "limit must be a number")
             recent = list(api.live.recent)[-limit:][::-1]
+            erased = await api.erased(request, {c.person_id for c in recent})
             return self.bytes(
-                b"[" + b",".join(c.model_dump_json().encode() for c in recent) + b"]",
+                b"["
+                + b",".join(
+                    (
+                        c.model_copy(update={"reason": Reason(**_withheld(c.reason))})
+                        if c.person_id in erased
+                        else c
+                    )
+                    .model_dump_json()
+                    .encode()
+                    for c in recent
+                )
+                + b"]",
                 content_type=JSON,
             )
+
+    @app.page("/internal/erased")
+    class Erased(View):
+        """Between workers: which of the posted person ids this worker knows to be erased."""
+
+        async def post(self, request: Request) -> Response:
+            if (refused := api.refuse(self, request)) is not None:
+                return refused
+            body = await request.read()
+            try:
+                persons = orjson.loads(body) if len(body) <= MAX_PAYLOAD_BYTES * 4 else None
+            except orjson.JSONDecodeError:
+                persons = None
+            if not isinstance(persons, list) or not all(isinstance(p, str) for p in persons):
+                return _problem(self, 422, "expected a JSON list of person ids")
+            return _json(self, sorted(api.erased_here(set(persons))))
 
     @app.page("/funnel")
     class FunnelPage(View):
@@ -322,7 +395,8 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
             await delivery  # answer 202 only once the broker has the event
             return _json(self, {"event_id": event.event_id, "status": "accepted"}, 202)
 
-    del Dashboard, Person, PersonHistory, RecentChanges, FunnelPage, Policies, PolicyPage, Ingest
+    del Dashboard, Person, PersonHistory, RecentChanges, Erased, FunnelPage, Policies, PolicyPage
+    del Ingest
     return api
 
 

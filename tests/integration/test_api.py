@@ -151,6 +151,29 @@ async def test_requests_reach_the_worker_that_owns_the_person(workers):
         return True
 
     await wait_for(everyone_answered_by_both, 60, "both workers to answer for every person")
+    # Erase two persons after a hand-raise: every worker's /changes/recent withholds their
+    # reason sentences (which quote the seniority), whichever worker holds them.
+    erased = set(persons[:2])
+    await ingest(
+        first,
+        *[event(f"d-{p}", p, "demo_requested", "2026-01-03T09:00:00Z") for p in persons],
+        *[event(f"x-{p}", p, "person_erased", "2026-01-04T09:00:00Z") for p in erased],
+    )
+
+    async def recent_withholds_erased(w: Any) -> list[dict[str, Any]] | None:
+        status, recent = await asyncio.to_thread(w.request, "/changes/recent?limit=200")
+        mql = [c for c in recent if c["to_stage"] == "mql"] if status == 200 else []
+        if len(mql) < len(persons):
+            return None
+        texts = {c["person_id"]: c["reason"]["text"] for c in mql}
+        if any(texts[p] != "withheld: the person was erased" for p in erased):
+            return None
+        return mql
+
+    for w in (first, second):
+        mql = await wait_for(lambda w=w: recent_withholds_erased(w), 60, "erasures withheld")
+        kept = [c["reason"]["text"] for c in mql if c["person_id"] not in erased]
+        assert kept and all("vp" in text for text in kept), kept
     owned = {w.url: set(await w.owned()) for w in (first, second)}
     assert all(owned.values()), owned  # both own partitions: answers crossed workers
     for p in persons:
@@ -179,6 +202,14 @@ async def test_erasure_removes_profile_keeps_stage_facts_and_metrics_count_it(wo
     status, history = await asyncio.to_thread(w.request, "/people/eve/history")
     assert [r["event"]["type"] for r in history["records"]][-1] == "person_erased"
     assert "vp" not in json.dumps(history)  # the timeline never shows profile data
+
+    async def both_changes() -> Any:
+        status, recent = await asyncio.to_thread(w.request, "/changes/recent")
+        return recent if status == 200 and len(recent) == 2 else None
+
+    recent = await wait_for(both_changes, 30, "eve's two stage changes in /changes/recent")
+    assert [c["person_id"] for c in recent] == ["eve", "eve"]
+    assert "vp" not in json.dumps(recent) and recent[0]["reason"]["rule"]
 
     status, metrics = await asyncio.to_thread(w.request, "/metrics", token=None)
     assert status == 200
