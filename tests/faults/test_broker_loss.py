@@ -61,7 +61,7 @@ async def test_broker_restart_without_data_worker_stays_up_recreates_topics_and_
     rss_start = worker.rss_mb()
 
     # Before: the first part of the stream, applied; then the broker dies.
-    before = make_stream(8_000, 800, seed=31, id_prefix="before-")
+    before = make_stream(5_000, 800, seed=31, id_prefix="before-")
     publisher = Publisher(broker.bootstrap, names.events, before)
     publisher.start(rate=4_000)
     await publisher.wait(timeout=60)
@@ -89,7 +89,7 @@ async def test_broker_restart_without_data_worker_stays_up_recreates_topics_and_
 
     # After: the same persons again, new event ids. Their lost history is not resurrected:
     # sequences start at 1 and every decision is what replay of the new history predicts.
-    after = make_stream(6_000, 800, seed=32, id_prefix="after-")
+    after = make_stream(5_000, 800, seed=32, id_prefix="after-")
     publisher = Publisher(broker.bootstrap, names.events, after)
     publisher.start(rate=3_000)
     await publisher.wait(timeout=60)
@@ -109,7 +109,7 @@ async def test_broker_restart_without_data_worker_stays_up_recreates_topics_and_
     await worker.ready(timeout=90)
     recovery = re.findall(r"recovery: .*rebuilt (\d+)", worker.tail(200_000))
     assert recovery and recovery[-1] == "0", f"table inconsistent after the broker loss: {recovery}"
-    more = make_stream(2_000, 800, seed=33, id_prefix="later-")
+    more = make_stream(1_500, 800, seed=33, id_prefix="later-")
     publisher = Publisher(broker.bootstrap, names.events, more)
     publisher.start(rate=3_000)
     await publisher.wait(timeout=60)

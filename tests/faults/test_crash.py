@@ -42,12 +42,12 @@ async def test_kill_9_at_random_points_loses_and_redecides_nothing(
     await worker.ready()
     rss_start = worker.rss_mb()
     publisher = Publisher(broker.bootstrap, names.events, records)
-    publisher.start(rate=len(records) / (rounds * 6.5))
+    publisher.start(rate=len(records) / (rounds * 5.5))
     kills_before_ready = 0
     for n in range(rounds):
         if rng.random() < 0.7:
             await worker.ready(timeout=120)
-            await asyncio.sleep(rng.uniform(0.2, 3.0))
+            await asyncio.sleep(rng.uniform(0.2, 2.5))
         else:  # anywhere in startup: joining, Faust's restore, the check against history
             await asyncio.sleep(rng.uniform(0.5, 4.0))
             kills_before_ready += not await worker.owned()
