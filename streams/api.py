@@ -384,8 +384,8 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
                 return refused
             if (request.content_length or 0) > MAX_PAYLOAD_BYTES:
                 return _problem(self, 413, f"body over {MAX_PAYLOAD_BYTES} bytes")
-            body = await request.content.read(MAX_PAYLOAD_BYTES + 1)
-            if len(body) > MAX_PAYLOAD_BYTES:
+            body = await read_body(request, MAX_PAYLOAD_BYTES)
+            if body is None:
                 return _problem(self, 413, f"body over {MAX_PAYLOAD_BYTES} bytes")
             try:
                 event = decode_event(body)
@@ -398,6 +398,23 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
     del Dashboard, Person, PersonHistory, RecentChanges, Erased, FunnelPage, Policies, PolicyPage
     del Ingest
     return api
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The whole body, or None once it passes `limit` bytes.
+
+    One `content.read(n)` returns only what has arrived so far (a body sent in chunks, or
+    in several TCP segments, came back cut short and was answered 422 as broken JSON).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    return None
 
 
 WITHHELD = "withheld: the person was erased"
