@@ -208,7 +208,7 @@ async def test_late_and_boundary_events_and_an_sla_due_in_an_outage_replay_exact
         )
 
         # 2. an SLA and an inactivity window that run out while the worker is down
-        at = datetime.now(UTC) + timedelta(seconds=3)
+        at = datetime.now(UTC) + timedelta(seconds=6)  # SLA due ~10 s after publishing
         now_events = [
             ev("out-1", "outage-mql", "webinar_attended", at, profile=FIT),
             ev("out-2", "outage-mql", "demo_requested", at),
