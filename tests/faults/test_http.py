@@ -206,6 +206,11 @@ async def test_no_personal_data_without_the_token_bad_bodies_get_4xx_and_a_burst
                 raw_request, worker, "POST", "/events", orjson.dumps(sneaky), **headers
             )
             assert status == 401, (label, status, body)
+            # Which persons are erased is personal too (the workers ask each other).
+            status, body = await asyncio.to_thread(
+                raw_request, worker, "POST", "/internal/erased", orjson.dumps(PERSONS), **headers
+            )
+            assert status == 401 and not leaks(body, secrets), (label, status, body)
 
         # 2. Bad bodies on POST /events (with the token): 4xx, never 5xx.
         auth = {"Authorization": f"Bearer {TOKEN}", "Content_Type": "application/json"}
