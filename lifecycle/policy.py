@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
+from typing import Annotated
 from importlib import resources
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from events.inbound import KNOWN_TYPES, EventType
 from lifecycle.stages import Stage
 
 PRESETS = ("default", "seed", "growth", "mature")
+
+#: Longest window a policy may set (100 years): event times are limited to 1900–2999, so
+#: every deadline stays inside what `datetime` can hold.
+MAX_DAYS = 36_500
 
 
 class PolicyError(ValueError):
@@ -75,7 +80,7 @@ class Scoring(_Strict):
 
     weights: dict[str, float]
     threshold: float = Field(gt=0)
-    half_life_days: float | None = Field(default=None, gt=0)
+    half_life_days: float | None = Field(default=None, gt=0, le=MAX_DAYS)
 
 
 class Temperature(_Strict):
@@ -204,9 +209,9 @@ class Policy(_Strict):
         default=None, description="when set, every source not listed is gated (mature companies)"
     )
     scoring: Scoring | None = None
-    inactivity_days: float = Field(default=90, gt=0)
+    inactivity_days: float = Field(default=90, gt=0, le=MAX_DAYS)
     timeout_stages: list[Stage] = ["lead", "mql"]
-    sla_days: dict[Stage, float] = {}
+    sla_days: dict[Stage, Annotated[float, Field(gt=0, le=MAX_DAYS)]] = {}
     temperature: Temperature | None = None
 
     @model_validator(mode="after")

@@ -234,3 +234,10 @@ def test_resolve_policy_takes_a_file_or_a_preset_not_both(tmp_path):
     assert resolve_policy(path).name == "tiny"
     with pytest.raises(PolicyError, match="not both"):
         resolve_policy(path, "seed")
+
+
+def test_windows_longer_than_a_century_are_rejected():
+    # A 10^9-day window would overflow deadline arithmetic and stop the worker.
+    message = _error(MINIMAL + "inactivity_days: 1000000000\nsla_days: {mql: 40000}\n")
+    assert "inactivity_days" in message and "sla_days.mql" in message
+    assert "36500" in message
