@@ -586,6 +586,10 @@ def worker_command(settings: Settings, data_dir: Path, session_timeout: float) -
         str(session_timeout),
         "--loglevel",
         "warning",
+        # The synthetic stream is months old by the wall clock: a sweep would add inactivity
+        # ticks the baselines never see (and stage changes they never publish).
+        "--sweep-interval",
+        "86400",
     ]
 
 

@@ -49,6 +49,23 @@ def app_id(settings: Settings) -> str:
     return f"{prefix}.leadflow" if prefix else "leadflow"
 
 
+def shorten_fetch_wait(app: faust.App, wait_ms: int) -> None:
+    """Set the worker consumer's fetch wait, which Faust hard-codes to 1,500 ms.
+
+    Kafka answers a fetch as soon as data arrives, so the wait only bounds idle polls there;
+    Tansu holds every fetch for the whole wait (measured: 715 ms median per hop at 1,500 ms,
+    16 ms at 100 ms), which made it most of the event → stage change latency. Read by
+    aiokafka's fetcher for every request, so setting it on a running consumer takes effect
+    at the next fetch.
+    """
+    try:
+        fetcher = app.consumer._thread._ensure_consumer()._fetcher
+    except AttributeError:  # another transport: keep its default
+        log.warning("cannot set the fetch wait on %s", type(app.consumer).__name__)
+        return
+    fetcher._fetch_max_wait_ms = wait_ms
+
+
 def changelog_spec(settings: Settings) -> TopicSpec:
     """The person table's changelog, created with the other topics (compacted, same count)."""
     name = f"{app_id(settings)}-{TABLE}-changelog"
@@ -158,6 +175,7 @@ def make_app(
             await app.crash(error)
 
     async def take_assignment() -> None:
+        shorten_fetch_wait(app, settings.fetch_max_wait_ms)
         assigned = {
             tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.events
         }

@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     session_timeout: float = Field(default=10.0, description="consumer group session, seconds")
     sweep_interval: float = Field(default=60.0, gt=0, description="sweeper period, seconds")
+    fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=1,
+        le=1500,
+        description="longest a fetch may wait for data (Faust fixes 1,500 ms; brokers that "
+        "hold a fetch that long, like Tansu, add it to every event's latency)",
+    )
     exactly_once: bool = False
     shadow: list[str] = Field(
         default_factory=list, description="candidate policies (files or presets) run in shadow"
