@@ -37,7 +37,7 @@ class VerifyReport:
         return not self.mismatches and not self.missing_policies
 
 
-def _change_facts(change: Any) -> tuple[Any, ...]:
+def change_facts(change: Any) -> tuple[Any, ...]:
     return (
         change.change_id,
         change.from_stage,
@@ -61,7 +61,7 @@ def _facts(record: Any) -> dict[str, Any]:
     note = record.note
     return {
         "sequence": record.sequence,
-        "changes": [_change_facts(c) for c in record.changes],
+        "changes": [change_facts(c) for c in record.changes],
         "sla_breaches": [_breach_facts(b) for b in record.sla_breaches],
         "note": None if note is None else (note.rule, note.text),
         "last_activity": record.last_activity,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from events.codec import InvalidMessage, decode_event
 from events.inbound import Event
@@ -35,6 +35,7 @@ from lifecycle.replay import replay
 from streams.app import app_id
 from streams.demo import synthetic_events
 from streams.outputs import to_json
+from streams.reconcile import committed_offsets
 from streams.settings import Settings
 from streams.topics import TopicNames, iter_to_end
 
@@ -160,22 +161,6 @@ class Publisher:
         return ends
 
 
-async def committed_offsets(settings: Settings, partitions: list[int]) -> dict[int, int | None]:
-    """The worker group's committed offset per events partition (read without joining)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
-        group_id=app_id(settings),
-        enable_auto_commit=False,
-        client_id="faults-committed",
-    )
-    await consumer.start()
-    try:
-        topic = settings.topics.events
-        return {p: await consumer.committed(TopicPartition(topic, p)) for p in partitions}
-    finally:
-        await consumer.stop()
-
-
 async def history_event_ids(bootstrap: str, names: TopicNames) -> Counter[str]:
     ids: Counter[str] = Counter()
     async for record in iter_to_end(bootstrap, names.history):
@@ -213,13 +198,13 @@ async def wait_settled(
         if len(ids) != previous:
             previous, stable_since = len(ids), now
         elif now - stable_since > 8:
-            committed = await committed_offsets(settings, sorted(ends))
+            committed = await committed_offsets(settings, app_id(settings), sorted(ends))
             if all((committed[p] or 0) >= end for p, end in ends.items()):
                 return missing  # everything committed, history still: gaps
         if alive is not None and not alive():
             raise AssertionError("a worker exited while the stream was being processed")
         if now > deadline:
-            committed = await committed_offsets(settings, sorted(ends))
+            committed = await committed_offsets(settings, app_id(settings), sorted(ends))
             raise AssertionError(
                 f"{missing} valid events not in history after {timeout} s; "
                 f"committed {committed}, ends {ends}"

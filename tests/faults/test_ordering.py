@@ -32,7 +32,7 @@ from events.inbound import Event
 from events.outbound import HistoryRecord, StageChanged
 from lifecycle.policy import Policy, load_policy
 from lifecycle.replay import replay
-from lifecycle.verify import verify
+from lifecycle.verify import change_facts, verify
 from streams.topics import TopicNames, read_to_end
 from tests.fixtures.core import custom_policy
 from tests.fixtures.worker import LEADFLOW, Worker
@@ -146,19 +146,6 @@ async def wait_history(
             return records
         await asyncio.sleep(0.5)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}: {worker.tail()}")
-
-
-def change_facts(change: Any) -> tuple[Any, ...]:
-    return (
-        change.change_id,
-        change.from_stage,
-        change.to_stage,
-        tuple(change.passed_through),
-        change.occurred_at,
-        change.reason.rule,
-        change.reason.text,
-        change.lead_source,
-    )
 
 
 def record_facts(record: Any) -> tuple[Any, ...]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from events.outbound import HistoryRecord, StageChanged
@@ -30,28 +30,13 @@ from streams.app import app_id
 from streams.demo import synthetic_events
 from streams.settings import Settings
 from streams.topics import iter_to_end, read_to_end
-from tests.fixtures.worker import LEADFLOW, Worker, wait_for
+from tests.fixtures.worker import LEADFLOW, Worker, keyed, publish, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 
 def prefix_of(events_topic: str) -> str:
     return events_topic.removesuffix(".leadflow.events")
-
-
-async def publish(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-def keyed(event: dict[str, Any]) -> tuple[bytes, bytes]:
-    return event["person_id"].encode(), orjson.dumps(event)
 
 
 async def history_ids(bootstrap: str, topic: str) -> list[str]:

@@ -22,7 +22,6 @@ from typing import Any
 import confluent_kafka
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner
 
 from events.outbound import DeadLetter, HistoryRecord, StageChanged
@@ -33,6 +32,7 @@ from streams.broker import EmbeddedBroker, free_port
 from streams.cli import app as cli_app
 from streams.demo import synthetic_events
 from streams.topics import TopicNames, read_to_end
+from tests.fixtures.worker import keyed, publish
 
 pytestmark = pytest.mark.integration
 
@@ -109,21 +109,6 @@ def spawn(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Any]:
     yield start
     for worker in started:
         worker.kill()
-
-
-async def publish(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        for key, value in values:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-def keyed(event: dict[str, Any]) -> tuple[bytes, bytes]:
-    return event["person_id"].encode(), orjson.dumps(event)
 
 
 def ev(event_id: str, person: str, type_: str, day: int, **extra: Any) -> dict[str, Any]:
