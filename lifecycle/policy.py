@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
-from typing import Annotated
 from importlib import resources
 from pathlib import Path
+from typing import Annotated
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
