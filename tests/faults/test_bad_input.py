@@ -225,6 +225,9 @@ def oversized(draw: st.DrawFn, envelope: dict[str, Any]) -> Case:
     return Case("oversized", _key(envelope), value, False)
 
 
+WHITESPACE_TO_X = bytes.maketrans(b" \t\r\n", b"xxxx")
+
+
 def broken_json(draw: st.DrawFn, envelope: dict[str, Any]) -> Case:
     """The envelope cut short, with a lone surrogate escape, or with trailing garbage."""
     raw = _dump(envelope)
@@ -234,7 +237,9 @@ def broken_json(draw: st.DrawFn, envelope: dict[str, Any]) -> Case:
     elif how == "surrogate":
         raw = _spliced(envelope, "campaign", b'"\\ud800"')
     else:
-        raw += b" " + draw(st.binary(min_size=1, max_size=8)).replace(b" ", b"x")
+        # JSON allows trailing whitespace: the garbage must hold something else.
+        garbage = draw(st.binary(min_size=1, max_size=8)).translate(WHITESPACE_TO_X)
+        raw += b" " + garbage
     return Case("broken_json", _key(envelope), raw, False)
 
 
