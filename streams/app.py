@@ -224,6 +224,10 @@ def make_app(
         if missing:
             topics_lost(missing)
 
+    @app.on_before_shutdown.connect
+    async def close_topics_watch(sender: Any, **_: Any) -> None:
+        await watch.close()
+
     @app.page("/healthz")
     async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         return web.json(
@@ -297,6 +301,11 @@ class TopicsWatch:
             return []
         present = cluster.topics()
         return [topic for topic in self.topics if topic not in present]
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            await client.close()
 
 
 def topics_lost(missing: list[str]) -> NoReturn:

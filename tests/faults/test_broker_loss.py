@@ -38,7 +38,7 @@ import pytest
 from lifecycle.policy import load_preset
 from streams.app import EXIT_TOPICS_LOST
 from streams.topics import TopicNames, ensure_topics, read_to_end, topic_specs
-from tests.faults.harness import Publisher, check, make_stream, settings_for, wait_settled
+from tests.faults.harness import Publisher, make_stream, settings_for, settled_check, wait_settled
 from tests.fixtures.worker import Worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -93,8 +93,8 @@ async def test_broker_restart_without_data_worker_stays_up_recreates_topics_and_
     publisher = Publisher(broker.bootstrap, names.events, after)
     publisher.start(rate=3_000)
     await publisher.wait(timeout=60)
-    assert await wait_settled(settings, alive=lambda: worker.alive) == 0
-    outcome = await check(broker.bootstrap, names)
+    gaps, outcome = await settled_check(settings, alive=lambda: worker.alive)
+    assert gaps == 0
     print(
         f"\nbroker loss: worker exited {noticed:.1f}s after the broker came back, processing "
         f"again after {resumed:.1f}s: {outcome.summary()}"
@@ -113,8 +113,8 @@ async def test_broker_restart_without_data_worker_stays_up_recreates_topics_and_
     publisher = Publisher(broker.bootstrap, names.events, more)
     publisher.start(rate=3_000)
     await publisher.wait(timeout=60)
-    assert await wait_settled(settings, alive=lambda: worker.alive) == 0
-    outcome = await check(broker.bootstrap, names)
+    gaps, outcome = await settled_check(settings, alive=lambda: worker.alive)
+    assert gaps == 0
     print(f"broker loss: after a later restart: {outcome.summary()}")
     policies = await _policy_versions(broker.bootstrap, names)
     fault_report.add(

@@ -17,10 +17,9 @@ import pytest
 from streams.reconcile import reconcile
 from tests.faults.harness import (
     Publisher,
-    check,
     make_stream,
     settings_for,
-    wait_settled,
+    settled_check,
 )
 from tests.fixtures.worker import Worker
 
@@ -56,8 +55,7 @@ async def test_kill_9_at_random_points_loses_and_redecides_nothing(
         worker.start(store="memory" if n % 2 == 0 else "rocksdb")
     await worker.ready(timeout=120)
     await publisher.wait(timeout=180)
-    gaps = await wait_settled(settings, alive=lambda: worker.alive)
-    outcome = await check(broker.bootstrap, names)
+    gaps, outcome = await settled_check(settings, alive=lambda: worker.alive)
     print(f"\ncrash: {rounds} kills ({kills_before_ready} before ready): {outcome.summary()}")
     repaired = 0
     if gaps:
@@ -65,8 +63,8 @@ async def test_kill_9_at_random_points_loses_and_redecides_nothing(
         report = await reconcile(settings, repair=True)
         repaired = report.repaired
         print(f"crash: reconcile found {len(report.gaps)} gaps, re-drove {repaired}")
-        assert await wait_settled(settings, alive=lambda: worker.alive) == 0
-        outcome = await check(broker.bootstrap, names)
+        gaps, outcome = await settled_check(settings, alive=lambda: worker.alive)
+        assert gaps == 0
         print(f"crash: after repair: {outcome.summary()}")
     fault_report.add(
         "crash: kill -9 + restart",

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from streams.reconcile import reconcile
-from tests.faults.harness import Publisher, check, make_stream, settings_for, wait_settled
+from tests.faults.harness import Publisher, make_stream, settings_for, settled_check
 from tests.fixtures.worker import Worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -75,8 +75,7 @@ async def test_workers_leaving_by_sigterm_and_kill_9_and_rejoining_lose_and_rede
     def alive() -> bool:
         return a.alive and b.alive
 
-    gaps = await wait_settled(settings, alive=alive)
-    outcome = await check(broker.bootstrap, names)
+    gaps, outcome = await settled_check(settings, alive=alive)
     print(f"\nrebalance: {timings}: {outcome.summary()}")
     repaired = 0
     if gaps:
@@ -84,8 +83,8 @@ async def test_workers_leaving_by_sigterm_and_kill_9_and_rejoining_lose_and_rede
         report = await reconcile(settings, repair=True)
         repaired = report.repaired
         print(f"rebalance: reconcile found {len(report.gaps)} gaps, re-drove {repaired}")
-        assert await wait_settled(settings, alive=alive) == 0
-        outcome = await check(broker.bootstrap, names)
+        gaps, outcome = await settled_check(settings, alive=alive)
+        assert gaps == 0
         print(f"rebalance: after repair: {outcome.summary()}")
     fault_report.add(
         "rebalance: 2 workers, leave + rejoin",
