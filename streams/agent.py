@@ -10,12 +10,15 @@ Person states live in a Faust table (orjson of `PersonState.to_wire()`), written
 person per batch, with an in-process LRU of `PersonState` objects in front of it: turning a
 table value back into a state costs ~64 µs, four times the decision itself.
 
-Faust's table and RocksDB store pick the partition of a write from "the current event",
-which is unset inside `stream.take_events()` (faust-streaming issue 497) and at rebalance
-time. `writing_for()` sets it explicitly, so table writes keep Faust's normal layout (store
-and changelog partition = the input partition) instead of `use_partitioner=True`, which
-would send a person's changelog to a different partition than their events whenever the
-upstream producer's partitioner differs from Faust's.
+The events arrive as fetched batches of messages from the consumer (`streams.drain`), not
+through a Faust stream, so there is no Faust event per message. Faust's table and RocksDB
+store pick the partition of a write from "the current event" (unset outside a stream, inside
+`stream.take_events()` too: faust-streaming issue 497, and at rebalance time); the agent sets
+a stand-in event of the partition around table reads and writes (`writing_for()`), so
+table writes keep Faust's normal layout (store and changelog partition = the input
+partition) instead of `use_partitioner=True`, which would send a person's changelog to a
+different partition than their events whenever the upstream producer's partitioner differs
+from Faust's.
 """
 
 from __future__ import annotations
@@ -46,15 +49,15 @@ from lifecycle.policy import Policy
 from lifecycle.state import PersonState
 from streams import metrics
 from streams.deadletters import dead_letter
+from streams.drain import Feed
 from streams.outputs import Outputs, to_json
 from streams.shadow import Shadow
 from streams.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
-#: Events per batch handed to the agent body, and how long to wait to fill one.
+#: Most events per processed batch (a batch is otherwise what the consumer fetched).
 BATCH_SIZE = 1000
-BATCH_WAIT = 0.05
 
 
 @contextlib.contextmanager
@@ -78,7 +81,6 @@ class BatchStats:
     events: int = 0
     dead_letters: int = 0
     duplicates: int = 0
-    skipped: int = 0
     deliveries: list[Any] = field(default_factory=list)
 
 
@@ -106,6 +108,7 @@ class Lifecycle:
         self.table = table
         self.cache_size = cache_size
         self.owned: set[int] = set()
+        self.stand_ins: dict[int, EventT] = {}  # per owned partition, for table reads/writes
         self.persons: dict[int, dict[str, datetime | None]] = {}
         self.cache: dict[str, PersonState] = {}
         self.ticks: dict[str, datetime] = {}  # sweeper ticks published, not yet applied
@@ -121,6 +124,7 @@ class Lifecycle:
         """Forget partitions this worker no longer owns (their persons move elsewhere)."""
         for p in partitions:
             self.owned.discard(p)
+            self.stand_ins.pop(p, None)
             self.offsets.pop(p, None)
             for shadow in self.shadows:
                 shadow.forget(self.persons.get(p, ()))
@@ -132,6 +136,7 @@ class Lifecycle:
 
     def adopt(self, partition: int, persons: dict[str, datetime | None]) -> None:
         self.persons[partition] = persons
+        self.stand_ins[partition] = partition_event(self.app, self.names.events, partition)
         self.owned.add(partition)
 
     def remember(self, partition: int, state: PersonState) -> None:
@@ -182,29 +187,24 @@ class Lifecycle:
         return PersonState.from_wire(orjson.loads(raw))
 
     # -- the hot path --------------------------------------------------------------------------
-    async def process(self, batch: Sequence[EventT]) -> BatchStats:
+    async def process(self, batch: Sequence[Message]) -> BatchStats:
         """Decide every event of the batch, publish the results, write touched states.
 
         Returns only after every record it published is acked, so Faust acks (and later
         commits) the inputs only once their effects are durable.
         """
-        app, policy, names, outputs = self.app, self.policy, self.names, self.outputs
-        generation = app.consumer_generation_id
-        owned = self.owned
+        policy, names, outputs = self.policy, self.names, self.outputs
         cache = self.cache
+        stand_ins = self.stand_ins
         stats = BatchStats()
         types: Counter[str] = Counter()
         stages: Counter[str] = Counter()
-        touched: dict[str, tuple[int, EventT]] = {}
+        touched: dict[str, int] = {}
         observe = metrics.DECIDE_SECONDS.observe
         perf = time.perf_counter
         history, stage_changes = names.history, names.stage_changes
-        for item in batch:
-            message = item.message
+        for message in batch:
             partition = message.partition
-            if partition not in owned or message.generation_id != generation:
-                stats.skipped += 1  # fetched before a rebalance; Faust re-delivers it
-                continue
             self.offsets[partition] = message.offset
             stats.events += 1
             try:
@@ -218,7 +218,7 @@ class Lifecycle:
                         f"key {message.key!r} is not the person_id {person!r}: events must be "
                         "keyed by person id so one person's events stay in order"
                     )
-                token = _current_event.set(weakref.ref(item))
+                token = _current_event.set(weakref.ref(stand_ins[partition]))
                 try:
                     state = self._state(person, partition)
                 finally:
@@ -258,16 +258,16 @@ class Lifecycle:
                 continue
             state = evolve(state, decision)
             cache[person] = state
-            touched[person] = (partition, item)
+            touched[person] = partition
             outputs.add(history, key, to_json(decision.to_wire()), partition)
             for change in decision.changes:
                 stages[change.to_stage] += 1
                 outputs.add(stage_changes, key, to_json(change), partition)
 
-        for person, (partition, item) in touched.items():
+        for person, partition in touched.items():
             state = cache.pop(person)
             cache[person] = state  # most recently used last
-            token = _current_event.set(weakref.ref(item))
+            token = _current_event.set(weakref.ref(stand_ins[partition]))
             try:
                 self.write_batched(state, partition)
             finally:
@@ -292,7 +292,7 @@ class Lifecycle:
 
 
 class AckAfterDelivery:
-    """Acks a batch's input events once every record it published is acked by the broker.
+    """Acks a batch's input messages once every record it published is acked by the broker.
 
     Without waiting in the agent: the next batch is decided while this one is in flight.
     Faust commits only contiguous acked offsets, so an input is never committed before its
@@ -300,17 +300,16 @@ class AckAfterDelivery:
     the unacked inputs and recovery repairs the table from history.
     """
 
-    def __init__(self, app: faust.App, stream: faust.StreamT) -> None:
+    def __init__(self, app: faust.App) -> None:
         self.app = app
-        self.stream = stream
         self.tasks: set[asyncio.Future[None]] = set()
 
-    def after(self, deliveries: list[Any], events: list[EventT]) -> None:
-        task = asyncio.ensure_future(self._ack(deliveries, events))
+    def after(self, deliveries: list[Any], messages: list[Message]) -> None:
+        task = asyncio.ensure_future(self._ack(deliveries, messages))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _ack(self, deliveries: list[Any], events: list[EventT]) -> None:
+    async def _ack(self, deliveries: list[Any], messages: list[Message]) -> None:
         try:
             if deliveries:
                 await asyncio.gather(*deliveries)
@@ -318,66 +317,64 @@ class AckAfterDelivery:
             log.exception("publishing failed; stopping the worker (the inputs stay uncommitted)")
             await self.app.crash(error)
             return
-        ack = self.stream.ack
-        for event in events:
-            await ack(event)
+        ack = self.app.consumer.ack
+        for message in messages:
+            ack(message)
 
 
 class Batcher:
-    """Feeds the stream to `Lifecycle.process` in batches, acking each after delivery.
+    """Takes the events topic off the consumer's `Feed` and processes it a batch at a time.
 
-    A batch closes at `size` events (throughput when behind) or `wait` seconds after its
-    first event (latency when caught up; a timer closes it if the stream goes quiet).
-    Cheaper than `Stream.take_events()`, whose per-event processor costs ~50 µs here, and
-    it decides the next batch while the previous one's records are still in flight.
+    A batch is whatever the consumer fetched since the agent last looked (lists queued while
+    it worked are joined), cut at `size` events: large when behind, small and immediate when
+    caught up. Each message is tracked in the consumer before processing (so a rebalance
+    waits for it, as for any Faust stream) and acked once the batch's outputs are acked,
+    while the next batch is being decided.
+
+    Messages of partitions this worker no longer owns, fetched before a rebalance or taken
+    while flow is suspended, are dropped without an ack: Faust seeks back to the committed
+    offset after the rebalance and delivers them again to whoever owns them then.
     """
 
     def __init__(
         self,
         app: faust.App,
-        stream: faust.StreamT,
+        feed: Feed,
         lifecycle: Lifecycle,
         *,
         size: int = BATCH_SIZE,
-        wait: float = BATCH_WAIT,
     ) -> None:
-        self.app, self.stream, self.lifecycle = app, stream, lifecycle
-        self.size, self.wait = size, wait
-        self.acks = AckAfterDelivery(app, stream)
-        self.batch: list[EventT] = []
-        self.opened = 0.0
-        self.lock = asyncio.Lock()
+        self.app, self.feed, self.lifecycle = app, feed, lifecycle
+        self.size = size
+        self.acks = AckAfterDelivery(app)
+        self.dropped = 0
 
     async def run(self) -> None:
-        # Acked below, once the batch's outputs are durable.
-        self.stream.enable_acks = False
-        timer = asyncio.ensure_future(self._close_quiet_batches())
-        try:
-            async for event in self.stream.events():
-                if not self.batch:
-                    self.opened = time.monotonic()
-                self.batch.append(event)
-                if len(self.batch) >= self.size or time.monotonic() - self.opened >= self.wait:
-                    await self._close()
-        finally:
-            timer.cancel()
-
-    async def _close_quiet_batches(self) -> None:
+        get, size = self.feed.get, self.size
         while True:
-            await asyncio.sleep(self.wait)
-            if self.batch and time.monotonic() - self.opened >= self.wait:
-                await self._close()
+            messages = await get()
+            live = self._live(messages)
+            self.dropped += len(messages) - len(live)
+            for start in range(0, len(live), size):
+                await self._process(live[start : start + size])
 
-    async def _close(self) -> None:
-        # Swapped before taking the lock, so batches are processed in the order they closed.
-        batch, self.batch = self.batch, []
-        if not batch:
-            return
-        async with self.lock:
-            try:
-                stats = await self.lifecycle.process(batch)
-            except Exception as error:
-                log.exception("lifecycle agent failed; stopping the worker")
-                await self.app.crash(error)
-                raise
+    def _live(self, messages: list[Message]) -> list[Message]:
+        app = self.app
+        if not app.flow_control.is_active():
+            return []
+        generation, owned = app.consumer_generation_id, self.lifecycle.owned
+        live = [m for m in messages if m.generation_id == generation and m.partition in owned]
+        unacked = app.consumer.unacked
+        for message in live:
+            message.tracked = True
+            unacked.add(message)  # what Faust's stream does (Consumer.track_message)
+        return live
+
+    async def _process(self, batch: list[Message]) -> None:
+        try:
+            stats = await self.lifecycle.process(batch)
+        except Exception as error:
+            log.exception("lifecycle agent failed; stopping the worker")
+            await self.app.crash(error)
+            raise
         self.acks.after(stats.deliveries, batch)

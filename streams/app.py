@@ -24,8 +24,9 @@ from faust.types import TP
 from events.outbound import HistoryRecord
 from lifecycle.policy import Policy, named_policy
 from streams import metrics
-from streams.agent import BATCH_SIZE, BATCH_WAIT, Batcher, Lifecycle
+from streams.agent import BATCH_SIZE, Batcher, Lifecycle
 from streams.api import Api, install_api
+from streams.drain import BatchingConsumer, BatchingTransport, Feed
 from streams.outputs import Outputs
 from streams.recovery import reconcile
 from streams.settings import Settings
@@ -98,6 +99,11 @@ class LeadflowApp(faust.App):
     persons: Any  # faust Table of person id (bytes) → PersonState.to_wire() JSON (bytes)
     lifecycle: Lifecycle
     api: Api
+    feed: Feed
+
+    def _new_transport(self) -> Any:
+        """Faust's aiokafka transport, with the consumer that batches the events topic."""
+        return BatchingTransport(self.conf.broker_consumer, self)
 
 
 def make_app(
@@ -106,7 +112,6 @@ def make_app(
     *,
     cache_size: int = 100_000,
     batch_size: int = BATCH_SIZE,
-    batch_wait: float = BATCH_WAIT,
 ) -> LeadflowApp:
     names = settings.topics
     options: dict[str, Any] = {
@@ -158,10 +163,16 @@ def make_app(
     )
     lifecycle = app.lifecycle = Lifecycle(app, policy, names, app.persons, cache_size=cache_size)
 
+    app.feed = Feed({names.events})
+
+    # The agent subscribes the worker to the events topic (and makes it an acking topic);
+    # the consumer hands its records to `app.feed` rather than to this stream
+    # (streams.drain), and the agent body processes the feed.
     @app.agent(app.events_topic, name="lifecycle", concurrency=1)
     async def lifecycle_agent(stream: faust.StreamT) -> None:
-        batches = Batcher(app, stream, lifecycle, size=batch_size, wait=batch_wait)
-        await batches.run()
+        if not isinstance(app.consumer, BatchingConsumer):
+            raise TypeError(f"the worker needs {BatchingConsumer.__name__}, not {app.consumer}")
+        await Batcher(app, app.feed, lifecycle, size=batch_size).run()
 
     @app.persons.on_recover
     async def check_against_history() -> None:
@@ -199,6 +210,7 @@ def make_app(
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
+        app.feed.clear()
         lifecycle.release({tp.partition for tp in revoked if tp.topic == names.events})
 
     sweeper_outputs = Outputs(app, names.events)

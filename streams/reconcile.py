@@ -165,9 +165,7 @@ async def find_gaps(settings: Settings, group: str) -> ReconcileReport:
 
     rejected: set[tuple[int, int]] = set()
     rejected_values: set[tuple[int, bytes]] = set()
-    async for record in iter_to_end(
-        settings.bootstrap, names.dead_letters, client_options=options
-    ):
+    async for record in iter_to_end(settings.bootstrap, names.dead_letters, client_options=options):
         report.dead_letters += 1
         try:
             letter = orjson.loads(record.value)

@@ -68,9 +68,7 @@ class Settings(BaseSettings):
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.security_protocol not in ("SSL", "SASL_SSL"):
             return None
-        return ssl.create_default_context(
-            cafile=str(self.ssl_cafile) if self.ssl_cafile else None
-        )
+        return ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
 
     def aiokafka_kwargs(self) -> dict[str, Any]:
         """Connection settings for any aiokafka client (producer, consumer, admin)."""

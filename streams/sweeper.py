@@ -12,12 +12,14 @@ during a rebalance, or a restart all produce the same id and the core deduplicat
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import UTC, datetime
 
 import orjson
 
 from events.inbound import EventType
+from events.limits import MAX_ID
 from streams import metrics
 from streams.agent import Lifecycle
 from streams.outputs import Outputs
@@ -26,7 +28,17 @@ log = logging.getLogger(__name__)
 
 
 def tick_id(person: str, deadline: datetime) -> str:
-    return f"timeout:{person}:{deadline.isoformat()}"
+    """`timeout:<person>:<deadline>`, or with the person's SHA-256 when that is too long.
+
+    Person ids may use the whole id limit, and a tick whose id broke it was dead-lettered:
+    the person never timed out (found by the bad-input fault test). Ids only need to be
+    unique per person (the core deduplicates within a person's history).
+    """
+    readable = f"timeout:{person}:{deadline.isoformat()}"
+    if len(readable) <= MAX_ID:
+        return readable
+    digest = hashlib.sha256(person.encode()).hexdigest()
+    return f"timeout:sha256:{digest}:{deadline.isoformat()}"
 
 
 def tick(person: str, deadline: datetime, now: datetime) -> bytes:

@@ -1,0 +1,136 @@
+"""The events feed and the batcher's filter: what is processed, tracked, dropped and acked.
+
+The drain loop itself is Faust's, run against the real broker by the worker integration
+tests and the fault suite (crash, rebalance); here a stand-in app checks the bookkeeping the
+worker's offset commits rely on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from faust.types.tuples import Message
+
+from streams.agent import AckAfterDelivery, Batcher
+from streams.drain import Feed
+
+
+def message(partition: int, offset: int, generation: int = 1) -> Message:
+    return Message(
+        "events", partition, offset, 0.0, 0, None, b"k", b"v", None, generation_id=generation
+    )
+
+
+class Consumer:
+    def __init__(self) -> None:
+        self.unacked: set[Message] = set()
+        self.acked: list[int] = []
+
+    def ack(self, message: Message) -> bool:
+        self.unacked.discard(message)
+        self.acked.append(message.offset)
+        return True
+
+
+def app(*, active: bool = True, generation: int = 1) -> Any:
+    return SimpleNamespace(
+        flow_control=SimpleNamespace(is_active=lambda: active),
+        consumer_generation_id=generation,
+        consumer=Consumer(),
+    )
+
+
+def batcher(app: Any, owned: set[int]) -> Batcher:
+    return Batcher(app, Feed({"events"}), SimpleNamespace(owned=owned), size=2)
+
+
+async def test_feed_joins_lists_waiting_for_the_agent_in_order() -> None:
+    feed = Feed({"events"})
+    feed.queue.put_nowait([message(0, 1), message(0, 2)])
+    feed.queue.put_nowait([message(1, 7)])
+    got = await feed.get()
+    assert [(m.partition, m.offset) for m in got] == [(0, 1), (0, 2), (1, 7)]
+    assert feed.queue.empty()
+
+
+async def test_feed_clear_drops_what_the_agent_has_not_taken() -> None:
+    feed = Feed({"events"})
+    feed.queue.put_nowait([message(0, 1)])
+    feed.clear()
+    assert feed.queue.empty()
+
+
+def test_live_messages_are_tracked_as_unacked() -> None:
+    a = app()
+    live = batcher(a, {0, 1})._live([message(0, 1), message(1, 2)])
+    assert [m.offset for m in live] == [1, 2]
+    assert a.consumer.unacked == set(live)
+    assert all(m.tracked for m in live)
+
+
+def test_messages_of_other_partitions_or_generations_are_dropped_untracked() -> None:
+    a = app(generation=2)
+    stale, foreign, live = message(0, 1, generation=1), message(3, 2, 2), message(0, 3, 2)
+    assert batcher(a, {0})._live([stale, foreign, live]) == [live]
+    assert a.consumer.unacked == {live}  # never acked either: Faust seeks back to them
+
+
+def test_nothing_is_live_while_flow_is_suspended() -> None:
+    a = app(active=False)
+    assert batcher(a, {0})._live([message(0, 1)]) == []
+    assert a.consumer.unacked == set()
+
+
+async def test_batch_is_acked_only_after_its_outputs_are_acked() -> None:
+    a = app()
+    acks = AckAfterDelivery(a)
+    delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    batch = [message(0, 1), message(0, 2)]
+    acks.after([delivered], batch)
+    await asyncio.sleep(0)
+    assert a.consumer.acked == []
+    delivered.set_result(None)
+    await asyncio.gather(*acks.tasks)
+    assert a.consumer.acked == [1, 2]
+
+
+async def test_a_failed_delivery_acks_nothing_and_stops_the_worker() -> None:
+    a = app()
+    crashed: list[BaseException] = []
+
+    async def crash(error: BaseException) -> None:
+        crashed.append(error)
+
+    a.crash = crash
+    acks = AckAfterDelivery(a)
+    failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    failed.set_exception(RuntimeError("broker said no"))
+    acks.after([failed], [message(0, 1)])
+    await asyncio.gather(*acks.tasks)
+    assert a.consumer.acked == []
+    assert [str(e) for e in crashed] == ["broker said no"]
+
+
+async def test_run_processes_in_batches_of_at_most_size() -> None:
+    a = app()
+    sizes: list[int] = []
+
+    class Lifecycle:
+        def __init__(self) -> None:
+            self.owned = {0}
+
+        async def process(self, batch: list[Message]) -> Any:
+            sizes.append(len(batch))
+            return SimpleNamespace(deliveries=[])
+
+    b = Batcher(a, Feed({"events"}), Lifecycle(), size=2)  # type: ignore[arg-type]
+    b.feed.queue.put_nowait([message(0, n) for n in range(5)])
+    task = asyncio.ensure_future(b.run())
+    while len(sizes) < 3:
+        await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(*b.acks.tasks)
+    assert sizes == [2, 2, 1]
+    assert a.consumer.acked == [0, 1, 2, 3, 4]
