@@ -10,13 +10,15 @@ count is exact (Tansu's `end_offsets` is not).
           bound of the plumbing, no domain rules
   naive   a Faust agent with the real core (decide/evolve), one Table write and one awaited
           send per output: how a first version is usually written
+  faust   a Faust agent that forwards each event's bytes to history (no decoding, no rules,
+          no table; the worker's producer settings): Faust's own per-event ceiling here
   worker  the real `leadflow worker` with full processing
 
 Then, against the same worker, a fixed rate of 20 % of its measured capacity: every event's
 send time is stamped and its stage change timed when it appears (p50 / p99).
 Target: worker ≥ 3× naive.
 
-    python bench/stream.py [--events 100000] [--persons 10000] [--only raw,naive,worker]
+    python bench/stream.py [--events 100000] [--persons 10000] [--only raw,naive,faust,worker]
 """
 
 from __future__ import annotations
@@ -568,6 +570,35 @@ def run_naive(settings: Settings, data_dir: Path, session_timeout: float) -> Non
     worker.execute_from_commandline()
 
 
+def run_faust_passthrough(settings: Settings, data_dir: Path, session_timeout: float) -> None:
+    """Faust's per-event path and nothing else: each event forwarded to history unchanged."""
+    import faust
+
+    names = settings.topics
+    app = faust.App(
+        f"{settings.topic_prefix}-faust",
+        broker=settings.broker,
+        topic_partitions=settings.partitions,
+        broker_session_timeout=session_timeout,
+        web_enabled=False,
+        producer_linger_ms=20,  # as the worker's producer
+        producer_max_batch_size=512 * 1024,
+    )
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw"}
+    events = app.topic(names.events, value_serializer="raw", **raw)
+    history = app.topic(names.history, value_serializer="raw", **raw)
+
+    @app.agent(events)
+    async def forward(stream: Any) -> None:
+        async for event in stream.events():
+            await history.send(key=event.key, value=event.value, partition=event.message.partition)
+
+    worker = faust.Worker(app, loglevel="warning")
+    for name in ("aiokafka", "faust", "mode"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    worker.execute_from_commandline()
+
+
 def worker_command(settings: Settings, data_dir: Path, session_timeout: float) -> list[str]:
     return [
         sys.executable,
@@ -642,7 +673,7 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             f"agent {naive.stage_changes:,} (same core and input: expected equal)"
         )
     if worker and not worker.error:
-        for other in ("naive", "raw"):
+        for other in ("naive", "faust", "raw"):
             base = by.get(other)
             if base and not base.error and base.rate:
                 target = "  (target ≥ 3x)" if other == "naive" else ""
@@ -666,7 +697,7 @@ async def bench(args: argparse.Namespace) -> list[Result]:
     only = args.only.split(",")
     results = []
     data = OUT / "data"
-    for name in ("raw", "naive", "worker"):
+    for name in ("raw", "naive", "faust", "worker"):
         if name not in only:
             continue
         print(f"{name}…", flush=True)
@@ -702,7 +733,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--persons", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--only", default="raw,naive,worker", help="comma-separated benches")
+    parser.add_argument("--only", default="raw,naive,faust,worker", help="comma-separated benches")
     parser.add_argument("--latency-seconds", type=float, default=10.0, help="0 to skip")
     parser.add_argument("--latency-for", default="worker", help="benches timing latency")
     parser.add_argument("--stall", type=float, default=60.0, help="give up after s idle")
@@ -728,6 +759,8 @@ def main() -> None:
         )
         if args.role == "raw":
             asyncio.run(run_raw(settings))
+        elif args.role == "faust":
+            run_faust_passthrough(settings, Path(args.data_dir), args.session_timeout)
         else:
             run_naive(settings, Path(args.data_dir), args.session_timeout)
         return
