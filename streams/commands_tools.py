@@ -112,6 +112,19 @@ def _run_until_signal(main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
     return asyncio.run(runner())
 
 
+def _run_against_broker(s: Settings, main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
+    """`_run_until_signal`, with a missing topic or an unreachable broker as a one-line error."""
+    from streams.topics import TopicNotFound
+
+    try:
+        return _run_until_signal(main)
+    except TopicNotFound as missing:
+        hint = "(run `leadflow topics create`?)"
+        raise _fail(f"no topic {missing} on {s.bootstrap} {hint}") from None
+    except Exception as error:  # cannot reach the broker, topic authorisation, …
+        raise _fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
+
+
 # --- topics -------------------------------------------------------------------------------
 
 topics_app = typer.Typer(no_args_is_help=True, help="The leadflow topics.")
@@ -266,10 +279,7 @@ def send(
             confirmed += n
             progress.advance(task, n)
 
-        try:
-            result, interrupted = _run_until_signal(publish(s, messages, on_sent=sent, rate=rate))
-        except Exception as error:  # cannot reach the broker, topic authorisation, …
-            raise _fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
+        result, interrupted = _run_against_broker(s, publish(s, messages, on_sent=sent, rate=rate))
         progress.update(task, total=confirmed + (result.failed if result else 0))
     if interrupted or result is None:
         out.print(f"interrupted: sent {confirmed:,}, invalid {stats.bad}")
@@ -307,8 +317,7 @@ def tail(
     """Follow a topic in readable form (Ctrl-C to stop). No consumer group is used."""
     import sys
 
-    from streams.tail import as_json, follow, render, topic_name
-    from streams.topics import TopicNotFound
+    from streams.tail import as_json, follow, render
 
     s = _settings(broker=broker, topic_prefix=topic_prefix)
     which = topic.value
@@ -320,22 +329,17 @@ def tail(
         else:
             out.print(render(which, record), highlight=False)
 
-    try:
-        _run_until_signal(
-            follow(
-                s,
-                which,
-                emit,
-                from_beginning=from_beginning,
-                limit=limit,
-                idle_timeout=idle_timeout,
-            )
-        )
-    except TopicNotFound:
-        name = topic_name(s.topics, which)
-        raise _fail(f"no topic {name} on {s.bootstrap} (run `leadflow topics create`?)") from None
-    except Exception as error:
-        raise _fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
+    _run_against_broker(
+        s,
+        follow(
+            s,
+            which,
+            emit,
+            from_beginning=from_beginning,
+            limit=limit,
+            idle_timeout=idle_timeout,
+        ),
+    )
 
 
 # --- export-history -----------------------------------------------------------------------
@@ -357,7 +361,6 @@ def export_history(
     Reads each partition to its true end, in partition and offset order.
     """
     from streams.export import export_history as run
-    from streams.topics import TopicNotFound
 
     s = _settings(broker=broker, topic_prefix=topic_prefix)
     policies_out = policies_out or out_file.with_name(out_file.name + ".policies.jsonl")
@@ -370,20 +373,16 @@ def export_history(
         def report(message: str) -> None:
             progress.console.print(message, markup=False, highlight=False)
 
-        try:
-            stats, interrupted = _run_until_signal(
-                run(
-                    s,
-                    out_file,
-                    policies_out,
-                    on_error=report,
-                    on_record=lambda n: progress.advance(task, n),
-                )
-            )
-        except TopicNotFound:
-            raise _fail(f"no topic {s.topics.history} on {s.bootstrap}") from None
-        except Exception as error:
-            raise _fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
+        stats, interrupted = _run_against_broker(
+            s,
+            run(
+                s,
+                out_file,
+                policies_out,
+                on_error=report,
+                on_record=lambda n: progress.advance(task, n),
+            ),
+        )
     if interrupted or stats is None:
         out.print("interrupted: nothing written")
         raise typer.Exit(130)
@@ -428,15 +427,9 @@ def reconcile(
     otherwise.
     """
     from streams.reconcile import reconcile as run
-    from streams.topics import TopicNotFound
 
     s = _settings(broker=broker, topic_prefix=topic_prefix)
-    try:
-        report, interrupted = _run_until_signal(run(s, repair=repair, group=group))
-    except TopicNotFound as error:
-        raise _fail(f"no topic {error} on {s.bootstrap}") from None
-    except Exception as error:
-        raise _fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
+    report, interrupted = _run_against_broker(s, run(s, repair=repair, group=group))
     if interrupted or report is None:
         out.print("interrupted")
         raise typer.Exit(130)

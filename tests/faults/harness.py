@@ -36,7 +36,7 @@ from lifecycle.replay import replay
 from streams.app import app_id
 from streams.demo import synthetic_events
 from streams.outputs import to_json
-from streams.reconcile import committed_offsets
+from streams.reconcile import committed_offsets, reconcile
 from streams.settings import Settings
 from streams.topics import TopicNames, iter_to_end
 
@@ -275,6 +275,27 @@ class Outcome:
             f"{self.dead_letters}, missing events {len(self.missing_events)}, "
             f"problems {len(self.problems)}"
         )
+
+
+async def settled_check_repaired(
+    settings: Settings, label: str, *, alive: Callable[[], bool]
+) -> tuple[int, int, Outcome]:
+    """`settled_check`; on gaps, the product's answer (`reconcile --repair`) and a re-check.
+
+    Gaps are inputs committed but never applied (Faust/broker). Returns (gaps after any
+    repair, records re-driven, the last outcome); a gap that survives repair fails here.
+    """
+    gaps, outcome = await settled_check(settings, alive=alive)
+    print(f"\n{label}: {outcome.summary()}")
+    repaired = 0
+    if gaps:
+        report = await reconcile(settings, repair=True)
+        repaired = report.repaired
+        print(f"{label}: reconcile found {len(report.gaps)} gaps, re-drove {repaired}")
+        gaps, outcome = await settled_check(settings, alive=alive)
+        assert gaps == 0
+        print(f"{label}: after repair: {outcome.summary()}")
+    return gaps, repaired, outcome
 
 
 def _note(problems: list[str], what: str, items: list[Any], limit: int = 5) -> None:

@@ -38,7 +38,14 @@ import pytest
 from lifecycle.policy import load_preset
 from streams.app import EXIT_TOPICS_LOST
 from streams.topics import TopicNames, ensure_topics, read_to_end, topic_specs
-from tests.faults.harness import Publisher, make_stream, settings_for, settled_check, wait_settled
+from tests.faults.harness import (
+    Outcome,
+    Publisher,
+    make_stream,
+    settings_for,
+    settled_check,
+    wait_settled,
+)
 from tests.fixtures.worker import Worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -59,6 +66,14 @@ async def test_broker_restart_without_data_worker_stays_up_recreates_topics_and_
     worker = Worker(broker, names, tmp_path, "w", store="rocksdb")
     await worker.ready()
     rss_start = worker.rss_mb()
+
+    async def publish_and_check(stream: list[tuple[bytes, bytes]]) -> Outcome:
+        publisher = Publisher(broker.bootstrap, names.events, stream)
+        publisher.start(rate=3_000)
+        await publisher.wait(timeout=60)
+        gaps, outcome = await settled_check(settings, alive=lambda: worker.alive)
+        assert gaps == 0
+        return outcome
 
     # Before: the first part of the stream, applied; then the broker dies.
     before = make_stream(5_000, 800, seed=31, id_prefix="before-")
@@ -90,11 +105,7 @@ async def test_broker_restart_without_data_worker_stays_up_recreates_topics_and_
     # After: the same persons again, new event ids. Their lost history is not resurrected:
     # sequences start at 1 and every decision is what replay of the new history predicts.
     after = make_stream(5_000, 800, seed=32, id_prefix="after-")
-    publisher = Publisher(broker.bootstrap, names.events, after)
-    publisher.start(rate=3_000)
-    await publisher.wait(timeout=60)
-    gaps, outcome = await settled_check(settings, alive=lambda: worker.alive)
-    assert gaps == 0
+    outcome = await publish_and_check(after)
     print(
         f"\nbroker loss: worker exited {noticed:.1f}s after the broker came back, processing "
         f"again after {resumed:.1f}s: {outcome.summary()}"
@@ -110,11 +121,7 @@ async def test_broker_restart_without_data_worker_stays_up_recreates_topics_and_
     recovery = re.findall(r"recovery: .*rebuilt (\d+)", worker.tail(200_000))
     assert recovery and recovery[-1] == "0", f"table inconsistent after the broker loss: {recovery}"
     more = make_stream(1_500, 800, seed=33, id_prefix="later-")
-    publisher = Publisher(broker.bootstrap, names.events, more)
-    publisher.start(rate=3_000)
-    await publisher.wait(timeout=60)
-    gaps, outcome = await settled_check(settings, alive=lambda: worker.alive)
-    assert gaps == 0
+    outcome = await publish_and_check(more)
     print(f"broker loss: after a later restart: {outcome.summary()}")
     policies = await _policy_versions(broker.bootstrap, names)
     fault_report.add(

@@ -14,12 +14,11 @@ import time
 
 import pytest
 
-from streams.reconcile import reconcile
 from tests.faults.harness import (
     Publisher,
     make_stream,
     settings_for,
-    settled_check,
+    settled_check_repaired,
 )
 from tests.fixtures.worker import Worker
 
@@ -55,17 +54,11 @@ async def test_kill_9_at_random_points_loses_and_redecides_nothing(
         worker.start(store="memory" if n % 2 == 0 else "rocksdb")
     await worker.ready(timeout=120)
     await publisher.wait(timeout=180)
-    gaps, outcome = await settled_check(settings, alive=lambda: worker.alive)
-    print(f"\ncrash: {rounds} kills ({kills_before_ready} before ready): {outcome.summary()}")
-    repaired = 0
-    if gaps:
-        # Committed but never applied (Faust/broker): the product's answer is reconcile.
-        report = await reconcile(settings, repair=True)
-        repaired = report.repaired
-        print(f"crash: reconcile found {len(report.gaps)} gaps, re-drove {repaired}")
-        gaps, outcome = await settled_check(settings, alive=lambda: worker.alive)
-        assert gaps == 0
-        print(f"crash: after repair: {outcome.summary()}")
+    gaps, repaired, outcome = await settled_check_repaired(
+        settings,
+        f"crash: {rounds} kills ({kills_before_ready} before ready)",
+        alive=lambda: worker.alive,
+    )
     fault_report.add(
         "crash: kill -9 + restart",
         f"{rounds} x kill -9 ({kills_before_ready} before ready)",

@@ -35,7 +35,7 @@ from lifecycle.replay import replay
 from lifecycle.verify import change_facts, verify
 from streams.topics import TopicNames, read_to_end
 from tests.fixtures.core import custom_policy
-from tests.fixtures.worker import LEADFLOW, Worker
+from tests.fixtures.worker import LEADFLOW, Worker, event_at
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -56,15 +56,7 @@ MIX_TYPES = [
 ]
 
 
-def ev(event_id: str, person: str, type_: str, at: datetime, **extra: Any) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "person_id": person,
-        "type": type_,
-        "occurred_at": at.isoformat(),
-        "source": "webinar",
-        **extra,
-    }
+ev = event_at
 
 
 def scenarios(window: timedelta) -> list[dict[str, Any]]:

@@ -15,8 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from streams.reconcile import reconcile
-from tests.faults.harness import Publisher, make_stream, settings_for, settled_check
+from tests.faults.harness import Publisher, make_stream, settings_for, settled_check_repaired
 from tests.fixtures.worker import Worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -75,17 +74,9 @@ async def test_workers_leaving_by_sigterm_and_kill_9_and_rejoining_lose_and_rede
     def alive() -> bool:
         return a.alive and b.alive
 
-    gaps, outcome = await settled_check(settings, alive=alive)
-    print(f"\nrebalance: {timings}: {outcome.summary()}")
-    repaired = 0
-    if gaps:
-        # Committed but never applied (Faust/broker): the product's answer is reconcile.
-        report = await reconcile(settings, repair=True)
-        repaired = report.repaired
-        print(f"rebalance: reconcile found {len(report.gaps)} gaps, re-drove {repaired}")
-        gaps, outcome = await settled_check(settings, alive=alive)
-        assert gaps == 0
-        print(f"rebalance: after repair: {outcome.summary()}")
+    gaps, repaired, outcome = await settled_check_repaired(
+        settings, f"rebalance: {timings}", alive=alive
+    )
     fault_report.add(
         "rebalance: 2 workers, leave + rejoin",
         "SIGTERM B + rejoin, kill -9 A + rejoin",

@@ -32,7 +32,7 @@ from streams.broker import EmbeddedBroker, free_port
 from streams.cli import app as cli_app
 from streams.demo import synthetic_events
 from streams.topics import TopicNames, read_to_end
-from tests.fixtures.worker import keyed, publish
+from tests.fixtures.worker import event_at, keyed, publish
 
 pytestmark = pytest.mark.integration
 
@@ -113,14 +113,7 @@ def spawn(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Any]:
 
 def ev(event_id: str, person: str, type_: str, day: int, **extra: Any) -> dict[str, Any]:
     at = datetime(2026, 1, 1, 9, tzinfo=UTC) + timedelta(days=day)
-    return {
-        "event_id": event_id,
-        "person_id": person,
-        "type": type_,
-        "occurred_at": at.isoformat(),
-        "source": "webinar",
-        **extra,
-    }
+    return event_at(event_id, person, type_, at, **extra)
 
 
 async def records(bootstrap: str, topic: str, want: int, timeout: float = 60) -> list[bytes]:
