@@ -47,11 +47,11 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 
-from streams.broker import EmbeddedBroker, free_port  # noqa: E402
+from streams.broker import LocalBroker, free_port  # noqa: E402
 from streams.demo import synthetic_events  # noqa: E402
 from streams.publish import KeyPartitions, encode_event, publish  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.topics import TopicNames, ensure_topics, topic_specs  # noqa: E402
+from streams.topics import TopicNames, ensure_topics, partitions_of, topic_specs  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 Message = tuple[bytes, bytes]
@@ -99,11 +99,10 @@ class Observer:
             client_id="bench-observer",
         )
         await consumer.start()
-        await consumer.topics()
         tps = [
             TopicPartition(t, p)
             for t in self.topics
-            for p in sorted(consumer.partitions_for_topic(t) or ())
+            for p in sorted(await partitions_of(consumer, t) or ())
         ]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -229,7 +228,7 @@ async def measure(
     OUT.mkdir(parents=True, exist_ok=True)
     result = Result(name, len(events))
     prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
-    with EmbeddedBroker(log_path=OUT / f"tansu-{name}.log") as broker:
+    with LocalBroker(log_path=OUT / f"tansu-{name}.log") as broker:
         settings = Settings(broker=broker.url, topic_prefix=prefix, partitions=partitions)
         names = settings.topics
         await ensure_topics(broker.bootstrap, topic_specs(names, partitions))
@@ -486,8 +485,8 @@ async def run_raw(settings: Settings) -> None:
     )
     await consumer.start()
     await producer.start()
-    await consumer.topics()
-    tps = [TopicPartition(names.events, p) for p in consumer.partitions_for_topic(names.events)]
+    partitions = await partitions_of(consumer, names.events) or ()
+    tps = [TopicPartition(names.events, p) for p in sorted(partitions)]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     state: dict[bytes, tuple[int, str | None]] = {}

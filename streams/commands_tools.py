@@ -1,4 +1,4 @@
-"""Operator tools: `topics create`, `send`, `tail`, `export-history`, `reconcile` and `dev`.
+"""Operator tools: `topics create`, `send`, `tail`, `export-history`, `reconcile`, `dev`, `broker`.
 
 Commands parse options, build `Settings` (flags win over `LEADFLOW_*` variables) and call the
 modules that do the work (`streams.publish`, `streams.tail`, `streams.export`,
@@ -8,8 +8,10 @@ modules that do the work (`streams.publish`, `streams.tail`, `streams.export`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -44,6 +46,11 @@ PrefixOpt = Annotated[
     str | None,
     typer.Option("--topic-prefix", help="topic name prefix (default: $LEADFLOW_TOPIC_PREFIX)"),
 ]
+
+
+class BrokerKind(StrEnum):
+    kafka = "kafka"
+    tansu = "tansu"
 
 
 class TopicChoice(StrEnum):
@@ -500,6 +507,13 @@ def dev(
     session_timeout: Annotated[
         float, typer.Option(help="worker consumer-group session timeout, seconds")
     ] = 6.0,
+    broker_kind: Annotated[
+        BrokerKind,
+        typer.Option(
+            "--broker-kind",
+            help="tansu: light, in memory; kafka: genuine Apache Kafka (needs Java 17+)",
+        ),
+    ] = BrokerKind.tansu,
 ) -> None:
     """Everything on this machine, no Docker: broker, topics, worker, API, dashboard, demo."""
     from streams.broker import BrokerStartError, TansuNotInstalled
@@ -517,6 +531,7 @@ def dev(
         session_timeout=session_timeout,
         policy=policy,
         preset=preset,
+        broker_kind=broker_kind.value,
     )
     stack = DevStack(options, out)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -547,7 +562,8 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 async def _dev_session(stack: Any) -> None:
     o, s = stack.options, stack.settings
-    out.print(f"broker     {s.broker}  (pid {stack.broker.pid}; log {stack.broker.log_path})")
+    b = stack.broker
+    out.print(f"broker     {s.broker}  ({b.kind}, pid {b.pid}; log {b.log_path})")
     topics = await stack.create_topics()
     worker = stack.start_worker()
     out.print(f"worker     starting (pid {worker.pid}; log {worker.log_path})", highlight=False)
@@ -587,6 +603,53 @@ async def _dev_session(stack: Any) -> None:
             demo_task.cancel()
 
 
+# --- broker -------------------------------------------------------------------------------
+
+
+def broker(
+    kind: Annotated[
+        BrokerKind, typer.Option("--kind", help="kafka: Apache Kafka (Java 17+); tansu: in memory")
+    ] = BrokerKind.kafka,
+    port: Annotated[int | None, typer.Option(help="client port (default: a free one)")] = None,
+    data_dir: Annotated[
+        Path,
+        typer.Option(help="Kafka's data (kept across starts); Tansu keeps nothing"),
+    ] = Path("data/broker"),
+) -> None:
+    """One local broker in the foreground until Ctrl-C or SIGTERM (Kafka: data kept)."""
+    from streams.broker import BrokerStartError, TansuNotInstalled, local_broker
+
+    if kind is BrokerKind.kafka:
+        local = local_broker("kafka", port, data_dir=data_dir)
+    else:
+        local = local_broker("tansu", port)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        try:
+            local.start()
+        except (BrokerStartError, TansuNotInstalled) as error:
+            raise _fail(str(error), 1) from None
+        kept = f"data in {data_dir}" if local.keeps_data else "memory only: a restart loses all"
+        out.print(
+            f"{local.kind} broker at {local.bootstrap} (pid {local.pid}, ready in "
+            f"{local.start_seconds:.1f}s; {kept}; log {local.log_path}). Ctrl-C stops it.",
+            highlight=False,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            while local.running:
+                time.sleep(0.5)
+            if local.pid is not None:
+                raise _fail(f"the broker exited; log {local.log_path}", 1)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            local.stop()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, previous)
+    out.print("broker stopped")
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to `app`."""
     app.add_typer(topics_app, name="topics")
@@ -595,3 +658,4 @@ def register(app: typer.Typer) -> None:
     app.command("export-history")(export_history)
     app.command()(reconcile)
     app.command()(dev)
+    app.command()(broker)

@@ -1,6 +1,7 @@
 """`leadflow dev`: the whole system on one machine with one command and no Docker.
 
-Starts the embedded broker, creates the topics, runs a worker as a child process, optionally
+Starts a local broker (Tansu by default, genuine Apache Kafka with `--broker-kind kafka`, its
+data under the data dir), creates the topics, runs a worker as a child process, optionally
 publishes a synthetic demo stream, and shows a live count of what the worker decided. Both
 children are stopped by PID on Ctrl-C or SIGTERM, worker first (it still needs the broker to
 leave cleanly), and are tied to this process with PR_SET_PDEATHSIG so a `kill -9` of `dev`
@@ -32,9 +33,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from streams.broker import EmbeddedBroker
+from streams.broker import local_broker
 from streams.settings import Settings
-from streams.topics import ensure_topics, topic_specs
+from streams.topics import ensure_topics, partitions_of, topic_specs
 
 #: Written into a data dir `dev` created, so it only ever wipes a directory of its own.
 MARKER = ".leadflow-dev"
@@ -60,6 +61,7 @@ class DevOptions:
     policy: Path | None = None
     preset: str | None = None
     ready_timeout: float = 90.0
+    broker_kind: str = "tansu"
 
 
 @dataclass(slots=True)
@@ -100,8 +102,10 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def prepare_data_dir(path: Path) -> None:
-    """Start from an empty data dir: the dev broker keeps nothing across runs, so the
-    worker's local state from a previous run would describe records that no longer exist."""
+    """Start from an empty data dir: the demo is published again at every start, and the
+    worker's local state from a previous run would describe records Tansu no longer has.
+    (A Kafka broker's data lives here too, so it starts empty as well; `leadflow broker`
+    keeps a broker's data across starts.)"""
     if path.exists() and any(path.iterdir()):
         if not (path / MARKER).exists():
             raise DevError(
@@ -228,8 +232,11 @@ class DevStack:
     def __init__(self, options: DevOptions, console: Console) -> None:
         self.options = options
         self.console = console
-        self.broker = EmbeddedBroker(
-            options.port, log_path=options.data_dir / "broker.log", cluster_id="leadflow-dev"
+        self.broker = local_broker(
+            options.broker_kind,
+            options.port,
+            log_path=options.data_dir / "broker.log",
+            **({"data_dir": options.data_dir / "kafka"} if options.broker_kind == "kafka" else {}),
         )
         self.worker: Worker | None = None
         self.settings: Settings | None = None
@@ -326,11 +333,10 @@ class DevStack:
         )
         await consumer.start()
         try:
-            await consumer.topics()
             tps = [
                 TopicPartition(topic, p)
                 for topic in (names.history, names.stage_changes, names.dead_letters)
-                for p in sorted(consumer.partitions_for_topic(topic) or ())
+                for p in sorted(await partitions_of(consumer, topic) or ())
             ]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)

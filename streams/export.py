@@ -22,7 +22,7 @@ from events.codec import describe_validation_error
 from events.outbound import HistoryRecord
 from lifecycle.policy import Policy
 from streams.settings import Settings
-from streams.topics import TopicNotFound, iter_to_end, read_to_end
+from streams.topics import TopicNotFound, iter_to_end, partitions_of, read_to_end
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,7 @@ async def topic_partitions(settings: Settings, topic: str) -> list[int]:
     consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), client_id="leadflow-export")
     await consumer.start()
     try:
-        await consumer.topics()
-        partitions = consumer.partitions_for_topic(topic)
+        partitions = await partitions_of(consumer, topic)
     finally:
         await consumer.stop()
     if not partitions:

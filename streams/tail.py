@@ -23,7 +23,7 @@ from events.codec import describe_validation_error
 from events.inbound import Event
 from events.outbound import DeadLetter, HistoryRecord, StageChanged
 from streams.settings import Settings
-from streams.topics import TopicNames, TopicNotFound
+from streams.topics import TopicNames, TopicNotFound, partitions_of
 
 #: `--topic` values and the TopicNames field each one names.
 TOPICS = {
@@ -200,8 +200,7 @@ async def follow(
     await consumer.start()
     emitted = 0
     try:
-        await consumer.topics()  # metadata for all topics, without auto-creating ours
-        partitions = consumer.partitions_for_topic(topic)
+        partitions = await partitions_of(consumer, topic)
         if not partitions:
             raise TopicNotFound(topic)
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]

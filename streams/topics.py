@@ -232,6 +232,22 @@ def _has_leaders(topic: dict[str, Any] | None) -> bool:
     )
 
 
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int] | None:
+    """Partition ids of `topic` as the broker reports them now; None if it has no such topic.
+
+    `consumer.partitions_for_topic` only knows topics already in the consumer's metadata, and
+    on Kafka that is none after `start()`: aiokafka bootstraps with a Metadata request for no
+    topics (Tansu answers that one with every topic, which hid this until the suite ran on
+    Kafka). A request for *all* topics refreshes it without naming the topic, because naming
+    it would auto-create it on Tansu (and on Kafka with auto-create on). aiokafka exposes
+    that request only on its client (`AIOKafkaClient.fetch_all_metadata`, public there),
+    reached through the consumer's `_client` (aiokafka 0.13-0.14 checked).
+    """
+    cluster = await consumer._client.fetch_all_metadata()
+    partitions = cluster.partitions_for_topic(topic)
+    return set(partitions) if partitions else None
+
+
 async def iter_to_end(
     bootstrap: str,
     topic: str,
@@ -268,8 +284,7 @@ async def iter_to_end(
     )
     await consumer.start()
     try:
-        await consumer.topics()  # refresh metadata for all topics
-        available = consumer.partitions_for_topic(topic)
+        available = await partitions_of(consumer, topic)
         if not available:
             raise TopicNotFound(topic)
         wanted = sorted(available if partitions is None else set(partitions) & available)

