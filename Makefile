@@ -22,8 +22,11 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 dev: $(STAMP)
 	$(BIN)/leadflow dev --demo
 
+# LEADFLOW_TEST_BROKER=kafka|tansu|both (default both: every test on Apache Kafka, plus
+# the Tansu smoke set).
 test: $(TEST_STAMP)
 	@scripts/ensure-chromium
+	@scripts/ensure-java $(BIN)/python
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
@@ -33,7 +36,8 @@ lint: $(TEST_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/replay.py
-	$(BIN)/python bench/stream.py
+	$(BIN)/python bench/stream.py --broker-kind kafka
+	$(BIN)/python bench/stream.py --broker-kind tansu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,6 +1,7 @@
 """End-to-end throughput through the broker: events in → stage changes and history out.
 
-Each measurement starts its own embedded broker and fresh topics, runs the processor in its
+Each measurement starts its own local broker (`--broker-kind kafka`, genuine Apache Kafka, the
+default; or `tansu`) and fresh topics, runs the processor in its
 own process, warms it up (the consumer is assigned and has processed a few events), then
 produces the synthetic stream from this process and times first produce → last history
 record observed. Records are counted from fetch responses with manual assignment, so the
@@ -18,7 +19,8 @@ Then, against the same worker, a fixed rate of 20 % of its measured capacity: ev
 send time is stamped and its stage change timed when it appears (p50 / p99).
 Target: worker ≥ 3× naive.
 
-    python bench/stream.py [--events 100000] [--persons 10000] [--only raw,naive,faust,worker]
+    python bench/stream.py [--broker-kind kafka|tansu] [--events 100000] [--persons 10000]
+                           [--only raw,naive,faust,worker]
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 
-from streams.broker import LocalBroker, free_port  # noqa: E402
+from streams.broker import free_port, local_broker  # noqa: E402
 from streams.demo import synthetic_events  # noqa: E402
 from streams.publish import KeyPartitions, encode_event, publish  # noqa: E402
 from streams.settings import Settings  # noqa: E402
@@ -219,6 +221,7 @@ async def measure(
     stall: float,
     latency: dict[str, Any] | None = None,
     profile: float = 0.0,
+    broker_kind: str = "kafka",
 ) -> Result:
     """One run on a fresh broker: start the processor, warm it up, time the stream.
 
@@ -228,7 +231,10 @@ async def measure(
     OUT.mkdir(parents=True, exist_ok=True)
     result = Result(name, len(events))
     prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
-    with LocalBroker(log_path=OUT / f"tansu-{name}.log") as broker:
+    kind_options: dict[str, Any] = {"log_path": OUT / f"{broker_kind}-{name}.log"}
+    if broker_kind == "kafka":
+        kind_options["data_dir"] = OUT / "data" / f"kafka-{name}-{uuid.uuid4().hex[:6]}"
+    with local_broker(broker_kind, **kind_options) as broker:
         settings = Settings(broker=broker.url, topic_prefix=prefix, partitions=partitions)
         names = settings.topics
         await ensure_topics(broker.bootstrap, topic_specs(names, partitions))
@@ -651,7 +657,10 @@ def role_command(
 
 def report(results: list[Result], args: argparse.Namespace) -> None:
     print()
-    print(f"{args.events:,} events over {args.persons:,} persons, {args.partitions} partitions")
+    print(
+        f"{args.events:,} events over {args.persons:,} persons, {args.partitions} partitions, "
+        f"broker: {args.broker_kind}"
+    )
     print(f"{'':8} {'events/s':>10} {'seconds':>8} {'history':>8} {'changes':>8} {'cpu µs/ev':>10}")
     by = {r.name: r for r in results}
     for r in results:
@@ -719,6 +728,7 @@ async def bench(args: argparse.Namespace) -> list[Result]:
             stall=args.stall,
             latency=latency,
             profile=args.profile if name in args.profile_for.split(",") else 0.0,
+            broker_kind=args.broker_kind,
         )
         results.append(result)
         shutil.rmtree(store, ignore_errors=True)
@@ -729,6 +739,7 @@ async def bench(args: argparse.Namespace) -> list[Result]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--broker-kind", choices=("kafka", "tansu"), default="kafka")
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--persons", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=4)
@@ -766,7 +777,7 @@ def main() -> None:
     results = asyncio.run(bench(args))
     report(results, args)
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"stream-{args.events}-{args.persons}.json"
+    path = OUT / f"stream-{args.broker_kind}-{args.events}-{args.persons}.json"
     rows = [{**asdict(r), "rate": r.rate} for r in results]
     path.write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
     print(f"results in {path}")

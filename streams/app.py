@@ -23,7 +23,7 @@ from faust.types import TP
 
 from events.outbound import HistoryRecord
 from lifecycle.policy import Policy, named_policy
-from streams import metrics
+from streams import metrics, topics
 from streams.agent import BATCH_SIZE, Batcher, Lifecycle
 from streams.api import Api, install_api
 from streams.drain import BatchingConsumer, BatchingTransport, Feed
@@ -46,8 +46,7 @@ EXIT_TOPICS_LOST = 3
 
 def app_id(settings: Settings) -> str:
     """The Faust app id: the consumer group and the prefix of the table's changelog topic."""
-    prefix = settings.topic_prefix.rstrip(".")
-    return f"{prefix}.leadflow" if prefix else "leadflow"
+    return topics.app_id(settings.topic_prefix)
 
 
 def shorten_fetch_wait(app: faust.App, wait_ms: int) -> None:
@@ -69,8 +68,9 @@ def shorten_fetch_wait(app: faust.App, wait_ms: int) -> None:
 
 def changelog_spec(settings: Settings) -> TopicSpec:
     """The person table's changelog, created with the other topics (compacted, same count)."""
-    name = f"{app_id(settings)}-{TABLE}-changelog"
-    return TopicSpec(name, settings.partitions, settings.replication, {"cleanup.policy": "compact"})
+    spec = topics.changelog_spec(settings.topic_prefix, settings.partitions, settings.replication)
+    assert spec.name == f"{app_id(settings)}-{TABLE}-changelog", "TABLE and CHANGELOG_SUFFIX differ"
+    return spec
 
 
 def credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:

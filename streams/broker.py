@@ -370,8 +370,14 @@ class LocalBroker:
         """
         self.stop(hard=hard)
         if wipe:
-            self._wipe()
+            self.wipe()
         return self.start()
+
+    def wipe(self) -> None:
+        """Delete every topic and record the broker holds (only while it is stopped)."""
+        if self.running:
+            raise RuntimeError(f"{self!r} is running: stop it before wiping its data")
+        self._wipe()
 
     def _kill(self, timeout: float = 10.0, *, hard: bool = False) -> None:
         proc, self._proc = self._proc, None

@@ -149,12 +149,15 @@ def topics_create(
     Safe to run again: existing topics are left alone, but one whose partition count or
     configs differ from the spec is reported (exit code 1).
     """
-    from streams.topics import TopicSpecMismatch, ensure_topics, topic_specs
+    from streams.topics import TopicSpecMismatch, changelog_spec, ensure_topics, topic_specs
 
     s = _settings(
         broker=broker, topic_prefix=topic_prefix, partitions=partitions, replication=replication
     )
-    specs = topic_specs(s.topics, s.partitions, s.replication)
+    specs = [
+        *topic_specs(s.topics, s.partitions, s.replication),
+        changelog_spec(s.topic_prefix, s.partitions, s.replication),
+    ]
     try:
         result = asyncio.run(ensure_topics(s.bootstrap, specs, client_options=s.aiokafka_kwargs()))
     except TopicSpecMismatch as error:

@@ -5,11 +5,10 @@ them back but never deletes or compacts anything, and it also accepts things Kaf
 (replication factor > broker count, unknown config keys), so do not rely on the dev broker
 to validate a spec.
 
-``read_to_end`` exists because "read until the end offset" is wrong on Tansu: ListOffsets
-(``end_offsets`` / ``seek_to_end``) there reports the first offset of the last batch + 1, so
-a reader that stops at ``end_offsets`` silently drops the tail of every partition. The high
-watermark carried in every Fetch response is right on both Tansu and Kafka, so we stop on
-that instead.
+``read_to_end`` reads to the end offsets (ListOffsets), the true end on Kafka, with a Tansu
+workaround: Tansu's ListOffsets reports the first offset of the last batch + 1, so a reader
+that stopped there would silently drop the tail of every partition; the high watermark of the
+first Fetch response is right on both brokers, and the larger of the two is the end.
 """
 
 from __future__ import annotations
@@ -41,7 +40,12 @@ __all__ = [
     "topic_specs",
 ]
 
-DEAD_LETTER_RETENTION_MS = 90 * 24 * 60 * 60 * 1000  # 7_776_000_000
+DAY_MS = 24 * 60 * 60 * 1000
+DEAD_LETTER_RETENTION_MS = 90 * DAY_MS  # 7_776_000_000
+#: events and stage-changes: a week (Kafka's default, spelled out so every deployment agrees)
+STREAM_RETENTION_MS = 7 * DAY_MS
+#: The person table (a Faust table named so) has this changelog after the app id.
+CHANGELOG_SUFFIX = "-persons-changelog"
 _TOPIC_ALREADY_EXISTS = 36
 
 
@@ -87,27 +91,66 @@ def topic_specs(
     *,
     policies_partitions: int = 1,
 ) -> list[TopicSpec]:
-    """Specs for every leadflow topic.
+    """Specs for every leadflow topic: the one source of topic settings.
 
-    * history: ``retention.ms=-1`` — the event-sourced record; replay/verify read it whole.
+    The worker and `leadflow topics create` create topics from these; docker-compose.yml runs
+    `topics create`, and deploy/base/topics.yaml (Strimzi) must say the same
+    (tests/unit/test_deploy_files.py fails when they drift).
+
+    * history: kept forever (``retention.ms=-1``, ``retention.bytes=-1``) — the event store;
+      replay/verify read it whole.
     * dead-letters: 90 days of retention, enough to investigate and re-drive.
-    * policies: ``cleanup.policy=compact`` — latest value per policy key/version is what
-      matters; one partition by default so every reader sees versions in one total order.
-    * events / stage-changes: broker defaults.
+    * policies: ``cleanup.policy=compact`` — the latest record per policy version; one
+      partition by default so every reader sees versions in one total order.
+    * events / stage-changes: a week.
+    * with replication > 1, ``min.insync.replicas`` 2 (acks=all then survives one broker).
     """
     n = names or TopicNames()
+    common = {"min.insync.replicas": str(min(2, replication))} if replication > 1 else {}
+    stream = {"cleanup.policy": "delete", "retention.ms": str(STREAM_RETENTION_MS), **common}
     return [
-        TopicSpec(n.events, partitions, replication, {}),
-        TopicSpec(n.stage_changes, partitions, replication, {}),
-        TopicSpec(n.history, partitions, replication, {"retention.ms": "-1"}),
+        TopicSpec(n.events, partitions, replication, dict(stream)),
+        TopicSpec(n.stage_changes, partitions, replication, dict(stream)),
+        TopicSpec(
+            n.history,
+            partitions,
+            replication,
+            {"cleanup.policy": "delete", "retention.ms": "-1", "retention.bytes": "-1", **common},
+        ),
         TopicSpec(
             n.dead_letters,
             partitions,
             replication,
-            {"retention.ms": str(DEAD_LETTER_RETENTION_MS)},
+            {
+                "cleanup.policy": "delete",
+                "retention.ms": str(DEAD_LETTER_RETENTION_MS),
+                **common,
+            },
         ),
-        TopicSpec(n.policies, policies_partitions, replication, {"cleanup.policy": "compact"}),
+        TopicSpec(
+            n.policies,
+            policies_partitions,
+            replication,
+            {"cleanup.policy": "compact", **common},
+        ),
     ]
+
+
+def app_id(topic_prefix: str) -> str:
+    """The Faust app id: the consumer group and the prefix of the table's changelog topic."""
+    prefix = topic_prefix.rstrip(".")
+    return f"{prefix}.leadflow" if prefix else "leadflow"
+
+
+def changelog_spec(topic_prefix: str, partitions: int = 4, replication: int = 1) -> TopicSpec:
+    """The person table's changelog (compacted; same partition count as the events)."""
+    common = {"min.insync.replicas": str(min(2, replication))} if replication > 1 else {}
+    return TopicSpec(
+        f"{app_id(topic_prefix)}{CHANGELOG_SUFFIX}",
+        partitions,
+        replication,
+        {"cleanup.policy": "compact", **common},
+    )
 
 
 class TopicSpecMismatch(RuntimeError):
@@ -256,16 +299,20 @@ async def iter_to_end(
     idle_timeout: float = 30.0,
     poll_ms: int = 100,
     client_options: Mapping[str, Any] | None = None,
+    committed_only: bool = False,
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Yield every record of ``topic`` from the beginning up to the end as of the call.
 
-    Uses manual ``assign`` (no consumer group, nothing committed). The end of a partition
-    is the high watermark from its *first Fetch response* (``consumer.highwater(tp)``), not
-    ``end_offsets`` (wrong on Tansu). aiokafka sets ``highwater`` only when a Fetch response
-    for that partition arrives, including empty ones (highwater 0), so ``None`` means "not
-    known yet" and an empty partition is done as soon as its first response arrives.
-    A partition is done when ``position >= end``; records at or past the end (produced
-    after the call) are not yielded, so the result is a consistent snapshot.
+    Uses manual ``assign`` (no consumer group, nothing committed). The end of a partition is
+    its end offset (ListOffsets, `end_offsets`): the true end on Kafka, and with
+    ``committed_only`` (a ``read_committed`` reader: aborted and open transactions' records
+    are skipped) the last stable offset. **Tansu workaround:** Tansu's ListOffsets reports the
+    first offset of the last batch + 1, short of the true end, so without ``committed_only``
+    the end is the larger of that and the high watermark of the partition's first Fetch
+    response (``consumer.highwater(tp)``, right on both brokers; on Kafka the two agree).
+    A partition is done when ``position >= end`` (the position moves past transaction
+    markers too); records at or past the end (produced after the call) are not yielded, so
+    the result is a consistent snapshot.
 
     Order: offset order within a partition; partitions interleave as fetched.
     Raises :class:`TopicNotFound` if the topic does not exist, ``TimeoutError`` if no
@@ -278,6 +325,7 @@ async def iter_to_end(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         client_id="leadflow-read-to-end",
+        isolation_level="read_committed" if committed_only else "read_uncommitted",
         # Brokers hold a Fetch for an empty partition up to fetch_max_wait_ms before
         # answering; the answer (highwater 0) is what tells us it is empty, so keep it short.
         fetch_max_wait_ms=100,
@@ -291,32 +339,37 @@ async def iter_to_end(
         tps = [TopicPartition(topic, p) for p in wanted]
         if not tps:
             return
+        listed = await consumer.end_offsets(tps)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        end: dict[TopicPartition, int] = {}
+        # Known ends: with committed_only the listed ones are final; otherwise a partition's
+        # end is final once its first Fetch response brought a high watermark (Tansu).
+        end: dict[TopicPartition, int] = dict(listed) if committed_only else {}
         remaining = set(tps)
         last_progress = time.monotonic()
+
+        def known_end(tp: TopicPartition) -> int | None:
+            if tp not in end:
+                hw = consumer.highwater(tp)
+                if hw is None:
+                    return None  # no Fetch response for this partition yet
+                end[tp] = max(hw, listed.get(tp, 0))
+            return end[tp]
+
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=poll_ms)
             progressed = False
             for tp, records in batches.items():
-                if tp not in end:
-                    hw = consumer.highwater(tp)
-                    if hw is not None:
-                        end[tp] = hw
+                stop = known_end(tp)
                 for rec in records:
-                    if tp in end and rec.offset >= end[tp]:
+                    if stop is not None and rec.offset >= stop:
                         break
                     progressed = True
                     yield rec
             for tp in list(remaining):
-                if tp not in end:
-                    hw = consumer.highwater(tp)
-                    if hw is None:
-                        continue  # no Fetch response for this partition yet
-                    end[tp] = hw
+                if tp not in end and known_end(tp) is not None:
                     progressed = True
-                if await consumer.position(tp) >= end[tp]:
+                if tp in end and await consumer.position(tp) >= end[tp]:
                     remaining.discard(tp)
                     consumer.pause(tp)
                     progressed = True
@@ -344,6 +397,7 @@ async def read_to_end(
     partitions: Sequence[int] | None = ...,
     idle_timeout: float = ...,
     client_options: Mapping[str, Any] | None = ...,
+    committed_only: bool = ...,
 ) -> list[ConsumerRecord[bytes, bytes]]: ...
 @overload
 async def read_to_end(
@@ -354,6 +408,7 @@ async def read_to_end(
     partitions: Sequence[int] | None = ...,
     idle_timeout: float = ...,
     client_options: Mapping[str, Any] | None = ...,
+    committed_only: bool = ...,
 ) -> list[bytes | None]: ...
 async def read_to_end(
     bootstrap: str,
@@ -363,6 +418,7 @@ async def read_to_end(
     partitions: Sequence[int] | None = None,
     idle_timeout: float = 30.0,
     client_options: Mapping[str, Any] | None = None,
+    committed_only: bool = False,
 ) -> list[ConsumerRecord[bytes, bytes]] | list[bytes | None]:
     """All records of ``topic`` (see :func:`iter_to_end`), sorted by (partition, offset).
 
@@ -377,6 +433,7 @@ async def read_to_end(
             partitions=partitions,
             idle_timeout=idle_timeout,
             client_options=client_options,
+            committed_only=committed_only,
         )
     ]
     records.sort(key=lambda r: (r.partition, r.offset))

@@ -162,9 +162,11 @@ class Publisher:
         return ends
 
 
-async def history_event_ids(bootstrap: str, names: TopicNames) -> Counter[str]:
+async def history_event_ids(
+    bootstrap: str, names: TopicNames, *, committed_only: bool = False
+) -> Counter[str]:
     ids: Counter[str] = Counter()
-    async for record in iter_to_end(bootstrap, names.history):
+    async for record in iter_to_end(bootstrap, names.history, committed_only=committed_only):
         ids[orjson.loads(record.value)["event"]["event_id"]] += 1
     return ids
 
@@ -182,7 +184,11 @@ async def inbound_state(settings: Settings) -> tuple[set[str], dict[int, int]]:
 
 
 async def wait_settled(
-    settings: Settings, *, timeout: float = 120, alive: Callable[[], bool] | None = None
+    settings: Settings,
+    *,
+    timeout: float = 120,
+    alive: Callable[[], bool] | None = None,
+    committed_only: bool = False,
 ) -> int:
     """Wait until history holds every valid event id of the events topic, or until the
     worker group committed up to every partition's end and history stopped growing (then
@@ -191,7 +197,9 @@ async def wait_settled(
     previous, stable_since = -1, time.monotonic()
     while True:
         valid, ends = await inbound_state(settings)
-        ids = await history_event_ids(settings.bootstrap, settings.topics)
+        ids = await history_event_ids(
+            settings.bootstrap, settings.topics, committed_only=committed_only
+        )
         missing = len(valid - ids.keys())
         if not missing:
             return 0
@@ -219,6 +227,7 @@ async def settled_check(
     alive: Callable[[], bool] | None = None,
     policy: Policy | None = None,
     attempts: int = 4,
+    committed_only: bool = False,
 ) -> tuple[int, Outcome]:
     """`wait_settled`, then `check`; repeated while the check sees problems.
 
@@ -227,11 +236,15 @@ async def settled_check(
     decided between the reads shows as a stage change whose history record was not read
     yet. Such in-flight states pass; a real violation (a lost record, an unpredicted change,
     a re-decision) is a permanent state of the topics and fails every attempt.
+    With `committed_only` every topic is read as a `read_committed` consumer does (what
+    `--exactly-once` promises consumers).
     Returns (gaps reported by `wait_settled`, the last outcome).
     """
     for attempt in range(attempts):
-        gaps = await wait_settled(settings, alive=alive)
-        outcome = await check(settings.bootstrap, settings.topics, policy)
+        gaps = await wait_settled(settings, alive=alive, committed_only=committed_only)
+        outcome = await check(
+            settings.bootstrap, settings.topics, policy, committed_only=committed_only
+        )
         if gaps or not outcome.problems:
             return gaps, outcome
         print(f"check attempt {attempt + 1}: {outcome.problems}; settling again")
@@ -278,21 +291,21 @@ class Outcome:
 
 
 async def settled_check_repaired(
-    settings: Settings, label: str, *, alive: Callable[[], bool]
+    settings: Settings, label: str, *, alive: Callable[[], bool], committed_only: bool = False
 ) -> tuple[int, int, Outcome]:
     """`settled_check`; on gaps, the product's answer (`reconcile --repair`) and a re-check.
 
     Gaps are inputs committed but never applied (Faust/broker). Returns (gaps after any
     repair, records re-driven, the last outcome); a gap that survives repair fails here.
     """
-    gaps, outcome = await settled_check(settings, alive=alive)
+    gaps, outcome = await settled_check(settings, alive=alive, committed_only=committed_only)
     print(f"\n{label}: {outcome.summary()}")
     repaired = 0
     if gaps:
         report = await reconcile(settings, repair=True)
         repaired = report.repaired
         print(f"{label}: reconcile found {len(report.gaps)} gaps, re-drove {repaired}")
-        gaps, outcome = await settled_check(settings, alive=alive)
+        gaps, outcome = await settled_check(settings, alive=alive, committed_only=committed_only)
         assert gaps == 0
         print(f"{label}: after repair: {outcome.summary()}")
     return gaps, repaired, outcome
@@ -303,15 +316,25 @@ def _note(problems: list[str], what: str, items: list[Any], limit: int = 5) -> N
         problems.append(f"{len(items)} {what}: {items[:limit]}")
 
 
-async def check(bootstrap: str, names: TopicNames, policy: Policy | None = None) -> Outcome:
+async def check(
+    bootstrap: str,
+    names: TopicNames,
+    policy: Policy | None = None,
+    *,
+    committed_only: bool = False,
+) -> Outcome:
     """Read the events, history, stage-changes and dead-letter topics and check them."""
     policy = policy or load_preset("default")
+
+    def read(topic: str) -> Any:
+        return iter_to_end(bootstrap, topic, committed_only=committed_only)
+
     out = Outcome()
     problems = out.problems
 
     valid_ids: set[str] = set()
     invalid_at: set[tuple[int, int]] = set()
-    async for record in iter_to_end(bootstrap, names.events):
+    async for record in read(names.events):
         out.inbound += 1
         if is_valid(record.key, record.value):
             valid_ids.add(event_id(record.value))
@@ -327,7 +350,7 @@ async def check(bootstrap: str, names: TopicNames, policy: Policy | None = None)
     seen: Counter[str] = Counter()
     sequences: dict[str, list[int]] = defaultdict(list)
     history = sorted(
-        [r async for r in iter_to_end(bootstrap, names.history)],
+        [r async for r in read(names.history)],
         key=lambda r: (r.partition, r.offset),
     )
     for record in history:
@@ -359,7 +382,7 @@ async def check(bootstrap: str, names: TopicNames, policy: Policy | None = None)
             predicted[change.change_id] = orjson.loads(to_json(change))
     out.expected = len(predicted)
     copies: dict[str, list[Any]] = defaultdict(list)
-    async for record in iter_to_end(bootstrap, names.stage_changes):
+    async for record in read(names.stage_changes):
         payload = orjson.loads(record.value)
         copies[payload["change_id"]].append(payload)
     out.found = len(copies.keys() & predicted.keys())
@@ -383,7 +406,7 @@ async def check(bootstrap: str, names: TopicNames, policy: Policy | None = None)
                 ),
                 "inbound": [
                     orjson.loads(r.value)
-                    async for r in iter_to_end(bootstrap, names.events)
+                    async for r in read(names.events)
                     if r.key == person.encode()
                 ],
             }
@@ -405,7 +428,7 @@ async def check(bootstrap: str, names: TopicNames, policy: Policy | None = None)
 
     # Dead letters: every invalid inbound record, named by its partition and offset.
     lettered: set[tuple[int, int]] = set()
-    async for record in iter_to_end(bootstrap, names.dead_letters):
+    async for record in read(names.dead_letters):
         out.dead_letters += 1
         letter = orjson.loads(record.value)
         if letter["topic"] == names.events:

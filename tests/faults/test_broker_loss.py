@@ -1,7 +1,8 @@
 """Broker loss: the broker dies mid-stream and comes back on the same port with no data.
 
-Tansu keeps everything in memory, so this is a single-node Kafka losing its disks: topics,
-records, committed offsets and the group are gone. What the worker does (and a user can
+A single-node broker losing its disks (Kafka: its data dir is wiped while it is down; Tansu
+keeps everything in memory anyway): topics, records, committed offsets and the group are
+gone. What the worker does (and a user can
 rely on):
 
 * during the outage it stays up: its clients retry and log connection errors;
@@ -85,6 +86,7 @@ async def test_broker_restart_without_data_worker_stays_up_recreates_topics_and_
     broker.stop(hard=True)
     await asyncio.sleep(OUTAGE_SECONDS)
     assert worker.alive, f"the worker died during the broker outage: {worker.tail()}"
+    broker.wipe()
     broker.start()  # same port, empty
     back = time.monotonic()
 

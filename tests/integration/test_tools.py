@@ -392,15 +392,16 @@ def gone(pid: int) -> bool:
     return False
 
 
-async def test_dev_runs_broker_and_worker_and_sigint_stops_both(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "streams.cli", "dev", "--no-demo"]
+@pytest.mark.parametrize("kind", ["tansu", "kafka"])
+async def test_dev_runs_broker_and_worker_and_sigint_stops_both(tmp_path: Path, kind: str) -> None:
+    command = [sys.executable, "-m", "streams.cli", "dev", "--no-demo", "--broker-kind", kind]
     command += ["--web-port", str(free_port()), "--data-dir", str(tmp_path / "dev")]
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path
     )
     out = Lines(proc)
     try:
-        broker = await out.wait_for(r"^broker\s+(kafka://\S+)\s+\(pid (\d+)", 30)
+        broker = await out.wait_for(rf"^broker\s+(kafka://\S+)\s+\({kind}, pid (\d+)", 60)
         worker = await out.wait_for(r"^worker\s+starting \(pid (\d+)", 30)
         await out.wait_for(r"leadflow dev is up", 90)
         await out.wait_for(r"^\s+dashboard\s+http://127\.0\.0\.1:\d+/", 1)
@@ -418,3 +419,5 @@ async def test_dev_runs_broker_and_worker_and_sigint_stops_both(tmp_path: Path) 
     assert code == 0, "\n".join(out.lines)
     await out.wait_for(r"worker and broker stopped", 5)
     assert gone(broker_pid) and gone(worker_pid)
+    if kind == "kafka":  # its data under the dev data dir
+        assert (tmp_path / "dev" / "kafka" / "log" / "meta.properties").exists()

@@ -288,6 +288,7 @@ async def test_sweeper_recycles_an_inactive_person_and_exported_history_verifies
     assert "checked 2 records: 0 mismatch(es)" in result.output
 
 
+@pytest.mark.tansu_only
 async def test_exactly_once_fails_fast_and_clearly_on_a_broker_without_transactions(
     broker, make_topics, tmp_path
 ):

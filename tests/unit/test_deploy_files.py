@@ -21,6 +21,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from streams.kafka_dist import KAFKA_VERSION
+from streams.topics import changelog_spec, topic_specs
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -41,7 +44,9 @@ TOPICS = {
     "leadflow.history",
     "leadflow.dead-letters",
     "leadflow.policies",
+    "leadflow-persons-changelog",
 }
+POM = ROOT / "streams" / "kafka" / "pom.xml"
 
 
 # --------------------------------------------------------------------------- compose
@@ -136,7 +141,10 @@ def test_kafka_is_apache_kafka_in_kraft_mode_with_a_healthcheck() -> None:
     kafka = services()["kafka"]
     image, _, tag = kafka["image"].partition(":")
     assert image == "apache/kafka"
-    assert re.fullmatch(r"(3\.9|4\.\d+)\.\d+", tag), f"pin a 3.9.x or 4.x tag, not {tag!r}"
+    assert tag == KAFKA_VERSION, (
+        f"docker-compose.yml runs apache/kafka:{tag}; leadflow runs and tests on {KAFKA_VERSION} "
+        "(streams/kafka_dist.py KAFKA_VERSION, streams/kafka/pom.xml): keep them equal"
+    )
 
     env = environment(kafka)
     roles = {role.strip() for role in str(env["KAFKA_PROCESS_ROLES"]).split(",")}
@@ -433,26 +441,42 @@ def test_services_and_pdb_select_the_worker_pods() -> None:
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
-def test_kafka_topics_have_the_designed_names_and_configs() -> None:
+def test_kafka_version_is_one_pin_in_pom_and_code() -> None:
+    pinned = re.search(r"<kafka.version>([^<]+)</kafka.version>", POM.read_text())
+    assert pinned and pinned.group(1) == KAFKA_VERSION, (
+        f"streams/kafka/pom.xml pins {pinned and pinned.group(1)}, KAFKA_VERSION is {KAFKA_VERSION}"
+    )
+
+
+def test_strimzi_topics_say_what_the_worker_creates() -> None:
+    """One source of topic settings: deploy/base/topics.yaml = topic_specs + changelog_spec."""
     partitions = int(generated_literals("leadflow-env")["LEADFLOW_PARTITIONS"])
-    topics = {}
+    deployed = {}
     for topic in resources("KafkaTopic"):
         assert topic["apiVersion"] == "kafka.strimzi.io/v1beta2"
         assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "leadflow"
         spec = topic["spec"]
         assert spec.get("topicName", topic["metadata"]["name"]) == topic["metadata"]["name"]
-        # Key = person id on every topic: equal partition counts keep one person's
-        # records on the same worker.
-        assert spec["partitions"] == partitions
-        assert isinstance(spec["replicas"], int) and spec["replicas"] >= 1
-        assert isinstance(spec["config"], dict)
-        topics[topic["metadata"]["name"]] = spec["config"]
-    assert set(topics) == TOPICS
-
-    assert int(topics["leadflow.history"]["retention.ms"]) == -1
-    assert topics["leadflow.history"].get("cleanup.policy", "delete") == "delete"
-    assert int(topics["leadflow.dead-letters"]["retention.ms"]) >= 90 * DAY_MS
-    assert topics["leadflow.policies"]["cleanup.policy"] == "compact"
+        configs = {key: str(value) for key, value in spec["config"].items()}
+        deployed[topic["metadata"]["name"]] = (spec["partitions"], spec["replicas"], configs)
+    assert set(deployed) == TOPICS
+    replication = {replicas for _, replicas, _ in deployed.values()}
+    assert len(replication) == 1, f"one replication factor for every topic, not {replication}"
+    (rf,) = replication
+    expected = {
+        s.name: (s.partitions, s.replication, s.configs)
+        for s in (*topic_specs(None, partitions, rf), changelog_spec("", partitions, rf))
+    }
+    for name in sorted(TOPICS):
+        assert deployed[name] == expected[name], (
+            f"deploy/base/topics.yaml {name}: {deployed[name]}; the worker creates "
+            f"{expected[name]} (streams/topics.py topic_specs)"
+        )
+    # The design behind the numbers, so a change to topic_specs is a deliberate one.
+    assert deployed["leadflow.history"][2]["retention.ms"] == "-1"
+    assert int(deployed["leadflow.dead-letters"][2]["retention.ms"]) >= 90 * DAY_MS
+    assert deployed["leadflow.policies"][2]["cleanup.policy"] == "compact"
+    assert deployed["leadflow-persons-changelog"][2]["cleanup.policy"] == "compact"
 
 
 def test_deployed_policy_is_the_default_policy() -> None:
