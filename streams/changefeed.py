@@ -65,6 +65,8 @@ class ChangeFeed:
     async def _follow(self) -> None:
         consumer = AIOKafkaConsumer(
             enable_auto_commit=False,
+            # What consumers of a --exactly-once worker see: no record of an aborted batch.
+            isolation_level="read_committed",
             auto_offset_reset="earliest",
             fetch_max_wait_ms=200,
             **self.client_options,

@@ -327,6 +327,8 @@ class DevStack:
             **self.settings.aiokafka_kwargs(),
             group_id=None,
             enable_auto_commit=False,
+            # What consumers of a --exactly-once worker see: no record of an aborted batch.
+            isolation_level="read_committed",
             auto_offset_reset="earliest",
             client_id="leadflow-dev-summary",
             fetch_max_wait_ms=250,

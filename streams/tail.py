@@ -193,6 +193,8 @@ async def follow(
         **settings.aiokafka_kwargs(),
         group_id=None,
         enable_auto_commit=False,
+        # What consumers of a --exactly-once worker see: no record of an aborted batch.
+        isolation_level="read_committed",
         auto_offset_reset="earliest",
         client_id="leadflow-tail",
         fetch_max_wait_ms=200,

@@ -299,20 +299,24 @@ async def iter_to_end(
     idle_timeout: float = 30.0,
     poll_ms: int = 100,
     client_options: Mapping[str, Any] | None = None,
-    committed_only: bool = False,
+    committed_only: bool = True,
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Yield every record of ``topic`` from the beginning up to the end as of the call.
 
-    Uses manual ``assign`` (no consumer group, nothing committed). The end of a partition is
-    its end offset (ListOffsets, `end_offsets`): the true end on Kafka, and with
-    ``committed_only`` (a ``read_committed`` reader: aborted and open transactions' records
-    are skipped) the last stable offset. **Tansu workaround:** Tansu's ListOffsets reports the
-    first offset of the last batch + 1, short of the true end, so without ``committed_only``
-    the end is the larger of that and the high watermark of the partition's first Fetch
-    response (``consumer.highwater(tp)``, right on both brokers; on Kafka the two agree).
-    A partition is done when ``position >= end`` (the position moves past transaction
-    markers too); records at or past the end (produced after the call) are not yielded, so
-    the result is a consistent snapshot.
+    Uses manual ``assign`` (no consumer group, nothing committed) and, by default, reads as a
+    ``read_committed`` consumer: records of aborted transactions (a `--exactly-once` worker
+    that crashed mid-batch) are skipped, and the end is the last stable offset. Without
+    transactions on the topic that is simply its end. ``committed_only=False`` reads every
+    record written, aborted ones included.
+
+    The end of a partition is its end offset from ListOffsets (`end_offsets`), the true end
+    on Kafka. **Tansu workaround:** Tansu's ListOffsets reports the first offset of the last
+    batch + 1, short of the true end; the stable offset (or, reading uncommitted, the high
+    watermark) of the partition's first Fetch response is right on both brokers, so the end
+    is the larger of the two (on Kafka they agree). A partition is done when
+    ``position >= end`` (the position moves past transaction markers too); records at or
+    past the end (produced after the call) are not yielded, so the result is a consistent
+    snapshot.
 
     Order: offset order within a partition; partitions interleave as fetched.
     Raises :class:`TopicNotFound` if the topic does not exist, ``TimeoutError`` if no
@@ -330,6 +334,7 @@ async def iter_to_end(
         # answering; the answer (highwater 0) is what tells us it is empty, so keep it short.
         fetch_max_wait_ms=100,
     )
+    fetched_end = consumer.last_stable_offset if committed_only else consumer.highwater
     await consumer.start()
     try:
         available = await partitions_of(consumer, topic)
@@ -342,18 +347,17 @@ async def iter_to_end(
         listed = await consumer.end_offsets(tps)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        # Known ends: with committed_only the listed ones are final; otherwise a partition's
-        # end is final once its first Fetch response brought a high watermark (Tansu).
-        end: dict[TopicPartition, int] = dict(listed) if committed_only else {}
+        # A partition's end is known once its first Fetch response arrived (Tansu workaround).
+        end: dict[TopicPartition, int] = {}
         remaining = set(tps)
         last_progress = time.monotonic()
 
         def known_end(tp: TopicPartition) -> int | None:
             if tp not in end:
-                hw = consumer.highwater(tp)
-                if hw is None:
+                fetched = fetched_end(tp)
+                if fetched is None:
                     return None  # no Fetch response for this partition yet
-                end[tp] = max(hw, listed.get(tp, 0))
+                end[tp] = max(fetched, listed.get(tp, 0))
             return end[tp]
 
         while remaining:
@@ -418,7 +422,7 @@ async def read_to_end(
     partitions: Sequence[int] | None = None,
     idle_timeout: float = 30.0,
     client_options: Mapping[str, Any] | None = None,
-    committed_only: bool = False,
+    committed_only: bool = True,
 ) -> list[ConsumerRecord[bytes, bytes]] | list[bytes | None]:
     """All records of ``topic`` (see :func:`iter_to_end`), sorted by (partition, offset).
 

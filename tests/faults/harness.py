@@ -163,7 +163,7 @@ class Publisher:
 
 
 async def history_event_ids(
-    bootstrap: str, names: TopicNames, *, committed_only: bool = False
+    bootstrap: str, names: TopicNames, *, committed_only: bool = True
 ) -> Counter[str]:
     ids: Counter[str] = Counter()
     async for record in iter_to_end(bootstrap, names.history, committed_only=committed_only):
@@ -188,7 +188,7 @@ async def wait_settled(
     *,
     timeout: float = 120,
     alive: Callable[[], bool] | None = None,
-    committed_only: bool = False,
+    committed_only: bool = True,
 ) -> int:
     """Wait until history holds every valid event id of the events topic, or until the
     worker group committed up to every partition's end and history stopped growing (then
@@ -227,7 +227,7 @@ async def settled_check(
     alive: Callable[[], bool] | None = None,
     policy: Policy | None = None,
     attempts: int = 4,
-    committed_only: bool = False,
+    committed_only: bool = True,
 ) -> tuple[int, Outcome]:
     """`wait_settled`, then `check`; repeated while the check sees problems.
 
@@ -291,7 +291,7 @@ class Outcome:
 
 
 async def settled_check_repaired(
-    settings: Settings, label: str, *, alive: Callable[[], bool], committed_only: bool = False
+    settings: Settings, label: str, *, alive: Callable[[], bool], committed_only: bool = True
 ) -> tuple[int, int, Outcome]:
     """`settled_check`; on gaps, the product's answer (`reconcile --repair`) and a re-check.
 
@@ -321,7 +321,7 @@ async def check(
     names: TopicNames,
     policy: Policy | None = None,
     *,
-    committed_only: bool = False,
+    committed_only: bool = True,
 ) -> Outcome:
     """Read the events, history, stage-changes and dead-letter topics and check them."""
     policy = policy or load_preset("default")

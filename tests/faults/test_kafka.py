@@ -60,12 +60,12 @@ async def test_exactly_once_kill_9_read_committed_sees_every_change_once(
     await worker.ready(timeout=120)
     await publisher.wait(timeout=180)
     gaps, repaired, outcome = await settled_check_repaired(
-        settings, f"exactly-once: {rounds} kills", alive=lambda: worker.alive, committed_only=True
+        settings, f"exactly-once: {rounds} kills", alive=lambda: worker.alive
     )
     # What a read_uncommitted reader sees: the outputs of the aborted attempts too.
     uncommitted = Counter(
         orjson.loads(r.value)["change_id"]
-        async for r in iter_to_end(broker.bootstrap, names.stage_changes)
+        async for r in iter_to_end(broker.bootstrap, names.stage_changes, committed_only=False)
     )
     aborted_copies = sum(uncommitted.values()) - len(uncommitted)
     fault_report.add(
@@ -140,9 +140,7 @@ async def test_changelog_restore_of_100k_persons_with_the_store_deleted(
     # The restored states decide the next events as a replay of history does.
     more = make_stream(2_000, 500, seed=43, id_prefix="after-", garbage_every=0)
     Publisher(broker.bootstrap, names.events, more).start(rate=5_000)
-    gaps, _, outcome = await settled_check_repaired(
-        settings, "restore", alive=lambda: worker.alive
-    )
+    gaps, _, outcome = await settled_check_repaired(settings, "restore", alive=lambda: worker.alive)
     fault_report.add(
         "changelog restore: store deleted",
         f"{persons:,} persons, RocksDB store deleted, SIGTERM + restart",
@@ -220,8 +218,7 @@ async def test_policies_and_changelog_keep_the_latest_record_per_key(
     specs = [*topic_specs(names, 4, 1), changelog_spec(settings)]
     compacted = {names.policies, changelog_spec(settings).name}
     fast = [
-        s._replace(configs={**s.configs, **FAST_ROLL}) if s.name in compacted else s
-        for s in specs
+        s._replace(configs={**s.configs, **FAST_ROLL}) if s.name in compacted else s for s in specs
     ]
     assert all(s.configs["cleanup.policy"] == "compact" for s in fast if s.name in compacted)
     await ensure_topics(broker.bootstrap, fast)
