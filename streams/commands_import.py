@@ -19,7 +19,14 @@ from rich.console import Console
 
 from events.inbound import Event
 from streams.files import BadLine
-from streams.mapping import ImportStats, Mapping, MappingError, load_mapping, read_mapped
+from streams.mapping import (
+    ImportStats,
+    Mapping,
+    MappingError,
+    check_files,
+    load_mapping,
+    read_mapped,
+)
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -36,10 +43,7 @@ def _report(error: BadLine) -> None:
 def _mapping(path: Path, files: list[Path]) -> Mapping:
     try:
         mapping = load_mapping(path)
-        for file in files:
-            if not file.is_file():
-                raise MappingError(f"{file}: no such file")
-            mapping.rule_for(file)
+        check_files(files, mapping)
     except MappingError as error:
         raise _fail(str(error)) from None
     return mapping

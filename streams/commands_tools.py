@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -200,6 +200,45 @@ def _progress() -> Progress:
     )
 
 
+def _file_reader(
+    file: Path, csv_map: list[str] | None, mapping: Path | None, report: Any
+) -> Callable[[Any], Iterator[Event]]:
+    """How `send` reads FILE: a CSV by the mapping engine (a mapping file, or the `--csv-map`
+    shorthand for one, checked against the header before anything is sent), else JSONL."""
+    from streams.files import read_events
+    from streams.mapping import (
+        ImportStats,
+        MappingError,
+        check_files,
+        columns_mapping,
+        load_mapping,
+        read_header,
+        read_mapped,
+    )
+
+    columns = _csv_map(csv_map)
+    if (csv_map or mapping) and file.suffix.lower() != ".csv":
+        raise _fail("--csv-map and --mapping apply to .csv files only")
+    if csv_map and mapping:
+        raise _fail("give --csv-map or --mapping (not both)")
+    if file.suffix.lower() != ".csv":
+        return lambda stats: read_events(file, stats=stats, on_error=report)
+    try:
+        rules = load_mapping(mapping) if mapping else columns_mapping(columns, read_header(file))
+        check_files([file], rules)
+    except MappingError as error:
+        raise _fail(str(error)) from None
+
+    def read(stats: Any) -> Iterator[Event]:
+        mapped = ImportStats()
+        try:
+            yield from read_mapped([file], rules, stats=mapped, on_error=report)
+        finally:
+            stats.lines, stats.bad = mapped.lines, mapped.bad
+
+    return read
+
+
 def send(
     file: Annotated[
         Path | None, typer.Argument(help="JSONL (events or an exported history) or CSV")
@@ -212,8 +251,12 @@ def send(
             "--csv-map",
             metavar="FIELD=HEADER",
             help="CSV column for an event field, e.g. person_id='Contact ID' or "
-            "profile.job_title=Title (repeatable)",
+            "profile.job_title=Title (repeatable; shorthand for a --mapping)",
         ),
+    ] = None,
+    mapping: Annotated[
+        Path | None,
+        typer.Option("--mapping", "-m", help="CSV rows → events by this mapping (see import)"),
     ] = None,
     strict: Annotated[
         bool, typer.Option("--strict", help="send nothing and exit 1 if any line is invalid")
@@ -232,7 +275,7 @@ def send(
     Every line is validated first; an invalid one is reported on stderr as FILE:LINE: reason
     and skipped (with --strict: nothing is sent).
     """
-    from streams.files import BadLine, ReadStats, read_events
+    from streams.files import BadLine, ReadStats
     from streams.publish import encode_event, publish
 
     if (file is None) == (demo is None):
@@ -254,21 +297,16 @@ def send(
         assert file is not None
         if not file.is_file():
             raise _fail(f"{file}: no such file")
-        columns = _csv_map(csv_map)
-        if csv_map and file.suffix.lower() != ".csv":
-            raise _fail("--csv-map applies to .csv files only")
+        read = _file_reader(file, csv_map, mapping, report)
         total, label = _count_lines(file), file.name
         if strict:  # validate everything first: a strict send is all or nothing
-            for _ in read_events(file, stats=stats, on_error=report, csv_columns=columns):
+            for _ in read(stats):
                 pass
             if stats.bad:
                 out.print(f"sent 0, invalid {stats.bad} of {stats.lines} (--strict: nothing sent)")
                 raise typer.Exit(1)
             stats = ReadStats()
-        messages = (
-            encode_event(e)
-            for e in read_events(file, stats=stats, on_error=report, csv_columns=columns)
-        )
+        messages = (encode_event(e) for e in read(stats))
 
     confirmed = 0
     with progress:

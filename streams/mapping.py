@@ -653,7 +653,7 @@ def _rows(path: Path, rule: FileRule, progress: bool) -> Iterator[tuple[int, lis
         bar.start()
         task = bar.add_task(f"mapping {path.name}", total=size)
     undecodable: dict[int, str] = {}
-    encoding = "utf-8-sig" if codecs.lookup(rule.encoding).name == "utf-8" else rule.encoding
+    encoding = _encoding(rule.encoding)
 
     def lines(handle: Any) -> Iterator[str]:
         done = 0
@@ -842,7 +842,27 @@ def read_mapped(
     yield from sorted(mapped(), key=lambda e: e.occurred_at)
 
 
-def read_header(path: Path, delimiter: str = ",") -> list[str]:
-    """The first row of a CSV file (for the `--csv-map` shorthand)."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        return next(csv.reader(handle, delimiter=delimiter), [])
+def _encoding(name: str) -> str:
+    """utf-8 files may start with a byte order mark (Excel writes one); it is not a column."""
+    return "utf-8-sig" if codecs.lookup(name).name == "utf-8" else name
+
+
+def read_header(path: Path, delimiter: str = ",", encoding: str = "utf-8") -> list[str]:
+    """The first row of a CSV file."""
+    try:
+        with path.open(newline="", encoding=_encoding(encoding)) as handle:
+            return next(csv.reader(handle, delimiter=delimiter), [])
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise MappingError(f"{path}:1: header: not readable ({error})") from None
+
+
+def check_files(paths: Iterable[str | Path], mapping: Mapping) -> None:
+    """Before any row is read: every file matches a file rule and has the columns it needs."""
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise MappingError(f"{path}: no such file")
+        rule = mapping.rule_for(path)
+        header = read_header(path, rule.delimiter, rule.encoding)
+        if not header:
+            raise MappingError(f"{path}: empty file (a header row is needed)")
+        _compile(mapping, rule, header, path)
