@@ -28,6 +28,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -150,6 +151,14 @@ Spec = Annotated[
 ]
 
 
+ProfileField = Literal[tuple(Profile.model_fields)]  # type: ignore[valid-type]
+
+
+def _as_list(value: Any) -> Any:
+    """`when:` takes one condition or a list of them (all must hold)."""
+    return [value] if isinstance(value, dict) else value
+
+
 class EventRule(BaseModel):
     """One event per row (unless `when` says no): each key is an event field."""
 
@@ -163,8 +172,8 @@ class EventRule(BaseModel):
     campaign: Spec | None = None
     reason: Spec | None = None
     schema_version: Spec | None = None
-    profile: dict[str, Spec] | None = None
-    when: Condition | list[Condition] | None = None
+    profile: dict[ProfileField, Spec] | None = None
+    when: Annotated[list[Condition], BeforeValidator(_as_list)] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -194,14 +203,6 @@ class EventRule(BaseModel):
             )
         return value
 
-    @field_validator("profile")
-    @classmethod
-    def _profile_fields(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        for name in value or {}:
-            if name not in PROFILE:
-                raise ValueError(f"profile.{name} is not a profile field ({', '.join(PROFILE)})")
-        return value
-
     @model_validator(mode="after")
     def _formats(self) -> EventRule:
         for name in (*REQUIRED[:3], *OPTIONAL):
@@ -218,9 +219,7 @@ class EventRule(BaseModel):
         return self
 
     def conditions(self) -> list[Condition]:
-        if self.when is None:
-            return []
-        return self.when if isinstance(self.when, list) else [self.when]
+        return self.when
 
 
 class FileRule(BaseModel):
@@ -326,7 +325,7 @@ def parse_mapping(text: str, origin: str = "<mapping>") -> Mapping:
         shorthand = "files" not in data
         messages = []
         for item in error.errors(include_url=False):
-            loc = tuple(p for p in item["loc"] if p not in ("text", "rule"))
+            loc = tuple(p for p in item["loc"] if p not in ("text", "rule", "[key]"))
             if shorthand and loc[:2] == ("files", 0):
                 loc = loc[2:]
             line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), 1)
@@ -334,6 +333,8 @@ def parse_mapping(text: str, origin: str = "<mapping>") -> Mapping:
             message = item["msg"].removeprefix("Value error, ")
             if item["type"] == "extra_forbidden":
                 message = "not a known key here (a typo?)"
+            elif item["type"] == "literal_error" and "profile" in loc:
+                message = f"not a profile field ({', '.join(PROFILE)})"
             messages.append(f"{origin}:{line}: {key}: {message}")
         raise MappingError("\n".join(messages)) from None
 
