@@ -13,7 +13,7 @@ from lifecycle.funnel import funnel
 from lifecycle.policy import load_preset
 from lifecycle.replay import replay
 from streams.cli import app
-from streams.mapping import ImportStats, load_mapping, read_mapped
+from streams.mapping import ImportStats, load_mapping, parse_mapping, read_mapped
 
 runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "mappings"
@@ -100,3 +100,10 @@ def test_two_file_backfill_end_to_end_through_the_cli(tmp_path: Path):
     data = json.loads(report.stdout)
     assert data["reached"]["mql"] == 8 and data["reached"]["customer"] == 3
     assert data["conversion"]["mql->customer"]["rate"] == pytest.approx(3 / 8)
+
+
+def test_the_readme_backfill_mapping_is_a_valid_mapping():
+    readme = (EXAMPLES.parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("# examples/mappings/b2b-funnel.yaml (abridged)\n", 1)[1]
+    mapping = parse_mapping(block.split("```", 1)[0], "README.md")
+    assert [rule.match for rule in mapping.files] == ["*mqls*.csv", "*deals*.csv"]

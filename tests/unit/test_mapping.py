@@ -579,3 +579,22 @@ def test_a_csv_without_a_mapping_is_rejected_once_with_a_hint_not_per_line(tmp_p
     assert result.exit_code == 1
     assert "needs column(s) 'event_id', 'occurred_at', 'person_id', 'type'" in result.stderr
     assert "--mapping MAP.yaml" in result.stderr
+
+
+def test_send_checks_a_mapping_against_the_header_before_connecting(tmp_path: Path):
+    mapping = write(tmp_path, "map.yaml", TWO_FILES)
+    path = write(tmp_path, "mqls.csv", "id,first_contact_date\nm1,01-02-2018\n")
+    result = runner.invoke(app, ["send", str(path), "--mapping", str(mapping)])
+    assert result.exit_code == 2
+    assert "needs column(s) 'mql_id'" in result.stderr
+
+
+def test_send_takes_a_mapping_or_the_csv_map_shorthand_for_csv_files_only(tmp_path: Path):
+    mapping = write(tmp_path, "map.yaml", TWO_FILES)
+    path = write(tmp_path, "events.jsonl", "")
+    result = runner.invoke(app, ["send", str(path), "--mapping", str(mapping)])
+    assert result.exit_code == 2 and "apply to .csv files only" in result.stderr
+    csv_path = two_files(tmp_path)[0]
+    both = ["send", str(csv_path), "--mapping", str(mapping), "--csv-map", "person_id=mql_id"]
+    result = runner.invoke(app, both)
+    assert result.exit_code == 2 and "not both" in result.stderr
