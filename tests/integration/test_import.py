@@ -60,3 +60,18 @@ async def test_strict_import_with_a_bad_row_sends_nothing_to_the_broker(
     assert result.exit_code == 1
     assert f"{bad}:2: occurred_at: 'someday'" in result.stderr
     assert await read_to_end(broker.bootstrap, names.events, idle_timeout=5) == []
+
+
+async def test_send_with_a_mapping_publishes_the_mapped_rows(
+    broker, make_topics: Callable[..., Awaitable[TopicNames]]
+) -> None:
+    names = await make_topics(partitions=1)
+    prefix = names.events.removesuffix(".leadflow.events")
+    args = ["send", BACKFILL[0], "--mapping", str(EXAMPLES / "b2b-funnel.yaml")]
+    result = await asyncio.to_thread(
+        runner.invoke, app, [*args, "--broker", broker.url, "--topic-prefix", prefix]
+    )
+    assert result.exit_code == 0, result.output
+    assert "sent 8" in result.stdout and "invalid 0" in result.stdout
+    records = await read_to_end(broker.bootstrap, names.events)
+    assert {decode_event(r.value).type for r in records} == {"contact_sales"}

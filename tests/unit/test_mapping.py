@@ -598,3 +598,20 @@ def test_send_takes_a_mapping_or_the_csv_map_shorthand_for_csv_files_only(tmp_pa
     both = ["send", str(csv_path), "--mapping", str(mapping), "--csv-map", "person_id=mql_id"]
     result = runner.invoke(app, both)
     assert result.exit_code == 2 and "not both" in result.stderr
+
+
+def test_replay_and_simulate_read_a_csv_directly_with_a_mapping(tmp_path: Path):
+    mapping = write(tmp_path, "map.yaml", TWO_FILES)
+    path = two_files(tmp_path)[0]
+    replayed = runner.invoke(app, ["replay", "-e", str(path), "-m", str(mapping), "--state"])
+    assert replayed.exit_code == 0, replayed.output
+    assert len(replayed.stdout.splitlines()) == 2
+    args = ["simulate", "-e", str(path), "-m", str(mapping), "-p", "default", "--against", "seed"]
+    simulated = runner.invoke(app, [*args, "--format", "json"])
+    assert simulated.exit_code == 0, simulated.output
+    assert '"events": 2' in simulated.stdout
+
+
+def test_a_mapping_cannot_read_the_history_topic():
+    result = runner.invoke(app, ["funnel", "--broker", "kafka://x:1", "-m", "map.yaml"])
+    assert result.exit_code == 2 and "--mapping reads a CSV file" in result.stderr
