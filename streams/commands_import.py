@@ -74,10 +74,16 @@ def _summary(stats: ImportStats, where: str, in_time_order: bool) -> None:
     )
     if stats.skipped:
         reasons = "; ".join(f"{why}: {n:,}" for why, n in stats.skipped.most_common(5))
-        err.print(f"skipped by condition: {stats.skipped_rows:,} rows ({reasons})", markup=False)
+        err.print(
+            f"skipped by condition: {stats.skipped_rows:,} rows ({reasons})",
+            highlight=False,
+            markup=False,
+        )
     if stats.duplicates:
         err.print(f"same event twice (one kept): {stats.duplicates:,}", highlight=False)
-    err.print(f"bad rows: {stats.bad:,}" + (" (listed above)" if stats.bad else ""))
+    err.print(
+        f"bad rows: {stats.bad:,}" + (" (listed above)" if stats.bad else ""), highlight=False
+    )
 
 
 def import_command(
@@ -128,7 +134,7 @@ def import_command(
                 pass
             if checked.bad:
                 _summary(checked, "would write", in_time_order)
-                err.print("--strict: nothing written")
+                err.print("--strict: nothing written", highlight=False)
                 raise typer.Exit(1)
         stats = ImportStats()
         if broker is not None:
