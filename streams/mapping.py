@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -82,6 +82,9 @@ def _template(text: str) -> str:
 Text = Annotated[str, AfterValidator(_template)]
 
 
+_TESTS = ("not_empty", "empty", "equals", "not_equals", "in_", "not_in")
+
+
 class Condition(BaseModel):
     """`when: {column: origin, not_empty: true}`: the event is made only if the test holds."""
 
@@ -97,20 +100,18 @@ class Condition(BaseModel):
 
     @model_validator(mode="after")
     def _one_test(self) -> Condition:
-        tests = [k for k in ("not_empty", "empty", "equals", "not_equals", "in_", "not_in")]
-        given = [k for k in tests if getattr(self, k) is not None]
-        if len(given) != 1:
+        if sum(getattr(self, k) is not None for k in _TESTS) != 1:
             raise ValueError(
                 "give exactly one test: not_empty, empty, equals, not_equals, in, not_in"
             )
         return self
 
     def describe(self) -> str:
-        for name in ("not_empty", "empty", "equals", "not_equals", "in_", "not_in"):
-            value = getattr(self, name)
-            if value is not None:
-                return f"{self.column} {name.rstrip('_')} {value}".replace(" True", "")
-        return self.column
+        """`origin not_empty`, `stage in ['won', 'lost']`: for the skipped-rows summary."""
+        name = next(k for k in _TESTS if getattr(self, k) is not None)
+        value = getattr(self, name)
+        shown = "" if value is True else f" {value!r}" if isinstance(value, str) else f" {value}"
+        return f"{self.column} {name.rstrip('_')}{shown}"
 
 
 class FieldRule(BaseModel):
@@ -276,13 +277,16 @@ class Mapping(BaseModel):
 
 
 class _StringLoader(yaml.SafeLoader):
-    """Every scalar stays the text it is: `NO` is Norway, `01` stays `01`, `yes` a value."""
+    """Every scalar stays the text it is: `NO` is Norway, `01` stays `01`, `yes` a value.
 
+    Its own resolver table (a copy with only `<<` merges): SafeLoader's is shared by every
+    `yaml.safe_load` in the process.
+    """
 
-for _first, _resolvers in list(_StringLoader.yaml_implicit_resolvers.items()):
-    _StringLoader.yaml_implicit_resolvers[_first] = [
-        (tag, regexp) for tag, regexp in _resolvers if tag == "tag:yaml.org,2002:merge"
-    ]
+    yaml_implicit_resolvers: ClassVar[dict[Any, list[tuple[str, Any]]]] = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag == "tag:yaml.org,2002:merge"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
 
 def _line_index(root: yaml.Node | None) -> dict[tuple[str | int, ...], int]:

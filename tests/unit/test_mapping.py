@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from events.inbound import Event
@@ -263,6 +264,11 @@ def test_a_value_map_can_ignore_case(tmp_path: Path):
     mapping = ACTIVITY.replace("demo_requested}\n", "demo_requested}\n      ignore_case: true\n")
     (event,), _ = mapped(tmp_path, mapping, "id,person,at,activity\n1,p,2018-02-01,DEMO REQUEST\n")
     assert event.type == "demo_requested"
+
+
+def test_reading_a_mapping_leaves_other_yaml_loading_alone():
+    parse_mapping(BASE)
+    assert yaml.safe_load("a: true\nb: 1\nc: NO") == {"a": True, "b": 1, "c": False}
 
 
 def test_yaml_values_stay_text_so_norway_is_no(tmp_path: Path):
