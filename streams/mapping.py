@@ -432,8 +432,7 @@ def _cell(i: int) -> Getter:
 def _text_getter(template: Template, at: dict[str, int]) -> Getter:
     parts = [(at[name] if is_column else None, name) for is_column, name in template.parts]
     if len(parts) == 1 and parts[0][0] is not None:
-        i = parts[0][0]
-        return lambda row: row[i].strip()
+        return _cell(parts[0][0])
     if all(i is None for i, _ in parts):
         constant = "".join(text for _, text in parts)
         return lambda row: constant
