@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -200,20 +200,15 @@ def _progress() -> Progress:
     )
 
 
-def _file_reader(
-    file: Path, csv_map: list[str] | None, mapping: Path | None, report: Any
-) -> Callable[[Any], Iterator[Event]]:
-    """How `send` reads FILE: a CSV by the mapping engine (a mapping file, or the `--csv-map`
-    shorthand for one, checked against the header before anything is sent), else JSONL."""
-    from streams.files import read_events
+def _send_mapping(file: Path, csv_map: list[str] | None, mapping: Path | None) -> Any:
+    """The mapping `send` reads a CSV FILE by (a mapping file, or the `--csv-map` shorthand
+    for one), checked against its header before anything is sent; None for JSONL."""
     from streams.mapping import (
-        ImportStats,
         MappingError,
         check_files,
         columns_mapping,
         load_mapping,
         read_header,
-        read_mapped,
     )
 
     columns = _csv_map(csv_map)
@@ -222,21 +217,28 @@ def _file_reader(
     if csv_map and mapping:
         raise _fail("give --csv-map or --mapping (not both)")
     if file.suffix.lower() != ".csv":
-        return lambda stats: read_events(file, stats=stats, on_error=report)
+        return None
     try:
         rules = load_mapping(mapping) if mapping else columns_mapping(columns, read_header(file))
         check_files([file], rules)
     except MappingError as error:
         raise _fail(str(error)) from None
+    return rules
 
-    def read(stats: Any) -> Iterator[Event]:
-        mapped = ImportStats()
-        try:
-            yield from read_mapped([file], rules, stats=mapped, on_error=report)
-        finally:
-            stats.lines, stats.bad = mapped.lines, mapped.bad
 
-    return read
+def _send_events(file: Path, rules: Any, stats: Any, report: Any) -> Iterator[Event]:
+    """FILE's events: a CSV through the mapping engine, JSONL as it is."""
+    from streams.files import read_events
+    from streams.mapping import ImportStats, read_mapped
+
+    if rules is None:
+        yield from read_events(file, stats=stats, on_error=report)
+        return
+    mapped = ImportStats()
+    try:
+        yield from read_mapped([file], rules, stats=mapped, on_error=report)
+    finally:
+        stats.lines, stats.bad = mapped.lines, mapped.bad
 
 
 def send(
@@ -297,16 +299,16 @@ def send(
         assert file is not None
         if not file.is_file():
             raise _fail(f"{file}: no such file")
-        read = _file_reader(file, csv_map, mapping, report)
+        rules = _send_mapping(file, csv_map, mapping)
         total, label = _count_lines(file), file.name
         if strict:  # validate everything first: a strict send is all or nothing
-            for _ in read(stats):
+            for _ in _send_events(file, rules, stats, report):
                 pass
             if stats.bad:
                 out.print(f"sent 0, invalid {stats.bad} of {stats.lines} (--strict: nothing sent)")
                 raise typer.Exit(1)
             stats = ReadStats()
-        messages = (encode_event(e) for e in read(stats))
+        messages = (encode_event(e) for e in _send_events(file, rules, stats, report))
 
     confirmed = 0
     with progress:
