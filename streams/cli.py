@@ -24,7 +24,7 @@ from rich.table import Table
 from events.inbound import Event
 from lifecycle.funnel import FunnelReport, funnel
 from lifecycle.policy import PRESETS, Policy, PolicyError, load_policy, load_preset, resolve_policy
-from streams import commands_tools, commands_worker
+from streams import commands_import, commands_tools, commands_worker
 from streams.files import BadLine, ReadStats, read_events, read_history
 
 app = typer.Typer(
@@ -55,6 +55,10 @@ BrokerOpt = Annotated[
 ]
 PrefixOpt = Annotated[str, typer.Option("--topic-prefix", help="topic name prefix")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="stop at the first bad line")]
+MappingOpt = Annotated[
+    Path | None,
+    typer.Option("--mapping", "-m", help="read --events CSV by this mapping (leadflow import)"),
+]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -84,14 +88,17 @@ def _named_policy(value: str) -> Policy:
 class _Reader:
     """Events from a file or the history topic, reporting bad lines as FILE:LINE: reason."""
 
-    def __init__(self, strict: bool) -> None:
+    def __init__(self, strict: bool, mapping: Path | None = None) -> None:
         self.stats = ReadStats()
         self.strict = strict
+        self.mapping = mapping
 
     def report(self, error: BadLine) -> None:
         err.print(str(error), highlight=False, markup=False)
 
     def events(self, path: Path | None, broker: str | None, prefix: str) -> Iterator[Event]:
+        if broker and self.mapping:
+            raise _fail("--mapping reads a CSV file given with --events, not a topic")
         if broker:
             for record in _history_from_broker(broker, prefix):
                 yield record.event
@@ -100,10 +107,27 @@ class _Reader:
             raise _fail("give --events FILE or --broker URL")
         if not path.exists():
             raise _fail(f"{path}: no such file")
+        if self.mapping is not None:
+            yield from self._mapped(path, self.mapping)
+            return
         try:
             yield from read_events(
                 path, stats=self.stats, on_error=self.report, strict=self.strict, progress=True
             )
+        except BadLine as error:
+            raise _fail(str(error), 1) from None
+
+    def _mapped(self, path: Path, mapping: Path) -> Iterator[Event]:
+        from streams.mapping import ImportStats, MappingError, load_mapping, read_mapped
+
+        self.stats = stats = ImportStats()
+        try:
+            rules = load_mapping(mapping)
+            yield from read_mapped(
+                [path], rules, stats=stats, on_error=self.report, strict=self.strict, progress=True
+            )
+        except MappingError as error:
+            raise _fail(str(error)) from None
         except BadLine as error:
             raise _fail(str(error), 1) from None
 
@@ -171,13 +195,14 @@ def replay(
     broker: BrokerOpt = None,
     topic_prefix: PrefixOpt = "",
     strict: StrictOpt = False,
+    mapping: MappingOpt = None,
 ) -> None:
     """Replay events under a policy; print the StageChanged records as JSONL on stdout."""
     from lifecycle.replay import Replayer
 
     rules = _policy(policy, preset)
     cutoff = _as_of(as_of)
-    reader = _Reader(strict)
+    reader = _Reader(strict, mapping)
     replayer = Replayer(rules)
 
     def changes() -> Iterator[Any]:
@@ -236,6 +261,7 @@ def funnel_command(
     broker: BrokerOpt = None,
     topic_prefix: PrefixOpt = "",
     strict: StrictOpt = False,
+    mapping: MappingOpt = None,
 ) -> None:
     """Counts reached per stage, conversion by lead source, median days between stages."""
     from lifecycle.replay import replay as run
@@ -243,7 +269,7 @@ def funnel_command(
     if format not in ("table", "json"):
         raise _fail("--format is table or json")
     rules = _policy(policy, preset)
-    reader = _Reader(strict)
+    reader = _Reader(strict, mapping)
     changes = [
         c
         for d in run(reader.events(events, broker, topic_prefix), rules)
@@ -268,12 +294,13 @@ def simulate(
     broker: BrokerOpt = None,
     topic_prefix: PrefixOpt = "",
     strict: StrictOpt = False,
+    mapping: MappingOpt = None,
 ) -> None:
     """What would policy B have done with the same events as policy A?"""
     from lifecycle.simulate import simulate as run
 
     a, b = _named_policy(policy), _named_policy(against)
-    reader = _Reader(strict)
+    reader = _Reader(strict, mapping)
     result = run(reader.events(events, broker, topic_prefix), a, b)
     if format == "json":
         out.print_json(data=result.to_dict(limit))
@@ -500,6 +527,7 @@ def policy_test(
 
 commands_worker.register(app)
 commands_tools.register(app)
+commands_import.register(app)
 
 
 def main() -> None:

@@ -210,6 +210,47 @@ def _progress() -> Progress:
     )
 
 
+def _send_mapping(file: Path, csv_map: list[str] | None, mapping: Path | None) -> Any:
+    """The mapping `send` reads a CSV FILE by (a mapping file, or the `--csv-map` shorthand
+    for one), checked against its header before anything is sent; None for JSONL."""
+    from streams.mapping import (
+        MappingError,
+        check_files,
+        columns_mapping,
+        load_mapping,
+        read_header,
+    )
+
+    columns = _csv_map(csv_map)
+    if (csv_map or mapping) and file.suffix.lower() != ".csv":
+        raise _fail("--csv-map and --mapping apply to .csv files only")
+    if csv_map and mapping:
+        raise _fail("give --csv-map or --mapping (not both)")
+    if file.suffix.lower() != ".csv":
+        return None
+    try:
+        rules = load_mapping(mapping) if mapping else columns_mapping(columns, read_header(file))
+        check_files([file], rules)
+    except MappingError as error:
+        raise _fail(str(error)) from None
+    return rules
+
+
+def _send_events(file: Path, rules: Any, stats: Any, report: Any) -> Iterator[Event]:
+    """FILE's events: a CSV through the mapping engine, JSONL as it is."""
+    from streams.files import read_events
+    from streams.mapping import ImportStats, read_mapped
+
+    if rules is None:
+        yield from read_events(file, stats=stats, on_error=report)
+        return
+    mapped = ImportStats()
+    try:
+        yield from read_mapped([file], rules, stats=mapped, on_error=report)
+    finally:
+        stats.lines, stats.bad = mapped.lines, mapped.bad
+
+
 def send(
     file: Annotated[
         Path | None, typer.Argument(help="JSONL (events or an exported history) or CSV")
@@ -222,8 +263,12 @@ def send(
             "--csv-map",
             metavar="FIELD=HEADER",
             help="CSV column for an event field, e.g. person_id='Contact ID' or "
-            "profile.job_title=Title (repeatable)",
+            "profile.job_title=Title (repeatable; shorthand for a --mapping)",
         ),
+    ] = None,
+    mapping: Annotated[
+        Path | None,
+        typer.Option("--mapping", "-m", help="CSV rows → events by this mapping (see import)"),
     ] = None,
     strict: Annotated[
         bool, typer.Option("--strict", help="send nothing and exit 1 if any line is invalid")
@@ -242,7 +287,7 @@ def send(
     Every line is validated first; an invalid one is reported on stderr as FILE:LINE: reason
     and skipped (with --strict: nothing is sent).
     """
-    from streams.files import BadLine, ReadStats, read_events
+    from streams.files import BadLine, ReadStats
     from streams.publish import encode_event, publish
 
     if (file is None) == (demo is None):
@@ -264,21 +309,16 @@ def send(
         assert file is not None
         if not file.is_file():
             raise _fail(f"{file}: no such file")
-        columns = _csv_map(csv_map)
-        if csv_map and file.suffix.lower() != ".csv":
-            raise _fail("--csv-map applies to .csv files only")
+        rules = _send_mapping(file, csv_map, mapping)
         total, label = _count_lines(file), file.name
         if strict:  # validate everything first: a strict send is all or nothing
-            for _ in read_events(file, stats=stats, on_error=report, csv_columns=columns):
+            for _ in _send_events(file, rules, stats, report):
                 pass
             if stats.bad:
                 out.print(f"sent 0, invalid {stats.bad} of {stats.lines} (--strict: nothing sent)")
                 raise typer.Exit(1)
             stats = ReadStats()
-        messages = (
-            encode_event(e)
-            for e in read_events(file, stats=stats, on_error=report, csv_columns=columns)
-        )
+        messages = (encode_event(e) for e in _send_events(file, rules, stats, report))
 
     confirmed = 0
     with progress:

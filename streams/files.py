@@ -6,7 +6,6 @@ counted; with `strict` the first bad line raises.
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -193,28 +192,19 @@ def read_history(
 def _read_csv(
     path: Path, stats: ReadStats, report: OnError, columns: dict[str, str]
 ) -> Iterator[Event]:
-    """CSV with a header row. `columns` maps event fields to CSV headers when they differ;
-    `profile.job_title` style keys fill the profile."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        for row in reader:
-            stats.lines += 1
-            data: dict[str, Any] = {}
-            profile: dict[str, Any] = {}
-            fields = set(columns) | set(reader.fieldnames or [])
-            for target in fields:
-                header = columns.get(target, target)
-                value = row.get(header)
-                if value in (None, ""):
-                    continue
-                if target.startswith("profile."):
-                    profile[target.removeprefix("profile.")] = value
-                elif target in Event.model_fields:
-                    data[target] = value
-            if profile:
-                data["profile"] = profile
-            try:
-                yield Event.model_validate(data)
-            except ValidationError as error:
-                stats.bad += 1
-                report(BadLine(str(path), reader.line_num, describe_validation_error(error)))
+    """CSV with a header row, read by the mapping engine with the `--csv-map` shorthand:
+    `columns` maps event fields to CSV headers when they differ (`profile.job_title` style
+    keys fill the profile). Anything more takes a mapping file (`streams.mapping`)."""
+    from streams.mapping import ImportStats, MappingError, columns_mapping, read_header, read_mapped
+
+    mapped = ImportStats()
+    try:
+        mapping = columns_mapping(columns, read_header(path))
+        yield from read_mapped([path], mapping, stats=mapped, on_error=report)
+    except MappingError as error:
+        reason = str(error).removeprefix(f"{path}: ").removeprefix(f"{path}:1: ")
+        hint = " (give a mapping: --mapping MAP.yaml, see `leadflow import --help`)"
+        raise BadLine(str(path), 1, reason + hint) from None
+    finally:
+        stats.lines += mapped.lines
+        stats.bad += mapped.bad
