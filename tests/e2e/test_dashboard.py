@@ -77,6 +77,7 @@ async def settled_funnel(worker: Worker, events: int) -> dict[str, Any]:
     return await wait_for(stable, 30, "GET /funnel to show the stream, settled")
 
 
+@pytest.mark.smoke
 async def test_dashboard_shows_funnel_recent_changes_and_a_timeline(
     workers, broker, tmp_path: Path
 ) -> None:

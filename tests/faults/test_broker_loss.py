@@ -54,6 +54,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 OUTAGE_SECONDS = 4.0
 
 
+@pytest.mark.smoke
 async def test_broker_restart_without_data_worker_stays_up_recreates_topics_and_resumes(
     private_broker, new_topic_names, tmp_path, fault_report
 ):

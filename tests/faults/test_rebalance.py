@@ -93,3 +93,66 @@ async def test_workers_leaving_by_sigterm_and_kill_9_and_rejoining_lose_and_rede
     assert outcome.history == outcome.valid_ids
     assert outcome.inbound == len(records) + outcome.ticks
     assert outcome.expected > 1_000 and outcome.dead_letters >= outcome.invalid > 0
+
+
+async def test_a_third_worker_joining_and_leaving_loses_and_redecides_nothing(
+    broker, make_topics, tmp_path, fault_report, long_run
+):
+    """2 → 3 workers (the newcomer takes its share), then SIGTERM of one and kill -9 of
+    another: the last one takes everything. Times of each hand-over are reported."""
+    events = 30_000 if long_run else 15_000
+    names = await make_topics(partitions=4)
+    settings = settings_for(broker.url, names)
+    records = make_stream(events, events // 10, seed=22)
+    started = time.monotonic()
+    group = [Worker(broker, names, tmp_path, name, store="rocksdb") for name in ("a", "b")]
+
+    def shared_by(workers: list[Worker]) -> Callable[[], Awaitable[bool]]:
+        async def check_shared() -> bool:
+            owned = [await w.owned() for w in workers]
+            return all(owned) and sorted(p for ps in owned for p in ps) == ALL
+
+        return check_shared
+
+    await wait_for(shared_by(group), 120, "two workers to share the 4 partitions")
+    rss_start = group[0].rss_mb()
+    publisher = Publisher(broker.bootstrap, names.events, records)
+    publisher.start(rate=len(records) / 30)
+    timings: dict[str, float] = {}
+
+    await publisher.wait(at_least=len(records) // 5)
+    mark = time.monotonic()
+    group.append(Worker(broker, names, tmp_path, "c", store="rocksdb"))
+    await wait_for(shared_by(group), 120, "three workers to share the 4 partitions")
+    timings["join_3rd_s"] = round(time.monotonic() - mark, 1)
+
+    a, b, c = group
+    mark = time.monotonic()
+    assert c.terminate() == 0, c.tail()
+    await wait_for(shared_by([a, b]), 120, "a and b to take c's partitions after SIGTERM")
+    timings["sigterm_takeover_s"] = round(time.monotonic() - mark, 1)
+
+    mark = time.monotonic()
+    b.kill()
+    await wait_for(shared_by([a]), 120, "a to take every partition after kill -9 of b")
+    timings["kill_9_takeover_s"] = round(time.monotonic() - mark, 1)
+    await publisher.wait(timeout=180)
+
+    gaps, repaired, outcome = await settled_check_repaired(
+        settings, f"rebalance 3: {timings}", alive=lambda: a.alive
+    )
+    fault_report.add(
+        "rebalance: 2 -> 3 workers -> 1",
+        "3rd joins; SIGTERM one, kill -9 another",
+        **outcome.counts(),
+        rss_start_mb=rss_start,
+        rss_end_mb=a.rss_mb(),
+        gaps=gaps,
+        repaired=repaired,
+        **timings,
+        seconds=round(time.monotonic() - started, 1),
+    )
+    assert a.alive
+    assert outcome.problems == []
+    assert outcome.history == outcome.valid_ids
+    assert outcome.inbound == len(records) + outcome.ticks

@@ -35,6 +35,7 @@ async def ingest(worker: Worker, *bodies: bytes) -> None:
         assert status == 202, answer
 
 
+@pytest.mark.smoke
 async def test_api_end_to_end_with_auth_ingest_person_history_and_funnel(workers):
     (w,) = await workers(1)
     await ingest(

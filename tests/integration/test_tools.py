@@ -228,6 +228,7 @@ async def end_offsets_total(bootstrap: str, topic: str) -> int:
         await consumer.stop()
 
 
+@pytest.mark.smoke
 async def test_export_history_reads_every_record_past_what_end_offsets_reports(
     broker: LocalBroker, make_topics: MakeTopics, tmp_path: Path
 ) -> None:
@@ -276,6 +277,7 @@ async def test_export_history_reads_every_record_past_what_end_offsets_reports(
 # --- tail ---------------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 async def test_tail_prints_a_stage_change_as_a_sentence(
     broker: LocalBroker, make_topics: MakeTopics
 ) -> None:
@@ -326,6 +328,7 @@ async def test_tail_json_prints_the_records_as_they_are(
     assert StageChanged.model_validate_json(result.stdout) == stage_change()
 
 
+@pytest.mark.smoke
 async def test_tail_from_now_skips_every_old_record_of_the_last_batch(
     broker: LocalBroker, make_topics: MakeTopics
 ) -> None:

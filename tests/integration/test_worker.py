@@ -136,6 +136,7 @@ def changes_of(values: list[bytes]) -> list[StageChanged]:
     return [StageChanged.model_validate_json(v) for v in values]
 
 
+@pytest.mark.smoke
 async def test_events_become_stage_changes_and_history_and_duplicates_reemit_same_ids(
     broker, make_topics, spawn
 ):
@@ -177,6 +178,7 @@ async def test_events_become_stage_changes_and_history_and_duplicates_reemit_sam
     assert len(await read_to_end(broker.bootstrap, names.history, value_only=True)) == 4
 
 
+@pytest.mark.smoke
 async def test_garbage_goes_to_dead_letters_and_the_next_event_is_processed(
     broker, make_topics, spawn
 ):
@@ -211,6 +213,7 @@ async def test_garbage_goes_to_dead_letters_and_the_next_event_is_processed(
 
 
 @pytest.mark.parametrize("keep_store", [True, False], ids=["store-kept", "store-deleted"])
+@pytest.mark.smoke
 async def test_restart_resumes_with_no_lost_or_redecided_person(
     broker, make_topics, spawn, tmp_path, keep_store
 ):
