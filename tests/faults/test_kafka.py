@@ -132,8 +132,7 @@ async def test_changelog_restore_of_100k_persons_with_the_store_deleted(
     names = await make_topics(partitions=4)
     settings = settings_for(broker.url, names)
     records = [
-        (f"p{i}".encode(), encode_event(event))
-        for i, event in enumerate(
+        encode_event(
             {
                 "event_id": f"e{i}",
                 "person_id": f"p{i}",
@@ -142,8 +141,8 @@ async def test_changelog_restore_of_100k_persons_with_the_store_deleted(
                 "source": "webinar",
                 "profile": {"seniority": "vp", "industry": "software", "employees": 300},
             }
-            for i in range(persons)
         )
+        for i in range(persons)
     ]
     worker = Worker(broker, names, tmp_path, "restore", store="rocksdb")
     await worker.ready(timeout=120)
