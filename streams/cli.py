@@ -203,10 +203,13 @@ def _print_funnel(report: FunnelReport, title: str) -> None:
     table = Table(title=f"{title}: {report.persons} persons")
     table.add_column("stage")
     table.add_column("reached", justify="right")
+    table.add_column("of them sales-sourced", justify="right")
     table.add_column("current", justify="right")
     for stage, count in report.reached.items():
-        table.add_row(stage, str(count), str(report.current.get(stage, 0)))
+        sourced = report.sales_sourced.get(stage, 0)
+        table.add_row(stage, str(count), str(sourced), str(report.current.get(stage, 0)))
     out.print(table)
+    out.print("conversion counts from the persons who entered a stage, not the sales-sourced")
     conv = Table(title="conversion")
     conv.add_column("lead source")
     steps = list(report.conversion)
@@ -284,14 +287,25 @@ def simulate(
     table.add_column(f"reached under {a.name}", justify="right")
     table.add_column(f"reached under {b.name}", justify="right")
     table.add_column("difference", justify="right")
+
+    def reached(report: FunnelReport, stage: str) -> str:
+        sourced = report.sales_sourced.get(stage, 0)
+        count = report.reached.get(stage, 0)
+        return f"{count} ({sourced} sales-sourced)" if sourced else str(count)
+
     for stage, count in result.funnel_a.reached.items():
         other = result.funnel_b.reached.get(stage, 0)
-        table.add_row(stage, str(count), str(other), f"{other - count:+d}")
+        a_cell, b_cell = reached(result.funnel_a, stage), reached(result.funnel_b, stage)
+        table.add_row(stage, a_cell, b_cell, f"{other - count:+d}")
     out.print(table)
     for step in ("mql->sql", "mql->customer"):
-        ra = result.funnel_a.conversion[step]["rate"]
-        rb = result.funnel_b.conversion[step]["rate"]
-        out.print(f"{step}: {ra} → {rb}")
+        ca, cb = result.funnel_a.conversion[step], result.funnel_b.conversion[step]
+        wa, wb = result.funnel_a.conversion_reached[step], result.funnel_b.conversion_reached[step]
+        out.print(
+            f"{step}: {ca['rate']} → {cb['rate']} over MQLs the policy made "
+            f"({ca['from']} → {cb['from']}); with sales-sourced MQLs {wa['rate']} → {wb['rate']}",
+            highlight=False,
+        )
     shown = result.differing[:limit]
     out.print(f"{len(result.differing)} persons end differently; first {len(shown)}:")
     for o in shown:

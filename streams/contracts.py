@@ -86,10 +86,17 @@ class FunnelView(_Response):
     changes_seen: int
     persons: int
     reached: dict[str, int]
+    entered: dict[str, int]
+    sales_sourced: dict[str, int]
     current: dict[str, int]
     highest: dict[str, int]
     conversion: dict[str, dict[str, Any]]
+    conversion_reached: dict[str, dict[str, Any]]
     conversion_by_source: dict[str, dict[str, dict[str, Any]]]
+    sales_sourced_by_source: dict[str, int]
+    conversion_by_first_touch: dict[str, dict[str, dict[str, Any]]]
+    conversion_by_last_touch: dict[str, dict[str, dict[str, Any]]]
+    conversion_by_touches: dict[str, dict[str, dict[str, Any]]]
     median_days: dict[str, float | None]
     temperature_by_source: dict[str, str | None]
 
