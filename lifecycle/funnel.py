@@ -156,6 +156,14 @@ class Funnel:
     def report(self) -> FunnelReport:
         return _report(self.persons)
 
+    def mqls(self) -> dict[str, str]:
+        """Persons who entered mql by a decision (not sales-sourced), with their lead source."""
+        return {
+            person_id: person.lead_source or "unknown"
+            for person_id, person in self.persons.items()
+            if person.entered("mql")
+        }
+
 
 def funnel(changes: Iterable[Any]) -> FunnelReport:
     """Aggregate `StageChange`/`StageChanged` records, in history order."""

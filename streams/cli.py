@@ -24,7 +24,7 @@ from rich.table import Table
 from events.inbound import Event
 from lifecycle.funnel import FunnelReport, funnel
 from lifecycle.policy import PRESETS, Policy, PolicyError, load_policy, load_preset, resolve_policy
-from streams import commands_tools, commands_worker
+from streams import commands_analytics, commands_tools, commands_worker
 from streams.files import BadLine, ReadStats, read_events, read_history
 
 app = typer.Typer(
@@ -514,6 +514,7 @@ def policy_test(
 
 commands_worker.register(app)
 commands_tools.register(app)
+commands_analytics.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,165 @@
+"""Analysts' commands: `calibrate` (the next policy from measured conversion) and the cohort
+view of `funnel`. They read events or history like the other offline commands and only call
+`lifecycle.calibrate` and `lifecycle.cohorts`; nothing here holds a rule.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lifecycle.calibrate import DEFAULT_MIN_MQLS
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _pct(rate: float | None) -> str:
+    return "–" if rate is None else f"{rate:.1%}"
+
+
+def _interval(rate: dict[str, Any]) -> str:
+    if not rate["base"]:
+        return "–"
+    low, high = _pct(rate["low"]), _pct(rate["high"])
+    return f"{_pct(rate['rate'])} [{low}, {high}] ({rate['hits']}/{rate['base']})"
+
+
+def calibrate(
+    events: Annotated[
+        Path | None,
+        typer.Option(
+            "--events", "-e", help="JSONL of events or an exported history", dir_okay=False
+        ),
+    ] = None,
+    policy: Annotated[
+        Path | None, typer.Option("--policy", "-p", help="the current policy file", dir_okay=False)
+    ] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="or a shipped preset")] = None,
+    min_mqls: Annotated[
+        int, typer.Option("--min-mqls", min=1, help="MQLs a source needs to be measured")
+    ] = DEFAULT_MIN_MQLS,
+    maturity: Annotated[
+        str | None,
+        typer.Option(help="seed, growth or mature (default: the preset name, else growth)"),
+    ] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="write the proposed policy here", dir_okay=False)
+    ] = None,
+    format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    broker: Annotated[
+        str | None, typer.Option("--broker", help="read the history topic from this broker")
+    ] = None,
+    topic_prefix: Annotated[str, typer.Option("--topic-prefix")] = "",
+    strict: Annotated[bool, typer.Option("--strict", help="stop at the first bad line")] = False,
+) -> None:
+    """Measure conversion per lead source and propose the next policy, with its what-if."""
+    from lifecycle.calibrate import calibrate as run
+    from lifecycle.calibrate import proposal_yaml
+    from streams.cli import _fail, _policy, _Reader
+
+    if format not in ("table", "json"):
+        raise _fail("--format is table or json")
+    rules = _policy(policy, preset)
+    reader = _Reader(strict)
+    stream = list(reader.events(events, broker, topic_prefix))
+    try:
+        result = run(stream, rules, min_mqls=min_mqls, maturity=maturity)
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    if out_file is not None:
+        out_file.write_text(proposal_yaml(result), encoding="utf-8")
+    data = result.to_dict()
+    if format == "json":
+        out.print_json(data={**data, "out": None if out_file is None else str(out_file)})
+        reader.summary()
+        return
+    _print(data)
+    if out_file is not None:
+        out.print(
+            f"wrote {out_file} (version {result.proposed.version}); "
+            f"check it with: leadflow policy check {out_file}",
+            highlight=False,
+        )
+    reader.summary()
+
+
+def _print(data: dict[str, Any]) -> None:
+    source = data["data"]
+    out.print(
+        f"{source['events']:,} events from {source['first']} to {source['last']}, "
+        f"sha256 {source['sha256'][:16]}; policy {data['policy']['name']} "
+        f"({data['policy']['version']}), maturity {data['maturity']}, "
+        f"at least {data['min_mqls']} MQLs per source",
+        highlight=False,
+    )
+    table = Table(title="measured conversion by lead source (MQLs the policy made, 95 % Wilson)")
+    for column in ("lead source", "MQLs", "sales-sourced", "mql→sql", "mql→customer"):
+        table.add_column(column, justify="left" if column == "lead source" else "right")
+    for column in ("configured", "measured", "gate", "why"):
+        table.add_column(column)
+    for s in data["sources"]:
+        configured = (
+            "–"
+            if s["configured_conversion"] is None
+            else f"{_pct(s['configured_conversion'])} {s['configured_temperature'] or ''}"
+        )
+        measured = s["measured_temperature"] or (
+            "insufficient data" if not s["enough_data"] else "–"
+        )
+        if s["contradicts"]:
+            measured = f"[red]{measured} (contradicts the label)[/red]"
+        before = "gated" if s["gated_now"] else "open"
+        after = "gated" if s["gated_proposed"] else "open"
+        gate = before if before == after else f"[bold]{before} → {after}[/bold]"
+        table.add_row(
+            s["source"],
+            str(s["mqls"]),
+            str(s["sales_sourced_mqls"]),
+            _interval(s["mql_to_sql"]),
+            _interval(s["mql_to_customer"]),
+            configured,
+            measured,
+            gate,
+            s["gating_reason"],
+        )
+    out.print(table)
+    t = data["thresholds"]
+    out.print(
+        f"thresholds (hot / warm): {_thresholds(t['current'])} → {_thresholds(t['proposed'])}"
+    )
+    out.print(f"policy diff ({data['policy']['version']} → {data['proposed_policy']['version']}):")
+    for change in data["diff"]:
+        out.print(
+            f"  {change['key']}: {json.dumps(change['before'])} → {json.dumps(change['after'])}",
+            highlight=False,
+        )
+    if not data["diff"]:
+        out.print("  identical rules")
+    w = data["what_if"]
+    table = Table(title="what-if of switching (replayed with simulate)")
+    for column in ("lead source", "MQLs kept", "lost", "gained"):
+        table.add_column(column, justify="left" if column == "lead source" else "right")
+    for name, row in w["by_source"].items():
+        table.add_row(name, str(row["kept"]), str(row["lost"]), str(row["gained"]))
+    out.print(table)
+    out.print(
+        f"MQLs kept {w['mqls_kept']}, lost {w['mqls_lost']}, gained {w['mqls_gained']}; "
+        f"expected customers lost {w['expected_customers_lost']:g}, "
+        f"gained {w['expected_customers_gained']:g} at the measured rates",
+        highlight=False,
+    )
+
+
+def _thresholds(t: dict[str, float] | None) -> str:
+    return "none" if t is None else f"{t['hot']:g} / {t['warm']:g}"
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to `app`."""
+    app.command()(calibrate)
