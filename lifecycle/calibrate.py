@@ -70,8 +70,8 @@ class DataSource:
     def to_dict(self) -> dict[str, Any]:
         return {
             "events": self.events,
-            "first": self.first,
-            "last": self.last,
+            "first": None if self.first is None else self.first.isoformat(),
+            "last": None if self.last is None else self.last.isoformat(),
             "sha256": self.sha256,
         }
 
