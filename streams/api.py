@@ -68,6 +68,8 @@ def person_view(state: PersonState, policy: Policy, now: datetime) -> dict[str, 
         else None,
         "lead_source": state.lead_source,
         "first_touch_source": state.first_touch_source,
+        "last_touch_source": state.last_touch_source,
+        "touches": state.touches,
         "temperature": temperature(policy, state.lead_source) if stage else None,
         "last_reason": _withheld(state.last_reason)
         if state.erased and state.last_reason

@@ -43,6 +43,8 @@ class PersonView(_Response):
     time_in_stage_days: float | None
     lead_source: str | None
     first_touch_source: str | None
+    last_touch_source: str | None
+    touches: int
     temperature: str | None
     last_reason: Reason | None
     last_activity: datetime | None
