@@ -133,8 +133,9 @@ class Funnel:
     def add(self, change: Any) -> None:
         person = self.persons[change.person_id]
         reached = person.first_reached
-        if "mql" not in reached and (change.to_stage == "mql" or "mql" in change.passed_through):
+        if person.first_touch is None:  # the earliest touch: the same on every change
             person.first_touch = change.first_touch_source
+        if "mql" not in reached and (change.to_stage == "mql" or "mql" in change.passed_through):
             person.last_touch = getattr(change, "last_touch_source", None)
             person.touches = getattr(change, "touches", None)
         skipped_by_sales = is_sales_change(change)

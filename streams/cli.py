@@ -239,6 +239,12 @@ def funnel_command(
     broker: BrokerOpt = None,
     topic_prefix: PrefixOpt = "",
     strict: StrictOpt = False,
+    cohort: Annotated[
+        str | None, typer.Option(help="month or week: cohorts as reported and restated")
+    ] = None,
+    by: Annotated[
+        str | None, typer.Option(help="with --cohort: source, first_touch, last_touch, touches")
+    ] = None,
 ) -> None:
     """Counts reached per stage, conversion by lead source, median days between stages."""
     from lifecycle.replay import replay as run
@@ -246,6 +252,11 @@ def funnel_command(
     if format not in ("table", "json"):
         raise _fail("--format is table or json")
     rules = _policy(policy, preset)
+    if cohort is not None or by is not None:
+        commands_analytics.cohort_funnel(
+            events, broker, topic_prefix, rules, cohort or "month", by, format, strict
+        )
+        return
     reader = _Reader(strict)
     changes = [
         c

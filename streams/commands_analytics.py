@@ -163,3 +163,86 @@ def _thresholds(t: dict[str, float] | None) -> str:
 def register(app: typer.Typer) -> None:
     """Add this module's commands to `app`."""
     app.command()(calibrate)
+
+
+# --- funnel --cohort ------------------------------------------------------------------------
+
+
+def _is_history_file(path: Path | None) -> bool:
+    if path is None or not path.is_file() or path.suffix.lower() == ".csv":
+        return False
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                return b'"sequence"' in line[:400] and b'"event"' in line
+    return False
+
+
+def cohort_funnel(
+    events: Path | None,
+    broker: str | None,
+    prefix: str,
+    rules: Any,
+    period: str,
+    by: str | None,
+    format: str,
+    strict: bool,
+) -> None:
+    """`funnel --cohort`: as reported (recorded history) and restated (`rules`), side by side."""
+    from lifecycle.cohorts import GROUPS, PERIODS, cohorts
+    from lifecycle.replay import replay
+    from streams.cli import _fail, _Reader
+
+    if period not in PERIODS:
+        raise _fail(f"--cohort is {' or '.join(PERIODS)}")
+    if by is not None and by not in GROUPS:
+        raise _fail(f"--by is one of {', '.join(GROUPS)}")
+    reader = _Reader(strict)
+    reported = None
+    if broker or _is_history_file(events):
+        records = list(reader.history(events, broker, prefix))
+        reported = cohorts((c for r in records for c in r.changes), period, by)
+        stream = [r.event for r in records]
+    else:
+        stream = list(reader.events(events, broker, prefix))
+    decided = (c for d in replay(stream, rules) if not d.duplicate for c in d.changes)
+    restated = cohorts(decided, period, by)
+    data = {
+        "restated_under": {"name": rules.name, "version": rules.version},
+        "as_reported": None if reported is None else reported.to_dict(),
+        "restated": restated.to_dict(),
+    }
+    if format == "json":
+        out.print_json(data=data)
+    else:
+        if reported is None:
+            out.print("as reported: needs a history (export-history file or --broker)")
+        else:
+            versions = ", ".join(f"{v} ({n})" for v, n in reported.policy_versions.items())
+            _print_cohorts(reported.rows, f"as reported (policy versions live: {versions})")
+        _print_cohorts(restated.rows, f"restated under {rules.name} ({rules.version})")
+    reader.summary()
+
+
+def _print_cohorts(rows: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=f"cohorts {title}")
+    for column in ("cohort", "group", "stage", "entered", "sales-sourced"):
+        table.add_column(
+            column, justify="right" if column in ("entered", "sales-sourced") else "left"
+        )
+    for column in ("→ next stage", "→ customer", "days p50", "days p90"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        days = row["days_in_stage"]
+        table.add_row(
+            row["cohort"],
+            row["group"],
+            row["stage"],
+            str(row["entered"]),
+            str(row["sales_sourced"]),
+            f"{row['next_stage']} {_interval(row['to_next'])}",
+            _interval(row["to_customer"]),
+            "–" if days["p50"] is None else f"{days['p50']:g}",
+            "–" if days["p90"] is None else f"{days['p90']:g}",
+        )
+    out.print(table)
