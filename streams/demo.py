@@ -129,11 +129,14 @@ def synthetic_events(
     start: datetime = datetime(2026, 1, 1, tzinfo=UTC),
     duplicates: float = 0.0,
     unknown_types: float = 0.0,
+    end: datetime | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Events as JSON-ready dicts in arrival (= occurred_at) order across all persons.
 
     `duplicates` re-sends that fraction of events with the same event id right after;
-    `unknown_types` replaces that fraction with types no schema knows.
+    `unknown_types` replaces that fraction with types no schema knows. With `end`, the
+    stream is moved so that its last event occurs then (`start` is ignored): `leadflow dev`
+    ends it at the time it starts. The events are the same either way, only shifted.
     """
     rng = random.Random(seed)
     per_person = max(1, events // persons)
@@ -144,6 +147,8 @@ def synthetic_events(
         for step, (day, event_type, _sales) in enumerate(_journey(rng, count)):
             timeline.append((offsets[n] + day, n, step, event_type))
     timeline.sort()
+    if end is not None and timeline:
+        start = end - timedelta(days=timeline[-1][0])
     sources = [_pick(rng, SOURCES) for _ in range(persons)]
     profiles: dict[int, dict[str, Any]] = {}
     for counter, (day, n, step, event_type) in enumerate(timeline):
