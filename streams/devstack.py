@@ -314,14 +314,16 @@ class DevStack:
 
     # -- demo ---------------------------------------------------------------------------------
     async def publish_demo(self) -> int:
-        from streams.demo import synthetic_events
+        from streams.demo import DEMO_WIN_RATES, synthetic_events
         from streams.publish import encode_event, publish
 
         assert self.settings is not None
         o = self.options
         # The stream ends now, so the dashboard's dates and the sweeper's clock agree with it.
         now = datetime.now(UTC)
-        events = synthetic_events(o.persons, o.events, seed=7, duplicates=0.002, end=now)
+        events = synthetic_events(
+            o.persons, o.events, seed=7, duplicates=0.002, end=now, win_rates=DEMO_WIN_RATES
+        )
 
         def sent(n: int) -> None:
             self.published += n
