@@ -312,7 +312,8 @@ def gate(measures: Sequence[SourceMeasure], maturity: str) -> None:
                 else ("the best-converting source" if m is best else f"not below {best.source}")
             )
         return
-    candidates = measured if maturity == "growth" else [measured[-1]]  # sorted best first
+    worst = min(measured, key=lambda m: (m.to_customer.rate or 0.0, -m.mqls))
+    candidates = measured if maturity == "growth" else [worst]
     for m in measured:
         m.gated_proposed, m.why = False, "not clearly below the other sources"
     for m in candidates:

@@ -287,4 +287,3 @@ def _merged_profile(state: PersonState, event: Event) -> dict[str, Any]:
     if event.profile is None:
         return state.profile
     return {**state.profile, **event.profile.model_dump(exclude_none=True)}
-
