@@ -243,7 +243,8 @@ def funnel_command(
         str | None, typer.Option(help="month or week: cohorts as reported and restated")
     ] = None,
     by: Annotated[
-        str | None, typer.Option(help="with --cohort: source, first_touch, last_touch, touches")
+        str | None,
+        typer.Option(help="conversion by source, first_touch, last_touch or touches"),
     ] = None,
 ) -> None:
     """Counts reached per stage, conversion by lead source, median days between stages."""
@@ -252,7 +253,7 @@ def funnel_command(
     if format not in ("table", "json"):
         raise _fail("--format is table or json")
     rules = _policy(policy, preset)
-    if cohort is not None or by is not None:
+    if cohort is not None:
         commands_analytics.cohort_funnel(
             events, broker, topic_prefix, rules, cohort or "month", by, format, strict
         )
@@ -265,7 +266,9 @@ def funnel_command(
         for c in d.changes
     ]
     report = funnel(changes)
-    if format == "json":
+    if by is not None:
+        commands_analytics.attribution(report, by, format)
+    elif format == "json":
         out.print_json(data={"policy_version": rules.version, **report.to_dict()})
     else:
         _print_funnel(report, f"policy {rules.name} ({rules.version})")

@@ -246,3 +246,38 @@ def _print_cohorts(rows: list[dict[str, Any]], title: str) -> None:
             "–" if days["p90"] is None else f"{days['p90']:g}",
         )
     out.print(table)
+
+
+# --- funnel --by ----------------------------------------------------------------------------
+
+
+def attribution(report: Any, by: str, format: str) -> None:
+    """`funnel --by`: conversion from mql on, by lead source, first or last touch, touches."""
+    from lifecycle.cohorts import GROUPS
+    from streams.cli import _fail
+
+    if by not in GROUPS:
+        raise _fail(f"--by is one of {', '.join(GROUPS)}")
+    key = {
+        "source": "conversion_by_source",
+        "first_touch": "conversion_by_first_touch",
+        "last_touch": "conversion_by_last_touch",
+        "touches": "conversion_by_touches",
+    }[by]
+    groups = report.to_dict()[key]
+    if format == "json":
+        out.print_json(data={"by": by, "conversion": groups})
+        return
+    table = Table(title=f"conversion by {by.replace('_', ' ')}, from those who entered each stage")
+    table.add_column(by)
+    steps = ("mql->sql", "sql->opportunity", "opportunity->customer", "mql->customer")
+    for step in steps:
+        table.add_column(step, justify="right")
+    for name, row in groups.items():
+        cells = []
+        for step in steps:
+            entry = row[step]
+            rate = entry["rate"]
+            cells.append("–" if rate is None else f"{rate:.1%} ({entry['to']}/{entry['from']})")
+        table.add_row(name, *cells)
+    out.print(table)

@@ -3,12 +3,16 @@ change and the number of marketing touches by then; funnels by each."""
 
 from __future__ import annotations
 
+import json
+
 import orjson
+from typer.testing import CliRunner
 
 from events.outbound import HistoryRecord, StageChanged
 from lifecycle.funnel import funnel, touch_bucket
 from lifecycle.replay import fold
 from lifecycle.state import PersonState
+from streams.cli import app
 from tests.fixtures.core import T0, days, fit_profile
 
 
@@ -119,3 +123,21 @@ def test_touch_buckets():
         "11+",
         "11+",
     ]
+
+
+def test_funnel_by_last_touch_on_the_command_line(tmp_path, make_event):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(
+        b"".join(orjson.dumps(e.model_dump(mode="json")) + b"\n" for e in _journey(make_event))
+    )
+
+    result = CliRunner().invoke(
+        app, ["funnel", "-e", str(path), "--by", "last_touch", "--format", "json"]
+    )
+
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["by"] == "last_touch"
+    assert data["conversion"]["referral"]["mql->sql"] == {"from": 1, "to": 1, "rate": 1.0}
+    bad = CliRunner().invoke(app, ["funnel", "-e", str(path), "--by", "zodiac"])
+    assert bad.exit_code == 2 and "--by is one of" in bad.stderr
