@@ -255,7 +255,7 @@ def funnel_command(
     rules = _policy(policy, preset)
     if cohort is not None:
         commands_analytics.cohort_funnel(
-            events, broker, topic_prefix, rules, cohort or "month", by, format, strict
+            events, broker, topic_prefix, rules, cohort, by, format, strict
         )
         return
     reader = _Reader(strict)

@@ -150,4 +150,4 @@ def test_golden_monthly_cohorts_of_the_demo_stream():
     events = [Event.model_validate(e) for e in synthetic_events(1_000, 10_000, seed=11)]
     changes = [c for d in replay(events, preset("default")) if not d.duplicate for c in d.changes]
 
-    _golden("cohorts-default-month.json", cohorts(changes, "month", by="source").to_dict())
+    _golden("cohorts-default-month.json", cohorts(changes, "month").to_dict())
