@@ -4,12 +4,15 @@ the ones the offline commands compute from the same history topic."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import orjson
 import pytest
+from typer.testing import CliRunner
 
 from lifecycle.policy import load_preset
+from streams.cli import app
 from streams.contracts import CalibrationReport, CohortsReport
 from streams.demo import synthetic_events
 from streams.export import read_history_topic
@@ -62,6 +65,15 @@ async def test_reports_match_the_offline_computation_on_the_same_history(workers
     CohortsReport.model_validate(cohorts)
     assert cohorts == _plain(cohorts_view(records, policy, "week", "source"))
     assert cohorts["as_reported"]["rows"] == cohorts["restated"]["rows"]  # one policy all along
+
+    # The command line reads the same history topic and prints the same numbers.
+    prefix = w.names.events.removesuffix(".leadflow.events")
+    args = ["calibrate", "--broker", w.broker.url, "--topic-prefix", prefix, "--format", "json"]
+    result = await asyncio.to_thread(CliRunner().invoke, app, args)
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed.pop("out") is None
+    assert printed == {k: v for k, v in calibration.items() if k != "proposed_yaml"}
 
 
 async def test_reports_refuse_bad_parameters_with_422(workers):
