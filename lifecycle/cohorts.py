@@ -6,7 +6,8 @@ cohort: how many went on to the next stage and to customer (with 95 % Wilson int
 and how long they stayed in the stage (p50 / p90 days, over those who left it).
 
 The same function gives both views auditors argue about: fed the changes recorded in
-history it is *as reported* (each decision under the policy version that was live); fed a
+history it is *as reported* (each decision under the policy version that was live; each row
+counts its persons by the version that moved them in); fed a
 replay of the same events under one policy it is *restated*.
 """
 
@@ -58,6 +59,7 @@ class _Cell:
     to_customer: int = 0
     days: list[float] = field(default_factory=list)
     still_in: int = 0
+    versions: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(slots=True)
@@ -106,11 +108,15 @@ def cohorts(changes: Iterable[Any], period: str = "month", by: str | None = None
     period_of(datetime(2000, 1, 1), period)  # validates the period name
     view = Funnel()
     versions: Counter[str] = Counter()
+    #: The policy version of the change by which a person first reached a stage.
+    entered_under: dict[tuple[str, str], str] = {}
     for change in changes:
         view.add(change)
         versions[change.policy_version] += 1
+        for stage in (*change.passed_through, change.to_stage):
+            entered_under.setdefault((change.person_id, stage), change.policy_version)
     cells: dict[tuple[str, str, str], _Cell] = defaultdict(_Cell)
-    for person in view.persons.values():
+    for person_id, person in view.persons.items():
         group = _group(person, by)
         for stage in COHORT_STAGES:
             at = person.first_reached.get(stage)
@@ -121,6 +127,7 @@ def cohorts(changes: Iterable[Any], period: str = "month", by: str | None = None
                 cell.sales_sourced += 1
                 continue
             cell.entered += 1
+            cell.versions[entered_under[(person_id, stage)]] += 1
             following = FORWARD[FORWARD.index(stage) + 1]
             cell.to_next += following in person.first_reached
             cell.to_customer += "customer" in person.first_reached
@@ -141,6 +148,7 @@ def cohorts(changes: Iterable[Any], period: str = "month", by: str | None = None
                 "stage": stage,
                 "entered": cell.entered,
                 "sales_sourced": cell.sales_sourced,
+                "entered_under": dict(cell.versions),
                 "next_stage": following,
                 "to_next": Rate(cell.to_next, cell.entered).to_dict(),
                 "to_customer": Rate(cell.to_customer, cell.entered).to_dict(),

@@ -59,8 +59,9 @@ def is_sales_change(change: Any) -> bool:
 @dataclass(slots=True)
 class _Person:
     first_reached: dict[str, datetime] = field(default_factory=dict)
-    #: Stages first reached only by passing through them on a sales event.
-    sales_sourced: set[str] = field(default_factory=set)
+    #: Stages first reached only by passing through them on a sales event (a tuple: rare,
+    #: and the live view holds one record per person).
+    sales_sourced: tuple[str, ...] = ()
     current: str | None = None
     last: tuple[int, str] = (0, "")  # (sequence, change_id) of the change setting `current`
     highest_rank: int = -1
@@ -143,7 +144,7 @@ class Funnel:
             if stage not in reached:
                 reached[stage] = change.occurred_at
                 if skipped_by_sales:
-                    person.sales_sourced.add(stage)
+                    person.sales_sourced += (stage,)
             person.highest_rank = max(person.highest_rank, _RANK.get(stage, -1))
         reached.setdefault(change.to_stage, change.occurred_at)
         person.highest_rank = max(person.highest_rank, _RANK.get(change.to_stage, -1))

@@ -154,6 +154,7 @@ class CohortRow(_Response):
     stage: str
     entered: int
     sales_sourced: int
+    entered_under: dict[str, int]
     next_stage: str
     to_next: RateView
     to_customer: RateView

@@ -151,3 +151,17 @@ def test_golden_monthly_cohorts_of_the_demo_stream():
     changes = [c for d in replay(events, preset("default")) if not d.duplicate for c in d.changes]
 
     _golden("cohorts-default-month.json", cohorts(changes, "month").to_dict())
+
+
+def test_as_reported_rows_count_persons_by_the_policy_version_that_moved_them_in(make_event, run):
+    """A policy switch mid-month: the row shows how many entered under each version."""
+    before = run([make_event("demo_requested", person_id="a", at=T0, profile=fit_profile())])
+    after = run(
+        [make_event("demo_requested", person_id="b", at=days(10), profile=fit_profile())], "seed"
+    )
+
+    report = cohorts([*before.changes, *after.changes])
+
+    row = _row(report, "2026-01", "mql")
+    assert row["entered"] == 2
+    assert row["entered_under"] == {preset("default").version: 1, preset("seed").version: 1}
