@@ -27,6 +27,14 @@ from lifecycle.temperature import temperature
 
 _ERASED = EventType.PERSON_ERASED.value
 
+#: Events that are not a marketing touch even when they carry a source (attribution).
+_NOT_TOUCHES = SALES_TYPES | {
+    EventType.INACTIVITY_TIMEOUT.value,
+    EventType.PERSON_ERASED.value,
+    EventType.PROFILE_UPDATED.value,
+    EventType.UNSUBSCRIBED.value,
+}
+
 _SALES_RULES = {
     "accept": ("sales.accepted", "sales accepted the lead"),
     "reject": ("sales.rejected", "sales rejected the lead"),
@@ -81,6 +89,9 @@ def decide(state: PersonState | None, event: Event, policy: Policy) -> Decision:
             score_at = now
 
     first_touch = state.first_touch_source or event.source
+    touches, last_touch = state.touches, state.last_touch_source
+    if event.source is not None and event_type not in _NOT_TOUCHES:
+        touches, last_touch = touches + 1, event.source
     trigger = compiled.triggers.get(event_type)
     note: Reason | None = None
     erased = False
@@ -88,6 +99,7 @@ def decide(state: PersonState | None, event: Event, policy: Policy) -> Decision:
     lead_source = state.lead_source
     if timed_out or scored or (trigger is not None and (stage, trigger) in TABLE):
         deciding = _Deciding(state, event, policy, score, first_touch)
+        deciding.touches, deciding.last_touch = touches, last_touch
         if timed_out:
             deciding.time_out(last)  # type: ignore[arg-type]
         if trigger is not None:
@@ -120,6 +132,8 @@ def decide(state: PersonState | None, event: Event, policy: Policy) -> Decision:
         first_touch,
         lead_source,
         erased,
+        last_touch_source=last_touch,
+        touches=touches,
     )
 
 
@@ -144,6 +158,7 @@ class _Deciding:
         "changes",
         "event",
         "first_touch",
+        "last_touch",
         "lead_source",
         "policy",
         "profile",
@@ -152,6 +167,7 @@ class _Deciding:
         "sequence",
         "stage",
         "state",
+        "touches",
     )
 
     def __init__(
@@ -173,6 +189,9 @@ class _Deciding:
         self.score = score
         self.profile: dict[str, Any] | None = None
         self.refusal: str | None = None
+        # Attribution up to and including this event (decide() sets both).
+        self.touches = state.touches
+        self.last_touch = state.last_touch_source
 
     def time_out(self, last: datetime) -> None:
         """Recycle as of the end of the inactivity window (the caller checked it elapsed)."""
@@ -182,7 +201,7 @@ class _Deciding:
             return
         days = f"{self.policy.inactivity_days:g}"
         text = f"no activity for {days} days since {last:%Y-%m-%d}; {self.stage} times out"
-        self._append(move.dest, deadline, Reason("inactivity", text))
+        self._append(move.dest, deadline, Reason("inactivity", text), before_event=True)
 
     def trigger(self, trigger: str) -> Reason | None:
         event = self.event
@@ -229,8 +248,13 @@ class _Deciding:
         self._append(move.dest, self.event.occurred_at, Reason(rule, "; ".join([why, *sentences])))
         return None
 
-    def _append(self, dest: str, at: datetime, reason: Reason) -> None:
+    def _append(
+        self, dest: str, at: datetime, reason: Reason, *, before_event: bool = False
+    ) -> None:
+        """Record a move. `before_event`: it happened before this event (a time-out), so
+        the event's own touch is not yet part of its attribution."""
         state, event = self.state, self.event
+        touched = (state.last_touch_source, state.touches) if before_event else None
         skipped = passed_through(self.stage, dest)
         if dest == "mql" or "mql" in skipped:
             if event.type in SALES_TYPES:
@@ -253,6 +277,7 @@ class _Deciding:
                 self.first_touch,
                 temperature(self.policy, self.lead_source or event.source),
                 self.policy.version,
+                *(touched or (self.last_touch, self.touches)),
             )
         )
         self.stage = dest

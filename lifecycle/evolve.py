@@ -28,6 +28,8 @@ class Applied(Protocol):
     first_touch_source: str | None
     lead_source: str | None
     erased: bool
+    last_touch_source: str | None
+    touches: int
 
 
 def evolve(state: PersonState | None, decision: Applied) -> PersonState:
@@ -66,6 +68,8 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
     state.score_at = decision.score_at
     state.first_touch_source = decision.first_touch_source
     state.lead_source = decision.lead_source
+    state.last_touch_source = decision.last_touch_source
+    state.touches = decision.touches
     event = decision.event
     if decision.erased:
         state.profile = {}

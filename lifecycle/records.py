@@ -43,6 +43,8 @@ class StageChange:
     first_touch_source: str | None
     temperature: str | None
     policy_version: str
+    last_touch_source: str | None = None
+    touches: int = 0
     id: str = ""
     source: str = CLOUDEVENTS_SOURCE
     type: str = STAGE_CHANGED_TYPE
@@ -76,6 +78,8 @@ class StageChange:
             change.first_touch_source,
             change.temperature,
             change.policy_version,
+            getattr(change, "last_touch_source", None),
+            getattr(change, "touches", 0),
         )
 
     @property
@@ -121,6 +125,8 @@ class Decision:
     lead_source: str | None = None
     erased: bool = False
     duplicate: bool = False
+    last_touch_source: str | None = None
+    touches: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         """The history record as plain data for orjson (the `HistoryRecord` shape)."""
@@ -139,4 +145,6 @@ class Decision:
             "first_touch_source": self.first_touch_source,
             "lead_source": self.lead_source,
             "erased": self.erased,
+            "last_touch_source": self.last_touch_source,
+            "touches": self.touches,
         }

@@ -34,6 +34,8 @@ class PersonState:
     recent: dict[str, tuple[int, tuple[StageChange, ...]]] = field(default_factory=dict)
     last_reason: Reason | None = None
     erased: bool = False
+    last_touch_source: str | None = None
+    touches: int = 0
 
     @property
     def current_stage(self) -> str | None:
@@ -57,6 +59,8 @@ class PersonState:
             dict(self.recent),
             self.last_reason,
             self.erased,
+            self.last_touch_source,
+            self.touches,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -77,6 +81,8 @@ class PersonState:
             "recent": {k: [seq, list(changes)] for k, (seq, changes) in self.recent.items()},
             "last_reason": self.last_reason,
             "erased": self.erased,
+            "last_touch_source": self.last_touch_source,
+            "touches": self.touches,
         }
 
     @classmethod
@@ -101,6 +107,8 @@ class PersonState:
                 raw["first_touch_source"],
                 raw["temperature"],
                 raw["policy_version"],
+                raw.get("last_touch_source"),
+                raw.get("touches", 0),
             )
 
         reason = data.get("last_reason")
@@ -123,4 +131,6 @@ class PersonState:
             },
             last_reason=None if reason is None else Reason(**reason),
             erased=data.get("erased", False),
+            last_touch_source=data.get("last_touch_source"),
+            touches=data.get("touches", 0),
         )
