@@ -87,9 +87,21 @@ class _Reader:
     def __init__(self, strict: bool) -> None:
         self.stats = ReadStats()
         self.strict = strict
+        self.conflicts = 0
 
     def report(self, error: BadLine) -> None:
         err.print(str(error), highlight=False, markup=False)
+
+    def check(self, decision: Any) -> Any:
+        """Report an event id reused with other content (the worker dead-letters it)."""
+        if decision.conflict is not None:
+            self.conflicts += 1
+            err.print(
+                f"conflict: person {decision.person_id}: {decision.conflict}; not applied",
+                highlight=False,
+                markup=False,
+            )
+        return decision
 
     def events(self, path: Path | None, broker: str | None, prefix: str) -> Iterator[Event]:
         if broker:
@@ -125,6 +137,8 @@ class _Reader:
     def summary(self) -> None:
         if self.stats.bad:
             err.print(f"{self.stats.bad} bad line(s) skipped of {self.stats.lines}")
+        if self.conflicts:
+            err.print(f"{self.conflicts} event(s) reusing an event id with other content skipped")
 
 
 def _history_from_broker(broker: str, prefix: str) -> list[Any]:
@@ -186,7 +200,7 @@ def replay(
                 continue
             if cutoff is not None and event.occurred_at > cutoff:
                 continue
-            decision = replayer.apply(event)
+            decision = reader.check(replayer.apply(event))
             if not state:
                 yield from decision.changes
 
@@ -246,7 +260,7 @@ def funnel_command(
     reader = _Reader(strict)
     changes = [
         c
-        for d in run(reader.events(events, broker, topic_prefix), rules)
+        for d in map(reader.check, run(reader.events(events, broker, topic_prefix), rules))
         if not d.duplicate
         for c in d.changes
     ]
