@@ -54,6 +54,7 @@ class RecoveryReport:
     behind: int = 0
     ahead: int = 0
     gaps: int = 0  # history records whose sequence does not follow the previous one
+    seen: int = 0  # history records the dedup store was rebuilt from
     seconds: float = 0.0
     rebuilt_persons: list[str] = field(default_factory=list, repr=False)
 
@@ -66,7 +67,8 @@ class RecoveryReport:
             f"partitions {list(self.partitions)}: {self.records} history records, "
             f"{self.persons} persons; table consistent for {self.consistent}, rebuilt "
             f"{self.rebuilt} (missing {self.missing}, behind {self.behind}, ahead {self.ahead})"
-            f"{f'; {self.gaps} sequence gaps in history' if self.gaps else ''} "
+            f"{f'; {self.gaps} sequence gaps in history' if self.gaps else ''}; "
+            f"dedup store rebuilt from {self.seen} records "
             f"in {self.seconds:.2f}s"
         )
 
@@ -110,7 +112,7 @@ async def reconcile(
         report.records += 1
     report.persons = len(last)
     seen.flush()
-
+    report.seen = report.records
     persons: dict[int, dict[str, datetime | None]] = {p: {} for p in partitions}
     stand_ins = {p: partition_event(lifecycle.app, lifecycle.names.events, p) for p in partitions}
     stale: set[bytes] = set()
