@@ -269,3 +269,34 @@ async def test_reused_event_id_with_other_content_lands_in_dead_letters_with_the
     assert [c.change_id for c in changes].count("ada:1:0") == 2  # first time, and `same`
     status, body = worker.request("/people/ada")
     assert status == 200 and body["sequence"] == 8
+
+
+async def test_redeliveries_after_partitions_move_to_another_worker_change_nothing(broker, workers):
+    """The worker that takes over a partition rebuilds its dedup store from history."""
+    first, second = await workers(2)
+    names = first.names
+    plain = list(synthetic_events(40, 1_200, seed=13))
+    half = len(plain) // 2
+    await publish(broker.bootstrap, names.events, [keyed(e) for e in plain[:half]])
+
+    async def first_half_applied() -> bool:
+        return len(await topic(broker.bootstrap, names.history)) >= half
+
+    await wait_for(first_half_applied, 120, "the first half in history")
+    first.kill()
+
+    async def second_owns_all() -> bool:
+        return sorted(await second.owned()) == [0, 1, 2, 3]
+
+    await wait_for(second_owns_all, 90, "the second worker to own every partition")
+    rest = [*plain[:half], *plain[half:]]  # the first half again, then the new events
+    stream = [*plain[:half], *rest]
+    without, _ = offline(plain)
+    _, decisions = offline(stream)
+    emitted = sum(len(d.changes) for d in decisions)
+
+    await publish(broker.bootstrap, names.events, [keyed(e) for e in rest])
+    history, changes = await settled(broker.bootstrap, names, len(plain), emitted, exact=False)
+
+    assert fold(history) == without.states
+    assert_live_equals_replay(history, changes, decisions, exact=False)
