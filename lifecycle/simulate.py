@@ -29,6 +29,7 @@ class Simulation:
     funnel_a: FunnelReport
     funnel_b: FunnelReport
     differing: list[Outcome]
+    conflicts: int = 0  # events reusing an applied event id with other content (not applied)
 
     def to_dict(self, limit: int | None = 100) -> dict[str, Any]:
         shown = self.differing if limit is None else self.differing[:limit]
@@ -39,6 +40,7 @@ class Simulation:
             "funnel_a": self.funnel_a.to_dict(),
             "funnel_b": self.funnel_b.to_dict(),
             "persons_differing": len(self.differing),
+            "conflicts": self.conflicts,
             "differing": [
                 {
                     "person_id": o.person_id,
@@ -56,10 +58,12 @@ def simulate(events: Iterable[Event], policy_a: Policy, policy_b: Policy) -> Sim
     """Replay `events` once, feeding both policies, and compare per-person outcomes."""
     a, b = Replayer(policy_a), Replayer(policy_b)
     changes_a, changes_b = [], []
-    count = 0
+    count = conflicts = 0
     for event in events:
         count += 1
         decided_a, decided_b = a.apply(event), b.apply(event)
+        if decided_a.conflict is not None:
+            conflicts += 1
         if not decided_a.duplicate:
             changes_a.extend(decided_a.changes)
         if not decided_b.duplicate:
@@ -74,5 +78,11 @@ def simulate(events: Iterable[Event], policy_a: Policy, policy_b: Policy) -> Sim
         if (stage_a, highest_a) != (stage_b, highest_b):
             differing.append(Outcome(person_id, stage_a, stage_b, highest_a, highest_b))
     return Simulation(
-        policy_a.version, policy_b.version, count, funnel(changes_a), funnel(changes_b), differing
+        policy_a.version,
+        policy_b.version,
+        count,
+        funnel(changes_a),
+        funnel(changes_b),
+        differing,
+        conflicts,
     )

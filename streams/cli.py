@@ -307,6 +307,8 @@ def simulate(
         rb = result.funnel_b.conversion[step]["rate"]
         out.print(f"{step}: {ra} → {rb}")
     shown = result.differing[:limit]
+    if result.conflicts:
+        err.print(f"{result.conflicts} event(s) reusing an event id with other content skipped")
     out.print(f"{len(result.differing)} persons end differently; first {len(shown)}:")
     for o in shown:
         a_side = f"{o.stage_a} (highest {o.highest_a})"

@@ -269,3 +269,39 @@ def test_old_redeliveries_do_not_change_the_final_state(make_event, run, distanc
     rest = [make_event("intent_signal") for _ in range(distance)]
 
     assert run([first, *rest, first]).states == run([first, *rest]).states
+
+
+def test_simulate_counts_conflicts_and_applies_redeliveries_once(make_event):
+    from lifecycle.simulate import simulate
+
+    first = make_event("demo_requested", profile=fit_profile())
+    views = [make_event("page_viewed") for _ in range(30)]
+    reused = make_event("deal_won", event_id=first.event_id, source="crm")
+
+    result = simulate([first, *views, first, reused], preset("default"), preset("seed"))
+
+    assert result.conflicts == 1
+    assert (
+        result.funnel_a.to_dict()
+        == simulate([first, *views], preset("default"), preset("seed")).funnel_a.to_dict()
+    )
+
+
+def test_shadow_re_emits_its_own_first_changes_and_skips_conflicts(make_event):
+    from streams.shadow import Shadow
+
+    shadow = Shadow(preset("seed"), "shadow-topic")
+    first = make_event("content_download")  # a lead under seed, nothing under default
+    live = Replayer(preset("default"))
+    emitted = shadow.apply(first, live.apply(first))
+    assert [c.to_stage for c in emitted] == ["lead"]
+    for _ in range(20):
+        view = make_event("page_viewed")
+        shadow.apply(view, live.apply(view))
+
+    assert shadow.apply(first, live.apply(first)) == emitted
+    reused = make_event("demo_requested", event_id=first.event_id)
+    conflict = live.apply(reused)
+    assert conflict.conflict is not None
+    assert shadow.apply(reused, conflict) == ()
+    assert shadow.states["p1"].sequence == 21
