@@ -233,8 +233,8 @@ class Lifecycle:
                     state = self._state(person, partition)
                 finally:
                     _current_event.reset(token)
-                started = perf()
                 previous = seen.get(partition, person, event.event_id)
+                started = perf()
                 decision = decide(state, event, policy, previous)
                 observe(perf() - started)
                 if decision.conflict is not None:

@@ -14,7 +14,7 @@ sequence with the table's:
 
 The same pass rebuilds the partitions' dedup stores (`streams.dedup_store`): dropped, then
 one entry per history record, its digest computed from the record's event as read
-(`lifecycle.dedup.fingerprint` of the JSON, no validation: ~3 µs per record).
+(`lifecycle.dedup.fingerprint` of the JSON, no validation: ~3.5 µs of CPU per record).
 
 History partition p holds exactly the persons of events partition p, because the agent
 writes every output to its input's partition number.
@@ -113,6 +113,7 @@ async def reconcile(
     report.persons = len(last)
     seen.flush()
     report.seen = report.records
+
     persons: dict[int, dict[str, datetime | None]] = {p: {} for p in partitions}
     stand_ins = {p: partition_event(lifecycle.app, lifecycle.names.events, p) for p in partitions}
     stale: set[bytes] = set()
