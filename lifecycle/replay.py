@@ -43,7 +43,7 @@ class Replayer:
 
     The same steps as the live worker (`streams.agent`): look up what was seen of the event
     id, decide, and for an applied decision evolve the state and remember the id. `seen`
-    costs ~130 bytes per applied event (`lifecycle.dedup.SeenIndex`).
+    costs ~145 bytes per applied event (`lifecycle.dedup.SeenIndex`).
     """
 
     __slots__ = ("policy", "seen", "states")
