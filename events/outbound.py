@@ -105,7 +105,12 @@ class HistoryRecord(BaseModel):
 
 
 class DeadLetter(BaseModel):
-    """Anything rejected, with enough to find and replay it: raw bytes and where they came from."""
+    """Anything rejected, with enough to find and replay it: raw bytes and where they came from.
+
+    `error` is one line: why the message is not a valid event, or, for a valid one whose
+    `event_id` the person already applied with other content, "event_id e1 reused with
+    different content; first seen at history sequence 7".
+    """
 
     model_config = ConfigDict(frozen=True)
 

@@ -1,7 +1,9 @@
 """decide(): every business rule, applied to one event for one person. Pure and deterministic.
 
 Order of the rules for one event:
-1. a redelivered event id changes nothing and returns what it produced the first time;
+1. an event id the person already applied changes nothing: a redelivery returns what it
+   produced the first time, the same id with other content is a conflict (`lifecycle.dedup`;
+   the runtime looks up what it saw of the id and passes it as `seen`);
 2. the current stage's SLA, if the event arrives after it was due, is recorded as breached;
 3. if the event arrives after the inactivity window, the person is first recycled as of the
    window's end (time comes only from `occurred_at`, never from a clock);
@@ -17,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from events.inbound import KNOWN_TYPES, SALES_TYPES, Event, EventType
+from lifecycle.dedup import Seen, repeated
 from lifecycle.guards import GuardInput, check
 from lifecycle.machine import TABLE
 from lifecycle.policy import Policy
@@ -44,8 +47,13 @@ _SALES_RULES = {
 }
 
 
-def decide(state: PersonState | None, event: Event, policy: Policy) -> Decision:
+def decide(
+    state: PersonState | None, event: Event, policy: Policy, seen: Seen | None = None
+) -> Decision:
     """What `event` does to the person in `state` under `policy`. Never mutates `state`.
+
+    `seen` is what the runtime's dedup store holds for (person, event id): None for an id
+    the person never applied.
 
     Most events move no one (page views, clicks); they take the short path through this
     function. Anything that may move the person goes through `_Deciding`.
@@ -53,10 +61,8 @@ def decide(state: PersonState | None, event: Event, policy: Policy) -> Decision:
     if state is None:
         state = PersonState(event.person_id)
     compiled = policy.compiled
-    seen = state.recent.get(event.event_id)
     if seen is not None:
-        sequence, changes = seen
-        return Decision(state.person_id, sequence, compiled.version, event, changes, duplicate=True)
+        return repeated(state.person_id, compiled.version, event, seen)
 
     now = event.occurred_at
     event_type = event.type

@@ -32,6 +32,7 @@ class Simulation:
     #: Persons who entered mql by each policy's decision, with their lead source.
     mqls_a: dict[str, str] = field(default_factory=dict)
     mqls_b: dict[str, str] = field(default_factory=dict)
+    conflicts: int = 0  # events reusing an applied event id with other content (not applied)
 
     def to_dict(self, limit: int | None = 100) -> dict[str, Any]:
         shown = self.differing if limit is None else self.differing[:limit]
@@ -42,6 +43,7 @@ class Simulation:
             "funnel_a": self.funnel_a.to_dict(),
             "funnel_b": self.funnel_b.to_dict(),
             "persons_differing": len(self.differing),
+            "conflicts": self.conflicts,
             "differing": [
                 {
                     "person_id": o.person_id,
@@ -59,10 +61,12 @@ def simulate(events: Iterable[Event], policy_a: Policy, policy_b: Policy) -> Sim
     """Replay `events` once, feeding both policies, and compare per-person outcomes."""
     a, b = Replayer(policy_a), Replayer(policy_b)
     funnel_a, funnel_b = Funnel(), Funnel()
-    count = 0
+    count = conflicts = 0
     for event in events:
         count += 1
         decided_a, decided_b = a.apply(event), b.apply(event)
+        if decided_a.conflict is not None:
+            conflicts += 1
         if not decided_a.duplicate:
             for change in decided_a.changes:
                 funnel_a.add(change)
@@ -87,4 +91,5 @@ def simulate(events: Iterable[Event], policy_a: Policy, policy_b: Policy) -> Sim
         differing,
         funnel_a.mqls(),
         funnel_b.mqls(),
+        conflicts,
     )

@@ -92,9 +92,21 @@ class _Reader:
         self.stats = ReadStats()
         self.strict = strict
         self.mapping = mapping
+        self.conflicts = 0
 
     def report(self, error: BadLine) -> None:
         err.print(str(error), highlight=False, markup=False)
+
+    def check(self, decision: Any) -> Any:
+        """Report an event id reused with other content (the worker dead-letters it)."""
+        if decision.conflict is not None:
+            self.conflicts += 1
+            err.print(
+                f"conflict: person {decision.person_id}: {decision.conflict}; not applied",
+                highlight=False,
+                markup=False,
+            )
+        return decision
 
     def events(self, path: Path | None, broker: str | None, prefix: str) -> Iterator[Event]:
         if broker and self.mapping:
@@ -149,6 +161,8 @@ class _Reader:
     def summary(self) -> None:
         if self.stats.bad:
             err.print(f"{self.stats.bad} bad line(s) skipped of {self.stats.lines}")
+        if self.conflicts:
+            err.print(f"{self.conflicts} event(s) reusing an event id with other content skipped")
 
 
 def _history_from_broker(broker: str, prefix: str) -> list[Any]:
@@ -211,7 +225,7 @@ def replay(
                 continue
             if cutoff is not None and event.occurred_at > cutoff:
                 continue
-            decision = replayer.apply(event)
+            decision = reader.check(replayer.apply(event))
             if not state:
                 yield from decision.changes
 
@@ -287,7 +301,7 @@ def funnel_command(
     reader = _Reader(strict, mapping)
     changes = [
         c
-        for d in run(reader.events(events, broker, topic_prefix), rules)
+        for d in map(reader.check, run(reader.events(events, broker, topic_prefix), rules))
         if not d.duplicate
         for c in d.changes
     ]
@@ -348,6 +362,8 @@ def simulate(
             highlight=False,
         )
     shown = result.differing[:limit]
+    if result.conflicts:
+        err.print(f"{result.conflicts} event(s) reusing an event id with other content skipped")
     out.print(f"{len(result.differing)} persons end differently; first {len(shown)}:")
     for o in shown:
         a_side = f"{o.stage_a} (highest {o.highest_a})"
