@@ -138,12 +138,12 @@ def baseline_fold(events: Iterable[Event], p: Policy) -> tuple[dict[str, dict], 
                 "score": 0.0,
                 "score_at": None,
                 "profile": {},
-                "recent": {},
+                "seen": {},
                 "lead_source": None,
                 "first": None,
                 "seq": 0,
             }
-        if e.event_id in s["recent"]:
+        if e.event_id in s["seen"]:  # exact dedup by id (no content check)
             continue
         now, t, stage = e.occurred_at, e.type, s["stage"]
         if e.profile is not None:
@@ -202,10 +202,7 @@ def baseline_fold(events: Iterable[Event], p: Policy) -> tuple[dict[str, dict], 
             s["lead_source"] = e.source or s["lead_source"]
         s["seq"] += 1
         s["stage"] = stage
-        recent = s["recent"]
-        recent[e.event_id] = s["seq"]
-        if len(recent) > 16:
-            del recent[next(iter(recent))]
+        s["seen"][e.event_id] = s["seq"]
         moves.update(changes)
     return states, moves
 

@@ -117,7 +117,12 @@ class Profile(BaseModel):
 
 
 class Event(BaseModel):
-    """The inbound envelope, discriminated by `type`; `event_id` is the idempotency key."""
+    """The inbound envelope, discriminated by `type`; `event_id` is the idempotency key.
+
+    Per person and forever: the same `event_id` again with the same content (the validated
+    fields; key order, ignored fields and the offset of the same instant do not count) is a
+    redelivery and changes nothing; with other content it is a conflict and is dead-lettered.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 

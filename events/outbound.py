@@ -51,6 +51,10 @@ class StageChanged(BaseModel):
     first_touch_source: str | None = None
     temperature: Literal["hot", "warm", "cold"] | None = None
     policy_version: str
+    last_touch_source: str | None = Field(
+        default=None, description="source of the last marketing touch up to this change"
+    )
+    touches: int = Field(default=0, ge=0, description="marketing touches up to this change")
     # CloudEvents 1.0 attributes
     id: str
     source: str = CLOUDEVENTS_SOURCE
@@ -96,10 +100,17 @@ class HistoryRecord(BaseModel):
     first_touch_source: str | None = None
     lead_source: str | None = None
     erased: bool = False
+    last_touch_source: str | None = None
+    touches: int = Field(default=0, ge=0, description="marketing touches so far")
 
 
 class DeadLetter(BaseModel):
-    """Anything rejected, with enough to find and replay it: raw bytes and where they came from."""
+    """Anything rejected, with enough to find and replay it: raw bytes and where they came from.
+
+    `error` is one line: why the message is not a valid event, or, for a valid one whose
+    `event_id` the person already applied with other content, "event_id e1 reused with
+    different content; first seen at history sequence 7".
+    """
 
     model_config = ConfigDict(frozen=True)
 

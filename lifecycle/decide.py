@@ -1,7 +1,9 @@
 """decide(): every business rule, applied to one event for one person. Pure and deterministic.
 
 Order of the rules for one event:
-1. a redelivered event id changes nothing and returns what it produced the first time;
+1. an event id the person already applied changes nothing: a redelivery returns what it
+   produced the first time, the same id with other content is a conflict (`lifecycle.dedup`;
+   the runtime looks up what it saw of the id and passes it as `seen`);
 2. the current stage's SLA, if the event arrives after it was due, is recorded as breached;
 3. if the event arrives after the inactivity window, the person is first recycled as of the
    window's end (time comes only from `occurred_at`, never from a clock);
@@ -17,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from events.inbound import KNOWN_TYPES, SALES_TYPES, Event, EventType
+from lifecycle.dedup import Seen, repeated
 from lifecycle.guards import GuardInput, check
 from lifecycle.machine import TABLE
 from lifecycle.policy import Policy
@@ -27,6 +30,14 @@ from lifecycle.temperature import temperature
 
 _ERASED = EventType.PERSON_ERASED.value
 
+#: Events that are not a marketing touch even when they carry a source (attribution).
+_NOT_TOUCHES = SALES_TYPES | {
+    EventType.INACTIVITY_TIMEOUT.value,
+    EventType.PERSON_ERASED.value,
+    EventType.PROFILE_UPDATED.value,
+    EventType.UNSUBSCRIBED.value,
+}
+
 _SALES_RULES = {
     "accept": ("sales.accepted", "sales accepted the lead"),
     "reject": ("sales.rejected", "sales rejected the lead"),
@@ -36,8 +47,13 @@ _SALES_RULES = {
 }
 
 
-def decide(state: PersonState | None, event: Event, policy: Policy) -> Decision:
+def decide(
+    state: PersonState | None, event: Event, policy: Policy, seen: Seen | None = None
+) -> Decision:
     """What `event` does to the person in `state` under `policy`. Never mutates `state`.
+
+    `seen` is what the runtime's dedup store holds for (person, event id): None for an id
+    the person never applied.
 
     Most events move no one (page views, clicks); they take the short path through this
     function. Anything that may move the person goes through `_Deciding`.
@@ -45,10 +61,8 @@ def decide(state: PersonState | None, event: Event, policy: Policy) -> Decision:
     if state is None:
         state = PersonState(event.person_id)
     compiled = policy.compiled
-    seen = state.recent.get(event.event_id)
     if seen is not None:
-        sequence, changes = seen
-        return Decision(state.person_id, sequence, compiled.version, event, changes, duplicate=True)
+        return repeated(state.person_id, compiled.version, event, seen)
 
     now = event.occurred_at
     event_type = event.type
@@ -81,6 +95,9 @@ def decide(state: PersonState | None, event: Event, policy: Policy) -> Decision:
             score_at = now
 
     first_touch = state.first_touch_source or event.source
+    touches, last_touch = state.touches, state.last_touch_source
+    if event.source is not None and event_type not in _NOT_TOUCHES:
+        touches, last_touch = touches + 1, event.source
     trigger = compiled.triggers.get(event_type)
     note: Reason | None = None
     erased = False
@@ -88,6 +105,7 @@ def decide(state: PersonState | None, event: Event, policy: Policy) -> Decision:
     lead_source = state.lead_source
     if timed_out or scored or (trigger is not None and (stage, trigger) in TABLE):
         deciding = _Deciding(state, event, policy, score, first_touch)
+        deciding.touches, deciding.last_touch = touches, last_touch
         if timed_out:
             deciding.time_out(last)  # type: ignore[arg-type]
         if trigger is not None:
@@ -120,6 +138,8 @@ def decide(state: PersonState | None, event: Event, policy: Policy) -> Decision:
         first_touch,
         lead_source,
         erased,
+        last_touch_source=last_touch,
+        touches=touches,
     )
 
 
@@ -144,6 +164,7 @@ class _Deciding:
         "changes",
         "event",
         "first_touch",
+        "last_touch",
         "lead_source",
         "policy",
         "profile",
@@ -152,6 +173,7 @@ class _Deciding:
         "sequence",
         "stage",
         "state",
+        "touches",
     )
 
     def __init__(
@@ -173,6 +195,9 @@ class _Deciding:
         self.score = score
         self.profile: dict[str, Any] | None = None
         self.refusal: str | None = None
+        # Attribution up to and including this event (decide() sets both).
+        self.touches = state.touches
+        self.last_touch = state.last_touch_source
 
     def time_out(self, last: datetime) -> None:
         """Recycle as of the end of the inactivity window (the caller checked it elapsed)."""
@@ -182,7 +207,7 @@ class _Deciding:
             return
         days = f"{self.policy.inactivity_days:g}"
         text = f"no activity for {days} days since {last:%Y-%m-%d}; {self.stage} times out"
-        self._append(move.dest, deadline, Reason("inactivity", text))
+        self._append(move.dest, deadline, Reason("inactivity", text), before_event=True)
 
     def trigger(self, trigger: str) -> Reason | None:
         event = self.event
@@ -229,8 +254,13 @@ class _Deciding:
         self._append(move.dest, self.event.occurred_at, Reason(rule, "; ".join([why, *sentences])))
         return None
 
-    def _append(self, dest: str, at: datetime, reason: Reason) -> None:
+    def _append(
+        self, dest: str, at: datetime, reason: Reason, *, before_event: bool = False
+    ) -> None:
+        """Record a move. `before_event`: it happened before this event (a time-out), so
+        the event's own touch is not yet part of its attribution."""
         state, event = self.state, self.event
+        touched = (state.last_touch_source, state.touches) if before_event else None
         skipped = passed_through(self.stage, dest)
         if dest == "mql" or "mql" in skipped:
             if event.type in SALES_TYPES:
@@ -253,6 +283,7 @@ class _Deciding:
                 self.first_touch,
                 temperature(self.policy, self.lead_source or event.source),
                 self.policy.version,
+                *(touched or (self.last_touch, self.touches)),
             )
         )
         self.stage = dest

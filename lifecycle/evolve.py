@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from lifecycle.records import Reason, StageChange
+from lifecycle.records import Reason
 from lifecycle.stages import higher
-from lifecycle.state import DEDUP_WINDOW, PersonState
+from lifecycle.state import PersonState
 
 
 class Applied(Protocol):
@@ -28,12 +28,15 @@ class Applied(Protocol):
     first_touch_source: str | None
     lead_source: str | None
     erased: bool
+    last_touch_source: str | None
+    touches: int
 
 
 def evolve(state: PersonState | None, decision: Applied) -> PersonState:
     """The state after `decision`. Updates `state` in place and returns it (copy() to keep one).
 
     Never give it a duplicate decision (`decision.duplicate`): a duplicate changes nothing.
+    Which event ids were applied is not part of the state (see `lifecycle.dedup`).
 
     In place because the worker and every replay hold one state per person and drop the old
     one; a copy per event would double the cost of the fold for nothing.
@@ -53,12 +56,8 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
             if change.to_stage in state.sla_breached:
                 state.sla_breached = tuple(s for s in state.sla_breached if s != change.to_stage)
             state.last_reason = Reason.of(change.reason)
-        if type(changes) is not tuple or type(changes[0]) is not StageChange:
-            changes = tuple(StageChange.of(c) for c in changes)  # a history record
-    else:
-        changes = ()
-        if decision.note is not None:
-            state.last_reason = Reason.of(decision.note)
+    elif decision.note is not None:
+        state.last_reason = Reason.of(decision.note)
     if decision.sla_breaches:
         state.sla_breached += tuple(b.stage for b in decision.sla_breaches)
     state.last_activity = decision.last_activity
@@ -66,14 +65,12 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
     state.score_at = decision.score_at
     state.first_touch_source = decision.first_touch_source
     state.lead_source = decision.lead_source
+    state.last_touch_source = decision.last_touch_source
+    state.touches = decision.touches
     event = decision.event
     if decision.erased:
         state.profile = {}
         state.erased = True
     elif event.profile is not None:
         state.profile = {**state.profile, **event.profile.model_dump(exclude_none=True)}
-    recent = state.recent
-    recent[event.event_id] = (decision.sequence, changes)
-    if len(recent) > DEDUP_WINDOW:
-        del recent[next(iter(recent))]
     return state

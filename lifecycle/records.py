@@ -43,6 +43,8 @@ class StageChange:
     first_touch_source: str | None
     temperature: str | None
     policy_version: str
+    last_touch_source: str | None = None
+    touches: int = 0
     id: str = ""
     source: str = CLOUDEVENTS_SOURCE
     type: str = STAGE_CHANGED_TYPE
@@ -76,6 +78,30 @@ class StageChange:
             change.first_touch_source,
             change.temperature,
             change.policy_version,
+            getattr(change, "last_touch_source", None),
+            getattr(change, "touches", 0),
+        )
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> StageChange:
+        """A change read back from its JSON (a table value, a dedup entry)."""
+        parse = datetime.fromisoformat
+        return cls(
+            raw["change_id"],
+            raw["person_id"],
+            raw["sequence"],
+            raw["from_stage"],
+            raw["to_stage"],
+            tuple(raw["passed_through"]),
+            parse(raw["occurred_at"]),
+            raw["event_id"],
+            Reason(**raw["reason"]),
+            raw["lead_source"],
+            raw["first_touch_source"],
+            raw["temperature"],
+            raw["policy_version"],
+            raw.get("last_touch_source"),
+            raw.get("touches", 0),
         )
 
     @property
@@ -102,8 +128,10 @@ class Decision:
     """Everything one inbound event did to one person: the body of a history record.
 
     It carries the new values of derived fields (last activity, score, sources) so evolve()
-    only assigns them and never re-applies a rule. `duplicate` marks a redelivered event id:
-    its `changes` are the ones recorded the first time, to be re-emitted, and evolve ignores it.
+    only assigns them and never re-applies a rule. `duplicate` marks an event id the person
+    already applied (`lifecycle.dedup`): nothing changes and evolve must ignore it. A
+    redelivery carries the changes recorded the first time, to be re-emitted; an id reused
+    with other content carries none and says why in `conflict` (a dead letter on the worker).
     """
 
     person_id: str
@@ -121,6 +149,9 @@ class Decision:
     lead_source: str | None = None
     erased: bool = False
     duplicate: bool = False
+    last_touch_source: str | None = None
+    touches: int = 0
+    conflict: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The history record as plain data for orjson (the `HistoryRecord` shape)."""
@@ -139,4 +170,6 @@ class Decision:
             "first_touch_source": self.first_touch_source,
             "lead_source": self.lead_source,
             "erased": self.erased,
+            "last_touch_source": self.last_touch_source,
+            "touches": self.touches,
         }

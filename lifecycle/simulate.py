@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from events.inbound import Event
-from lifecycle.funnel import FunnelReport, funnel
+from lifecycle.funnel import Funnel, FunnelReport
 from lifecycle.policy import Policy
 from lifecycle.replay import Replayer
 
@@ -29,6 +29,10 @@ class Simulation:
     funnel_a: FunnelReport
     funnel_b: FunnelReport
     differing: list[Outcome]
+    #: Persons who entered mql by each policy's decision, with their lead source.
+    mqls_a: dict[str, str] = field(default_factory=dict)
+    mqls_b: dict[str, str] = field(default_factory=dict)
+    conflicts: int = 0  # events reusing an applied event id with other content (not applied)
 
     def to_dict(self, limit: int | None = 100) -> dict[str, Any]:
         shown = self.differing if limit is None else self.differing[:limit]
@@ -39,6 +43,7 @@ class Simulation:
             "funnel_a": self.funnel_a.to_dict(),
             "funnel_b": self.funnel_b.to_dict(),
             "persons_differing": len(self.differing),
+            "conflicts": self.conflicts,
             "differing": [
                 {
                     "person_id": o.person_id,
@@ -55,15 +60,19 @@ class Simulation:
 def simulate(events: Iterable[Event], policy_a: Policy, policy_b: Policy) -> Simulation:
     """Replay `events` once, feeding both policies, and compare per-person outcomes."""
     a, b = Replayer(policy_a), Replayer(policy_b)
-    changes_a, changes_b = [], []
-    count = 0
+    funnel_a, funnel_b = Funnel(), Funnel()
+    count = conflicts = 0
     for event in events:
         count += 1
         decided_a, decided_b = a.apply(event), b.apply(event)
+        if decided_a.conflict is not None:
+            conflicts += 1
         if not decided_a.duplicate:
-            changes_a.extend(decided_a.changes)
+            for change in decided_a.changes:
+                funnel_a.add(change)
         if not decided_b.duplicate:
-            changes_b.extend(decided_b.changes)
+            for change in decided_b.changes:
+                funnel_b.add(change)
     differing = []
     for person_id in sorted(a.states.keys() | b.states.keys()):
         sa, sb = a.states.get(person_id), b.states.get(person_id)
@@ -74,5 +83,13 @@ def simulate(events: Iterable[Event], policy_a: Policy, policy_b: Policy) -> Sim
         if (stage_a, highest_a) != (stage_b, highest_b):
             differing.append(Outcome(person_id, stage_a, stage_b, highest_a, highest_b))
     return Simulation(
-        policy_a.version, policy_b.version, count, funnel(changes_a), funnel(changes_b), differing
+        policy_a.version,
+        policy_b.version,
+        count,
+        funnel_a.report(),
+        funnel_b.report(),
+        differing,
+        funnel_a.mqls(),
+        funnel_b.mqls(),
+        conflicts,
     )

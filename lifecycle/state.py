@@ -1,6 +1,9 @@
 """A person's state: a small plain record, the fold of evolve() over their history.
 
-Never a Machine per person (a Machine costs ~26 KB; this record a few hundred bytes).
+Never a Machine per person (a Machine costs ~26 KB; this record a few hundred bytes). The
+event ids a person applied are not in it: they are kept per event beside it (`lifecycle.dedup`),
+so a state stays small however long the person's history. Table values written before that
+still carry a `recent` window, which `from_wire` ignores.
 """
 
 from __future__ import annotations
@@ -9,12 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from lifecycle.records import Reason, StageChange
+from lifecycle.records import Reason
 from lifecycle.stages import NEW
-
-#: How many recent event ids a person remembers for deduplication. A redelivery from Kafka
-#: comes within a few events of the original; older duplicates are outside the window.
-DEDUP_WINDOW = 16
 
 
 @dataclass(slots=True)
@@ -31,9 +30,10 @@ class PersonState:
     score_at: datetime | None = None
     profile: dict[str, Any] = field(default_factory=dict)
     sla_breached: tuple[str, ...] = ()
-    recent: dict[str, tuple[int, tuple[StageChange, ...]]] = field(default_factory=dict)
     last_reason: Reason | None = None
     erased: bool = False
+    last_touch_source: str | None = None
+    touches: int = 0
 
     @property
     def current_stage(self) -> str | None:
@@ -54,9 +54,10 @@ class PersonState:
             self.score_at,
             dict(self.profile),
             self.sla_breached,
-            dict(self.recent),
             self.last_reason,
             self.erased,
+            self.last_touch_source,
+            self.touches,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -74,9 +75,10 @@ class PersonState:
             "score_at": self.score_at,
             "profile": self.profile,
             "sla_breached": self.sla_breached,
-            "recent": {k: [seq, list(changes)] for k, (seq, changes) in self.recent.items()},
             "last_reason": self.last_reason,
             "erased": self.erased,
+            "last_touch_source": self.last_touch_source,
+            "touches": self.touches,
         }
 
     @classmethod
@@ -85,23 +87,6 @@ class PersonState:
 
         def when(value: str | None) -> datetime | None:
             return None if value is None else parse(value)
-
-        def change(raw: dict[str, Any]) -> StageChange:
-            return StageChange(
-                raw["change_id"],
-                raw["person_id"],
-                raw["sequence"],
-                raw["from_stage"],
-                raw["to_stage"],
-                tuple(raw["passed_through"]),
-                parse(raw["occurred_at"]),
-                raw["event_id"],
-                Reason(**raw["reason"]),
-                raw["lead_source"],
-                raw["first_touch_source"],
-                raw["temperature"],
-                raw["policy_version"],
-            )
 
         reason = data.get("last_reason")
         return cls(
@@ -117,10 +102,8 @@ class PersonState:
             score_at=when(data["score_at"]),
             profile=data["profile"],
             sla_breached=tuple(data["sla_breached"]),
-            recent={
-                k: (seq, tuple(change(c) for c in changes))
-                for k, (seq, changes) in data["recent"].items()
-            },
             last_reason=None if reason is None else Reason(**reason),
             erased=data.get("erased", False),
+            last_touch_source=data.get("last_touch_source"),
+            touches=data.get("touches", 0),
         )

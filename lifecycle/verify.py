@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lifecycle.decide import decide
+from lifecycle.dedup import SeenIndex
 from lifecycle.evolve import Applied, evolve
 from lifecycle.policy import Policy
 from lifecycle.state import PersonState
@@ -73,9 +74,14 @@ def _facts(record: Any) -> dict[str, Any]:
 
 
 def verify(records: Iterable[Applied], policies: Mapping[str, Policy]) -> VerifyReport:
-    """Check every record whose policy version is known; count those whose policy is not."""
+    """Check every record whose policy version is known; count those whose policy is not.
+
+    A record whose event id the person had applied before is reported (field `duplicate`
+    for the same content, `conflict` for other content): the worker never applies one.
+    """
     report = VerifyReport()
     states: dict[str, PersonState] = {}
+    seen = SeenIndex()
     for record in records:
         if getattr(record, "duplicate", False):
             continue  # a redelivery replay() reports; it was never applied, as in fold()
@@ -86,16 +92,19 @@ def verify(records: Iterable[Applied], policies: Mapping[str, Policy]) -> Verify
             report.missing_policies[version] = report.missing_policies.get(version, 0) + 1
         else:
             report.checked += 1
-            recomputed = decide(state, record.event, policy)
+            event = record.event
+            recomputed = decide(state, event, policy, seen.get(record.person_id, event.event_id))
             if recomputed.duplicate:
+                conflict = recomputed.conflict
                 report.mismatches.append(
                     Mismatch(
                         record.person_id,
                         record.sequence,
-                        record.event.event_id,
-                        "duplicate",
+                        event.event_id,
+                        "duplicate" if conflict is None else "conflict",
                         "applied",
-                        "event id already applied",
+                        conflict
+                        or f"event id already applied at history sequence {recomputed.sequence}",
                     )
                 )
             else:
@@ -113,4 +122,5 @@ def verify(records: Iterable[Applied], policies: Mapping[str, Policy]) -> Verify
                             )
                         )
         states[record.person_id] = evolve(state, record)
+        seen.remember(record)
     return report

@@ -3,8 +3,10 @@
 Thin on purpose: every rule lives in `lifecycle`; this module only moves bytes, keeps person
 states at hand and publishes what the core decided. Per event it publishes the history
 record (to `history`, the source of truth) and each stage change (to `stage-changes`); a
-redelivered event id re-publishes the changes it produced the first time, with the same
-change ids, and writes no history.
+redelivered event id — however old — re-publishes the changes it produced the first time,
+with the same change ids, and writes no history; an event id reused with other content is
+dead-lettered with the reason. Which ids were applied is looked up in the dedup store
+(`streams.dedup_store`); what a second arrival means is the core's rule (`lifecycle.dedup`).
 
 Person states live in a Faust table (orjson of `PersonState.to_wire()`), written once per
 person per batch, with an in-process LRU of `PersonState` objects in front of it: turning a
@@ -44,11 +46,14 @@ from faust.types.tuples import Message
 from events.codec import InvalidMessage, decode_event
 from lifecycle.deadlines import next_deadline
 from lifecycle.decide import decide
+from lifecycle.dedup import key as dedup_key
+from lifecycle.dedup import stored
 from lifecycle.evolve import evolve
 from lifecycle.policy import Policy
 from lifecycle.state import PersonState
 from streams import metrics
 from streams.deadletters import dead_letter
+from streams.dedup_store import DedupStore
 from streams.drain import Feed
 from streams.outputs import Outputs, to_json
 from streams.shadow import Shadow
@@ -81,6 +86,7 @@ class BatchStats:
     events: int = 0
     dead_letters: int = 0
     duplicates: int = 0
+    conflicts: int = 0  # event ids reused with other content (dead-lettered)
     deliveries: list[Any] = field(default_factory=list)
 
 
@@ -90,7 +96,8 @@ class Lifecycle:
     * `owned`: partitions checked against history and safe to process (see `recovery`);
     * `persons[p]`: every person of partition p that has history, with their next deadline
       (the sweeper's index; also "which table entries are real", see `_state`);
-    * `cache`: recently used states, bounded, shared across partitions (ids are unique).
+    * `cache`: recently used states, bounded, shared across partitions (ids are unique);
+    * `seen`: the applied event ids of the owned partitions (rebuilt by `recovery`).
     """
 
     def __init__(
@@ -101,6 +108,7 @@ class Lifecycle:
         table: Any,
         *,
         cache_size: int = 100_000,
+        seen: DedupStore | None = None,
     ) -> None:
         self.app = app
         self.policy = policy
@@ -118,6 +126,7 @@ class Lifecycle:
         self.outputs.on_sent[self.changelog] = self._changelog_sent
         self.processed = 0
         self.shadows: list[Shadow] = []  # candidate policies run beside this one (streams.shadow)
+        self.seen = DedupStore(None) if seen is None else seen
 
     # -- ownership (called by recovery) ------------------------------------------------------
     def release(self, partitions: set[int]) -> None:
@@ -126,6 +135,7 @@ class Lifecycle:
             self.owned.discard(p)
             self.stand_ins.pop(p, None)
             self.offsets.pop(p, None)
+            self.seen.release(p)
             for shadow in self.shadows:
                 shadow.forget(self.persons.get(p, ()))
             for person in self.persons.pop(p, {}):
@@ -194,7 +204,7 @@ class Lifecycle:
         commits) the inputs only once their effects are durable.
         """
         policy, names, outputs = self.policy, self.names, self.outputs
-        cache = self.cache
+        cache, seen = self.cache, self.seen
         stand_ins = self.stand_ins
         stats = BatchStats()
         types: Counter[str] = Counter()
@@ -223,9 +233,13 @@ class Lifecycle:
                     state = self._state(person, partition)
                 finally:
                     _current_event.reset(token)
+                previous = seen.get(partition, person, event.event_id)
                 started = perf()
-                decision = decide(state, event, policy)
+                decision = decide(state, event, policy, previous)
                 observe(perf() - started)
+                if decision.conflict is not None:
+                    stats.conflicts += 1
+                    raise InvalidMessage(decision.conflict)
             except Exception as error:
                 if not isinstance(error, InvalidMessage):
                     log.exception(
@@ -249,7 +263,7 @@ class Lifecycle:
                 continue
             types[event.type] += 1
             for shadow in self.shadows:  # redeliveries re-emit the shadow's changes too
-                for change in shadow.apply(event):
+                for change in shadow.apply(event, decision):
                     outputs.add(shadow.topic, key, to_json(change), partition)
             if decision.duplicate:
                 stats.duplicates += 1
@@ -259,7 +273,13 @@ class Lifecycle:
             state = evolve(state, decision)
             cache[person] = state
             touched[person] = partition
-            outputs.add(history, key, to_json(decision.to_wire()), partition)
+            wire = decision.to_wire()
+            outputs.add(history, key, to_json(wire), partition)
+            seen.put(
+                partition,
+                dedup_key(person, event.event_id),
+                stored(decision.sequence, wire["event"], decision.changes),
+            )
             for change in decision.changes:
                 stages[change.to_stage] += 1
                 outputs.add(stage_changes, key, to_json(change), partition)
@@ -273,6 +293,7 @@ class Lifecycle:
             finally:
                 _current_event.reset(token)
             self.remember(partition, state)
+        seen.flush()  # before the first await: a rebalance may release a partition meanwhile
         await outputs.publish()
         stats.deliveries = outputs.detach()
         self._trim_cache()

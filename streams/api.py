@@ -1,6 +1,7 @@
 """The HTTP API and dashboard, served by every worker (Faust web views).
 
-Open: `/`, `/healthz`, `/metrics`, `/funnel`, `/policies` — aggregates and definitions only.
+Open: `/`, `/healthz`, `/metrics`, `/funnel`, `/policies`, `/reports/…` — aggregates and
+definitions only.
 Bearer token (LEADFLOW_API_TOKEN, compared in constant time): `/people/…`, `/changes/recent`,
 `POST /events`, `POST /internal/erased` — anything that shows or writes a person's data.
 
@@ -35,6 +36,7 @@ from lifecycle.temperature import temperature
 from streams.agent import partition_event, writing_for
 from streams.changefeed import ChangeFeed
 from streams.outputs import to_json
+from streams.reports import install_reports
 from streams.topics import iter_to_end
 
 if TYPE_CHECKING:
@@ -68,6 +70,8 @@ def person_view(state: PersonState, policy: Policy, now: datetime) -> dict[str, 
         else None,
         "lead_source": state.lead_source,
         "first_touch_source": state.first_touch_source,
+        "last_touch_source": state.last_touch_source,
+        "touches": state.touches,
         "temperature": temperature(policy, state.lead_source) if stage else None,
         "last_reason": _withheld(state.last_reason)
         if state.erased and state.last_reason
@@ -397,6 +401,7 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
 
     del Dashboard, Person, PersonHistory, RecentChanges, Erased, FunnelPage, Policies, PolicyPage
     del Ingest
+    install_reports(app)  # /reports/calibration, /reports/cohorts (streams/reports.py)
     return api
 
 

@@ -26,6 +26,7 @@ from lifecycle.policy import Policy, named_policy
 from streams import metrics, topics
 from streams.agent import BATCH_SIZE, Batcher, Lifecycle
 from streams.api import Api, install_api
+from streams.dedup_store import DedupStore
 from streams.drain import BatchingConsumer, BatchingTransport, Feed
 from streams.outputs import Outputs
 from streams.recovery import reconcile
@@ -161,7 +162,12 @@ def make_app(
         key_type=bytes,  # bytes keys and values: the "raw" serializer
         value_type=bytes,
     )
-    lifecycle = app.lifecycle = Lifecycle(app, policy, names, app.persons, cache_size=cache_size)
+    # Applied event ids, beside the table (RocksDB with the rocksdb store); no changelog:
+    # recovery rebuilds it from history at every assignment (streams.dedup_store).
+    seen = DedupStore(settings.data_dir / "dedup" if settings.store == "rocksdb" else None)
+    lifecycle = app.lifecycle = Lifecycle(
+        app, policy, names, app.persons, cache_size=cache_size, seen=seen
+    )
 
     app.feed = Feed({names.events})
 

@@ -24,7 +24,7 @@ from rich.table import Table
 from events.inbound import Event
 from lifecycle.funnel import FunnelReport, funnel
 from lifecycle.policy import PRESETS, Policy, PolicyError, load_policy, load_preset, resolve_policy
-from streams import commands_import, commands_tools, commands_worker
+from streams import commands_analytics, commands_import, commands_tools, commands_worker
 from streams.files import BadLine, ReadStats, read_events, read_history
 
 app = typer.Typer(
@@ -92,9 +92,21 @@ class _Reader:
         self.stats = ReadStats()
         self.strict = strict
         self.mapping = mapping
+        self.conflicts = 0
 
     def report(self, error: BadLine) -> None:
         err.print(str(error), highlight=False, markup=False)
+
+    def check(self, decision: Any) -> Any:
+        """Report an event id reused with other content (the worker dead-letters it)."""
+        if decision.conflict is not None:
+            self.conflicts += 1
+            err.print(
+                f"conflict: person {decision.person_id}: {decision.conflict}; not applied",
+                highlight=False,
+                markup=False,
+            )
+        return decision
 
     def events(self, path: Path | None, broker: str | None, prefix: str) -> Iterator[Event]:
         if broker and self.mapping:
@@ -149,6 +161,8 @@ class _Reader:
     def summary(self) -> None:
         if self.stats.bad:
             err.print(f"{self.stats.bad} bad line(s) skipped of {self.stats.lines}")
+        if self.conflicts:
+            err.print(f"{self.conflicts} event(s) reusing an event id with other content skipped")
 
 
 def _history_from_broker(broker: str, prefix: str) -> list[Any]:
@@ -211,7 +225,7 @@ def replay(
                 continue
             if cutoff is not None and event.occurred_at > cutoff:
                 continue
-            decision = replayer.apply(event)
+            decision = reader.check(replayer.apply(event))
             if not state:
                 yield from decision.changes
 
@@ -228,10 +242,13 @@ def _print_funnel(report: FunnelReport, title: str) -> None:
     table = Table(title=f"{title}: {report.persons} persons")
     table.add_column("stage")
     table.add_column("reached", justify="right")
+    table.add_column("of them sales-sourced", justify="right")
     table.add_column("current", justify="right")
     for stage, count in report.reached.items():
-        table.add_row(stage, str(count), str(report.current.get(stage, 0)))
+        sourced = report.sales_sourced.get(stage, 0)
+        table.add_row(stage, str(count), str(sourced), str(report.current.get(stage, 0)))
     out.print(table)
+    out.print("conversion counts from the persons who entered a stage, not the sales-sourced")
     conv = Table(title="conversion")
     conv.add_column("lead source")
     steps = list(report.conversion)
@@ -262,6 +279,13 @@ def funnel_command(
     topic_prefix: PrefixOpt = "",
     strict: StrictOpt = False,
     mapping: MappingOpt = None,
+    cohort: Annotated[
+        str | None, typer.Option(help="month or week: cohorts as reported and restated")
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(help="conversion by source, first_touch, last_touch or touches"),
+    ] = None,
 ) -> None:
     """Counts reached per stage, conversion by lead source, median days between stages."""
     from lifecycle.replay import replay as run
@@ -269,15 +293,22 @@ def funnel_command(
     if format not in ("table", "json"):
         raise _fail("--format is table or json")
     rules = _policy(policy, preset)
+    if cohort is not None:
+        commands_analytics.cohort_funnel(
+            events, broker, topic_prefix, rules, cohort, by, format, strict, mapping
+        )
+        return
     reader = _Reader(strict, mapping)
     changes = [
         c
-        for d in run(reader.events(events, broker, topic_prefix), rules)
+        for d in map(reader.check, run(reader.events(events, broker, topic_prefix), rules))
         if not d.duplicate
         for c in d.changes
     ]
     report = funnel(changes)
-    if format == "json":
+    if by is not None:
+        commands_analytics.attribution(report, by, format)
+    elif format == "json":
         out.print_json(data={"policy_version": rules.version, **report.to_dict()})
     else:
         _print_funnel(report, f"policy {rules.name} ({rules.version})")
@@ -311,15 +342,28 @@ def simulate(
     table.add_column(f"reached under {a.name}", justify="right")
     table.add_column(f"reached under {b.name}", justify="right")
     table.add_column("difference", justify="right")
+
+    def reached(report: FunnelReport, stage: str) -> str:
+        sourced = report.sales_sourced.get(stage, 0)
+        count = report.reached.get(stage, 0)
+        return f"{count} ({sourced} sales-sourced)" if sourced else str(count)
+
     for stage, count in result.funnel_a.reached.items():
         other = result.funnel_b.reached.get(stage, 0)
-        table.add_row(stage, str(count), str(other), f"{other - count:+d}")
+        a_cell, b_cell = reached(result.funnel_a, stage), reached(result.funnel_b, stage)
+        table.add_row(stage, a_cell, b_cell, f"{other - count:+d}")
     out.print(table)
     for step in ("mql->sql", "mql->customer"):
-        ra = result.funnel_a.conversion[step]["rate"]
-        rb = result.funnel_b.conversion[step]["rate"]
-        out.print(f"{step}: {ra} → {rb}")
+        ca, cb = result.funnel_a.conversion[step], result.funnel_b.conversion[step]
+        wa, wb = result.funnel_a.conversion_reached[step], result.funnel_b.conversion_reached[step]
+        out.print(
+            f"{step}: {ca['rate']} → {cb['rate']} over MQLs the policy made "
+            f"({ca['from']} → {cb['from']}); with sales-sourced MQLs {wa['rate']} → {wb['rate']}",
+            highlight=False,
+        )
     shown = result.differing[:limit]
+    if result.conflicts:
+        err.print(f"{result.conflicts} event(s) reusing an event id with other content skipped")
     out.print(f"{len(result.differing)} persons end differently; first {len(shown)}:")
     for o in shown:
         a_side = f"{o.stage_a} (highest {o.highest_a})"
@@ -528,6 +572,7 @@ def policy_test(
 commands_worker.register(app)
 commands_tools.register(app)
 commands_import.register(app)
+commands_analytics.register(app)
 
 
 def main() -> None:

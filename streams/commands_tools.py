@@ -614,7 +614,14 @@ async def _dev_session(stack: Any) -> None:
     cli = f"--broker {s.broker}" + (f" --topic-prefix {o.topic_prefix}" if o.topic_prefix else "")
     out.print(
         f"[bold green]leadflow dev is up[/bold green] (worker ready in {seconds:.1f}s)\n"
-        f"  dashboard  {stack.web_url}/\n"
+        f"  dashboard  {stack.dashboard_link}  (signs in with the token)\n"
+        f"  token      {stack.token}"
+        + (
+            "  (generated for this session; set LEADFLOW_API_TOKEN to choose one)\n"
+            if stack.token_generated
+            else "  (from LEADFLOW_API_TOKEN)\n"
+        )
+        + f"  reports    {stack.web_url}/reports/calibration, /reports/cohorts\n"
         f"  API        {stack.web_url}/people/ID, /people/ID/history, /funnel, "
         f"/changes/recent, /policies\n"
         f"  health     {stack.web_url}/healthz  metrics {stack.web_url}/metrics\n"

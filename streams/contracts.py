@@ -43,6 +43,8 @@ class PersonView(_Response):
     time_in_stage_days: float | None
     lead_source: str | None
     first_touch_source: str | None
+    last_touch_source: str | None
+    touches: int
     temperature: str | None
     last_reason: Reason | None
     last_activity: datetime | None
@@ -86,12 +88,94 @@ class FunnelView(_Response):
     changes_seen: int
     persons: int
     reached: dict[str, int]
+    entered: dict[str, int]
+    sales_sourced: dict[str, int]
     current: dict[str, int]
     highest: dict[str, int]
     conversion: dict[str, dict[str, Any]]
+    conversion_reached: dict[str, dict[str, Any]]
     conversion_by_source: dict[str, dict[str, dict[str, Any]]]
+    sales_sourced_by_source: dict[str, int]
+    conversion_by_first_touch: dict[str, dict[str, dict[str, Any]]]
+    conversion_by_last_touch: dict[str, dict[str, dict[str, Any]]]
+    conversion_by_touches: dict[str, dict[str, dict[str, Any]]]
     median_days: dict[str, float | None]
     temperature_by_source: dict[str, str | None]
+
+
+class RateView(_Response):
+    """hits of base, the rate and its 95 % Wilson interval."""
+
+    hits: int
+    base: int
+    rate: float | None
+    low: float
+    high: float
+
+
+class SourceCalibration(_Response):
+    source: str
+    mqls: int
+    sales_sourced_mqls: int
+    mql_to_sql: RateView
+    mql_to_customer: RateView
+    enough_data: bool
+    configured_conversion: float | None
+    configured_temperature: str | None
+    measured_temperature: str | None
+    contradicts: bool
+    gated_now: bool
+    gated_proposed: bool
+    gating_reason: str
+    proposed_conversion: float | None
+    proposed_temperature: str | None
+
+
+class CalibrationReport(_Response):
+    """`leadflow calibrate --format json`, plus the proposed policy file."""
+
+    data: dict[str, Any]
+    policy: dict[str, str]
+    measured_under: str
+    maturity: str
+    min_mqls: int
+    overall_mql_to_customer: RateView
+    sources: list[SourceCalibration]
+    thresholds: dict[str, dict[str, float] | None]
+    proposed_policy: dict[str, Any]
+    diff: list[dict[str, Any]]
+    what_if: dict[str, Any] | None
+    proposed_yaml: str
+
+
+class CohortRow(_Response):
+    cohort: str
+    group: str
+    stage: str
+    entered: int
+    sales_sourced: int
+    entered_under: dict[str, int]
+    next_stage: str
+    to_next: RateView
+    to_customer: RateView
+    days_in_stage: dict[str, float | int | None]
+
+
+class Cohorts(_Response):
+    period: str
+    by: str | None
+    policy_versions: dict[str, int]
+    rows: list[CohortRow]
+
+
+class CohortsReport(_Response):
+    """`leadflow funnel --cohort … --format json`, plus time in stage for both views."""
+
+    history_records: int
+    restated_under: dict[str, str]
+    as_reported: Cohorts
+    restated: Cohorts
+    time_in_stage: dict[str, dict[str, dict[str, float | int | None]]]
 
 
 class PolicyRow(_Response):
@@ -160,6 +244,8 @@ def openapi() -> dict[str, Any]:
                     "PersonView": PersonView,
                     "PersonHistory": PersonHistory,
                     "FunnelView": FunnelView,
+                    "CalibrationReport": CalibrationReport,
+                    "CohortsReport": CohortsReport,
                     "PolicyRow": PolicyRow,
                     "Accepted": Accepted,
                     "Problem": Problem,
@@ -231,6 +317,56 @@ def openapi() -> dict[str, Any]:
                         }
                     ],
                     "responses": {"200": answer("the funnel", _ref("FunnelView")), "404": problem},
+                }
+            },
+            "/reports/calibration": {
+                "get": {
+                    "summary": "Measured vs configured conversion per lead source, the proposed "
+                    "policy, its diff and what-if (from the whole history topic)",
+                    "parameters": [
+                        {
+                            "name": "min_mqls",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "default": 30},
+                        },
+                        {
+                            "name": "maturity",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "enum": ["seed", "growth", "mature"]},
+                        },
+                    ],
+                    "responses": {
+                        "200": answer("the calibration", _ref("CalibrationReport")),
+                        "422": problem,
+                    },
+                }
+            },
+            "/reports/cohorts": {
+                "get": {
+                    "summary": "Cohort funnels as reported and restated, time in stage",
+                    "parameters": [
+                        {
+                            "name": "period",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "enum": ["month", "week"]},
+                        },
+                        {
+                            "name": "by",
+                            "in": "query",
+                            "required": False,
+                            "schema": {
+                                "type": "string",
+                                "enum": ["source", "first_touch", "last_touch", "touches"],
+                            },
+                        },
+                    ],
+                    "responses": {
+                        "200": answer("the cohorts", _ref("CohortsReport")),
+                        "422": problem,
+                    },
                 }
             },
             "/policies": {

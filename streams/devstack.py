@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -21,9 +22,11 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -153,9 +156,12 @@ def _term_with_parent() -> None:  # runs in the child between fork and exec
 class Worker:
     """The worker child process: its own process group, output to a log file."""
 
-    def __init__(self, command: list[str], log_path: Path) -> None:
+    def __init__(
+        self, command: list[str], log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.command = command
         self.log_path = log_path
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -172,7 +178,7 @@ class Worker:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=_term_with_parent if sys.platform.startswith("linux") else None,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         finally:
             log.close()
@@ -242,6 +248,11 @@ class DevStack:
         self.settings: Settings | None = None
         self.counts = Counts()
         self.published = 0
+        # The API token: the user's, or a random one for this session only, so a newcomer
+        # sees persons at once (a production worker without a token serves no personal data).
+        configured = os.environ.get("LEADFLOW_API_TOKEN")
+        self.token_generated = not configured
+        self.token = configured or secrets.token_urlsafe(18)
 
     # -- start --------------------------------------------------------------------------------
     def start(self) -> Settings:
@@ -269,13 +280,20 @@ class DevStack:
     def start_worker(self, command: list[str] | None = None) -> Worker:
         assert self.settings is not None
         command = command or worker_command(self.settings, self.options)
-        self.worker = Worker(command, self.options.data_dir / "worker.log")
+        env = {"LEADFLOW_API_TOKEN": self.token}
+        self.worker = Worker(command, self.options.data_dir / "worker.log", env)
         self.worker.start()
         return self.worker
 
     @property
     def web_url(self) -> str:
         return f"http://127.0.0.1:{self.options.web_port}"
+
+    @property
+    def dashboard_link(self) -> str:
+        """The dashboard, signed in with the token (the page takes it from the fragment,
+        which browsers never send to the server, and removes it from the address bar)."""
+        return f"{self.web_url}/#token={urllib.parse.quote(self.token)}"
 
     async def wait_for_worker(self) -> float:
         """Seconds until the worker is consuming (its /healthz lists partitions it owns).
@@ -303,12 +321,16 @@ class DevStack:
 
     # -- demo ---------------------------------------------------------------------------------
     async def publish_demo(self) -> int:
-        from streams.demo import synthetic_events
+        from streams.demo import DEMO_WIN_RATES, synthetic_events
         from streams.publish import encode_event, publish
 
         assert self.settings is not None
         o = self.options
-        events = synthetic_events(o.persons, o.events, seed=7, duplicates=0.002)
+        # The stream ends now, so the dashboard's dates and the sweeper's clock agree with it.
+        now = datetime.now(UTC)
+        events = synthetic_events(
+            o.persons, o.events, seed=7, duplicates=0.002, end=now, win_rates=DEMO_WIN_RATES
+        )
 
         def sent(n: int) -> None:
             self.published += n

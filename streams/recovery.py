@@ -12,6 +12,10 @@ sequence with the table's:
   `evolve` (no rule is re-applied), and the table entry replaced;
 * a table entry with no history at all is ignored (see `Lifecycle._state`).
 
+The same pass rebuilds the partitions' dedup stores (`streams.dedup_store`): dropped, then
+one entry per history record, its digest computed from the record's event as read
+(`lifecycle.dedup.fingerprint` of the JSON, no validation: ~3.5 µs of CPU per record).
+
 History partition p holds exactly the persons of events partition p, because the agent
 writes every output to its input's partition number.
 """
@@ -29,6 +33,8 @@ import orjson
 
 from events.outbound import HistoryRecord
 from lifecycle.deadlines import next_deadline
+from lifecycle.dedup import key as dedup_key
+from lifecycle.dedup import stored
 from lifecycle.evolve import evolve
 from lifecycle.state import PersonState
 from streams.agent import Lifecycle, partition_event, writing_for
@@ -48,6 +54,7 @@ class RecoveryReport:
     behind: int = 0
     ahead: int = 0
     gaps: int = 0  # history records whose sequence does not follow the previous one
+    seen: int = 0  # history records the dedup store was rebuilt from
     seconds: float = 0.0
     rebuilt_persons: list[str] = field(default_factory=list, repr=False)
 
@@ -60,7 +67,8 @@ class RecoveryReport:
             f"partitions {list(self.partitions)}: {self.records} history records, "
             f"{self.persons} persons; table consistent for {self.consistent}, rebuilt "
             f"{self.rebuilt} (missing {self.missing}, behind {self.behind}, ahead {self.ahead})"
-            f"{f'; {self.gaps} sequence gaps in history' if self.gaps else ''} "
+            f"{f'; {self.gaps} sequence gaps in history' if self.gaps else ''}; "
+            f"dedup store rebuilt from {self.seen} records "
             f"in {self.seconds:.2f}s"
         )
 
@@ -80,13 +88,22 @@ async def reconcile(
     # Our own records for these partitions must be in the topic before we read it.
     await lifecycle.app.producer.flush()
 
-    # Pass 1: last sequence per person (a light parse; no validation).
+    # Pass 1: last sequence per person (a light parse; no validation), and the dedup stores.
+    seen = lifecycle.seen
+    for partition in partitions:
+        seen.reset(partition)
     last: dict[str, tuple[int, int]] = {}
     async for record in iter_to_end(
         bootstrap, topic, partitions=report.partitions, client_options=client_options
     ):
         data = orjson.loads(record.value)
         person, sequence = data["person_id"], data["sequence"]
+        event = data["event"]
+        seen.put_first(
+            record.partition,
+            dedup_key(person, event["event_id"]),
+            stored(sequence, event, data["changes"]),
+        )
         previous = last.get(person)
         if sequence != (previous[1] if previous else 0) + 1:
             report.gaps += 1
@@ -94,6 +111,8 @@ async def reconcile(
             last[person] = (record.partition, sequence)
         report.records += 1
     report.persons = len(last)
+    seen.flush()
+    report.seen = report.records
 
     persons: dict[int, dict[str, datetime | None]] = {p: {} for p in partitions}
     stand_ins = {p: partition_event(lifecycle.app, lifecycle.names.events, p) for p in partitions}
@@ -114,8 +133,7 @@ async def reconcile(
             stale.add(person.encode())
             continue
         report.consistent += 1
-        # Deadlines do not depend on the dedup window, the costly part to parse.
-        state = PersonState.from_wire({**data, "recent": {}})
+        state = PersonState.from_wire(data)
         persons[partition][person] = next_deadline(state, policy)
 
     if stale:

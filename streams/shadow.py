@@ -14,7 +14,7 @@ from events.inbound import Event
 from lifecycle.decide import decide
 from lifecycle.evolve import evolve
 from lifecycle.policy import Policy
-from lifecycle.records import StageChange
+from lifecycle.records import Decision, StageChange
 from lifecycle.state import PersonState
 from streams.topics import TopicNames
 
@@ -26,22 +26,37 @@ def shadow_topic(names: TopicNames, policy: Policy) -> str:
 
 
 class Shadow:
-    __slots__ = ("policy", "states", "topic")
+    __slots__ = ("changes", "policy", "states", "topic")
 
     def __init__(self, policy: Policy, topic: str) -> None:
         self.policy = policy
         self.topic = topic
         self.states: dict[str, PersonState] = {}
+        #: person -> event id -> the shadow's changes, for the events that moved someone
+        self.changes: dict[str, dict[str, tuple[StageChange, ...]]] = {}
 
-    def apply(self, event: Event) -> tuple[StageChange, ...]:
-        """The changes this policy would publish for `event` (again, for a redelivery)."""
-        state = self.states.get(event.person_id)
+    def apply(self, event: Event, live: Decision | None = None) -> tuple[StageChange, ...]:
+        """The changes this policy would publish for `event` (again, for a redelivery).
+
+        `live` is the active policy's decision: whether the event id was applied before is
+        the same for every policy (`lifecycle.dedup`), so the shadow keeps no store of its
+        own, only the changes it would re-emit. None: an event from history (applied).
+        """
+        person = event.person_id
+        if live is not None and live.duplicate:
+            if live.conflict is not None:
+                return ()
+            return self.changes.get(person, {}).get(event.event_id, ())
+        state = self.states.get(person)
         decision = decide(state, event, self.policy)
-        if not decision.duplicate:
-            self.states[event.person_id] = evolve(state, decision)
-        return tuple(decision.changes)
+        self.states[person] = evolve(state, decision)
+        changes = tuple(decision.changes)
+        if changes:
+            self.changes.setdefault(person, {}).setdefault(event.event_id, changes)
+        return changes
 
     def forget(self, persons: object) -> None:
         """Drop persons whose partition moved to another worker."""
         for person in persons:  # type: ignore[attr-defined]
             self.states.pop(person, None)
+            self.changes.pop(person, None)

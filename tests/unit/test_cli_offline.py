@@ -89,7 +89,10 @@ def test_funnel_json_counts_reached_stages(events_file: Path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["reached"]["mql"] >= report["reached"]["sql"] >= report["reached"]["customer"]
-    assert report["conversion"]["mql->sql"]["from"] == report["reached"]["mql"]
+    mqls = report["entered"]["mql"] + report["sales_sourced"]["mql"]
+    assert mqls == report["reached"]["mql"]
+    assert report["conversion"]["mql->sql"]["from"] == report["entered"]["mql"]
+    assert report["conversion_reached"]["mql->sql"]["from"] == report["reached"]["mql"]
 
 
 def test_simulate_seed_against_default_lists_persons_that_differ(events_file: Path):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from lifecycle.decide import decide
+from lifecycle.dedup import SeenIndex
 from lifecycle.evolve import evolve
-from lifecycle.state import DEDUP_WINDOW, PersonState
+from lifecycle.state import PersonState
 from lifecycle.temperature import temperature
 from tests.fixtures.core import custom_policy, fit_profile, preset
 
@@ -14,9 +15,8 @@ from tests.fixtures.core import custom_policy, fit_profile, preset
 def test_duplicate_event_id_changes_nothing_and_returns_original_changes(make_event, run):
     first = make_event("demo_requested", profile=fit_profile())
     between = make_event("page_viewed")
-    redelivered = make_event("demo_requested", event_id=first.event_id)
 
-    result = run([first, between, redelivered])
+    result = run([first, between, first])
 
     original, again = result.decisions[0], result.decisions[2]
     assert again.duplicate is True
@@ -30,23 +30,16 @@ def test_duplicate_event_id_changes_nothing_and_returns_original_changes(make_ev
 
 def test_duplicate_decision_does_not_touch_the_state(make_event, policy):
     event = make_event("content_download", profile=fit_profile())
-    state = evolve(None, decide(None, event, policy()))
+    applied = decide(None, event, policy())
+    state = evolve(None, applied)
+    seen = SeenIndex()
+    seen.remember(applied)
     before = state.copy()
 
-    decision = decide(state, event, policy())
+    decision = decide(state, event, policy(), seen.get("p1", event.event_id))
 
     assert decision.duplicate
     assert state == before
-
-
-def test_duplicate_outside_the_dedup_window_is_decided_again(make_event, run):
-    first = make_event("page_viewed", profile=fit_profile())
-    others = [make_event("page_viewed") for _ in range(DEDUP_WINDOW)]
-
-    result = run([first, *others, make_event("page_viewed", event_id=first.event_id)])
-
-    assert not result.last.duplicate
-    assert result.last.sequence == DEDUP_WINDOW + 2
 
 
 def test_same_event_id_for_another_person_is_not_a_duplicate(make_event, run):
