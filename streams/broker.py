@@ -222,9 +222,7 @@ class LocalBroker:
         self.host = host
         self._port: int | None = port
         self.startup_timeout = startup_timeout
-        self.data_dir = Path(data_dir) if data_dir is not None else None
-        if self.data_dir is not None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = Path(data_dir) if data_dir is not None else None  # made at start()
         if log_path is None:
             if self.data_dir is not None:
                 log_path = self.data_dir / f"{self.kind}.log"
@@ -515,6 +513,7 @@ class KafkaBroker(LocalBroker):
         )
 
         assert self.data_dir is not None
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.controller_port is None:
             self.controller_port = free_port(self.host)
         try:

@@ -92,11 +92,11 @@ def test_topics_create_is_idempotent_and_reports_a_spec_mismatch(
     names = new_topic_names()
     first = runner.invoke(app, cli(broker, names, "topics", "create"))
     assert first.exit_code == 0, first.output
-    assert "5 created, 0 already existed" in first.stdout
-    assert f"{names.history}  (4 partitions, retention.ms=-1)" in first.stdout
+    assert "6 created, 0 already existed" in first.stdout  # with the table changelog
+    assert f"{names.history}  (4 partitions, cleanup.policy=delete, retention.ms=-1," in first.stdout
     again = runner.invoke(app, cli(broker, names, "topics", "create"))
     assert again.exit_code == 0, again.output
-    assert "0 created, 5 already existed" in again.stdout
+    assert "0 created, 6 already existed" in again.stdout
     different = runner.invoke(app, cli(broker, names, "topics", "create", "--partitions", "2"))
     assert different.exit_code == 1
     assert f"{names.events}: 4 partitions, spec says 2" in different.stderr
