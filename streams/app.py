@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from typing import Any, NoReturn
 
@@ -234,17 +235,15 @@ def make_app(
             if last is not None and highwater is not None:
                 metrics.CONSUMER_LAG.labels(str(partition)).set(max(highwater - last - 1, 0))
 
-    watch = TopicsWatch(settings, (names.events, names.history))
+    watch = TopicsWatch(settings, (names.events, names.history), TOPICS_CHECK_INTERVAL)
 
-    @app.timer(TOPICS_CHECK_INTERVAL, name="topics_watch")
-    async def topics_watch() -> None:
-        missing = await watch.missing()
-        if missing:
-            topics_lost(missing)
+    @app.task
+    async def start_topics_watch() -> None:
+        watch.start()
 
     @app.on_before_shutdown.connect
-    async def close_topics_watch(sender: Any, **_: Any) -> None:
-        await watch.close()
+    async def stop_topics_watch(sender: Any, **_: Any) -> None:
+        await asyncio.to_thread(watch.stop)
 
     @app.page("/healthz")
     async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
@@ -293,14 +292,45 @@ class TopicsWatch:
 
     A single-node broker restarted without its disks (or Tansu, which keeps everything in
     memory) answers again with no topics, no records, no committed offsets and no group.
-    Faust does not notice: at the next rebalance it retries committing to the vanished
-    events topic forever, and the worker hangs while /healthz still says ok.
+    Faust does not notice: at the next rebalance it waits forever for acks of outputs that
+    can never be delivered, or retries committing to the vanished events topic, and the
+    worker hangs while /healthz still says ok.
+
+    It checks from a thread of its own with its own event loop and client: the worker's loop
+    is exactly what is stuck or flooded then (seen on Kafka under load: the consumer logged
+    ~290k "topic not found in cluster metadata" errors in a minute and a check on the
+    worker's loop never ran).
     """
 
-    def __init__(self, settings: Settings, topics: tuple[str, ...]) -> None:
+    def __init__(self, settings: Settings, topics: tuple[str, ...], interval: float) -> None:
         self.settings = settings
         self.topics = topics
+        self.interval = interval
         self.client: AIOKafkaClient | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=lambda: asyncio.run(self._watch()), name="leadflow-topics-watch", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    async def _watch(self) -> None:
+        try:
+            while not self._stop.is_set():
+                missing = await self.missing()
+                if missing:
+                    topics_lost(missing)
+                await asyncio.to_thread(self._stop.wait, self.interval)
+        finally:
+            await self.close()
 
     async def missing(self) -> list[str]:
         """The watched topics the broker says it does not have (none while it is down)."""
@@ -309,11 +339,13 @@ class TopicsWatch:
                 self.client = AIOKafkaClient(
                     **self.settings.aiokafka_kwargs(), client_id="leadflow-topics-watch"
                 )
-                await self.client.bootstrap()
+                await asyncio.wait_for(self.client.bootstrap(), 10)
             # All topics: a Metadata request naming a missing topic may auto-create it.
             cluster = await asyncio.wait_for(self.client.fetch_all_metadata(), 10)
         except Exception as error:  # the broker is down or slow: its clients retry anyway
             log.debug("topics watch: no metadata (%s)", error)
+            if self.client is not None and not self.client.cluster.brokers():
+                await self.close()  # never bootstrapped: start over next time
             return []
         if not cluster.brokers():
             return []

@@ -98,14 +98,17 @@ async def test_workers_leaving_by_sigterm_and_kill_9_and_rejoining_lose_and_rede
 async def test_a_third_worker_joining_and_leaving_loses_and_redecides_nothing(
     broker, make_topics, tmp_path, fault_report, long_run
 ):
-    """2 → 3 workers (the newcomer takes its share), then SIGTERM of one and kill -9 of
-    another: the last one takes everything. Times of each hand-over are reported."""
+    """2 → 3 workers → 2 → 1 under one stream. With 4 partitions the third waits as a hot
+    spare: Faust's sticky assignor gives each member at most ceil(4/3) = 2 and moves
+    nothing from members at that capacity, so the newcomer gets no partition until one
+    leaves. Then SIGTERM of one (the spare takes its share) and kill -9 of another (the last
+    one takes everything). Times of each hand-over are reported."""
     events = 30_000 if long_run else 15_000
     names = await make_topics(partitions=4)
     settings = settings_for(broker.url, names)
     records = make_stream(events, events // 10, seed=22)
     started = time.monotonic()
-    group = [Worker(broker, names, tmp_path, name, store="rocksdb") for name in ("a", "b")]
+    a, b = (Worker(broker, names, tmp_path, name, store="rocksdb") for name in ("a", "b"))
 
     def shared_by(workers: list[Worker]) -> Callable[[], Awaitable[bool]]:
         async def check_shared() -> bool:
@@ -114,45 +117,50 @@ async def test_a_third_worker_joining_and_leaving_loses_and_redecides_nothing(
 
         return check_shared
 
-    await wait_for(shared_by(group), 120, "two workers to share the 4 partitions")
-    rss_start = group[0].rss_mb()
+    await wait_for(shared_by([a, b]), 120, "two workers to share the 4 partitions")
+    rss_start = a.rss_mb()
     publisher = Publisher(broker.bootstrap, names.events, records)
     publisher.start(rate=len(records) / 30)
     timings: dict[str, float] = {}
 
     await publisher.wait(at_least=len(records) // 5)
     mark = time.monotonic()
-    group.append(Worker(broker, names, tmp_path, "c", store="rocksdb"))
-    await wait_for(shared_by(group), 120, "three workers to share the 4 partitions")
-    timings["join_3rd_s"] = round(time.monotonic() - mark, 1)
+    c = Worker(broker, names, tmp_path, "c", store="rocksdb")
 
-    a, b, c = group
+    async def c_assigned() -> bool:  # its first assignment (empty) is in its log
+        return "Setting newly assigned partitions" in c.tail(200_000)
+
+    await wait_for(c_assigned, 120, "the third worker to join the group")
+    timings["join_3rd_s"] = round(time.monotonic() - mark, 1)
+    await wait_for(shared_by([a, b]), 120, "a and b to resume with their partitions (sticky)")
+    assert await c.owned() == [], "the third worker took partitions from members at capacity"
+
     mark = time.monotonic()
-    assert c.terminate() == 0, c.tail()
-    await wait_for(shared_by([a, b]), 120, "a and b to take c's partitions after SIGTERM")
+    assert a.terminate() == 0, a.tail()
+    await wait_for(shared_by([b, c]), 120, "the spare c to take a's partitions after SIGTERM")
     timings["sigterm_takeover_s"] = round(time.monotonic() - mark, 1)
 
     mark = time.monotonic()
     b.kill()
-    await wait_for(shared_by([a]), 120, "a to take every partition after kill -9 of b")
+    await wait_for(shared_by([c]), 120, "c to take every partition after kill -9 of b")
     timings["kill_9_takeover_s"] = round(time.monotonic() - mark, 1)
     await publisher.wait(timeout=180)
 
     gaps, repaired, outcome = await settled_check_repaired(
-        settings, f"rebalance 3: {timings}", alive=lambda: a.alive
+        settings, f"rebalance 3: {timings}", alive=lambda: c.alive
     )
     fault_report.add(
         "rebalance: 2 -> 3 workers -> 1",
-        "3rd joins; SIGTERM one, kill -9 another",
+        "3rd joins (spare); SIGTERM one, kill -9 another",
         **outcome.counts(),
         rss_start_mb=rss_start,
-        rss_end_mb=a.rss_mb(),
+        rss_end_mb=c.rss_mb(),
         gaps=gaps,
         repaired=repaired,
         **timings,
         seconds=round(time.monotonic() - started, 1),
     )
-    assert a.alive
+    assert c.alive
     assert outcome.problems == []
     assert outcome.history == outcome.valid_ids
     assert outcome.inbound == len(records) + outcome.ticks
