@@ -24,7 +24,13 @@ from rich.table import Table
 from events.inbound import Event
 from lifecycle.funnel import FunnelReport, funnel
 from lifecycle.policy import PRESETS, Policy, PolicyError, load_policy, load_preset, resolve_policy
-from streams import commands_analytics, commands_import, commands_tools, commands_worker
+from streams import (
+    commands_analytics,
+    commands_import,
+    commands_token,
+    commands_tools,
+    commands_worker,
+)
 from streams.files import BadLine, ReadStats, read_events, read_history
 
 app = typer.Typer(
@@ -573,6 +579,7 @@ commands_worker.register(app)
 commands_tools.register(app)
 commands_import.register(app)
 commands_analytics.register(app)
+commands_token.register(app)
 
 
 def main() -> None:
