@@ -21,6 +21,7 @@ when no worker has them.
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from events.codec import InvalidMessage, decode_event
 from events.inbound import EventType
 from events.limits import MAX_PAYLOAD_BYTES
 from events.outbound import HistoryRecord, Reason
+from events.wire import parse_time
 from lifecycle.evolve import evolve
 from lifecycle.policy import Policy
 from lifecycle.state import PersonState
@@ -39,6 +41,7 @@ from lifecycle.temperature import temperature
 from streams.access import ADMIN, INGEST, READ, AccessLog, Grant, bearer
 from streams.agent import partition_event, writing_for
 from streams.changefeed import ChangeFeed
+from streams.contracts import RECENT_DEFAULT, RECENT_MAX
 from streams.outputs import to_json
 from streams.reports import install_reports
 from streams.topics import iter_to_end
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORWARDED = "X-Leadflow-Forwarded"
+_INTEGER = re.compile(r"^-?[0-9]{1,9}$")
 JSON = "application/json"
 
 
@@ -314,13 +318,11 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
         async def answer(self, request: Request, person_id: str) -> Response:
             as_of_text = request.query.get("as_of")
             as_of = None
-            if as_of_text:
+            if as_of_text is not None:  # given, even empty: it must be a time (the schema's)
                 try:
-                    as_of = datetime.fromisoformat(as_of_text)
-                except ValueError:
-                    return _problem(self, 422, f"as_of {as_of_text!r} is not an ISO 8601 time")
-                if as_of.tzinfo is None:
-                    return _problem(self, 422, "as_of needs a time zone (e.g. Z)")
+                    as_of = parse_time(as_of_text)
+                except ValueError as error:
+                    return _problem(self, 422, f"as_of: {error}")
             partition = api.local_partition(person_id)
             if partition is None:
                 return await api.forward(self, request, person_id)
@@ -348,10 +350,11 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
             grant, refused = api.authorize(self, request, READ)
             if refused is not None:
                 return api.logged(request, grant, "/changes/recent", refused)
-            try:
-                limit = max(1, min(int(request.query.get("limit", "50")), 200))
-            except ValueError:
-                return _problem(self, 422, "limit must be a number")
+            limit_text = request.query.get("limit", str(RECENT_DEFAULT))
+            if not _INTEGER.match(limit_text) or not 1 <= int(limit_text) <= RECENT_MAX:
+                problem = f"limit {limit_text!r}: must be a whole number from 1 to {RECENT_MAX}"
+                return _problem(self, 422, problem)
+            limit = int(limit_text)
             recent = list(api.live.recent)[-limit:][::-1]
             erased = await api.erased(request, {c.person_id for c in recent})
             response = self.bytes(

@@ -614,12 +614,12 @@ async def _dev_session(stack: Any) -> None:
     cli = f"--broker {s.broker}" + (f" --topic-prefix {o.topic_prefix}" if o.topic_prefix else "")
     out.print(
         f"[bold green]leadflow dev is up[/bold green] (worker ready in {seconds:.1f}s)\n"
-        f"  dashboard  {stack.dashboard_link}  (signs in with the token)\n"
+        f"  dashboard  {stack.dashboard_link}  (signs in with a read-only token)\n"
         f"  token      {stack.token}"
         + (
-            "  (generated for this session; set LEADFLOW_API_TOKEN to choose one)\n"
+            "  (every scope; generated for this session; set LEADFLOW_API_TOKEN to choose one)\n"
             if stack.token_generated
-            else "  (from LEADFLOW_API_TOKEN)\n"
+            else "  (every scope; from LEADFLOW_API_TOKEN)\n"
         )
         + f"  reports    {stack.web_url}/reports/calibration, /reports/cohorts\n"
         f"  API        {stack.web_url}/people/ID, /people/ID/history, /funnel, "
