@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 from faust.web import Request, Response, View
 
 from lifecycle.calibrate import DEFAULT_MIN_MQLS, MATURITIES, calibrate, proposal_yaml
-from streams.contracts import MAX_MIN_MQLS
 from lifecycle.cohorts import GROUPS, PERIODS, cohorts, time_in_stage
 from lifecycle.replay import replay
+from streams.contracts import MAX_MIN_MQLS
 from streams.export import read_history_topic
 from streams.outputs import to_json
 
