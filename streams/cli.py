@@ -176,7 +176,19 @@ def _history_from_broker(broker: str, prefix: str) -> list[Any]:
     from streams.settings import Settings
 
     settings = Settings(broker=broker, topic_prefix=prefix)
-    return asyncio.run(read_history_topic(settings))
+    return asyncio.run(_checked(settings, read_history_topic(settings)))
+
+
+async def _checked(settings: Any, main: Any) -> Any:
+    """`main`, once one connection with the settings' security works (else one line)."""
+    from streams.preflight import BrokerAccessError, check_broker
+
+    try:
+        await check_broker(settings)
+    except BrokerAccessError as error:
+        main.close()
+        raise _fail(str(error), 1) from None
+    return await main
 
 
 def _write(rows: Iterable[Any]) -> int:
@@ -412,9 +424,8 @@ def verify(
         from streams.export import read_policies_topic
         from streams.settings import Settings
 
-        known.update(
-            asyncio.run(read_policies_topic(Settings(broker=broker, topic_prefix=topic_prefix)))
-        )
+        settings = Settings(broker=broker, topic_prefix=topic_prefix)
+        known.update(asyncio.run(_checked(settings, read_policies_topic(settings))))
     reader = _Reader(strict)
     report = run(reader.history(history, broker, topic_prefix), known)
     for m in report.mismatches[:50]:

@@ -120,9 +120,16 @@ def _run_until_signal(main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
 
 
 def _run_against_broker(s: Settings, main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
-    """`_run_until_signal`, with a missing topic or an unreachable broker as a one-line error."""
+    """`_run_until_signal`, with a missing topic or an unreachable broker as a one-line error
+    (one connection first: wrong credentials or an untrusted certificate fail at once)."""
+    from streams.preflight import BrokerAccessError, check_broker
     from streams.topics import TopicNotFound
 
+    try:
+        asyncio.run(check_broker(s))
+    except BrokerAccessError as error:
+        main.close()
+        raise _fail(str(error), 1) from None
     try:
         return _run_until_signal(main)
     except TopicNotFound as missing:
@@ -158,9 +165,15 @@ def topics_create(
         *topic_specs(s.topics, s.partitions, s.replication),
         changelog_spec(s.topic_prefix, s.partitions, s.replication),
     ]
+    from streams.preflight import BrokerAccessError, check_broker
+
+    async def create() -> Any:
+        await check_broker(s)
+        return await ensure_topics(s.bootstrap, specs, client_options=s.aiokafka_kwargs())
+
     try:
-        result = asyncio.run(ensure_topics(s.bootstrap, specs, client_options=s.aiokafka_kwargs()))
-    except TopicSpecMismatch as error:
+        result = asyncio.run(create())
+    except (TopicSpecMismatch, BrokerAccessError) as error:
         raise _fail(str(error), 1) from None
     except Exception as error:  # connection problems: say where we tried
         raise _fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
