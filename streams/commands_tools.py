@@ -119,17 +119,26 @@ def _run_until_signal(main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
     return asyncio.run(runner())
 
 
-def _run_against_broker(s: Settings, main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
-    """`_run_until_signal`, with a missing topic or an unreachable broker as a one-line error
-    (one connection first: wrong credentials or an untrusted certificate fail at once)."""
+def _check_broker(s: Settings) -> None:
+    """One connection with the settings' security, or exit with the one line saying why."""
     from streams.preflight import BrokerAccessError, check_broker
-    from streams.topics import TopicNotFound
 
     try:
         asyncio.run(check_broker(s))
     except BrokerAccessError as error:
-        main.close()
         raise _fail(str(error), 1) from None
+
+
+def _run_against_broker(s: Settings, main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
+    """`_run_until_signal`, with a missing topic or an unreachable broker as a one-line error
+    (one connection first: wrong credentials or an untrusted certificate fail at once)."""
+    from streams.topics import TopicNotFound
+
+    try:
+        _check_broker(s)
+    except typer.Exit:
+        main.close()
+        raise
     try:
         return _run_until_signal(main)
     except TopicNotFound as missing:
@@ -334,6 +343,7 @@ def send(
         messages = (encode_event(e) for e in _send_events(file, rules, stats, report))
 
     confirmed = 0
+    _check_broker(s)  # before the progress bar: a refused start is one line
     with progress:
         task = progress.add_task(f"sending {label}", total=total)
 
@@ -430,6 +440,7 @@ def export_history(
     progress = Progress(
         TextColumn("{task.description}"), MofNCompleteColumn(), TimeElapsedColumn(), console=err
     )
+    _check_broker(s)  # before the progress bar: a refused start is one line
     with progress:
         task = progress.add_task(f"reading {s.topics.history}", total=None)
 
