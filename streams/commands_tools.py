@@ -415,6 +415,41 @@ def tail(
     )
 
 
+def _dev_security(data_dir: Path, port: int | None) -> tuple[Any, Path]:
+    """The dev CA, broker certificate and SCRAM user of a `--sasl-ssl` broker, made once in
+    DATA_DIR/tls (a restart on the same data dir keeps them: the user lives in Kafka's
+    metadata, created when the data dir was formatted)."""
+    import secrets
+
+    from streams.kafka_dist import KafkaSecurity
+
+    tls = data_dir / "tls"
+    secret = tls / "scram-password"
+    if not (tls / "ca.pem").exists():
+        try:
+            from streams.dev_tls import make_certificates
+        except ImportError:
+            message = "--sasl-ssl needs the `cryptography` package: pip install cryptography"
+            raise _fail(message) from None
+        make_certificates(tls)
+    if not secret.exists():
+        secret.write_text(secrets.token_urlsafe(24))
+        secret.chmod(0o600)
+    users = {"leadflow": secret.read_text().strip()}
+    return KafkaSecurity(tls / "broker-keystore.pem", users), tls / "client.env"
+
+
+def _write_client_env(path: Path, url: str) -> None:
+    """The LEADFLOW_* settings a client needs, in a file only its owner reads."""
+    password = (path.parent / "scram-password").read_text().strip()
+    path.write_text(
+        f"LEADFLOW_BROKER={url}\nLEADFLOW_SECURITY_PROTOCOL=SASL_SSL\n"
+        f"LEADFLOW_SASL_MECHANISM=SCRAM-SHA-512\nLEADFLOW_SASL_USERNAME=leadflow\n"
+        f"LEADFLOW_SASL_PASSWORD={password}\nLEADFLOW_SSL_CAFILE={path.parent / 'ca.pem'}\n"
+    )
+    path.chmod(0o600)
+
+
 # --- export-history -----------------------------------------------------------------------
 
 
@@ -689,12 +724,26 @@ def broker(
         Path,
         typer.Option(help="Kafka's data (kept across starts); Tansu keeps nothing"),
     ] = Path("data/broker"),
+    sasl_ssl: Annotated[
+        bool,
+        typer.Option(
+            "--sasl-ssl",
+            help="Kafka only: clients on SASL_SSL (SCRAM-SHA-512, a dev CA in DATA_DIR/tls); "
+            "prints the file of LEADFLOW_* settings clients source",
+        ),
+    ] = False,
 ) -> None:
     """One local broker in the foreground until Ctrl-C or SIGTERM (Kafka: data kept)."""
     from streams.broker import BrokerStartError, TansuNotInstalled, local_broker
 
+    client_env: Path | None = None
+    if sasl_ssl and kind is not BrokerKind.kafka:
+        raise _fail("--sasl-ssl needs --kind kafka (Tansu has no SASL or TLS)")
     if kind is BrokerKind.kafka:
-        local = local_broker("kafka", port, data_dir=data_dir)
+        security = None
+        if sasl_ssl:
+            security, client_env = _dev_security(data_dir, port)
+        local = local_broker("kafka", port, data_dir=data_dir, security=security)
     else:
         local = local_broker("tansu", port)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -709,6 +758,13 @@ def broker(
             f"{local.start_seconds:.1f}s; {kept}; log {local.log_path}). Ctrl-C stops it.",
             highlight=False,
         )
+        if client_env is not None:
+            _write_client_env(client_env, local.url)
+            out.print(
+                f"SASL_SSL (SCRAM-SHA-512): clients use the settings in {client_env} "
+                f"(`set -a; . {client_env}; set +a`)",
+                highlight=False,
+            )
         with contextlib.suppress(KeyboardInterrupt):
             while local.running:
                 time.sleep(0.5)

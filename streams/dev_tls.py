@@ -83,9 +83,11 @@ def make_certificates(
     pem = serialization.Encoding.PEM
     ca_path = directory / f"{name}.pem"
     ca_path.write_bytes(ca.public_bytes(pem))
-    (directory / f"{name}-key.pem").write_bytes(
+    ca_key_path = directory / f"{name}-key.pem"
+    ca_key_path.write_bytes(
         ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
+    ca_key_path.chmod(0o600)
     keystore = directory / "broker-keystore.pem"
     keystore.write_bytes(
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
