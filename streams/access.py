@@ -25,7 +25,7 @@ import logging
 import re
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ class Grant:
 
     name: str
     scopes: frozenset[str]
-    digest: bytes
+    digest: bytes = field(repr=False)
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes

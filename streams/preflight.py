@@ -110,7 +110,10 @@ async def _connect(settings: Settings, host: str, port: int, timeout: float) -> 
                 f"{where}: SASL authentication failed for user {settings.sasl_username!r} "
                 f"({text}): check LEADFLOW_SASL_USERNAME and LEADFLOW_SASL_PASSWORD"
             ) from None
-        if protocol == "PLAINTEXT" and isinstance(error, ConnectionError | KafkaError):
+        nothing_there = isinstance(error, ConnectionRefusedError) or "Connect call failed" in text
+        if nothing_there:
+            hint = " (is the broker running, and is that its address?)"
+        elif protocol == "PLAINTEXT":  # a TLS listener drops a plaintext request
             hint = " (a secured listener? set LEADFLOW_SECURITY_PROTOCOL)"
         else:
             hint = ""
