@@ -10,15 +10,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
 
-from events.limits import (
-    EARLIEST_OCCURRED_AT,
-    LATEST_OCCURRED_AT,
-    MAX_ID,
-    MAX_NAME,
-    MAX_TEXT,
-)
+from events.limits import FIRST_YEAR, LAST_YEAR, MAX_ID, MAX_NAME, MAX_TEXT
+from events.wire import OCCURRED_AT, YEARS_PROBLEM, JsonInt, JsonTime
 
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
@@ -32,15 +27,27 @@ def _to_utc(value: datetime) -> datetime:
         utc = value.astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
         utc = None
-    if utc is None or not EARLIEST_OCCURRED_AT <= utc < LATEST_OCCURRED_AT:
-        raise ValueError(
-            f"must be from {EARLIEST_OCCURRED_AT.year} up to (not including) "
-            f"{LATEST_OCCURRED_AT.year}; deadlines after it could not be computed"
-        )
+    # From JSON the schema's pattern (events.wire.OCCURRED_AT) already holds, which implies
+    # this; from Python (the CSV mapping) this is the check.
+    if utc is None or not FIRST_YEAR <= utc.year <= LAST_YEAR:
+        raise ValueError(YEARS_PROBLEM)
     return utc
 
 
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+UtcDatetime = Annotated[
+    AwareDatetime,
+    JsonTime,
+    AfterValidator(_to_utc),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": OCCURRED_AT,
+            "description": f"RFC 3339 with a time zone, in the years {FIRST_YEAR} to "
+            f"{LAST_YEAR} (on {FIRST_YEAR}-01-01 and {LAST_YEAR}-12-31 in UTC: Z or +00:00)",
+        }
+    ),
+]
 
 
 class EventType(StrEnum):
@@ -112,7 +119,7 @@ class Profile(BaseModel):
     seniority: Name | None = None
     company: Text | None = None
     industry: Name | None = None
-    employees: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
+    employees: Annotated[int, Field(ge=0, le=10_000_000), JsonInt] | None = None
     country: Name | None = None
 
 
@@ -136,4 +143,4 @@ class Event(BaseModel):
     campaign: Text | None = None
     profile: Profile | None = None
     reason: Text | None = Field(default=None, description="why, for sales feedback")
-    schema_version: Annotated[int, Field(ge=1, le=1000)] = 1
+    schema_version: Annotated[int, Field(ge=1, le=1000), JsonInt] = 1

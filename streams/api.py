@@ -2,8 +2,11 @@
 
 Open: `/`, `/healthz`, `/metrics`, `/funnel`, `/policies`, `/reports/…` — aggregates and
 definitions only.
-Bearer token (LEADFLOW_API_TOKEN, compared in constant time): `/people/…`, `/changes/recent`,
-`POST /events`, `POST /internal/erased` — anything that shows or writes a person's data.
+Bearer tokens with scopes (`streams.access`): `read` for `/people/…` and `/changes/recent`,
+`ingest` for `POST /events` (plus `admin` for a `person_erased` event), `read` or `admin` for
+`POST /internal/erased` — anything that shows or writes a person's data. 401 without a known
+token, 403 for a token without the scope; every request to a reading route leaves an access
+log line (token name, route, person ids, status).
 
 Erasure: a person's reason sentences (which can quote a job title) are withheld wherever the
 API shows them, also in `/changes/recent`, whose changes come from every partition: the
@@ -17,8 +20,8 @@ when no worker has them.
 
 from __future__ import annotations
 
-import hmac
 import logging
+import re
 from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -27,14 +30,18 @@ import orjson
 from faust.web import Request, Response, View
 
 from events.codec import InvalidMessage, decode_event
+from events.inbound import EventType
 from events.limits import MAX_PAYLOAD_BYTES
 from events.outbound import HistoryRecord, Reason
+from events.wire import parse_time
 from lifecycle.evolve import evolve
 from lifecycle.policy import Policy
 from lifecycle.state import PersonState
 from lifecycle.temperature import temperature
+from streams.access import ADMIN, INGEST, READ, AccessLog, Grant, bearer
 from streams.agent import partition_event, writing_for
 from streams.changefeed import ChangeFeed
+from streams.contracts import RECENT_DEFAULT, RECENT_MAX
 from streams.outputs import to_json
 from streams.reports import install_reports
 from streams.topics import iter_to_end
@@ -45,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORWARDED = "X-Leadflow-Forwarded"
+_INTEGER = re.compile(r"^-?[0-9]{1,9}$")
 JSON = "application/json"
 
 
@@ -101,7 +109,7 @@ def funnel_view(feed: ChangeFeed, policy: Policy, *, shadow: bool) -> dict[str, 
 
 
 class Api:
-    """State the views share: the app, the feeds per policy version, the token."""
+    """State the views share: the app, the feeds per policy version, the tokens."""
 
     def __init__(self, app: LeadflowApp, shadows: dict[str, tuple[Policy, str]]) -> None:
         self.app = app
@@ -111,8 +119,8 @@ class Api:
             version: (policy, ChangeFeed(topic, client_options=options))
             for version, (policy, topic) in shadows.items()
         }
-        token = app.settings.api_token
-        self._token = token.get_secret_value().encode() if token else None
+        self.tokens = app.settings.tokens()
+        self.access = AccessLog(app.settings.access_log)
 
     def start(self) -> None:
         self.live.start()
@@ -120,22 +128,53 @@ class Api:
             feed.start()
 
     # -- auth ----------------------------------------------------------------------------------
-    def refuse(self, view: View, request: Request) -> Response | None:
-        """None if the request carries the token; otherwise the response to send."""
-        if self._token is None:
-            return _problem(
-                view, 503, "personal data is disabled: set LEADFLOW_API_TOKEN on the worker"
+    def authorize(
+        self, view: View, request: Request, *scopes: str
+    ) -> tuple[Grant | None, Response | None]:
+        """(the caller's grant, None) when its token has one of `scopes`; otherwise the
+        refusal to send: 401 without a known token, 403 with a token lacking the scope."""
+        if not self.tokens:
+            return None, _problem(
+                view,
+                503,
+                "personal data is disabled: set LEADFLOW_API_TOKENS (or LEADFLOW_API_TOKEN) "
+                "on the worker",
             )
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        # aiohttp decodes header bytes that are not UTF-8 to lone surrogates; plain
-        # `.encode()` would raise on them (a 500): get the bytes back as sent instead.
-        sent = given.encode("utf-8", "surrogateescape")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(sent, self._token):
+        presented = bearer(request.headers.get("Authorization", ""))
+        grant = self.tokens.identify(presented) if presented is not None else None
+        if grant is None:
             response = _problem(view, 401, "a valid bearer token is required")
             response.headers["WWW-Authenticate"] = 'Bearer realm="leadflow"'
-            return response
-        return None
+            return None, response
+        if not any(grant.allows(scope) for scope in scopes):
+            needed = " or ".join(scopes)
+            response = _problem(
+                view, 403, f"token {grant.name!r} lacks the {needed} scope", scope=needed
+            )
+            response.headers["WWW-Authenticate"] = (
+                f'Bearer realm="leadflow", error="insufficient_scope", scope="{" ".join(scopes)}"'
+            )
+            return grant, response
+        return grant, None
+
+    def logged(
+        self,
+        request: Request,
+        grant: Grant | None,
+        route: str,
+        response: Response,
+        persons: list[str] | None = None,
+    ) -> Response:
+        """`response`, after writing its access-log line (personal-data routes)."""
+        self.access.record(
+            token=grant.name if grant else None,
+            method=request.method,
+            route=route,
+            status=response.status,
+            persons=persons,
+            forwarded=bool(request.headers.get(FORWARDED)),
+        )
+        return response
 
     # -- persons ---------------------------------------------------------------------------------
     def local_partition(self, person: str) -> int | None:
@@ -256,8 +295,11 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
     @app.page("/people/{person_id}")
     class Person(View):
         async def get(self, request: Request, person_id: str) -> Response:
-            if (refused := api.refuse(self, request)) is not None:
-                return refused
+            grant, refused = api.authorize(self, request, READ)
+            response = refused if refused is not None else await self.answer(request, person_id)
+            return api.logged(request, grant, "/people/{person_id}", response, [person_id])
+
+        async def answer(self, request: Request, person_id: str) -> Response:
             partition = api.local_partition(person_id)
             if partition is None:
                 return await api.forward(self, request, person_id)
@@ -269,17 +311,18 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
     @app.page("/people/{person_id}/history")
     class PersonHistory(View):
         async def get(self, request: Request, person_id: str) -> Response:
-            if (refused := api.refuse(self, request)) is not None:
-                return refused
+            grant, refused = api.authorize(self, request, READ)
+            response = refused if refused is not None else await self.answer(request, person_id)
+            return api.logged(request, grant, "/people/{person_id}/history", response, [person_id])
+
+        async def answer(self, request: Request, person_id: str) -> Response:
             as_of_text = request.query.get("as_of")
             as_of = None
-            if as_of_text:
+            if as_of_text is not None:  # given, even empty: it must be a time (the schema's)
                 try:
-                    as_of = datetime.fromisoformat(as_of_text)
-                except ValueError:
-                    return _problem(self, 422, f"as_of {as_of_text!r} is not an ISO 8601 time")
-                if as_of.tzinfo is None:
-                    return _problem(self, 422, "as_of needs a time zone (e.g. Z)")
+                    as_of = parse_time(as_of_text)
+                except ValueError as error:
+                    return _problem(self, 422, f"as_of: {error}")
             partition = api.local_partition(person_id)
             if partition is None:
                 return await api.forward(self, request, person_id)
@@ -304,15 +347,17 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
     @app.page("/changes/recent")
     class RecentChanges(View):
         async def get(self, request: Request) -> Response:
-            if (refused := api.refuse(self, request)) is not None:
-                return refused
-            try:
-                limit = max(1, min(int(request.query.get("limit", "50")), 200))
-            except ValueError:
-                return _problem(self, 422, "limit must be a number")
+            grant, refused = api.authorize(self, request, READ)
+            if refused is not None:
+                return api.logged(request, grant, "/changes/recent", refused)
+            limit_text = request.query.get("limit", str(RECENT_DEFAULT))
+            if not _INTEGER.match(limit_text) or not 1 <= int(limit_text) <= RECENT_MAX:
+                problem = f"limit {limit_text!r}: must be a whole number from 1 to {RECENT_MAX}"
+                return _problem(self, 422, problem)
+            limit = int(limit_text)
             recent = list(api.live.recent)[-limit:][::-1]
             erased = await api.erased(request, {c.person_id for c in recent})
-            return self.bytes(
+            response = self.bytes(
                 b"["
                 + b",".join(
                     (
@@ -327,14 +372,19 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
                 + b"]",
                 content_type=JSON,
             )
+            persons = list(dict.fromkeys(c.person_id for c in recent))
+            return api.logged(request, grant, "/changes/recent", response, persons)
 
     @app.page("/internal/erased")
     class Erased(View):
         """Between workers: which of the posted person ids this worker knows to be erased."""
 
         async def post(self, request: Request) -> Response:
-            if (refused := api.refuse(self, request)) is not None:
-                return refused
+            # Read scope is enough: it answers what `GET /people/{id}` shows a read token
+            # (`erased`), and a worker asks with the token of the read it is answering.
+            grant, refused = api.authorize(self, request, READ, ADMIN)
+            if refused is not None:
+                return api.logged(request, grant, "/internal/erased", refused)
             body = await request.read()
             try:
                 persons = orjson.loads(body) if len(body) <= MAX_PAYLOAD_BYTES * 4 else None
@@ -342,7 +392,8 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
                 persons = None
             if not isinstance(persons, list) or not all(isinstance(p, str) for p in persons):
                 return _problem(self, 422, "expected a JSON list of person ids")
-            return _json(self, sorted(api.erased_here(set(persons))))
+            response = _json(self, sorted(api.erased_here(set(persons))))
+            return api.logged(request, grant, "/internal/erased", response, sorted(set(persons)))
 
     @app.page("/funnel")
     class FunnelPage(View):
@@ -384,7 +435,8 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
     @app.page("/events")
     class Ingest(View):
         async def post(self, request: Request) -> Response:
-            if (refused := api.refuse(self, request)) is not None:
+            grant, refused = api.authorize(self, request, INGEST)
+            if refused is not None:
                 return refused
             if (request.content_length or 0) > MAX_PAYLOAD_BYTES:
                 return _problem(self, 413, f"body over {MAX_PAYLOAD_BYTES} bytes")
@@ -395,6 +447,17 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
                 event = decode_event(body)
             except InvalidMessage as error:
                 return _problem(self, 422, str(error))
+            if (
+                event.type == EventType.PERSON_ERASED
+                and grant is not None
+                and not grant.allows(ADMIN)
+            ):
+                return _problem(
+                    self,
+                    403,
+                    f"token {grant.name!r} lacks the admin scope an erasure needs",
+                    scope=ADMIN,
+                )
             delivery = await app.events_topic.send(key=event.person_id.encode(), value=body)
             await delivery  # answer 202 only once the broker has the event
             return _json(self, {"event_id": event.event_id, "status": "accepted"}, 202)

@@ -41,7 +41,10 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from streams.kafka_dist import KafkaSecurity
 
 __all__ = [
     "BROKER_KINDS",
@@ -243,6 +246,11 @@ class LocalBroker:
         return self._port
 
     @property
+    def probe_port(self) -> int:
+        """The PLAINTEXT port the readiness probe speaks to (the client port unless secured)."""
+        return self.port
+
+    @property
     def bootstrap(self) -> str:
         """``host:port`` for aiokafka / confluent-kafka ``bootstrap_servers``."""
         return f"{self.host}:{self.port}"
@@ -332,13 +340,15 @@ class LocalBroker:
                     f"(port {self.port}); log {self.log_path}:\n{self._log_tail()}"
                 )
             try:
-                brokers = kafka_ping(self.host, self.port, timeout=1.0)
+                brokers = kafka_ping(self.host, self.probe_port, timeout=1.0)
             except OSError as exc:  # ConnectionError is an OSError
                 last_exc = exc
                 time.sleep(0.05)
                 continue
-            if (self.host, self.port) not in {(h, p) for _, h, p in brokers}:
-                raise BrokerStartError(f"broker advertises {brokers}, expected {self.bootstrap}")
+            if (self.host, self.probe_port) not in {(h, p) for _, h, p in brokers}:
+                raise BrokerStartError(
+                    f"broker advertises {brokers}, expected {self.host}:{self.probe_port}"
+                )
             self.start_seconds = time.monotonic() - t0
             return
         raise BrokerStartError(
@@ -469,6 +479,10 @@ class KafkaBroker(LocalBroker):
 
     The client port is ``port``; the controller listens on a second free port, pinned with
     it. Without a ``data_dir`` a temporary one is made (and kept until the process exits).
+
+    With ``security`` (`streams.kafka_dist.KafkaSecurity`) clients on ``port`` speak
+    SASL_SSL (SCRAM users made when the data dir is formatted) and a third port carries the
+    broker's own PLAINTEXT listener; without it nothing changes (PLAINTEXT on ``port``).
     """
 
     kind = "kafka"
@@ -482,12 +496,22 @@ class KafkaBroker(LocalBroker):
         controller_port: int | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         startup_timeout: float = 90.0,
+        security: KafkaSecurity | None = None,
         **options: object,
     ) -> None:
         if data_dir is None:
             data_dir = tempfile.mkdtemp(prefix="leadflow-kafka-")
         super().__init__(port, data_dir=data_dir, startup_timeout=startup_timeout, **options)  # type: ignore[arg-type]
         self.controller_port = controller_port
+        self.security = security
+        self.internal_port: int | None = None
+
+    @property
+    def probe_port(self) -> int:
+        if self.security is None:
+            return self.port
+        assert self.internal_port is not None
+        return self.internal_port
 
     @property
     def log_dir(self) -> Path:
@@ -496,12 +520,18 @@ class KafkaBroker(LocalBroker):
 
     def _pick_ports(self) -> None:
         self._port = free_port(self.host)
-        self.controller_port = free_port(self.host)
-        while self.controller_port == self._port:
-            self.controller_port = free_port(self.host)
+        self.controller_port = self._other_port(self._port)
+        if self.security is not None:
+            self.internal_port = self._other_port(self._port, self.controller_port)
+
+    def _other_port(self, *taken: int) -> int:
+        port = free_port(self.host)
+        while port in taken:
+            port = free_port(self.host)
+        return port
 
     def _forget_ports(self) -> None:
-        self._port = self.controller_port = None
+        self._port = self.controller_port = self.internal_port = None
 
     def _prepare(self) -> list[str]:
         from streams.kafka_dist import (
@@ -515,14 +545,24 @@ class KafkaBroker(LocalBroker):
         assert self.data_dir is not None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.controller_port is None:
-            self.controller_port = free_port(self.host)
+            self.controller_port = self._other_port(self.port)
+        if self.security is not None and self.internal_port is None:
+            self.internal_port = self._other_port(self.port, self.controller_port)
         try:
             lib = ensure_kafka_jars()
             properties = self.data_dir / "server.properties"
             properties.write_text(
-                server_properties(self.host, self.port, self.controller_port, self.log_dir)
+                server_properties(
+                    self.host,
+                    self.port,
+                    self.controller_port,
+                    self.log_dir,
+                    security=self.security,
+                    internal_port=self.internal_port,
+                )
             )
-            format_storage(lib, properties, self.log_dir, self.log_path)
+            scram = self.security.scram_arguments() if self.security is not None else None
+            format_storage(lib, properties, self.log_dir, self.log_path, scram)
             return java_command(lib, "kafka.Kafka", str(properties), log_dir=self.data_dir)
         except KafkaUnavailable as error:
             raise BrokerStartError(str(error)) from None

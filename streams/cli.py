@@ -24,7 +24,13 @@ from rich.table import Table
 from events.inbound import Event
 from lifecycle.funnel import FunnelReport, funnel
 from lifecycle.policy import PRESETS, Policy, PolicyError, load_policy, load_preset, resolve_policy
-from streams import commands_analytics, commands_import, commands_tools, commands_worker
+from streams import (
+    commands_analytics,
+    commands_import,
+    commands_token,
+    commands_tools,
+    commands_worker,
+)
 from streams.files import BadLine, ReadStats, read_events, read_history
 
 app = typer.Typer(
@@ -170,7 +176,19 @@ def _history_from_broker(broker: str, prefix: str) -> list[Any]:
     from streams.settings import Settings
 
     settings = Settings(broker=broker, topic_prefix=prefix)
-    return asyncio.run(read_history_topic(settings))
+    return asyncio.run(_checked(settings, read_history_topic(settings)))
+
+
+async def _checked(settings: Any, main: Any) -> Any:
+    """`main`, once one connection with the settings' security works (else one line)."""
+    from streams.preflight import BrokerAccessError, check_broker
+
+    try:
+        await check_broker(settings)
+    except BrokerAccessError as error:
+        main.close()
+        raise _fail(str(error), 1) from None
+    return await main
 
 
 def _write(rows: Iterable[Any]) -> int:
@@ -406,9 +424,8 @@ def verify(
         from streams.export import read_policies_topic
         from streams.settings import Settings
 
-        known.update(
-            asyncio.run(read_policies_topic(Settings(broker=broker, topic_prefix=topic_prefix)))
-        )
+        settings = Settings(broker=broker, topic_prefix=topic_prefix)
+        known.update(asyncio.run(_checked(settings, read_policies_topic(settings))))
     reader = _Reader(strict)
     report = run(reader.history(history, broker, topic_prefix), known)
     for m in report.mismatches[:50]:
@@ -573,6 +590,7 @@ commands_worker.register(app)
 commands_tools.register(app)
 commands_import.register(app)
 commands_analytics.register(app)
+commands_token.register(app)
 
 
 def main() -> None:

@@ -119,10 +119,26 @@ def _run_until_signal(main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
     return asyncio.run(runner())
 
 
+def _check_broker(s: Settings) -> None:
+    """One connection with the settings' security, or exit with the one line saying why."""
+    from streams.preflight import BrokerAccessError, check_broker
+
+    try:
+        asyncio.run(check_broker(s))
+    except BrokerAccessError as error:
+        raise _fail(str(error), 1) from None
+
+
 def _run_against_broker(s: Settings, main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
-    """`_run_until_signal`, with a missing topic or an unreachable broker as a one-line error."""
+    """`_run_until_signal`, with a missing topic or an unreachable broker as a one-line error
+    (one connection first: wrong credentials or an untrusted certificate fail at once)."""
     from streams.topics import TopicNotFound
 
+    try:
+        _check_broker(s)
+    except typer.Exit:
+        main.close()
+        raise
     try:
         return _run_until_signal(main)
     except TopicNotFound as missing:
@@ -158,9 +174,15 @@ def topics_create(
         *topic_specs(s.topics, s.partitions, s.replication),
         changelog_spec(s.topic_prefix, s.partitions, s.replication),
     ]
+    from streams.preflight import BrokerAccessError, check_broker
+
+    async def create() -> Any:
+        await check_broker(s)
+        return await ensure_topics(s.bootstrap, specs, client_options=s.aiokafka_kwargs())
+
     try:
-        result = asyncio.run(ensure_topics(s.bootstrap, specs, client_options=s.aiokafka_kwargs()))
-    except TopicSpecMismatch as error:
+        result = asyncio.run(create())
+    except (TopicSpecMismatch, BrokerAccessError) as error:
         raise _fail(str(error), 1) from None
     except Exception as error:  # connection problems: say where we tried
         raise _fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
@@ -321,6 +343,7 @@ def send(
         messages = (encode_event(e) for e in _send_events(file, rules, stats, report))
 
     confirmed = 0
+    _check_broker(s)  # before the progress bar: a refused start is one line
     with progress:
         task = progress.add_task(f"sending {label}", total=total)
 
@@ -392,6 +415,41 @@ def tail(
     )
 
 
+def _dev_security(data_dir: Path, port: int | None) -> tuple[Any, Path]:
+    """The dev CA, broker certificate and SCRAM user of a `--sasl-ssl` broker, made once in
+    DATA_DIR/tls (a restart on the same data dir keeps them: the user lives in Kafka's
+    metadata, created when the data dir was formatted)."""
+    import secrets
+
+    from streams.kafka_dist import KafkaSecurity
+
+    tls = data_dir / "tls"
+    secret = tls / "scram-password"
+    if not (tls / "ca.pem").exists():
+        try:
+            from streams.dev_tls import make_certificates
+        except ImportError:
+            message = "--sasl-ssl needs the `cryptography` package: pip install cryptography"
+            raise _fail(message) from None
+        make_certificates(tls)
+    if not secret.exists():
+        secret.write_text(secrets.token_urlsafe(24))
+        secret.chmod(0o600)
+    users = {"leadflow": secret.read_text().strip()}
+    return KafkaSecurity(tls / "broker-keystore.pem", users), tls / "client.env"
+
+
+def _write_client_env(path: Path, url: str) -> None:
+    """The LEADFLOW_* settings a client needs, in a file only its owner reads."""
+    password = (path.parent / "scram-password").read_text().strip()
+    path.write_text(
+        f"LEADFLOW_BROKER={url}\nLEADFLOW_SECURITY_PROTOCOL=SASL_SSL\n"
+        f"LEADFLOW_SASL_MECHANISM=SCRAM-SHA-512\nLEADFLOW_SASL_USERNAME=leadflow\n"
+        f"LEADFLOW_SASL_PASSWORD={password}\nLEADFLOW_SSL_CAFILE={path.parent / 'ca.pem'}\n"
+    )
+    path.chmod(0o600)
+
+
 # --- export-history -----------------------------------------------------------------------
 
 
@@ -417,6 +475,7 @@ def export_history(
     progress = Progress(
         TextColumn("{task.description}"), MofNCompleteColumn(), TimeElapsedColumn(), console=err
     )
+    _check_broker(s)  # before the progress bar: a refused start is one line
     with progress:
         task = progress.add_task(f"reading {s.topics.history}", total=None)
 
@@ -614,12 +673,12 @@ async def _dev_session(stack: Any) -> None:
     cli = f"--broker {s.broker}" + (f" --topic-prefix {o.topic_prefix}" if o.topic_prefix else "")
     out.print(
         f"[bold green]leadflow dev is up[/bold green] (worker ready in {seconds:.1f}s)\n"
-        f"  dashboard  {stack.dashboard_link}  (signs in with the token)\n"
+        f"  dashboard  {stack.dashboard_link}  (signs in with a read-only token)\n"
         f"  token      {stack.token}"
         + (
-            "  (generated for this session; set LEADFLOW_API_TOKEN to choose one)\n"
+            "  (every scope; generated for this session; set LEADFLOW_API_TOKEN to choose one)\n"
             if stack.token_generated
-            else "  (from LEADFLOW_API_TOKEN)\n"
+            else "  (every scope; from LEADFLOW_API_TOKEN)\n"
         )
         + f"  reports    {stack.web_url}/reports/calibration, /reports/cohorts\n"
         f"  API        {stack.web_url}/people/ID, /people/ID/history, /funnel, "
@@ -665,12 +724,26 @@ def broker(
         Path,
         typer.Option(help="Kafka's data (kept across starts); Tansu keeps nothing"),
     ] = Path("data/broker"),
+    sasl_ssl: Annotated[
+        bool,
+        typer.Option(
+            "--sasl-ssl",
+            help="Kafka only: clients on SASL_SSL (SCRAM-SHA-512, a dev CA in DATA_DIR/tls); "
+            "prints the file of LEADFLOW_* settings clients source",
+        ),
+    ] = False,
 ) -> None:
     """One local broker in the foreground until Ctrl-C or SIGTERM (Kafka: data kept)."""
     from streams.broker import BrokerStartError, TansuNotInstalled, local_broker
 
+    client_env: Path | None = None
+    if sasl_ssl and kind is not BrokerKind.kafka:
+        raise _fail("--sasl-ssl needs --kind kafka (Tansu has no SASL or TLS)")
     if kind is BrokerKind.kafka:
-        local = local_broker("kafka", port, data_dir=data_dir)
+        security = None
+        if sasl_ssl:
+            security, client_env = _dev_security(data_dir, port)
+        local = local_broker("kafka", port, data_dir=data_dir, security=security)
     else:
         local = local_broker("tansu", port)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -685,6 +758,13 @@ def broker(
             f"{local.start_seconds:.1f}s; {kept}; log {local.log_path}). Ctrl-C stops it.",
             highlight=False,
         )
+        if client_env is not None:
+            _write_client_env(client_env, local.url)
+            out.print(
+                f"SASL_SSL (SCRAM-SHA-512): clients use the settings in {client_env} "
+                f"(`set -a; . {client_env}; set +a`)",
+                highlight=False,
+            )
         with contextlib.suppress(KeyboardInterrupt):
             while local.running:
                 time.sleep(0.5)

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from events.codec import describe_validation_error
 from lifecycle.policy import PolicyError, named_policy, resolve_policy
+from streams.access import TokenConfigError
 from streams.settings import Settings
 
 
@@ -85,6 +86,11 @@ def worker(
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as error:
         typer.echo(f"leadflow worker: {describe_validation_error(error)}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        settings.tokens()  # a bad token line stops the worker here, naming it
+    except TokenConfigError as error:
+        typer.echo(f"leadflow worker: {error}", err=True)
         raise typer.Exit(2) from None
     try:
         lead_definition = resolve_policy(settings.policy, settings.preset)

@@ -16,7 +16,13 @@ from pydantic import BaseModel, ConfigDict
 
 from events.inbound import Event
 from events.outbound import DeadLetter, HistoryRecord, Reason, SlaBreached, StageChanged
+from events.wire import RFC3339
 from lifecycle.policy import Policy
+
+#: `GET /changes/recent?limit=`: the default and the most (the API reads them from here).
+RECENT_DEFAULT, RECENT_MAX = 50, 200
+#: `GET /reports/calibration?min_mqls=`: the most.
+MAX_MIN_MQLS = 1_000_000_000
 
 MESSAGES: dict[str, type[BaseModel]] = {
     "event": Event,
@@ -216,13 +222,21 @@ def _components(models: dict[str, type[BaseModel]]) -> dict[str, Any]:
 
 
 def openapi() -> dict[str, Any]:
-    personal = [{"bearer": []}]
+    def scoped(scope: str) -> list[dict[str, list[str]]]:
+        # OpenAPI 3.1: a non-OAuth scheme's requirement may list the roles it needs.
+        return [{"bearer": [scope]}]
+
     ok = "application/json"
 
     def answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
         return {"description": description, "content": {ok: {"schema": schema}}}
 
     problem = answer("problem", _ref("Problem"))
+    refusals = {
+        "401": answer("no token, or one the worker does not know", _ref("Problem")),
+        "403": answer("the token lacks the scope", _ref("Problem")),
+        "503": answer("the worker has no tokens configured", _ref("Problem")),
+    }
     person_param = {
         "name": "person_id",
         "in": "path",
@@ -237,7 +251,16 @@ def openapi() -> dict[str, Any]:
             "description": "Person state and timeline (bearer token), funnel, policies, ingest.",
         },
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A named token with scopes: `read` (persons, timelines, "
+                    "recent changes), `ingest` (POST /events), `admin` (erasure). 401 without "
+                    "a known token, 403 when it lacks the scope, 503 when the worker has no "
+                    "tokens configured.",
+                }
+            },
             "schemas": _components(
                 {
                     "Event": Event,
@@ -257,11 +280,11 @@ def openapi() -> dict[str, Any]:
             "/people/{person_id}": {
                 "get": {
                     "summary": "Current stage, highest stage, entered-at, sources, temperature",
-                    "security": personal,
+                    "security": scoped("read"),
                     "parameters": [person_param],
                     "responses": {
                         "200": answer("the person", _ref("PersonView")),
-                        "401": problem,
+                        **refusals,
                         "404": problem,
                     },
                 }
@@ -269,19 +292,21 @@ def openapi() -> dict[str, Any]:
             "/people/{person_id}/history": {
                 "get": {
                     "summary": "Ordered history with every decision's rule, sentence, policy",
-                    "security": personal,
+                    "security": scoped("read"),
                     "parameters": [
                         person_param,
                         {
                             "name": "as_of",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "string", "format": "date-time"},
+                            "description": "an RFC 3339 time with a time zone; anything else "
+                            "(also an empty value) is answered 422",
+                            "schema": {"type": "string", "format": "date-time", "pattern": RFC3339},
                         },
                     ],
                     "responses": {
                         "200": answer("the timeline", _ref("PersonHistory")),
-                        "401": problem,
+                        **refusals,
                         "404": problem,
                         "422": problem,
                     },
@@ -290,18 +315,26 @@ def openapi() -> dict[str, Any]:
             "/changes/recent": {
                 "get": {
                     "summary": "The most recent stage changes, newest first",
-                    "security": personal,
+                    "security": scoped("read"),
                     "parameters": [
                         {
                             "name": "limit",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "integer", "maximum": 200},
+                            "description": "how many, newest first; a value that is not a "
+                            f"whole number from 1 to {RECENT_MAX} (also `null`) is answered 422",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": RECENT_MAX,
+                                "default": RECENT_DEFAULT,
+                            },
                         }
                     ],
                     "responses": {
                         "200": answer("changes", {"type": "array", "items": _ref("StageChanged")}),
-                        "401": problem,
+                        **refusals,
+                        "422": problem,
                     },
                 }
             },
@@ -328,7 +361,12 @@ def openapi() -> dict[str, Any]:
                             "name": "min_mqls",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "integer", "minimum": 1, "default": 30},
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": MAX_MIN_MQLS,
+                                "default": 30,
+                            },
                         },
                         {
                             "name": "maturity",
@@ -394,11 +432,13 @@ def openapi() -> dict[str, Any]:
             "/events": {
                 "post": {
                     "summary": "Ingest one event for systems that cannot speak Kafka",
-                    "security": personal,
+                    "description": "Needs the `ingest` scope; a `person_erased` event also "
+                    "needs `admin` (403 otherwise).",
+                    "security": scoped("ingest"),
                     "requestBody": {"required": True, "content": {ok: {"schema": _ref("Event")}}},
                     "responses": {
                         "202": answer("accepted", _ref("Accepted")),
-                        "401": problem,
+                        **refusals,
                         "413": problem,
                         "422": problem,
                     },

@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from streams.access import READ, token_hash
 from streams.broker import local_broker
 from streams.settings import Settings
 from streams.topics import ensure_topics, partitions_of, topic_specs
@@ -253,6 +254,8 @@ class DevStack:
         configured = os.environ.get("LEADFLOW_API_TOKEN")
         self.token_generated = not configured
         self.token = configured or secrets.token_urlsafe(18)
+        # The dashboard link signs in with its own token, scoped `read`: all it needs.
+        self.dashboard_token = secrets.token_urlsafe(18)
 
     # -- start --------------------------------------------------------------------------------
     def start(self) -> Settings:
@@ -280,7 +283,9 @@ class DevStack:
     def start_worker(self, command: list[str] | None = None) -> Worker:
         assert self.settings is not None
         command = command or worker_command(self.settings, self.options)
-        env = {"LEADFLOW_API_TOKEN": self.token}
+        dashboard = f"dashboard:{READ}:{token_hash(self.dashboard_token)}"
+        tokens = ";".join(t for t in (os.environ.get("LEADFLOW_API_TOKENS"), dashboard) if t)
+        env = {"LEADFLOW_API_TOKEN": self.token, "LEADFLOW_API_TOKENS": tokens}
         self.worker = Worker(command, self.options.data_dir / "worker.log", env)
         self.worker.start()
         return self.worker
@@ -291,9 +296,10 @@ class DevStack:
 
     @property
     def dashboard_link(self) -> str:
-        """The dashboard, signed in with the token (the page takes it from the fragment,
-        which browsers never send to the server, and removes it from the address bar)."""
-        return f"{self.web_url}/#token={urllib.parse.quote(self.token)}"
+        """The dashboard, signed in with its read-only token (the page takes it from the
+        fragment, which browsers never send to the server, and removes it from the address
+        bar)."""
+        return f"{self.web_url}/#token={urllib.parse.quote(self.dashboard_token)}"
 
     async def wait_for_worker(self) -> float:
         """Seconds until the worker is consuming (its /healthz lists partitions it owns).

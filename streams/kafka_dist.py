@@ -21,10 +21,12 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
     "KAFKA_VERSION",
+    "KafkaSecurity",
     "KafkaUnavailable",
     "ensure_kafka_jars",
     "format_storage",
@@ -139,19 +141,72 @@ def java_command(lib: Path, main: str, *args: str, log_dir: Path) -> list[str]:
     ]
 
 
-def server_properties(host: str, port: int, controller_port: int, log_dir: Path) -> str:
-    """A single-node KRaft broker on `host`: PLAINTEXT clients on `port`."""
-    return f"""\
-# Written by leadflow (streams/kafka_dist.py) at every start; edits are overwritten.
-process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@{host}:{controller_port}
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """A SASL_SSL client listener: TLS with `keystore` (one PEM file: the broker's private key,
+    unencrypted PKCS#8, then its certificate chain) and SCRAM users created when the data dir
+    is formatted (KRaft keeps them in its metadata log).
+
+    The broker's own traffic (and leadflow's readiness probe) uses a PLAINTEXT listener on
+    `internal_port`, on the same loopback host: a dev and test broker, not a hardened one.
+    """
+
+    keystore: Path
+    users: dict[str, str] = field(default_factory=dict)  # name -> password
+    mechanism: str = "SCRAM-SHA-512"
+
+    def scram_arguments(self) -> list[str]:
+        """`StorageTool format` arguments that create the users."""
+        arguments = []
+        for name, password in self.users.items():
+            if any(c in name + password for c in ",=[]\"'"):
+                raise KafkaUnavailable(f"SCRAM user {name!r}: avoid , = [ ] and quotes in it")
+            arguments += ["--add-scram", f"{self.mechanism}=[name={name},password={password}]"]
+        return arguments
+
+
+def server_properties(
+    host: str,
+    port: int,
+    controller_port: int,
+    log_dir: Path,
+    *,
+    security: KafkaSecurity | None = None,
+    internal_port: int | None = None,
+) -> str:
+    """A single-node KRaft broker on `host`: PLAINTEXT clients on `port`, or with `security`
+    SASL_SSL clients on `port` and the broker's own PLAINTEXT listener on `internal_port`."""
+    if security is None:
+        listeners = f"""\
 listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
 advertised.listeners=PLAINTEXT://{host}:{port}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={log_dir}
+"""
+    else:
+        assert internal_port is not None, "a SASL_SSL broker needs an internal port"
+        mechanism = security.mechanism.lower()
+        scram_login = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        listeners = f"""\
+listeners=SASL_SSL://{host}:{port},INTERNAL://{host}:{internal_port},CONTROLLER://{host}:{controller_port}
+advertised.listeners=SASL_SSL://{host}:{port},INTERNAL://{host}:{internal_port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=INTERNAL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms={security.mechanism}
+listener.name.sasl_ssl.sasl.enabled.mechanisms={security.mechanism}
+listener.name.sasl_ssl.{mechanism}.sasl.jaas.config={scram_login}
+ssl.keystore.type=PEM
+ssl.keystore.location={security.keystore}
+ssl.client.auth=none
+"""
+    return f"""\
+# Written by leadflow (streams/kafka_dist.py) at every start; edits are overwritten.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@{host}:{controller_port}
+{listeners}log.dirs={log_dir}
 
 # one node: every internal topic with replication 1 and few partitions (defaults 3 / 50)
 default.replication.factor=1
@@ -188,8 +243,11 @@ def new_cluster_id() -> str:
             return cluster
 
 
-def format_storage(lib: Path, properties: Path, log_dir: Path, log_file: Path) -> None:
-    """Format a new data dir once; an already formatted one keeps its cluster and records."""
+def format_storage(
+    lib: Path, properties: Path, log_dir: Path, log_file: Path, extra: list[str] | None = None
+) -> None:
+    """Format a new data dir once; an already formatted one keeps its cluster and records
+    (and its SCRAM users: `extra` arguments such as `--add-scram` only count the first time)."""
     if (log_dir / "meta.properties").exists():
         return
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -201,6 +259,7 @@ def format_storage(lib: Path, properties: Path, log_dir: Path, log_file: Path) -
         new_cluster_id(),
         "-c",
         str(properties),
+        *(extra or []),
         log_dir=properties.parent,
     )
     with log_file.open("ab") as log:

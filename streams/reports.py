@@ -21,6 +21,7 @@ from faust.web import Request, Response, View
 from lifecycle.calibrate import DEFAULT_MIN_MQLS, MATURITIES, calibrate, proposal_yaml
 from lifecycle.cohorts import GROUPS, PERIODS, cohorts, time_in_stage
 from lifecycle.replay import replay
+from streams.contracts import MAX_MIN_MQLS
 from streams.export import read_history_topic
 from streams.outputs import to_json
 
@@ -96,8 +97,8 @@ def install_reports(app: LeadflowApp) -> Reports:
             except ValueError:
                 return problem(self, "min_mqls must be a number")
             maturity = request.query.get("maturity")
-            if min_mqls < 1:
-                return problem(self, "min_mqls must be at least 1")
+            if not 1 <= min_mqls <= MAX_MIN_MQLS:  # larger ints cannot even be written as JSON
+                return problem(self, f"min_mqls must be from 1 to {MAX_MIN_MQLS}")
             if maturity is not None and maturity not in MATURITIES:
                 return problem(self, f"maturity is one of {', '.join(MATURITIES)}")
             data = await reports.cached(

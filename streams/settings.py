@@ -1,6 +1,6 @@
 """Runtime settings from flags or `LEADFLOW_*` environment variables (pydantic-settings).
 
-Secrets (the API token, SASL password) come only from the environment and are never printed:
+Secrets (the API tokens, SASL password) come only from the environment and are never printed:
 they are `SecretStr`, so a logged settings object shows `**********`.
 """
 
@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.access import Tokens
 from streams.topics import TopicNames
 
 
@@ -32,7 +33,22 @@ class Settings(BaseSettings):
         default=None,
         description="URL other workers reach this one at (routing); http://<hostname>:<port>",
     )
-    api_token: SecretStr | None = None
+    api_token: SecretStr | None = Field(
+        default=None, description="one plaintext token with every scope (the older setting)"
+    )
+    api_tokens: SecretStr | None = Field(
+        default=None,
+        description="named tokens as hashes: name:scope,scope:sha256-hex, ';' between them "
+        "(streams.access)",
+    )
+    api_tokens_file: Path | None = Field(
+        default=None, description="a file of such token lines, one a line (a mounted secret)"
+    )
+    access_log: Path | None = Field(
+        default=None,
+        description="file for the access log of personal-data reads (JSON lines); without "
+        "it the lines go to the `leadflow.access` logger",
+    )
     session_timeout: float = Field(default=10.0, description="consumer group session, seconds")
     sweep_interval: float = Field(default=60.0, gt=0, description="sweeper period, seconds")
     fetch_max_wait_ms: int = Field(
@@ -63,6 +79,14 @@ class Settings(BaseSettings):
         """`host:port,…` for aiokafka, from the `kafka://` URL Faust takes."""
         return ",".join(
             part.removeprefix("kafka://").strip() for part in self.broker.split(",") if part
+        )
+
+    def tokens(self) -> Tokens:
+        """The API tokens this worker accepts. Raises TokenConfigError naming the bad line."""
+        return Tokens.configured(
+            tokens=self.api_tokens.get_secret_value() if self.api_tokens else None,
+            tokens_file=self.api_tokens_file,
+            legacy_token=self.api_token.get_secret_value() if self.api_token else None,
         )
 
     def ssl_context(self) -> ssl.SSLContext | None:

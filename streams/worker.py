@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from lifecycle.policy import Policy
 from streams.app import LeadflowApp, changelog_spec, make_app, shadows_of
 from streams.exactly_once import probe_transactions
+from streams.preflight import check_broker
 from streams.settings import Settings
 from streams.topics import EnsureResult, ensure_topics, topic_specs
 
@@ -45,7 +46,9 @@ async def publish_policy(settings: Settings, policy: Policy) -> None:
 
 
 async def prepare(settings: Settings, policy: Policy) -> EnsureResult:
-    """What must hold before Faust touches the broker. Raises TransactionsUnsupported."""
+    """What must hold before Faust touches the broker. Raises TransactionsUnsupported, and
+    BrokerAccessError (one line) when the settings' credentials or CA do not work."""
+    await check_broker(settings)
     if settings.exactly_once:
         await probe_transactions(settings)
     shadows = shadows_of(settings, settings.topics)

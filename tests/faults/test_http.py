@@ -329,3 +329,165 @@ async def test_no_personal_data_without_the_token_bad_bodies_get_4xx_and_a_burst
     assert alive and "Traceback" not in log
     assert sorted(set(results)) == [200], sorted(set(results))
     assert during_s <= BURST_BOUND_S, f"events took {during_s:.1f} s to reach history"
+
+
+# --- scoped tokens ------------------------------------------------------------------------
+
+SCOPED = {  # name: (token, scopes)
+    "crm-sync": ("crm-sync-token-" + "c" * 24, "ingest"),
+    "dashboard": ("dashboard-token-" + "d" * 24, "read"),
+    "privacy": ("privacy-token-" + "p" * 24, "ingest,admin"),
+}
+
+
+def bearer_for(name: str | None) -> dict[str, str]:
+    if name is None:
+        return {}
+    if name == "legacy":
+        return {"Authorization": f"Bearer {TOKEN}"}
+    if name == "unknown":
+        return {"Authorization": "Bearer not-a-configured-token-at-all"}
+    return {"Authorization": f"Bearer {SCOPED[name][0]}"}
+
+
+async def test_each_token_reaches_only_what_its_scopes_allow_and_reads_are_access_logged(
+    broker, make_topics, tmp_path: Path, fault_report
+):
+    from streams.access import token_hash
+
+    names = await make_topics(partitions=4)
+    access_log = tmp_path / "access.jsonl"
+    tokens = ";".join(f"{n}:{scopes}:{token_hash(t)}" for n, (t, scopes) in SCOPED.items())
+    worker = Worker(
+        broker,
+        names,
+        tmp_path,
+        "scopes",
+        env={"LEADFLOW_API_TOKENS": tokens, "LEADFLOW_ACCESS_LOG": str(access_log)},
+    )
+    try:
+        await worker.ready()
+        setup = journeys()[:6]  # two persons
+        await publish(broker.bootstrap, names.events, setup)
+        await until_in_history(
+            broker.bootstrap, names.history, {e["event_id"] for e in setup}, time.monotonic()
+        )
+        person = PERSONS[0]
+
+        async def visible() -> Any:
+            status, body = await asyncio.to_thread(worker.request, f"/people/{person}")
+            return body if status == 200 and body.get("stage") == "recycled" else None
+
+        await wait_for(visible, 30, "the person with the all-scope (legacy) token")
+
+        async def feed_filled() -> Any:
+            status, body = await asyncio.to_thread(worker.request, "/changes/recent")
+            return status == 200 and len(body) >= 6
+
+        await wait_for(feed_filled, 30, "the recent changes feed")
+        secrets = [email(PERSONS[0]), email(PERSONS[1]), "VP Secretive", REJECTION]
+
+        # 1. Reads: only `read` (and the all-scope legacy token); 401 unknown, 403 others.
+        reads = [f"/people/{person}", f"/people/{person}/history", "/changes/recent?limit=5"]
+        expected = {
+            None: 401,
+            "unknown": 401,
+            "crm-sync": 403,
+            "privacy": 403,
+            "dashboard": 200,
+            "legacy": 200,
+        }
+        matrix: dict[str, dict[str, int]] = {}
+        for path in reads:
+            for who, want in expected.items():
+                status, body = await asyncio.to_thread(
+                    raw_request, worker, "GET", path, **bearer_for(who)
+                )
+                matrix.setdefault(path, {})[str(who)] = status
+                assert status == want, (path, who, status, body[:300])
+                if status != 200:
+                    assert not leaks(body, secrets), (path, who, body[:300])
+                    if status == 403:
+                        assert b"read" in body, body  # says which scope is missing
+        # 2. Ingest: `ingest` posts events; a read-only token cannot.
+        for who, want in {
+            None: 401,
+            "unknown": 401,
+            "dashboard": 403,
+            "crm-sync": 202,
+            "privacy": 202,
+            "legacy": 202,
+        }.items():
+            body = orjson.dumps(
+                event(f"scoped-{who}", "scoped-person", "page_viewed", 8, profile=FIT)
+            )
+            status, answer = await asyncio.to_thread(
+                raw_request,
+                worker,
+                "POST",
+                "/events",
+                body,
+                Content_Type="application/json",
+                **bearer_for(who),
+            )
+            matrix.setdefault("POST /events", {})[str(who)] = status
+            assert status == want, (who, status, answer)
+        # 3. Erasure needs `admin`: the ingest-only upstream cannot erase anyone.
+        for who, want in {"crm-sync": 403, "dashboard": 403, "privacy": 202}.items():
+            body = orjson.dumps(event(f"erase-by-{who}", PERSONS[1], "person_erased", 9))
+            status, answer = await asyncio.to_thread(
+                raw_request,
+                worker,
+                "POST",
+                "/events",
+                body,
+                Content_Type="application/json",
+                **bearer_for(who),
+            )
+            matrix.setdefault("POST /events (person_erased)", {})[who] = status
+            assert status == want, (who, status, answer)
+        # 4. Between workers: read or admin.
+        for who, want in {"crm-sync": 403, "dashboard": 200, "privacy": 200, None: 401}.items():
+            status, _ = await asyncio.to_thread(
+                raw_request,
+                worker,
+                "POST",
+                "/internal/erased",
+                orjson.dumps(PERSONS[:2]),
+                **bearer_for(who),
+            )
+            matrix.setdefault("POST /internal/erased", {})[str(who)] = status
+            assert status == want, (who, status)
+
+        wanted = {"scoped-crm-sync", "scoped-privacy", "scoped-legacy", "erase-by-privacy"}
+        await until_in_history(broker.bootstrap, names.history, wanted, time.monotonic())
+        in_history = await history_ids(broker.bootstrap, names.history)
+        assert not {"scoped-None", "scoped-unknown", "scoped-dashboard"} & in_history
+        assert not {"erase-by-crm-sync", "erase-by-dashboard"} & in_history
+        log = worker.log.read_text(errors="replace")
+    finally:
+        worker.kill()
+
+    # 5. The access log: one line per read, token names and person ids, no personal data.
+    lines = [orjson.loads(line) for line in access_log.read_text().splitlines()]
+    text = access_log.read_text()
+    assert not leaks(text.encode(), secrets)
+    assert not any(token in text or token in log for token, _ in SCOPED.values())
+    reads_logged = [e for e in lines if e["route"] != "/internal/erased"]
+    by = {(e["token"], e["route"], e["status"]) for e in reads_logged}
+    assert ("dashboard", "/people/{person_id}", 200) in by
+    assert ("dashboard", "/people/{person_id}/history", 200) in by
+    assert ("crm-sync", "/people/{person_id}", 403) in by
+    assert (None, "/changes/recent", 401) in by
+    person_reads = [e for e in reads_logged if e["route"].startswith("/people/")]
+    assert all(e["persons"] == [person] for e in person_reads)
+    recent = [e for e in reads_logged if e["route"] == "/changes/recent" and e["status"] == 200]
+    assert recent and all(set(e["persons"]) <= set(PERSONS) for e in recent)
+    assert all(e["method"] == "GET" and e["time"].endswith("+00:00") for e in reads_logged)
+    print(f"\nscope matrix: {json.dumps(matrix)}\naccess log: {len(lines)} lines")
+    fault_report.add(
+        "http scopes",
+        f"{sum(len(v) for v in matrix.values())} requests over 3 scoped tokens",
+        events=len(setup),
+        access_log_lines=len(lines),
+    )

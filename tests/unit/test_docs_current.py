@@ -20,9 +20,11 @@ def test_checked_in_document_matches_the_models(relative: str):
     )
 
 
-def test_openapi_marks_personal_endpoints_as_needing_the_token():
+def test_openapi_marks_personal_endpoints_with_the_scope_they_need():
     paths = documents()["openapi.json"]["paths"]
     for path in ("/people/{person_id}", "/people/{person_id}/history", "/changes/recent"):
-        assert paths[path]["get"]["security"] == [{"bearer": []}]
-    assert paths["/events"]["post"]["security"] == [{"bearer": []}]
+        assert paths[path]["get"]["security"] == [{"bearer": ["read"]}]
+        assert {"401", "403"} <= set(paths[path]["get"]["responses"])
+    assert paths["/events"]["post"]["security"] == [{"bearer": ["ingest"]}]
+    assert "403" in paths["/events"]["post"]["responses"]
     assert "security" not in paths["/funnel"]["get"]
