@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+
 from events.inbound import Absorbed, Event, EventType, Profile
 from events.limits import MAX_ID
 from lifecycle.dedup import Seen
