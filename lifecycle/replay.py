@@ -11,6 +11,7 @@ from events.inbound import Event
 from lifecycle.decide import decide
 from lifecycle.dedup import SeenIndex
 from lifecycle.evolve import Applied, evolve
+from lifecycle.merge import ABSORBED
 from lifecycle.policy import Policy
 from lifecycle.records import Decision
 from lifecycle.state import PersonState
@@ -50,11 +51,13 @@ class Replayer:
     costs ~145 bytes per applied event (`lifecycle.dedup.SeenIndex`).
 
     Identity merges hand events on to other persons (`Decision.follow_up`, see
-    `lifecycle.merge`). With `follow` (inbound events: a file, a CSV) `apply_all` applies a
-    follow-up at once, as if every person were on one partition. A history already holds
-    every follow-up as the record of the person it reached, in the order it reached them
-    live: replay history with `follow=False`, or the hand-offs would be applied twice and
-    out of their live order.
+    `lifecycle.merge`). With `follow` (the default) `apply_all` applies a follow-up at once,
+    as if every person were on one partition, and skips the follow-ups a stream carries (a
+    history's or the events topic's hand-offs and forwarded events): they are decided again
+    from the merge and the alias's events, under this replay's policy. That is the restated
+    view (what-if, funnels, calibrate), whatever the input. With `follow=False` every event
+    is applied as given and nothing is handed on: a history's events then reproduce the
+    live decisions exactly, in the interleaving the workers had (tests, audits).
     """
 
     __slots__ = ("follow", "policy", "seen", "states")
@@ -73,9 +76,16 @@ class Replayer:
         self.follow = follow
 
     def apply_all(self, event: Event) -> list[Decision]:
-        """The event's decision, then (with `follow`) those of its follow-ups, in order."""
+        """The event's decision, then (with `follow`) those of its follow-ups, in order.
+
+        With `follow`, a follow-up carried by the stream gives no decision (see above).
+        """
+        if not self.follow:
+            return [self.apply(event)]
+        if event.forwarded_via is not None or (event.type == ABSORBED and event.absorbed):
+            return []
         decision = self.apply(event)
-        if not self.follow or decision.follow_up is None:
+        if decision.follow_up is None:
             return [decision]
         decisions = [decision]
         while decision.follow_up is not None and len(decisions) <= MAX_HOPS:
@@ -99,8 +109,7 @@ def replay(events: Iterable[Event], policy: Policy, *, follow: bool = True) -> I
     """Every decision, in order. Duplicates come out with `duplicate=True` and their old changes;
     an event id reused with other content with `duplicate=True` and its `conflict`.
 
-    `follow=False` for the events of a history (see `Replayer`): each follow-up of a merge
-    is there already, as a record of the person it reached.
+    `follow=False` reproduces a history's own decisions exactly (see `Replayer`).
     """
     replayer = Replayer(policy, follow=follow)
     with bulk_gc():  # while the caller consumes decisions too; restored when it finishes
