@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from events.inbound import Event
 from events.outbound import DeadLetter, HistoryRecord, Reason, SlaBreached, StageChanged
@@ -53,6 +53,17 @@ class PersonView(_Response):
     sla_breached: list[str]
     erased: bool
     profile: dict[str, Any]
+    aliases: list[str] = Field(default=[], description="ids merged into this person")
+    policy_version: str
+
+
+class AliasView(_Response):
+    """An id merged into another (`person_merged`): its lifecycle continues as the survivor's."""
+
+    person_id: str
+    merged_into: str = Field(description="the survivor this id was merged into")
+    survivor: str = Field(description="the survivor's path: /people/{merged_into}")
+    sequence: int
     policy_version: str
 
 
@@ -77,7 +88,7 @@ class PersonHistory(_Response):
     person_id: str
     as_of: datetime | None
     records: list[TimelineEntry]
-    state: PersonView | None = None
+    state: PersonView | AliasView | None = None
 
 
 class FunnelView(_Response):
@@ -242,6 +253,7 @@ def openapi() -> dict[str, Any]:
                 {
                     "Event": Event,
                     "PersonView": PersonView,
+                    "AliasView": AliasView,
                     "PersonHistory": PersonHistory,
                     "FunnelView": FunnelView,
                     "CalibrationReport": CalibrationReport,
@@ -260,7 +272,10 @@ def openapi() -> dict[str, Any]:
                     "security": personal,
                     "parameters": [person_param],
                     "responses": {
-                        "200": answer("the person", _ref("PersonView")),
+                        "200": answer(
+                            "the person, or whom an id was merged into",
+                            {"oneOf": [_ref("PersonView"), _ref("AliasView")]},
+                        ),
                         "401": problem,
                         "404": problem,
                     },
