@@ -86,6 +86,8 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
     if decision.erased:
         state.profile = {}
         state.erased = True
-    elif event.profile is not None:
+    elif event.profile is not None and state.merged_into is None:
+        # An alias's events belong to its survivor (`lifecycle.merge`): its own record only
+        # notes them, and its profile stays what it handed off.
         state.profile = {**state.profile, **event.profile.model_dump(exclude_none=True)}
     return state

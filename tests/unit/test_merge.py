@@ -540,3 +540,14 @@ def test_an_alias_has_no_deadline_its_survivor_has():
     assert next_deadline(state, policy) is not None
     state.merged_into = "b"
     assert next_deadline(state, policy) is None
+
+
+def test_an_alias_keeps_what_it_handed_off_so_a_redelivered_merge_hands_off_the_same():
+    policy = preset("default")
+    replayer = Replayer(policy, follow=False)
+    replayer.apply(lead_person("a", T0)[0])
+    merge = merged("a", "b", days(1))
+    first = replayer.apply(merge)
+    replayer.apply(ev("page_viewed", "a", days(2), "a-2", profile={"country": "FR"}))
+
+    assert replayer.apply(merge).follow_up == first.follow_up
