@@ -460,6 +460,7 @@ def test_copies_of_earlier_events_inserted_later_change_nothing(events, rng, cop
 
     plain, mixed = run_events(events), run_events(with_copies)
 
+    assert not any(d.conflict for d in mixed.decisions)  # a copy's hand-offs are copies too
     assert mixed.states == plain.states
     assert {c.change_id for c in mixed.changes} == {c.change_id for c in plain.changes}
 
