@@ -38,6 +38,7 @@ from lifecycle.temperature import temperature
 
 MERGED = EventType.PERSON_MERGED.value
 ABSORBED = EventType.PERSON_ABSORBED.value
+ERASED = EventType.PERSON_ERASED.value
 #: Event types with their own decision (see `decide`).
 IDENTITY_TYPES = frozenset({MERGED, ABSORBED})
 
@@ -145,6 +146,8 @@ def forward(state: PersonState, event: Event, policy: Policy) -> Decision:
     follow_up, note = _route(state, event)
     decision = _unchanged(state, event, policy.compiled.version, note)
     decision.follow_up = follow_up
+    # Erasure reaches the survivor, and the alias's own copy of what it handed off goes too.
+    decision.erased = event.type == ERASED
     return decision
 
 
@@ -188,6 +191,8 @@ def repeated_follow_up(state: PersonState, event: Event, seen: Seen) -> Event | 
     if survivor is None or seen.sequence < state.merged_sequence:
         return None
     if seen.sequence == state.merged_sequence:
+        if state.erased:  # what it handed off is erased here (and at the survivor)
+            return None
         return handoff(state, event) if event.merged_into == survivor else None
     return _route(state, event)[0]
 

@@ -552,3 +552,27 @@ def test_an_alias_keeps_what_it_handed_off_so_a_redelivered_merge_hands_off_the_
     replayer.apply(ev("page_viewed", "a", days(2), "a-2", profile={"country": "FR"}))
 
     assert replayer.apply(merge).follow_up == first.follow_up
+
+
+def test_verify_accepts_history_written_before_first_touch_times_were_recorded():
+    policy = preset("default")
+    live = run_events(lead_person("a", T0))
+    old = [r.model_copy(update={"first_touch_at": None}) for r in _records(live.decisions)]
+
+    assert verify(old, {policy.version: policy}).ok
+
+
+def test_erasing_an_alias_erases_its_copy_and_the_survivor():
+    events = [
+        *lead_person("a", T0),
+        *lead_person("b", T0),
+        merged("a", "b", days(1)),
+        ev("person_erased", "a", days(2), "erase-a", source=None, profile=None),
+    ]
+    result = run_events(events)
+
+    assert result.states["a"].profile == {} and result.states["a"].erased
+    assert result.states["b"].profile == {} and result.states["b"].erased
+    again = run_events([*events, events[2]])  # a redelivered merge hands nothing off now
+    assert not any(d.conflict for d in again.decisions)
+    assert again.states == result.states
