@@ -81,6 +81,10 @@ class EventType(StrEnum):
     # system
     INACTIVITY_TIMEOUT = "inactivity_timeout"
     PERSON_ERASED = "person_erased"
+    # identity (a CRM merged two contacts): `person_merged` comes from upstream, keyed by the
+    # absorbed person; `person_absorbed` is the hand-off leadflow writes for the survivor
+    PERSON_MERGED = "person_merged"
+    PERSON_ABSORBED = "person_absorbed"
 
 
 MARKETING_TYPES = frozenset(
@@ -95,6 +99,8 @@ MARKETING_TYPES = frozenset(
         EventType.DEAL_LOST,
         EventType.INACTIVITY_TIMEOUT,
         EventType.PERSON_ERASED,
+        EventType.PERSON_MERGED,
+        EventType.PERSON_ABSORBED,
     }
 )
 SALES_TYPES = frozenset(
@@ -123,6 +129,32 @@ class Profile(BaseModel):
     country: Name | None = None
 
 
+class Absorbed(BaseModel):
+    """The lifecycle of a person merged into another, as the hand-off (`person_absorbed`)
+    carries it to the survivor: every fact the merge rules read (`lifecycle.merge`)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    person_id: Id
+    stage: Name | None = None
+    highest: Name | None = None
+    entered_at: dict[Name, UtcDatetime] = Field(default_factory=dict)
+    last_activity: UtcDatetime | None = None
+    first_touch_source: Name | None = None
+    first_touch_at: UtcDatetime | None = None
+    lead_source: Name | None = None
+    score: float = 0.0
+    score_at: UtcDatetime | None = None
+    profile: Profile | None = None
+    sla_breached: tuple[Name, ...] = ()
+    last_touch_source: Name | None = None
+    touches: Annotated[int, Field(ge=0)] = 0
+    aliases: tuple[Id, ...] = Field(
+        default=(), description="ids the absorbed person had absorbed before (chains)"
+    )
+    erased: bool = False
+
+
 class Event(BaseModel):
     """The inbound envelope, discriminated by `type`; `event_id` is the idempotency key.
 
@@ -144,3 +176,17 @@ class Event(BaseModel):
     profile: Profile | None = None
     reason: Text | None = Field(default=None, description="why, for sales feedback")
     schema_version: Annotated[int, Field(ge=1, le=1000), JsonInt] = 1
+    merged_into: Id | None = Field(
+        default=None,
+        description="person_merged: the surviving person id (the key is the absorbed one)",
+    )
+    absorbed: Absorbed | None = Field(
+        default=None, description="person_absorbed: the absorbed lifecycle (leadflow writes it)"
+    )
+    forwarded_via: tuple[Id, ...] | None = Field(
+        default=None,
+        description=(
+            "set by leadflow on an event for an alias (a merged id) re-keyed to its survivor: "
+            "the aliases it was sent for, in order"
+        ),
+    )

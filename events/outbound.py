@@ -7,7 +7,7 @@ orjson; `tests/unit/test_contract.py` proves the two agree.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, Base64Bytes, BaseModel, ConfigDict, Field
 
@@ -61,6 +61,13 @@ class StageChanged(BaseModel):
     type: Literal["io.leadflow.stage_changed"] = STAGE_CHANGED_TYPE
     specversion: Literal["1.0"] = "1.0"
     time: AwareDatetime
+    merged: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "identity.merged: the person ids this change folded into the person (they are "
+            "aliases of it from now on; count them as this person)"
+        ),
+    )
 
 
 class SlaBreached(BaseModel):
@@ -75,6 +82,19 @@ class SlaBreached(BaseModel):
     detected_at: AwareDatetime = Field(description="occurred_at of the event that detected it")
     sla_days: float
     event_id: str
+
+
+class MergedFacts(BaseModel):
+    """What a merge assigned to the survivor (`lifecycle.merge.fold`), kept so the fold of
+    history re-applies no rule."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    entered_at: dict[str, AwareDatetime]
+    highest: str | None = None
+    profile: dict[str, Any] = Field(default_factory=dict)
+    sla_breached: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = Field(description="every id the survivor absorbed so far")
 
 
 class HistoryRecord(BaseModel):
@@ -102,6 +122,15 @@ class HistoryRecord(BaseModel):
     erased: bool = False
     last_touch_source: str | None = None
     touches: int = Field(default=0, ge=0, description="marketing touches so far")
+    first_touch_at: AwareDatetime | None = Field(
+        default=None, description="when the first touch happened (merges keep the earlier)"
+    )
+    merged_into: str | None = Field(
+        default=None, description="person_merged accepted: the person is an alias of this id"
+    )
+    merged: MergedFacts | None = Field(
+        default=None, description="person_absorbed: the facts of the merged lifecycle"
+    )
 
 
 class DeadLetter(BaseModel):

@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from events.inbound import Event
-from lifecycle.funnel import FunnelReport, funnel
+from lifecycle.funnel import FunnelReport, funnel_of
 from lifecycle.policy import Policy
 from lifecycle.rates import Rate
 from lifecycle.replay import replay
@@ -429,7 +429,7 @@ def calibrate(
     chosen = maturity_of(policy, maturity)
     data = DataSource.of(events)
     basis = ungated(policy)
-    report = funnel(c for d in replay(events, basis) if not d.duplicate for c in d.changes)
+    report = funnel_of(replay(events, basis))
     measures = measure(report, policy, min_mqls)
     steps = report.conversion["mql->customer"]
     overall = Rate(steps["to"], steps["from"])

@@ -29,6 +29,11 @@ def sla_deadline(state: PersonState, policy: Policy) -> datetime | None:
 
 
 def next_deadline(state: PersonState, policy: Policy) -> datetime | None:
-    """The earliest time at which an event-less tick would change something for this person."""
+    """The earliest time at which an event-less tick would change something for this person.
+
+    Never for an alias (a person merged into another): its survivor's clocks run instead.
+    """
+    if state.merged_into is not None:
+        return None
     times = [t for t in (inactivity_deadline(state, policy), sla_deadline(state, policy)) if t]
     return min(times) if times else None

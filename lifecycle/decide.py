@@ -4,6 +4,9 @@ Order of the rules for one event:
 1. an event id the person already applied changes nothing: a redelivery returns what it
    produced the first time, the same id with other content is a conflict (`lifecycle.dedup`;
    the runtime looks up what it saw of the id and passes it as `seen`);
+1b. identity (`lifecycle.merge`): an alias (a person merged into another) only forwards
+   every event to its survivor; `person_merged` and the hand-off `person_absorbed` have their
+   own decisions;
 2. the current stage's SLA, if the event arrives after it was due, is recorded as breached;
 3. if the event arrives after the inactivity window, the person is first recycled as of the
    window's end (time comes only from `occurred_at`, never from a clock);
@@ -19,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from events.inbound import KNOWN_TYPES, SALES_TYPES, Event, EventType
+from lifecycle import merge
 from lifecycle.dedup import Seen, repeated
 from lifecycle.guards import GuardInput, check
 from lifecycle.machine import TABLE
@@ -62,10 +66,17 @@ def decide(
         state = PersonState(event.person_id)
     compiled = policy.compiled
     if seen is not None:
-        return repeated(state.person_id, compiled.version, event, seen)
+        decision = repeated(state.person_id, compiled.version, event, seen)
+        if state.merged_into is not None and decision.conflict is None:
+            decision.follow_up = merge.repeated_follow_up(state, event, seen)
+        return decision
+    event_type = event.type
+    if state.merged_into is not None:  # an alias: its survivor takes everything
+        return merge.forward(state, event, policy)
+    if event_type in merge.IDENTITY_TYPES:
+        return _IDENTITY[event_type](state, event, policy)
 
     now = event.occurred_at
-    event_type = event.type
     stage = state.stage
     breaches: tuple[SlaBreach, ...] = ()
     if stage in compiled.sla_days and stage not in state.sla_breached:
@@ -95,6 +106,9 @@ def decide(
             score_at = now
 
     first_touch = state.first_touch_source or event.source
+    first_touch_at = state.first_touch_at
+    if state.first_touch_source is None and event.source is not None:
+        first_touch_at = now  # this event is the first touch
     touches, last_touch = state.touches, state.last_touch_source
     if event.source is not None and event_type not in _NOT_TOUCHES:
         touches, last_touch = touches + 1, event.source
@@ -140,7 +154,11 @@ def decide(
         erased,
         last_touch_source=last_touch,
         touches=touches,
+        first_touch_at=first_touch_at,
     )
+
+
+_IDENTITY = {merge.MERGED: merge.merge, merge.ABSORBED: merge.absorb}
 
 
 def _sla_breaches(state: PersonState, event: Event, days: float) -> tuple[SlaBreach, ...]:

@@ -17,7 +17,9 @@ Content is the validated event (what the core reads): fields the envelope ignore
 order, whitespace and the offset of `occurred_at` do not count. A sweeper tick
 (`inactivity_timeout`) is named by person and deadline, and its `occurred_at` is when a
 sweep noticed the deadline, which differs between sweeps, workers and restarts, so a tick's
-digest leaves `occurred_at` out.
+digest leaves `occurred_at` out. An event re-keyed from an alias to its survivor
+(`lifecycle.merge`) is the same event whichever alias it came through: `forwarded_via` does
+not count.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def fingerprint(content: Mapping[str, Any]) -> bytes:
     """
     if content.get("type") == _TICK:
         content = {k: v for k, v in content.items() if k != "occurred_at"}
+    elif "forwarded_via" in content:  # the same event, whichever alias it came through
+        content = {k: v for k, v in content.items() if k != "forwarded_via"}
     canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(canonical, digest_size=DIGEST_SIZE).digest()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from lifecycle.records import Reason
+from lifecycle.records import Merged, Reason
 from lifecycle.stages import higher
 from lifecycle.state import PersonState
 
@@ -30,6 +30,9 @@ class Applied(Protocol):
     erased: bool
     last_touch_source: str | None
     touches: int
+    first_touch_at: Any
+    merged_into: str | None
+    merged: Any
 
 
 def evolve(state: PersonState | None, decision: Applied) -> PersonState:
@@ -67,10 +70,24 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
     state.lead_source = decision.lead_source
     state.last_touch_source = decision.last_touch_source
     state.touches = decision.touches
+    state.first_touch_at = decision.first_touch_at
+    if decision.merged_into is not None:
+        state.merged_into = decision.merged_into
+        state.merged_sequence = decision.sequence
+    merged = decision.merged
+    if merged is not None:
+        merged = Merged.of(merged)
+        state.entered_at = dict(merged.entered_at)
+        state.highest = merged.highest
+        state.profile = dict(merged.profile)
+        state.sla_breached = merged.sla_breached
+        state.aliases = merged.aliases
     event = decision.event
     if decision.erased:
         state.profile = {}
         state.erased = True
-    elif event.profile is not None:
+    elif event.profile is not None and state.merged_into is None:
+        # An alias's events belong to its survivor (`lifecycle.merge`): its own record only
+        # notes them, and its profile stays what it handed off.
         state.profile = {**state.profile, **event.profile.model_dump(exclude_none=True)}
     return state

@@ -126,12 +126,76 @@ class Funnel:
 
     Safe under redelivery: a stage counts once per person, and a replayed older change never
     overrides the current stage set by a newer one.
+
+    Identity merges count one person: a change that merged ids into its person (`merged`,
+    a merge that advanced the survivor) folds their records into it, and so does `merge()`
+    (fed from decisions: a merge that did not advance the survivor has no change). A
+    change of an alias arriving later (a redelivery of its old events) adds only what it
+    reached to the survivor.
     """
 
     def __init__(self) -> None:
         self.persons: dict[str, _Person] = defaultdict(_Person)
+        self.aliases: dict[str, str] = {}  # merged id -> the id it was merged into
+
+    def merge(self, alias: str, survivor: str) -> None:
+        """Count `alias` as `survivor` from now on: what it reached, at the earliest times."""
+        if alias == survivor or self.aliases.get(alias) == survivor:
+            return
+        self.aliases[alias] = survivor
+        other = self.persons.pop(alias, None)
+        if other is None:
+            return
+        person = self.persons[self._resolve(survivor)]
+        self._fold_reached(person, other.first_reached, other.sales_sourced, other.highest_rank)
+        mine, theirs = person.first_reached.get("mql"), other.first_reached.get("mql")
+        if theirs is not None and (mine is None or theirs < mine):
+            person.lead_source = other.lead_source or person.lead_source
+            person.last_touch, person.touches = other.last_touch, other.touches
+        person.first_touch = person.first_touch or other.first_touch
+        if person.current is None:
+            person.current = other.current
+
+    def _resolve(self, person_id: str) -> str:
+        seen = {person_id}
+        while person_id in self.aliases:
+            person_id = self.aliases[person_id]
+            if person_id in seen:
+                break
+            seen.add(person_id)
+        return person_id
+
+    @staticmethod
+    def _fold_reached(
+        person: _Person, reached: dict[str, datetime], sourced: tuple[str, ...], rank: int
+    ) -> None:
+        for stage, at in reached.items():
+            mine = person.first_reached.get(stage)
+            if mine is None or at < mine:
+                person.first_reached[stage] = at
+                if stage in sourced and stage not in person.sales_sourced:
+                    person.sales_sourced += (stage,)
+                elif stage not in sourced and stage in person.sales_sourced:
+                    person.sales_sourced = tuple(s for s in person.sales_sourced if s != stage)
+        person.highest_rank = max(person.highest_rank, rank)
+
+    def add_decision(self, decision: Any) -> None:
+        """A decision's changes, and the merge it made (a `Decision` or a history record)."""
+        if getattr(decision, "duplicate", False):
+            return
+        merged = getattr(decision, "merged", None)
+        if merged is not None:
+            for alias in merged.aliases:
+                self.merge(alias, decision.person_id)
+        for change in decision.changes:
+            self.add(change)
 
     def add(self, change: Any) -> None:
+        for alias in getattr(change, "merged", ()):
+            self.merge(alias, change.person_id)
+        if change.person_id in self.aliases:
+            self._alias_change(change)
+            return
         person = self.persons[change.person_id]
         reached = person.first_reached
         if person.first_touch is None:  # the earliest touch: the same on every change
@@ -155,6 +219,15 @@ class Funnel:
             if change.to_stage == "mql" or "mql" in change.passed_through:
                 person.lead_source = change.lead_source
 
+    def _alias_change(self, change: Any) -> None:
+        """A change of a merged id, redelivered after the merge: only what it reached."""
+        person = self.persons[self._resolve(change.person_id)]
+        sourced = change.passed_through if is_sales_change(change) else ()
+        reached = dict.fromkeys(change.passed_through, change.occurred_at)
+        reached[change.to_stage] = change.occurred_at
+        rank = max(_RANK.get(s, -1) for s in reached)
+        self._fold_reached(person, reached, tuple(sourced), rank)
+
     def report(self) -> FunnelReport:
         return _report(self.persons)
 
@@ -172,6 +245,14 @@ def funnel(changes: Iterable[Any]) -> FunnelReport:
     view = Funnel()
     for change in changes:
         view.add(change)
+    return view.report()
+
+
+def funnel_of(decisions: Iterable[Any]) -> FunnelReport:
+    """Aggregate decisions (or history records): their changes and the merges they made."""
+    view = Funnel()
+    for decision in decisions:
+        view.add_decision(decision)
     return view.report()
 
 

@@ -77,14 +77,14 @@ def run_case(case: dict[str, Any], policy: Policy, index: int = 0) -> CaseResult
     actual: dict[str, list[str]] = {}
     reasons: dict[str, list[str]] = {}
     for event in _events(case, name):
-        decision = replayer.apply(event)
-        if decision.duplicate:
-            continue
-        for change in decision.changes:
-            actual.setdefault(change.person_id, []).append(change.to_stage)
-            reasons.setdefault(change.person_id, []).append(change.reason.text)
-        if decision.note is not None:
-            reasons.setdefault(event.person_id, []).append(f"(no move) {decision.note.text}")
+        for decision in replayer.apply_all(event):
+            if decision.duplicate:
+                continue
+            for change in decision.changes:
+                actual.setdefault(change.person_id, []).append(change.to_stage)
+                reasons.setdefault(change.person_id, []).append(change.reason.text)
+            if decision.note is not None:
+                reasons.setdefault(decision.person_id, []).append(f"(no move) {decision.note.text}")
     return CaseResult(name, {str(k): list(v or []) for k, v in expected.items()}, actual, reasons)
 
 

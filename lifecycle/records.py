@@ -50,6 +50,8 @@ class StageChange:
     type: str = STAGE_CHANGED_TYPE
     specversion: str = "1.0"
     time: datetime | None = None
+    #: The ids this change folded into the person (a merge that advanced them), else ().
+    merged: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.id = self.change_id
@@ -80,6 +82,7 @@ class StageChange:
             change.policy_version,
             getattr(change, "last_touch_source", None),
             getattr(change, "touches", 0),
+            merged=tuple(getattr(change, "merged", ())),
         )
 
     @classmethod
@@ -102,6 +105,7 @@ class StageChange:
             raw["policy_version"],
             raw.get("last_touch_source"),
             raw.get("touches", 0),
+            merged=tuple(raw.get("merged", ())),
         )
 
     @property
@@ -124,6 +128,30 @@ class SlaBreach:
 
 
 @dataclass(slots=True)
+class Merged:
+    """The facts of a merge that evolve() assigns as they are (`lifecycle.merge.fold`)."""
+
+    entered_at: dict[str, datetime]
+    highest: str | None
+    profile: dict[str, Any]
+    sla_breached: tuple[str, ...]
+    aliases: tuple[str, ...]
+
+    @classmethod
+    def of(cls, merged: Any) -> Merged:
+        """From a decision's record or a history record's `MergedFacts`."""
+        if type(merged) is cls:
+            return merged
+        return cls(
+            dict(merged.entered_at),
+            merged.highest,
+            dict(merged.profile),
+            tuple(merged.sla_breached),
+            tuple(merged.aliases),
+        )
+
+
+@dataclass(slots=True)
 class Decision:
     """Everything one inbound event did to one person: the body of a history record.
 
@@ -132,6 +160,11 @@ class Decision:
     already applied (`lifecycle.dedup`): nothing changes and evolve must ignore it. A
     redelivery carries the changes recorded the first time, to be re-emitted; an id reused
     with other content carries none and says why in `conflict` (a dead letter on the worker).
+
+    Identity merges (`lifecycle.merge`): `merged_into` makes the person an alias, `merged`
+    holds what a survivor's fold assigns, and `follow_up` is the event this one hands on to
+    another person (the hand-off, or an alias's event re-keyed to its survivor): not part of
+    the history record, the runtime routes it to the other person's partition.
     """
 
     person_id: str
@@ -152,6 +185,10 @@ class Decision:
     last_touch_source: str | None = None
     touches: int = 0
     conflict: str | None = None
+    first_touch_at: datetime | None = None
+    merged_into: str | None = None
+    merged: Merged | None = None
+    follow_up: Event | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The history record as plain data for orjson (the `HistoryRecord` shape)."""
@@ -172,4 +209,7 @@ class Decision:
             "erased": self.erased,
             "last_touch_source": self.last_touch_source,
             "touches": self.touches,
+            "first_touch_at": self.first_touch_at,
+            "merged_into": self.merged_into,
+            "merged": self.merged,
         }

@@ -11,6 +11,7 @@ from events.inbound import Event
 from lifecycle.decide import decide
 from lifecycle.dedup import SeenIndex
 from lifecycle.evolve import Applied, evolve
+from lifecycle.merge import ABSORBED
 from lifecycle.policy import Policy
 from lifecycle.records import Decision
 from lifecycle.state import PersonState
@@ -38,25 +39,59 @@ def bulk_gc() -> Iterator[None]:
         gc.set_threshold(*before)
 
 
+#: Most hops of one event's follow-ups (a hand-off or forward along a chain of aliases).
+MAX_HOPS = 1000
+
+
 class Replayer:
     """Holds one state per person and every applied event id; feed it events in arrival order.
 
     The same steps as the live worker (`streams.agent`): look up what was seen of the event
     id, decide, and for an applied decision evolve the state and remember the id. `seen`
     costs ~145 bytes per applied event (`lifecycle.dedup.SeenIndex`).
+
+    Identity merges hand events on to other persons (`Decision.follow_up`, see
+    `lifecycle.merge`). With `follow` (the default) `apply_all` applies a follow-up at once,
+    as if every person were on one partition, and skips the follow-ups a stream carries (a
+    history's or the events topic's hand-offs and forwarded events): they are decided again
+    from the merge and the alias's events, under this replay's policy. That is the restated
+    view (what-if, funnels, calibrate), whatever the input. With `follow=False` every event
+    is applied as given and nothing is handed on: a history's events then reproduce the
+    live decisions exactly, in the interleaving the workers had (tests, audits).
     """
 
-    __slots__ = ("policy", "seen", "states")
+    __slots__ = ("follow", "policy", "seen", "states")
 
     def __init__(
         self,
         policy: Policy,
         states: dict[str, PersonState] | None = None,
         seen: SeenIndex | None = None,
+        *,
+        follow: bool = True,
     ) -> None:
         self.policy = policy
         self.states: dict[str, PersonState] = {} if states is None else states
         self.seen = SeenIndex() if seen is None else seen
+        self.follow = follow
+
+    def apply_all(self, event: Event) -> list[Decision]:
+        """The event's decision, then (with `follow`) those of its follow-ups, in order.
+
+        With `follow`, a follow-up carried by the stream gives no decision (see above).
+        """
+        if not self.follow:
+            return [self.apply(event)]
+        if event.forwarded_via is not None or (event.type == ABSORBED and event.absorbed):
+            return []
+        decision = self.apply(event)
+        if decision.follow_up is None:
+            return [decision]
+        decisions = [decision]
+        while decision.follow_up is not None and len(decisions) <= MAX_HOPS:
+            decision = self.apply(decision.follow_up)
+            decisions.append(decision)
+        return decisions
 
     def apply(self, event: Event) -> Decision:
         person = event.person_id
@@ -70,13 +105,20 @@ class Replayer:
         return decision
 
 
-def replay(events: Iterable[Event], policy: Policy) -> Iterator[Decision]:
+def replay(events: Iterable[Event], policy: Policy, *, follow: bool = True) -> Iterator[Decision]:
     """Every decision, in order. Duplicates come out with `duplicate=True` and their old changes;
-    an event id reused with other content with `duplicate=True` and its `conflict`."""
-    replayer = Replayer(policy)
+    an event id reused with other content with `duplicate=True` and its `conflict`.
+
+    `follow=False` reproduces a history's own decisions exactly (see `Replayer`).
+    """
+    replayer = Replayer(policy, follow=follow)
     with bulk_gc():  # while the caller consumes decisions too; restored when it finishes
+        if not follow:
+            for event in events:
+                yield replayer.apply(event)
+            return
         for event in events:
-            yield replayer.apply(event)
+            yield from replayer.apply_all(event)
 
 
 def fold(records: Iterable[Applied]) -> dict[str, PersonState]:

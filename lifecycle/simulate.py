@@ -64,18 +64,17 @@ def simulate(events: Iterable[Event], policy_a: Policy, policy_b: Policy) -> Sim
     count = conflicts = 0
     for event in events:
         count += 1
-        decided_a, decided_b = a.apply(event), b.apply(event)
-        if decided_a.conflict is not None:
-            conflicts += 1
-        if not decided_a.duplicate:
-            for change in decided_a.changes:
-                funnel_a.add(change)
-        if not decided_b.duplicate:
-            for change in decided_b.changes:
-                funnel_b.add(change)
+        for decided in a.apply_all(event):
+            if decided.conflict is not None:
+                conflicts += 1
+            funnel_a.add_decision(decided)
+        for decided in b.apply_all(event):
+            funnel_b.add_decision(decided)
     differing = []
     for person_id in sorted(a.states.keys() | b.states.keys()):
         sa, sb = a.states.get(person_id), b.states.get(person_id)
+        if (sa and sa.merged_into) or (sb and sb.merged_into):
+            continue  # an alias: its survivor is compared
         stage_a = sa.current_stage if sa else None
         stage_b = sb.current_stage if sb else None
         highest_a = sa.highest if sa else None

@@ -34,6 +34,12 @@ class PersonState:
     erased: bool = False
     last_touch_source: str | None = None
     touches: int = 0
+    first_touch_at: datetime | None = None
+    #: Identity merges: the survivor this id is an alias of (and the sequence of the merge),
+    #: and every id this person absorbed, directly or through chains (cycle detection).
+    merged_into: str | None = None
+    merged_sequence: int = 0
+    aliases: tuple[str, ...] = ()
 
     @property
     def current_stage(self) -> str | None:
@@ -58,6 +64,10 @@ class PersonState:
             self.erased,
             self.last_touch_source,
             self.touches,
+            self.first_touch_at,
+            self.merged_into,
+            self.merged_sequence,
+            self.aliases,
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -79,6 +89,10 @@ class PersonState:
             "erased": self.erased,
             "last_touch_source": self.last_touch_source,
             "touches": self.touches,
+            "first_touch_at": self.first_touch_at,
+            "merged_into": self.merged_into,
+            "merged_sequence": self.merged_sequence,
+            "aliases": self.aliases,
         }
 
     @classmethod
@@ -106,4 +120,8 @@ class PersonState:
             erased=data.get("erased", False),
             last_touch_source=data.get("last_touch_source"),
             touches=data.get("touches", 0),
+            first_touch_at=when(data.get("first_touch_at")),
+            merged_into=data.get("merged_into"),
+            merged_sequence=data.get("merged_sequence", 0),
+            aliases=tuple(data.get("aliases", ())),
         )

@@ -50,11 +50,24 @@ def change_facts(change: Any) -> tuple[Any, ...]:
         change.lead_source,
         change.first_touch_source,
         change.temperature,
+        tuple(getattr(change, "merged", ())),
     )
 
 
 def _breach_facts(breach: Any) -> tuple[Any, ...]:
     return (breach.stage, breach.entered_at, breach.due_at, breach.detected_at)
+
+
+def _merged_facts(merged: Any) -> tuple[Any, ...] | None:
+    if merged is None:
+        return None
+    return (
+        sorted(merged.entered_at.items()),
+        merged.highest,
+        sorted(merged.profile.items()),
+        tuple(merged.sla_breached),
+        tuple(merged.aliases),
+    )
 
 
 def _facts(record: Any) -> dict[str, Any]:
@@ -70,6 +83,9 @@ def _facts(record: Any) -> dict[str, Any]:
         "lead_source": record.lead_source,
         "first_touch_source": record.first_touch_source,
         "erased": record.erased,
+        "first_touch_at": record.first_touch_at,
+        "merged_into": record.merged_into,
+        "merged": _merged_facts(record.merged),
     }
 
 
@@ -109,6 +125,8 @@ def verify(records: Iterable[Applied], policies: Mapping[str, Policy]) -> Verify
                 )
             else:
                 want, got = _facts(record), _facts(recomputed)
+                if want["first_touch_at"] is None:
+                    got["first_touch_at"] = None  # history written before it was recorded
                 for name, value in want.items():
                     if got[name] != value:
                         report.mismatches.append(

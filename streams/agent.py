@@ -5,8 +5,12 @@ states at hand and publishes what the core decided. Per event it publishes the h
 record (to `history`, the source of truth) and each stage change (to `stage-changes`); a
 redelivered event id — however old — re-publishes the changes it produced the first time,
 with the same change ids, and writes no history; an event id reused with other content is
-dead-lettered with the reason. Which ids were applied is looked up in the dedup store
-(`streams.dedup_store`); what a second arrival means is the core's rule (`lifecycle.dedup`).
+dead-lettered with the reason. A decision's follow-up (an identity merge's hand-off, or an
+alias's event re-keyed to its survivor: `lifecycle.merge`) is published to the events topic
+at the other person's partition, in the same batch as the history record that caused it,
+so the survivor's worker (this one or another) applies it as an ordinary arrival. Which ids
+were applied is looked up in the dedup store (`streams.dedup_store`); what a second arrival
+means is the core's rule (`lifecycle.dedup`).
 
 Person states live in a Faust table (orjson of `PersonState.to_wire()`), written once per
 person per batch, with an in-process LRU of `PersonState` objects in front of it: turning a
@@ -56,6 +60,7 @@ from streams.deadletters import dead_letter
 from streams.dedup_store import DedupStore
 from streams.drain import Feed
 from streams.outputs import Outputs, to_json
+from streams.publish import KeyPartitions
 from streams.shadow import Shadow
 from streams.topics import TopicNames
 
@@ -87,6 +92,7 @@ class BatchStats:
     dead_letters: int = 0
     duplicates: int = 0
     conflicts: int = 0  # event ids reused with other content (dead-lettered)
+    follow_ups: int = 0  # hand-offs and forwarded events published for other persons
     deliveries: list[Any] = field(default_factory=list)
 
 
@@ -109,6 +115,7 @@ class Lifecycle:
         *,
         cache_size: int = 100_000,
         seen: DedupStore | None = None,
+        partitions: int | None = None,
     ) -> None:
         self.app = app
         self.policy = policy
@@ -127,6 +134,11 @@ class Lifecycle:
         self.processed = 0
         self.shadows: list[Shadow] = []  # candidate policies run beside this one (streams.shadow)
         self.seen = DedupStore(None) if seen is None else seen
+        count = partitions or int(app.conf.topic_partitions)
+        #: The events partition of a person id: where a merge's hand-off and an alias's
+        #: forwarded events go (the default partitioner's murmur2, as `leadflow send` and
+        #: Java clients key them; see README "Identity merges").
+        self.partition_of = KeyPartitions(range(count))
 
     # -- ownership (called by recovery) ------------------------------------------------------
     def release(self, partitions: set[int]) -> None:
@@ -265,6 +277,12 @@ class Lifecycle:
             for shadow in self.shadows:  # redeliveries re-emit the shadow's changes too
                 for change in shadow.apply(event, decision):
                     outputs.add(shadow.topic, key, to_json(change), partition)
+            follow_up = decision.follow_up
+            if follow_up is not None:  # a merge's hand-off, an alias's event for its survivor
+                to = follow_up.person_id.encode()
+                body = follow_up.model_dump_json(exclude_none=True).encode()
+                outputs.add(names.events, to, body, self.partition_of(to), partition)
+                stats.follow_ups += 1
             if decision.duplicate:
                 stats.duplicates += 1
                 for change in decision.changes:

@@ -65,7 +65,19 @@ def _problem(view: View, status: int, message: str, **extra: Any) -> Response:
 
 
 def person_view(state: PersonState, policy: Policy, now: datetime) -> dict[str, Any]:
-    """What `GET /people/{id}` shows: stage facts, sources, temperature, the last reason."""
+    """What `GET /people/{id}` shows: stage facts, sources, temperature, the last reason.
+
+    For an alias (an id merged into another) only whom it was merged into: its lifecycle
+    continues as the survivor's, which lists its aliases.
+    """
+    if state.merged_into is not None:
+        return {
+            "person_id": state.person_id,
+            "merged_into": state.merged_into,
+            "survivor": f"/people/{state.merged_into}",
+            "sequence": state.sequence,
+            "policy_version": policy.version,
+        }
     stage = state.current_stage
     entered = state.entered_at.get(stage) if stage else None
     return {
@@ -90,6 +102,7 @@ def person_view(state: PersonState, policy: Policy, now: datetime) -> dict[str, 
         "sla_breached": state.sla_breached,
         "erased": state.erased,
         "profile": {} if state.erased else state.profile,
+        "aliases": state.aliases,
         "policy_version": policy.version,
     }
 

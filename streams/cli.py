@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from events.inbound import Event
-from lifecycle.funnel import FunnelReport, funnel
+from lifecycle.funnel import FunnelReport, funnel_of
 from lifecycle.policy import PRESETS, Policy, PolicyError, load_policy, load_preset, resolve_policy
 from streams import (
     commands_analytics,
@@ -243,9 +243,10 @@ def replay(
                 continue
             if cutoff is not None and event.occurred_at > cutoff:
                 continue
-            decision = reader.check(replayer.apply(event))
-            if not state:
-                yield from decision.changes
+            for decision in replayer.apply_all(event):
+                reader.check(decision)
+                if not state:
+                    yield from decision.changes
 
     if state:
         for _ in changes():
@@ -317,13 +318,7 @@ def funnel_command(
         )
         return
     reader = _Reader(strict, mapping)
-    changes = [
-        c
-        for d in map(reader.check, run(reader.events(events, broker, topic_prefix), rules))
-        if not d.duplicate
-        for c in d.changes
-    ]
-    report = funnel(changes)
+    report = funnel_of(map(reader.check, run(reader.events(events, broker, topic_prefix), rules)))
     if by is not None:
         commands_analytics.attribution(report, by, format)
     elif format == "json":

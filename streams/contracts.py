@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from events.inbound import Event
 from events.outbound import DeadLetter, HistoryRecord, Reason, SlaBreached, StageChanged
@@ -59,6 +59,17 @@ class PersonView(_Response):
     sla_breached: list[str]
     erased: bool
     profile: dict[str, Any]
+    aliases: list[str] = Field(default=[], description="ids merged into this person")
+    policy_version: str
+
+
+class AliasView(_Response):
+    """An id merged into another (`person_merged`): its lifecycle continues as the survivor's."""
+
+    person_id: str
+    merged_into: str = Field(description="the survivor this id was merged into")
+    survivor: str = Field(description="the survivor's path: /people/{merged_into}")
+    sequence: int
     policy_version: str
 
 
@@ -83,7 +94,7 @@ class PersonHistory(_Response):
     person_id: str
     as_of: datetime | None
     records: list[TimelineEntry]
-    state: PersonView | None = None
+    state: PersonView | AliasView | None = None
 
 
 class FunnelView(_Response):
@@ -265,6 +276,7 @@ def openapi() -> dict[str, Any]:
                 {
                     "Event": Event,
                     "PersonView": PersonView,
+                    "AliasView": AliasView,
                     "PersonHistory": PersonHistory,
                     "FunnelView": FunnelView,
                     "CalibrationReport": CalibrationReport,
@@ -283,7 +295,10 @@ def openapi() -> dict[str, Any]:
                     "security": scoped("read"),
                     "parameters": [person_param],
                     "responses": {
-                        "200": answer("the person", _ref("PersonView")),
+                        "200": answer(
+                            "the person, or whom an id was merged into",
+                            {"oneOf": [_ref("PersonView"), _ref("AliasView")]},
+                        ),
                         **refusals,
                         "404": problem,
                     },

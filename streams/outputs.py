@@ -4,7 +4,10 @@ Every output goes to the same partition number as the input that caused it (all 
 topics have the same partition count). That keeps one person's history, stage changes and
 ticks together whatever partitioner the upstream producer used (librdkafka's default is not
 Java's), makes "history partition p holds exactly the persons of events partition p" true
-for recovery, and puts each send in the right transaction in exactly-once mode.
+for recovery, and puts each send in the right transaction in exactly-once mode. The one
+exception: an identity merge's hand-off and an alias's forwarded event go to the events
+partition of the person they are for (`streams.agent`), in the transaction of the input
+that caused them.
 """
 
 from __future__ import annotations
@@ -43,7 +46,15 @@ class Outputs:
     falls back to one send per record, because each record names its transactional producer.
     """
 
-    __slots__ = ("_group", "_pending", "_producer", "_queued", "app", "on_sent", "source_topic")
+    __slots__ = (
+        "_group",
+        "_pending",
+        "_producer",
+        "_queued",
+        "app",
+        "on_sent",
+        "source_topic",
+    )
 
     def __init__(self, app: faust.App, source_topic: str) -> None:
         self.app = app
@@ -51,7 +62,9 @@ class Outputs:
         self._producer: Any = None
         self._group: int | None = None
         self._pending: list[Awaitable[Any]] = []
-        self._queued: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
+        #: (topic, partition, input partition) -> records; the input partition names the
+        #: transaction (it differs from the partition only for merge follow-ups)
+        self._queued: dict[tuple[str, int, int], list[tuple[bytes | None, bytes]]] = {}
         #: topic -> called with (partition, offset of the last record) when a batch is acked
         self.on_sent: dict[str, Callable[[int, int], None]] = {}
 
@@ -68,7 +81,15 @@ class Outputs:
             self._group = self.app.assignor.group_for_topic(self.source_topic)
         return f"{self.app.conf.id}-{self._group}-{partition}"
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int) -> None:
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int,
+        source: int | None = None,
+    ) -> None:
+        """Send now; `source` is the input partition when it is not `partition`."""
         if self._producer is None:
             await self.start()
         future = await self._producer.send(
@@ -78,15 +99,24 @@ class Outputs:
             partition,
             None,
             None,
-            transactional_id=self._transactional_id(partition),
+            transactional_id=self._transactional_id(partition if source is None else source),
         )
         self._pending.append(future)
 
-    def add(self, topic: str, key: bytes | None, value: bytes, partition: int) -> None:
-        """Queue one record for the next `publish()`."""
-        queue = self._queued.get((topic, partition))
+    def add(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int,
+        source: int | None = None,
+    ) -> None:
+        """Queue one record for the next `publish()`; `source`: the input partition, when
+        the record goes to another partition (its transaction is the input's)."""
+        slot = (topic, partition, partition if source is None else source)
+        queue = self._queued.get(slot)
         if queue is None:
-            queue = self._queued[(topic, partition)] = []
+            queue = self._queued[slot] = []
         queue.append((key, value))
 
     async def publish(self) -> None:
@@ -97,13 +127,13 @@ class Outputs:
         if self._producer is None:
             await self.start()
         if self.app.in_transaction:
-            for (topic, partition), records in queued.items():
+            for (topic, partition, source), records in queued.items():
                 for key, value in records:
-                    await self.send(topic, key, value, partition)
+                    await self.send(topic, key, value, partition, source)
             return
         producer = self._producer._ensure_producer()  # Faust's aiokafka producer
         pending = self._pending
-        for (topic, partition), records in queued.items():
+        for (topic, partition, _), records in queued.items():
             notify = self.on_sent.get(topic)
             batch = producer.create_batch()
             for key, value in records:

@@ -8,11 +8,13 @@ this module checks the guarantee directly:
 
 * committed offsets of the worker's group (the Faust app id), read FIRST: everything below
   them had its outputs acked before the commit, so the history read afterwards holds it;
-* the history topic: the event ids that were applied (a redelivery shares the original's id);
+* the history topic: the (person, event id) pairs that were applied (a redelivery shares the
+  original's; an event forwarded from a merged id to its survivor keeps its id, so the pair
+  names whose record it is);
 * the dead-letter topic: the (partition, offset) of every rejected inbound record, and the
   raw bytes of each (a re-driven record that was rejected again names its new offset);
-* the events topic, read to its true end: a record below the committed offset whose event id
-  is not in history and that was not dead-lettered is a **gap**.
+* the events topic, read to its true end: a record below the committed offset whose key and
+  event id are not in history and that was not dead-lettered is a **gap**.
 
 Repair re-publishes a gap's original key and bytes to the events topic, to the SAME partition
 (the upstream producer's partitioner may differ from ours, and a person's events, history and
@@ -155,11 +157,13 @@ async def find_gaps(settings: Settings, group: str) -> ReconcileReport:
     for p in partitions:
         report.partitions[p] = PartitionCounts(committed=committed[p])
 
-    applied: set[str] = set()
+    # (key, event id): a merged id's event is forwarded to its survivor with the same event
+    # id (`lifecycle.merge`), so the alias's record does not stand for the survivor's.
+    applied: set[tuple[bytes | None, str]] = set()
     async for record in iter_to_end(settings.bootstrap, names.history, client_options=options):
         report.history_records += 1
         try:
-            applied.add(orjson.loads(record.value)["event"]["event_id"])
+            applied.add((record.key, orjson.loads(record.value)["event"]["event_id"]))
         except (orjson.JSONDecodeError, KeyError, TypeError):
             continue  # not a history record; `verify` reports those
 
@@ -183,7 +187,7 @@ async def find_gaps(settings: Settings, group: str) -> ReconcileReport:
             continue
         counts.below += 1
         event_id = event_id_of(record.value)
-        if event_id is not None and event_id in applied:
+        if event_id is not None and (record.key, event_id) in applied:
             counts.applied += 1
         elif (record.partition, record.offset) in rejected or (
             record.partition,

@@ -69,6 +69,12 @@ def published(node: dict[str, Any], root: dict[str, Any] = SCHEMA) -> st.SearchS
         return st.one_of([published(branch, root) for branch in node["anyOf"]])
     if node.get("type") != "object":
         return from_schema(node)
+    if "properties" not in node:  # a mapping (e.g. entered_at: stage -> time)
+        keys = from_schema({"type": "string", **node.get("propertyNames", {})})
+        values = node.get("additionalProperties")
+        return st.dictionaries(
+            keys, published(values, root) if isinstance(values, dict) else JSON, max_size=3
+        )
     properties = {name: published(sub, root) for name, sub in node["properties"].items()}
     required = set(node.get("required", ()))
     known = st.fixed_dictionaries(
