@@ -107,3 +107,20 @@ def test_the_readme_backfill_mapping_is_a_valid_mapping():
     block = readme.split("# examples/mappings/b2b-funnel.yaml (abridged)\n", 1)[1]
     mapping = parse_mapping(block.split("```", 1)[0], "README.md")
     assert [rule.match for rule in mapping.files] == ["*mqls*.csv", "*deals*.csv"]
+
+
+def test_calibrate_and_cohort_funnel_read_a_csv_with_a_mapping():
+    csv, mapping = str(EXAMPLES / "mqls.csv"), str(EXAMPLES / "b2b-funnel.yaml")
+    calibrated = runner.invoke(
+        app,
+        ["calibrate", "--events", csv, "--mapping", mapping, "--min-mqls", "1", "--format", "json"],
+    )
+    assert calibrated.exit_code == 0, calibrated.output
+    sources = json.loads(calibrated.stdout)["sources"]
+    assert sum(s["mqls"] for s in sources) == 8  # every hand-raise of the file is an MQL
+    cohorts = runner.invoke(
+        app,
+        ["funnel", "--events", csv, "--mapping", mapping, "--cohort", "month", "--format", "json"],
+    )
+    assert cohorts.exit_code == 0, cohorts.output
+    assert json.loads(cohorts.stdout)
