@@ -218,7 +218,10 @@ def make_app(
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
         app.feed.clear()
-        lifecycle.release({tp.partition for tp in revoked if tp.topic == names.events})
+        partitions = {tp.partition for tp in revoked if tp.topic == names.events}
+        if app.in_transaction and partitions:
+            await abort_uncommitted(app, partitions)
+        lifecycle.release(partitions)
 
     sweeper_outputs = Outputs(app, names.events)
 
@@ -264,6 +267,35 @@ def make_app(
     lifecycle.shadows = shadows_of(settings, names)
     app.api = install_api(app, {s.policy.version: (s.policy, s.topic) for s in lifecycle.shadows})
     return app
+
+
+async def abort_uncommitted(app: faust.App, partitions: set[int]) -> None:
+    """`--exactly-once`: abort what the revoked partitions' transactions hold uncommitted.
+
+    Called after Faust's own revoke commit and producer flush. Faust commits a partition's
+    transaction only with new acked offsets, and its revoke waits for acks at most a second
+    at a time; a batch still in flight then stays in the open transaction. For a partition
+    this worker is assigned again, Faust keeps that producer and its open transaction
+    (`begin_transaction` fails with an invalid state transition, logged and ignored): the
+    batch is processed again from the committed offset, from a state rebuilt from committed
+    history, into the same transaction, and both copies are committed together (found on
+    Kafka: two workers, one kill -9, 338 history records twice). Aborting here drops the
+    first copy, whose inputs were never committed. Mirrors faust-streaming 0.15.3's
+    `TransactionManager.transactional_id_format` and reads the producers it keeps
+    (`Producer._transaction_producers`; aiokafka 0.13-0.14 `_txn_manager`).
+    """
+    producers = getattr(app.producer, "_transaction_producers", {})
+    for tid, producer in list(producers.items()):
+        # "{app id}-{topic group}-{partition}": every topic group of a revoked partition
+        prefix, _, partition = tid.rpartition("-")
+        if not prefix.startswith(f"{app.conf.id}-") or not partition.isdigit():
+            continue
+        if int(partition) not in partitions:
+            continue
+        manager = getattr(producer, "_txn_manager", None)
+        if manager is not None and manager.is_in_transaction():
+            log.info("aborting the uncommitted transaction %s of a revoked partition", tid)
+            await app.producer.abort_transaction(tid)
 
 
 def shadows_of(settings: Settings, names: TopicNames) -> list[Shadow]:

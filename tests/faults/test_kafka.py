@@ -110,6 +110,52 @@ async def test_exactly_once_kill_9_read_committed_sees_every_change_once(
     assert outcome.expected > 1_000 and outcome.dead_letters >= outcome.invalid > 0
 
 
+async def test_exactly_once_two_workers_each_killed_apply_nothing_twice(
+    broker, make_topics, tmp_path, fault_report
+):
+    """Two `--exactly-once` workers, each killed once mid-stream: the survivor's rebalance
+    must not commit a batch twice (Faust keeps a kept partition's open transaction across
+    the rebalance; `streams.app.abort_uncommitted` drops it)."""
+    names = await make_topics(partitions=4)
+    settings = settings_for(broker.url, names)
+    records = make_stream(8_000, 400, seed=17, duplicates=0.0, garbage_every=0)
+    extra = ("--exactly-once",)
+    group = [
+        Worker(broker, names, tmp_path, "x1", store="rocksdb", extra=extra),
+        Worker(broker, names, tmp_path, "x2", store="memory", extra=extra),
+    ]
+
+    async def every_partition_owned() -> bool:
+        owned = [await w.owned() for w in group]
+        return sorted(p for parts in owned for p in parts) == [0, 1, 2, 3]
+
+    await wait_for(every_partition_owned, 120, "two workers to own every partition")
+    publisher = Publisher(broker.bootstrap, names.events, records)
+    publisher.start(rate=len(records) / 30.0)
+    for fraction, worker in ((0.35, group[0]), (0.7, group[1])):
+        await publisher.wait(int(len(records) * fraction), timeout=180)
+        worker.kill()
+        await asyncio.sleep(1.0)
+        worker.start()
+    await publisher.wait(timeout=180)
+    await wait_for(every_partition_owned, 120, "both workers back")
+    gaps, repaired, outcome = await settled_check_repaired(
+        settings, "exactly-once, 2 workers", alive=lambda: all(w.alive for w in group)
+    )
+    aborted = sum(w.tail(500_000).count("aborting the uncommitted transaction") for w in group)
+    fault_report.add(
+        "exactly-once: 2 workers, kill -9 each",
+        "2 x kill -9 (one per worker), --exactly-once, read_committed",
+        **outcome.counts(),
+        gaps=gaps,
+        repaired=repaired,
+        transactions_aborted_at_revoke=aborted,
+    )
+    assert outcome.problems == []
+    assert outcome.duplicates == 0, f"{outcome.duplicates} repeated change ids read_committed"
+    assert outcome.history == outcome.valid_ids == len(records)
+
+
 async def _reemissions(bootstrap: str, names: TopicNames) -> int:
     """Stage changes re-emitted because upstream sent an event id again: per redelivery, the
     changes its first delivery produced."""
