@@ -29,7 +29,7 @@ from typing import Any
 
 from events.inbound import Event
 from lifecycle.funnel import FunnelReport, funnel_of
-from lifecycle.policy import Policy
+from lifecycle.policy import Policy, policy_changes
 from lifecycle.rates import Rate
 from lifecycle.replay import replay
 from lifecycle.simulate import Simulation, simulate
@@ -364,23 +364,6 @@ def propose(
         body["gated_sources"] = gated  # every gated source today is measured (or insufficient)
         body["allowed_sources"] = None
     return Policy.model_validate(body)
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): data}
-
-
-def policy_changes(a: Policy, b: Policy) -> list[tuple[str, Any, Any]]:
-    """(key path, before, after) for every rule that differs, in key order."""
-    fa, fb = _flatten(a.model_dump(mode="json")), _flatten(b.model_dump(mode="json"))
-    return [
-        (k, fa.get(k), fb.get(k)) for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k)
-    ]
 
 
 def what_if(

@@ -14,7 +14,7 @@ from datetime import timedelta
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -344,3 +344,21 @@ def resolve_policy(path: str | Path | None = None, preset: str | None = None) ->
     if path is not None:
         return load_policy(path)
     return load_preset(preset or "default")
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): data}
+
+
+def policy_changes(a: Policy, b: Policy) -> list[tuple[str, Any, Any]]:
+    """(key path, before, after) for every rule that differs between two policies, in key
+    order: what `policy diff` prints and what `calibrate` proposes to change."""
+    fa, fb = _flatten(a.model_dump(mode="json")), _flatten(b.model_dump(mode="json"))
+    return [
+        (k, fa.get(k), fb.get(k)) for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k)
+    ]

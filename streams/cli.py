@@ -495,27 +495,15 @@ def policy_show(
     out.print(rules.to_yaml(), highlight=False, markup=False)
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): data}
-
-
 @policy_app.command("diff")
 def policy_diff(a: str, b: str) -> None:
     """Rule-by-rule differences between two policies (files or presets)."""
+    from lifecycle.policy import policy_changes
+
     pa, pb = _named_policy(a), _named_policy(b)
-    fa, fb = _flatten(pa.model_dump(mode="json")), _flatten(pb.model_dump(mode="json"))
     out.print(f"{a} ({pa.version}) → {b} ({pb.version})", highlight=False)
-    changed = 0
-    for key in sorted(fa.keys() | fb.keys()):
-        va, vb = fa.get(key), fb.get(key)
-        if va == vb:
-            continue
-        changed += 1
+    changed = policy_changes(pa, pb)
+    for key, va, vb in changed:
         if isinstance(va, list) and isinstance(vb, list):
             added = [x for x in vb if x not in va]
             removed = [x for x in va if x not in vb]
