@@ -10,44 +10,22 @@ downloaded browser.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import ConsoleMessage, Error, Request, async_playwright
 
 from streams.demo import synthetic_events
 from streams.publish import encode_event, publish
 from streams.settings import Settings
+from tests.e2e.browser import chromium_page, require_chromium
 from tests.fixtures.worker import TOKEN, Worker, wait_for
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ["subscriber", "lead", "mql", "sql", "opportunity", "customer", "recycled"]
-
-
-def require_chromium() -> None:
-    if not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
-        pytest.fail(
-            f"Chromium is missing ({CHROMIUM}): the dashboard test needs Debian's chromium. "
-            "Run scripts/ensure-chromium (or `sudo apt-get install chromium`); "
-            "`make test` does this first.",
-            pytrace=False,
-        )
 
 
 async def get(worker: Worker, path: str, *, token: str | None = TOKEN) -> Any:
@@ -88,88 +66,61 @@ async def test_dashboard_shows_funnel_recent_changes_and_a_timeline(
     assert sent.sent == len(events)
     funnel = await settled_funnel(worker, len(events))
 
-    requests: list[str] = []
-    errors: list[str] = []
+    async with chromium_page(
+        tmp_path / "chromium-profile", width=1280, height=900, timeout_ms=10000
+    ) as (page, seen):
+        # The funnel: open data, shown without a token, the same numbers as GET /funnel.
+        await page.goto(worker.url + "/")
+        await page.locator("[data-testid=reached-recycled]").wait_for()
+        shown = {
+            stage: int(await page.locator(f"[data-testid=reached-{stage}]").inner_text())
+            for stage in STAGES
+        }
+        assert set(funnel["reached"]) <= set(STAGES), funnel["reached"]
+        assert shown == {s: funnel["reached"].get(s, 0) for s in STAGES}
+        assert sum(shown.values()) > 0
+        assert await get(worker, "/funnel", token=None) == funnel  # still settled
+        assert funnel["policy_version"] in await page.locator("#policy").inner_text()
+        assert "enter the API token" in await page.locator("#recent").inner_text()
 
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            errors.append(f"console: {message.text} ({message.location})")
+        # The token: entered once (change event), kept for the session, unlocks persons.
+        await page.locator("#token").fill(TOKEN)
+        await page.locator("#token").press("Tab")
+        await page.locator("#recent .change").first.wait_for()
+        recent = await get(worker, "/changes/recent?limit=25")
+        assert recent
+        assert await page.locator("#recent .who").all_inner_texts() == [
+            c["person_id"] for c in recent
+        ]
+        assert recent[0]["reason"]["text"] in await page.locator("#recent").inner_text()
+        stored = await page.evaluate("sessionStorage.getItem('leadflow-token')")
+        assert stored == TOKEN
 
-    def on_page_error(error: Error) -> None:
-        errors.append(f"page error: {error}")
+        # A person with stage changes: search, see the timeline with reasons and stage.
+        person_id = recent[0]["person_id"]
+        person = await get(worker, f"/people/{person_id}")
+        history = await get(worker, f"/people/{person_id}/history")
+        reasons = [c["reason"]["text"] for r in history["records"] for c in r["changes"]]
+        assert reasons, history
+        await page.locator("#person").fill(person_id)
+        await page.locator("#person").press("Enter")
+        current = page.locator("[data-testid=current-stage]")
+        await current.wait_for()
+        assert await current.inner_text() == person["stage"]
+        timeline = page.locator("[data-testid=timeline]")
+        entries = timeline.locator(".entry")
+        assert await entries.count() == len(history["records"])
+        assert await timeline.locator(".entry.moved").count() >= 1
+        text = await timeline.inner_text()
+        assert all(reason in text for reason in reasons), (reasons, text)
 
-    def on_request(request: Request) -> None:
-        requests.append(request.url)
-
-    async with async_playwright() as playwright:
-        context = await playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            context.on("request", on_request)
-            page = context.pages[0] if context.pages else await context.new_page()
-            page.on("console", on_console)
-            page.on("pageerror", on_page_error)
-            page.set_default_timeout(10_000)
-
-            # The funnel: open data, shown without a token, the same numbers as GET /funnel.
-            await page.goto(worker.url + "/")
-            await page.locator("[data-testid=reached-recycled]").wait_for()
-            shown = {
-                stage: int(await page.locator(f"[data-testid=reached-{stage}]").inner_text())
-                for stage in STAGES
-            }
-            assert set(funnel["reached"]) <= set(STAGES), funnel["reached"]
-            assert shown == {s: funnel["reached"].get(s, 0) for s in STAGES}
-            assert sum(shown.values()) > 0
-            assert await get(worker, "/funnel", token=None) == funnel  # still settled
-            assert funnel["policy_version"] in await page.locator("#policy").inner_text()
-            assert "enter the API token" in await page.locator("#recent").inner_text()
-
-            # The token: entered once (change event), kept for the session, unlocks persons.
-            await page.locator("#token").fill(TOKEN)
-            await page.locator("#token").press("Tab")
-            await page.locator("#recent .change").first.wait_for()
-            recent = await get(worker, "/changes/recent?limit=25")
-            assert recent
-            assert await page.locator("#recent .who").all_inner_texts() == [
-                c["person_id"] for c in recent
-            ]
-            assert recent[0]["reason"]["text"] in await page.locator("#recent").inner_text()
-            stored = await page.evaluate("sessionStorage.getItem('leadflow-token')")
-            assert stored == TOKEN
-
-            # A person with stage changes: search, see the timeline with reasons and stage.
-            person_id = recent[0]["person_id"]
-            person = await get(worker, f"/people/{person_id}")
-            history = await get(worker, f"/people/{person_id}/history")
-            reasons = [c["reason"]["text"] for r in history["records"] for c in r["changes"]]
-            assert reasons, history
-            await page.locator("#person").fill(person_id)
-            await page.locator("#person").press("Enter")
-            current = page.locator("[data-testid=current-stage]")
-            await current.wait_for()
-            assert await current.inner_text() == person["stage"]
-            timeline = page.locator("[data-testid=timeline]")
-            entries = timeline.locator(".entry")
-            assert await entries.count() == len(history["records"])
-            assert await timeline.locator(".entry.moved").count() >= 1
-            text = await timeline.inner_text()
-            assert all(reason in text for reason in reasons), (reasons, text)
-
-            screenshot = tmp_path / "dashboard.png"
-            await page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            await context.close()
+        screenshot = tmp_path / "dashboard.png"
+        await page.screenshot(path=str(screenshot), full_page=True)
 
     (REPO / "test-output").mkdir(exist_ok=True)
     shutil.copyfile(screenshot, REPO / "test-output" / "dashboard.png")
 
-    assert not errors, "\n".join(errors)
+    assert not seen.errors, "\n".join(seen.errors)
     local = worker.url + "/"
-    outside = [url for url in requests if not url.startswith(local)]
-    assert requests and not outside, f"requests off 127.0.0.1: {outside}"
+    outside = seen.offsite(local)
+    assert seen.requests and not outside, f"requests off 127.0.0.1: {outside}"

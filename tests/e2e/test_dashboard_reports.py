@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import ConsoleMessage, Error, Request, async_playwright
 
 from streams.demo import synthetic_events
 from streams.export import read_history_topic
 from streams.publish import encode_event, publish
 from streams.settings import Settings
-from tests.e2e.test_dashboard import CHROMIUM, CHROMIUM_ARGS, REPO, get, require_chromium
+from tests.e2e.browser import chromium_page, require_chromium
+from tests.e2e.test_dashboard import REPO, get
 from tests.fixtures.worker import TOKEN, Worker, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -56,96 +56,69 @@ async def test_dashboard_shows_measured_conversion_proposal_cohorts_and_time_in_
     cohorts: dict[str, Any] = await get(worker, "/reports/cohorts?period=month", token=None)
     assert calibration["data"]["events"] == EVENTS
 
-    requests: list[str] = []
-    errors: list[str] = []
+    async with chromium_page(
+        tmp_path / "chromium-profile", width=1400, height=1000, timeout_ms=15000
+    ) as (page, seen):
+        # The link `leadflow dev` prints signs in, then leaves the address bar clean.
+        await page.goto(f"{worker.url}/#token={TOKEN}")
+        await page.locator("#recent .change").first.wait_for()
+        assert await page.evaluate("sessionStorage.getItem('leadflow-token')") == TOKEN
+        assert "token" not in page.url
 
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            errors.append(f"console: {message.text} ({message.location})")
+        # Measured vs configured, per lead source, the same numbers as the report.
+        await page.locator("#measured table").wait_for()
+        for source in calibration["sources"]:
+            key = slug(source["source"])
+            measured = page.locator(f"[data-testid=measured-{key}]")
+            rate = source["mql_to_customer"]["rate"]
+            assert await measured.get_attribute("data-value") == _js(rate)
+            mqls = await page.locator(f"[data-testid=mqls-{key}]").inner_text()
+            assert int(mqls) == source["mqls"]
+            configured = page.locator(f"[data-testid=configured-{key}]")
+            assert await configured.get_attribute("data-value") == _js(
+                source["configured_conversion"]
+            )
+            flag = page.locator(f"[data-testid=contradicts-{key}]")
+            assert await flag.count() == (1 if source["contradicts"] else 0), source
 
-    def on_page_error(error: Error) -> None:
-        errors.append(f"page error: {error}")
+        # The proposal and its what-if.
+        what_if = calibration["what_if"]
+        for name in ("kept", "lost", "gained"):
+            shown = await page.locator(f"[data-testid=whatif-{name}]").inner_text()
+            assert int(shown) == what_if[f"mqls_{name}"]
+        lost = await page.locator("[data-testid=whatif-customers-lost]").inner_text()
+        assert float(lost) == what_if["expected_customers_lost"]
+        version = await page.locator("[data-testid=proposed-version]").inner_text()
+        assert version == calibration["proposed_policy"]["version"]
 
-    def on_request(request: Request) -> None:
-        requests.append(request.url)
-
-    async with async_playwright() as playwright:
-        context = await playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1000},
-        )
-        try:
-            context.on("request", on_request)
-            page = context.pages[0] if context.pages else await context.new_page()
-            page.on("console", on_console)
-            page.on("pageerror", on_page_error)
-            page.set_default_timeout(15_000)
-
-            # The link `leadflow dev` prints signs in, then leaves the address bar clean.
-            await page.goto(f"{worker.url}/#token={TOKEN}")
-            await page.locator("#recent .change").first.wait_for()
-            assert await page.evaluate("sessionStorage.getItem('leadflow-token')") == TOKEN
-            assert "token" not in page.url
-
-            # Measured vs configured, per lead source, the same numbers as the report.
-            await page.locator("#measured table").wait_for()
-            for source in calibration["sources"]:
-                key = slug(source["source"])
-                measured = page.locator(f"[data-testid=measured-{key}]")
-                rate = source["mql_to_customer"]["rate"]
-                assert await measured.get_attribute("data-value") == _js(rate)
-                mqls = await page.locator(f"[data-testid=mqls-{key}]").inner_text()
-                assert int(mqls) == source["mqls"]
-                configured = page.locator(f"[data-testid=configured-{key}]")
-                assert await configured.get_attribute("data-value") == _js(
-                    source["configured_conversion"]
-                )
-                flag = page.locator(f"[data-testid=contradicts-{key}]")
-                assert await flag.count() == (1 if source["contradicts"] else 0), source
-
-            # The proposal and its what-if.
-            what_if = calibration["what_if"]
-            for name in ("kept", "lost", "gained"):
-                shown = await page.locator(f"[data-testid=whatif-{name}]").inner_text()
-                assert int(shown) == what_if[f"mqls_{name}"]
-            lost = await page.locator("[data-testid=whatif-customers-lost]").inner_text()
-            assert float(lost) == what_if["expected_customers_lost"]
-            version = await page.locator("[data-testid=proposed-version]").inner_text()
-            assert version == calibration["proposed_policy"]["version"]
-
-            # The cohort chart and time in stage: inline SVG, one bar per number.
-            await page.locator("#cohorts svg").wait_for()
-            mql_rows = [r for r in cohorts["as_reported"]["rows"] if r["stage"] == "mql"]
-            assert mql_rows
-            for row in mql_rows:
-                bar = page.locator(f"[data-testid=cohort-{row['cohort']}-reported]")
-                if row["to_next"]["rate"] is None:
+        # The cohort chart and time in stage: inline SVG, one bar per number.
+        await page.locator("#cohorts svg").wait_for()
+        mql_rows = [r for r in cohorts["as_reported"]["rows"] if r["stage"] == "mql"]
+        assert mql_rows
+        for row in mql_rows:
+            bar = page.locator(f"[data-testid=cohort-{row['cohort']}-reported]")
+            if row["to_next"]["rate"] is None:
+                assert await bar.count() == 0
+            else:
+                assert await bar.get_attribute("data-value") == _js(row["to_next"]["rate"])
+        for stage, days in cohorts["time_in_stage"]["as_reported"].items():
+            for q in ("p50", "p90"):
+                bar = page.locator(f"[data-testid=tis-{stage}-{q}]")
+                if days[q] is None:
                     assert await bar.count() == 0
                 else:
-                    assert await bar.get_attribute("data-value") == _js(row["to_next"]["rate"])
-            for stage, days in cohorts["time_in_stage"]["as_reported"].items():
-                for q in ("p50", "p90"):
-                    bar = page.locator(f"[data-testid=tis-{stage}-{q}]")
-                    if days[q] is None:
-                        assert await bar.count() == 0
-                    else:
-                        assert await bar.get_attribute("data-value") == _js(days[q])
+                    assert await bar.get_attribute("data-value") == _js(days[q])
 
-            screenshot = tmp_path / "dashboard-reports.png"
-            await page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            await context.close()
+        screenshot = tmp_path / "dashboard-reports.png"
+        await page.screenshot(path=str(screenshot), full_page=True)
 
     (REPO / "test-output").mkdir(exist_ok=True)
     shutil.copyfile(screenshot, REPO / "test-output" / "dashboard-reports.png")
 
-    assert not errors, "\n".join(errors)
+    assert not seen.errors, "\n".join(seen.errors)
     local = worker.url + "/"
-    outside = [url for url in requests if not url.startswith(local)]
-    assert requests and not outside, f"requests off 127.0.0.1: {outside}"
+    outside = seen.offsite(local)
+    assert seen.requests and not outside, f"requests off 127.0.0.1: {outside}"
 
 
 def _js(value: float | None) -> str:
