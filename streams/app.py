@@ -133,6 +133,13 @@ def make_app(
         # brokers that misreport end offsets (Tansu) must not crash the restore instead.
         "recovery_consistency_check": False,
         "processing_guarantee": "exactly_once" if settings.exactly_once else "at_least_once",
+        # In a transaction the agent commits each batch with its outputs (Batcher): Faust's
+        # timed and counted commits would commit outputs of a batch still in flight.
+        **(
+            {"broker_commit_interval": 24 * 3600.0, "broker_commit_every": 10**9}
+            if settings.exactly_once
+            else {}
+        ),
         # Each event publishes ~2 KB (history record, table changelog): Faust's default 16 KB
         # batches meant a produce request every few events.
         "producer_linger_ms": 20,
