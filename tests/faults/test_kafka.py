@@ -324,11 +324,17 @@ async def test_policies_and_changelog_keep_the_latest_record_per_key(
     worker = Worker(broker, names, tmp_path, "w", extra=("--sweep-interval", "3600"))
     await worker.ready(timeout=120)
     stream = make_stream(3_000, 60, seed=47, garbage_every=0, duplicates=0)
-    for begin in range(0, len(stream), 300):  # many batches: many states per person
+    for begin in range(0, len(stream), 300):  # one chunk processed at a time: many states
         publisher = Publisher(broker.bootstrap, names.events, stream[begin : begin + 300])
         publisher.start(rate=10_000)
         await publisher.wait(timeout=60)
-        await asyncio.sleep(0.25)
+        done = begin + len(stream[begin : begin + 300])
+
+        async def chunk_processed(done: int = done) -> bool:
+            _, health = await asyncio.to_thread(worker.request, "/healthz", token=None)
+            return isinstance(health, dict) and health.get("events_processed", 0) >= done
+
+        await wait_for(chunk_processed, 60, f"the worker to process {done} events")
     changelog = changelog_spec(settings).name
     await wait_for(lambda: _count(broker.bootstrap, changelog, at_least=600), 60, "changelog")
     written = await read_to_end(broker.bootstrap, changelog)

@@ -39,6 +39,7 @@ def app(*, active: bool = True, generation: int = 1) -> Any:
         flow_control=SimpleNamespace(is_active=lambda: active),
         consumer_generation_id=generation,
         consumer=Consumer(),
+        in_transaction=False,
     )
 
 
@@ -134,3 +135,41 @@ async def test_run_processes_in_batches_of_at_most_size() -> None:
     await asyncio.gather(*b.acks.tasks)
     assert sizes == [2, 2, 1]
     assert a.consumer.acked == [0, 1, 2, 3, 4]
+
+
+async def test_in_a_transaction_each_batch_is_committed_with_its_outputs_before_the_next() -> None:
+    """--exactly-once: a batch's outputs, acks and commit happen before the next batch is
+    decided, so no commit can carry outputs whose offsets it does not carry."""
+    a = app()
+    a.in_transaction = True
+    log: list[str] = []
+
+    async def commit() -> bool:
+        log.append(f"commit after ack of {a.consumer.acked[-1]}")
+        return True
+
+    a.consumer.commit = commit
+
+    class Lifecycle:
+        def __init__(self) -> None:
+            self.owned = {0}
+
+        async def process(self, batch: list[Message]) -> Any:
+            log.append(f"decide {[m.offset for m in batch]}")
+            delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(delivered.set_result, None)
+            return SimpleNamespace(deliveries=[delivered])
+
+    b = Batcher(a, Feed({"events"}), Lifecycle(), size=2)  # type: ignore[arg-type]
+    b.feed.queue.put_nowait([message(0, n) for n in range(4)])
+    task = asyncio.ensure_future(b.run())
+    while len(log) < 4:
+        await asyncio.sleep(0)
+    task.cancel()
+    assert log == [
+        "decide [0, 1]",
+        "commit after ack of 1",
+        "decide [2, 3]",
+        "commit after ack of 3",
+    ]
+    assert b.acks.tasks == set()  # nothing acked in the background
