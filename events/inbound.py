@@ -143,16 +143,16 @@ class Absorbed(BaseModel):
     first_touch_source: Name | None = None
     first_touch_at: UtcDatetime | None = None
     lead_source: Name | None = None
-    score: float = 0.0
+    score: Annotated[float, Field(strict=True)] = 0.0  # never `true` or "3"
     score_at: UtcDatetime | None = None
     profile: Profile | None = None
     sla_breached: tuple[Name, ...] = ()
     last_touch_source: Name | None = None
-    touches: Annotated[int, Field(ge=0)] = 0
+    touches: Annotated[int, Field(ge=0), JsonInt] = 0
     aliases: tuple[Id, ...] = Field(
         default=(), description="ids the absorbed person had absorbed before (chains)"
     )
-    erased: bool = False
+    erased: Annotated[bool, Field(strict=True)] = False
 
 
 class Event(BaseModel):
