@@ -285,7 +285,9 @@ async def test_broker_kill_9_and_restart_with_its_data_worker_rides_it_out(
     assert worker.alive and "the broker lost leadflow's topics" not in worker.tail(200_000)
     assert outcome.problems == []
     assert outcome.history == outcome.valid_ids
-    assert outcome.inbound == len(records) + outcome.ticks
+    # The publisher's producer (not idempotent, as upstream systems often are not) may send
+    # a batch again when the broker dies under it: more inbound copies, the same event ids.
+    assert outcome.inbound >= len(records) + outcome.ticks
 
 
 # Compaction runs only on rolled segments: these topics roll every 200 ms so the cleaner
