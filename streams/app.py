@@ -27,6 +27,7 @@ from lifecycle.policy import Policy, named_policy
 from streams import metrics, topics
 from streams.agent import BATCH_SIZE, Batcher, Lifecycle
 from streams.api import Api, install_api
+from streams.autocreate import forbid_auto_creation
 from streams.dedup_store import DedupStore
 from streams.drain import BatchingConsumer, BatchingTransport, Feed
 from streams.outputs import Outputs
@@ -115,6 +116,7 @@ def make_app(
     cache_size: int = 100_000,
     batch_size: int = BATCH_SIZE,
 ) -> LeadflowApp:
+    forbid_auto_creation()
     names = settings.topics
     options: dict[str, Any] = {
         "broker": settings.broker,

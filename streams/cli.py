@@ -31,6 +31,7 @@ from streams import (
     commands_tools,
     commands_worker,
 )
+from streams.autocreate import forbid_auto_creation
 from streams.files import BadLine, ReadStats, read_events, read_history
 
 app = typer.Typer(
@@ -577,6 +578,7 @@ commands_token.register(app)
 
 
 def main() -> None:
+    forbid_auto_creation()
     app()
 
 

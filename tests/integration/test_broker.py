@@ -152,6 +152,48 @@ async def test_ensure_topics_rejects_topic_created_without_configs(
 
 
 @pytest.mark.smoke
+async def test_leadflow_clients_never_auto_create_a_topic(
+    broker: LocalBroker, new_topic_names: NamesFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer subscribed to, or a producer sending to, a missing topic creates nothing.
+
+    Tansu creates a topic without configs for any Metadata request naming it (and so does
+    Kafka with its default `auto.create.topics.enable=true`); after a broker lost its data,
+    the worker's own consumer recreated its events topic that way (broker-loss fault test).
+    """
+    import aiokafka.admin.client
+    import aiokafka.client
+
+    from streams.autocreate import forbid_auto_creation
+
+    for module in (aiokafka.client, aiokafka.admin.client):  # restored after the test
+        monkeypatch.setattr(module, "MetadataRequest", module.MetadataRequest)
+    forbid_auto_creation()
+    names = new_topic_names()
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, metadata_max_age_ms=200)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, request_timeout_ms=2_000)
+    await consumer.start()
+    await producer.start()
+    try:
+        consumer.subscribe([names.events])
+        # Three metadata refreshes of the subscription, counted, not slept through.
+        for _ in range(3):
+            await consumer._client.force_metadata_update()
+        with pytest.raises(Exception, match="(?i)timeout|unknown"):
+            await producer.send_and_wait(names.history, b"x", key=b"k")
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    assert {names.events, names.history} & existing == set()
+
+
+@pytest.mark.smoke
 async def test_read_to_end_returns_every_record(
     broker: LocalBroker, new_topic_names: NamesFactory
 ) -> None:
