@@ -133,6 +133,24 @@ class HistoryRecord(BaseModel):
     )
 
 
+class PersonAliased(BaseModel):
+    """An id merged into another (`person_merged`), on the compacted aliases topic.
+
+    Keyed by the alias; the latest record per alias names its survivor (a chain, a into b
+    then b into c, republishes a as c's). Written by the survivor's worker in the batch that
+    folds the merge, so every reader of the stage changes (the live funnel, sales tools) can
+    count one person even when the merge moved nobody (no stage change).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    alias: str = Field(description="the id merged away")
+    survivor: str = Field(description="the person it is counted as from now on")
+    merged_at: AwareDatetime = Field(description="occurred_at of the merge")
+    event_id: str = Field(description="the event whose fold recorded it (history)")
+    sequence: int = Field(description="the survivor's history sequence of that fold")
+
+
 class DeadLetter(BaseModel):
     """Anything rejected, with enough to find and replay it: raw bytes and where they came from.
 

@@ -301,6 +301,9 @@ class Lifecycle:
             for change in decision.changes:
                 stages[change.to_stage] += 1
                 outputs.add(stage_changes, key, to_json(change), partition)
+            if decision.merged is not None:  # a survivor's fold: its aliases, for every reader
+                for alias, body in alias_records(decision):
+                    outputs.add(names.aliases, alias, body, self.partition_of(alias), partition)
 
         for person, partition in touched.items():
             state = cache.pop(person)
@@ -328,6 +331,27 @@ class Lifecycle:
         if excess > 0:
             for person in list(itertools.islice(cache, excess)):
                 del cache[person]
+
+
+def alias_records(decision: Any) -> list[tuple[bytes, bytes]]:
+    """`events.outbound.PersonAliased` records (key, value) for every alias of a survivor's
+    fold: its new alias and the ones that alias already had (a chain resolves to the end)."""
+    event = decision.event
+    return [
+        (
+            alias.encode(),
+            orjson.dumps(
+                {
+                    "alias": alias,
+                    "survivor": decision.person_id,
+                    "merged_at": event.occurred_at,
+                    "event_id": event.event_id,
+                    "sequence": decision.sequence,
+                }
+            ),
+        )
+        for alias in decision.merged.aliases
+    ]
 
 
 class AckAfterDelivery:

@@ -127,9 +127,11 @@ class Api:
     def __init__(self, app: LeadflowApp, shadows: dict[str, tuple[Policy, str]]) -> None:
         self.app = app
         options = app.settings.aiokafka_kwargs()
-        self.live = ChangeFeed(app.names.stage_changes, client_options=options)
+        self.live = ChangeFeed(
+            app.names.stage_changes, client_options=options, aliases=app.names.aliases
+        )
         self.shadow_feeds = {
-            version: (policy, ChangeFeed(topic, client_options=options))
+            version: (policy, ChangeFeed(topic, client_options=options, aliases=app.names.aliases))
             for version, (policy, topic) in shadows.items()
         }
         self.tokens = app.settings.tokens()

@@ -1,5 +1,8 @@
 """A live view of a stage-change topic: the funnel and the most recent changes.
 
+It follows the aliases topic too: a merge that moved nobody has no stage change, and the
+funnel counts the alias as its survivor from then on.
+
 Each worker follows the whole topic (every partition, no consumer group), so any worker can
 answer `/funnel` for everyone, not only for the persons it owns. Used for the live topic and
 for each shadow policy's topic.
@@ -16,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from events.outbound import StageChanged
+from events.outbound import PersonAliased, StageChanged
 from lifecycle.funnel import Funnel
 from streams.topics import partitions_of
 
@@ -31,9 +34,13 @@ class ChangeFeed:
         topic: str,
         *,
         client_options: dict[str, Any],
+        aliases: str | None = None,
         recent: int = 200,
     ) -> None:
         self.topic = topic
+        #: The aliases topic (`events.outbound.PersonAliased`): merges that moved nobody
+        #: have no stage change, and the funnel must still count one person.
+        self.aliases = aliases
         self.client_options = client_options
         self.funnel = Funnel()
         self.recent: deque[StageChanged] = deque(maxlen=recent)
@@ -73,32 +80,47 @@ class ChangeFeed:
         )
         await consumer.start()
         try:
-            partitions: set[int] | None = None
-            for _ in range(60):
-                partitions = await partitions_of(consumer, self.topic)
-                if partitions:
-                    break
-                await asyncio.sleep(0.5)
-            if not partitions:
-                raise RuntimeError(f"topic {self.topic} has no partitions yet")
-            assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            assigned = []
+            for topic in (self.topic, *([self.aliases] if self.aliases else [])):
+                partitions = await self._partitions(consumer, topic)
+                assigned += [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(assigned)
-            positions = getattr(self, "_positions", {})
+            positions: dict[TopicPartition, int] = getattr(self, "_positions", {})
             for tp in assigned:
-                if tp.partition in positions:
-                    consumer.seek(tp, positions[tp.partition])
+                if tp in positions:
+                    consumer.seek(tp, positions[tp])
                 else:
                     await consumer.seek_to_beginning(tp)
             self._positions = positions
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=2000)
                 for tp, records in batches.items():
+                    add = self._add if tp.topic == self.topic else self._alias
                     for record in records:
-                        self._add(record.value)
+                        add(record.value)
                     if records:
-                        positions[tp.partition] = records[-1].offset + 1
+                        positions[tp] = records[-1].offset + 1
         finally:
             await consumer.stop()
+
+    @staticmethod
+    async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+        for _ in range(60):
+            partitions = await partitions_of(consumer, topic)
+            if partitions:
+                return partitions
+            await asyncio.sleep(0.5)
+        raise RuntimeError(f"topic {topic} has no partitions yet")
+
+    def _alias(self, value: bytes | None) -> None:
+        if value is None:
+            return
+        try:
+            aliased = PersonAliased.model_validate_json(value)
+        except ValidationError:
+            self.skipped += 1
+            return
+        self.funnel.merge(aliased.alias, aliased.survivor)
 
     def _add(self, value: bytes | None) -> None:
         if value is None:

@@ -15,7 +15,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from events.inbound import Event
-from events.outbound import DeadLetter, HistoryRecord, Reason, SlaBreached, StageChanged
+from events.outbound import (
+    DeadLetter,
+    HistoryRecord,
+    PersonAliased,
+    Reason,
+    SlaBreached,
+    StageChanged,
+)
 from events.wire import RFC3339
 from lifecycle.policy import Policy
 
@@ -31,6 +38,7 @@ MESSAGES: dict[str, type[BaseModel]] = {
     "history-record": HistoryRecord,
     "dead-letter": DeadLetter,
     "policy": Policy,
+    "person-aliased": PersonAliased,
 }
 
 
@@ -486,6 +494,7 @@ def asyncapi() -> dict[str, Any]:
         "HistoryRecord": HistoryRecord,
         "DeadLetter": DeadLetter,
         "Policy": Policy,
+        "PersonAliased": PersonAliased,
     }
     return {
         "asyncapi": "3.0.0",
@@ -502,6 +511,12 @@ def asyncapi() -> dict[str, Any]:
                 "leadflow.dead-letters", "DeadLetter", "Anything rejected, with the reason."
             ),
             "policies": channel("leadflow.policies", "Policy", "Every policy version used."),
+            "aliases": channel(
+                "leadflow.aliases",
+                "PersonAliased",
+                "Ids merged into another person, compacted: the latest record per alias names "
+                "its survivor.",
+            ),
         },
         "operations": {
             "receiveEvents": {"action": "receive", "channel": {"$ref": "#/channels/events"}},
@@ -509,6 +524,7 @@ def asyncapi() -> dict[str, Any]:
             "sendHistory": {"action": "send", "channel": {"$ref": "#/channels/history"}},
             "sendDeadLetters": {"action": "send", "channel": {"$ref": "#/channels/deadLetters"}},
             "sendPolicies": {"action": "send", "channel": {"$ref": "#/channels/policies"}},
+            "sendAliases": {"action": "send", "channel": {"$ref": "#/channels/aliases"}},
         },
         "components": {
             "messages": {

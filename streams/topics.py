@@ -61,6 +61,7 @@ class TopicNames:
     history: str = "leadflow.history"  # event-sourced history: kept forever
     dead_letters: str = "leadflow.dead-letters"  # rejected input, kept 90 days
     policies: str = "leadflow.policies"  # versioned lead definitions, compacted
+    aliases: str = "leadflow.aliases"  # ids merged into another: the latest per alias, compacted
 
     @classmethod
     def prefixed(cls, prefix: str) -> TopicNames:
@@ -102,6 +103,8 @@ def topic_specs(
     * dead-letters: 90 days of retention, enough to investigate and re-drive.
     * policies: ``cleanup.policy=compact`` — the latest record per policy version; one
       partition by default so every reader sees versions in one total order.
+    * aliases: ``cleanup.policy=compact`` — per merged id, its survivor (the live funnel
+      counts one person; stage changes alone miss merges that move nobody).
     * events / stage-changes: a week.
     * with replication > 1, ``min.insync.replicas`` 2 (acks=all then survives one broker).
     """
@@ -133,6 +136,7 @@ def topic_specs(
             replication,
             {"cleanup.policy": "compact", **common},
         ),
+        TopicSpec(n.aliases, partitions, replication, {"cleanup.policy": "compact", **common}),
     ]
 
 

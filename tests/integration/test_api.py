@@ -222,3 +222,46 @@ async def test_erasure_removes_profile_keeps_stage_facts_and_metrics_count_it(wo
         "leadflow_consumer_lag",
     ):
         assert name in metrics, name
+
+
+async def test_live_funnel_counts_a_merge_that_moves_nobody_as_one_person(workers):
+    """`person_merged` of a subscriber into a lead advances nobody (no stage change), yet the
+    live funnel must count one person, as the offline funnels do: it follows the aliases
+    topic, where the survivor's fold publishes the alias."""
+    (w,) = await workers(1)
+    await ingest(
+        w,
+        event("m1", "amy", "newsletter_signup", "2026-01-01T09:00:00Z"),
+        event("m2", "amy", "webinar_attended", "2026-01-02T09:00:00Z", profile=VP),
+        event("m3", "amy-crm-dup", "newsletter_signup", "2026-01-03T09:00:00Z"),
+    )
+
+    async def funnel_where(check: Any) -> Any:
+        status, body = await asyncio.to_thread(w.request, "/funnel", token=None)
+        return body if status == 200 and check(FunnelView.model_validate(body)) else None
+
+    before = FunnelView.model_validate(
+        await wait_for(
+            lambda: funnel_where(lambda f: f.persons == 2 and f.reached["lead"] == 1),
+            30,
+            "both persons in the live funnel",
+        )
+    )
+    assert before.reached["subscriber"] == 2
+    await ingest(
+        w,
+        event("m4", "amy-crm-dup", "person_merged", "2026-01-04T09:00:00Z", merged_into="amy"),
+    )
+
+    async def merged() -> Any:
+        status, body = await asyncio.to_thread(w.request, "/people/amy")
+        return body if status == 200 and body["aliases"] == ["amy-crm-dup"] else None
+
+    survivor = PersonView.model_validate(await wait_for(merged, 30, "amy to absorb her duplicate"))
+    assert survivor.stage == "lead"  # the merge moved nobody: no stage change
+    after = FunnelView.model_validate(
+        await wait_for(lambda: funnel_where(lambda f: f.persons == 1), 30, "one person")
+    )
+    assert after.reached["subscriber"] == 1 and after.reached["lead"] == 1
+    status, recent = await asyncio.to_thread(w.request, "/changes/recent")
+    assert status == 200 and not any(c["reason"]["rule"] == "identity.merged" for c in recent)

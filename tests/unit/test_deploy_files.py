@@ -44,6 +44,7 @@ TOPICS = {
     "leadflow.history",
     "leadflow.dead-letters",
     "leadflow.policies",
+    "leadflow.aliases",
     "leadflow-persons-changelog",
 }
 POM = ROOT / "streams" / "kafka" / "pom.xml"

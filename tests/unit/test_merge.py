@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events.inbound import Event
-from events.outbound import HistoryRecord
+from events.outbound import HistoryRecord, PersonAliased
 from lifecycle.deadlines import next_deadline
 from lifecycle.decide import decide
 from lifecycle.dedup import SeenIndex
@@ -27,6 +27,7 @@ from lifecycle.merge import handoff_id
 from lifecycle.replay import Replayer, fold, replay
 from lifecycle.state import PersonState
 from lifecycle.verify import verify
+from streams.agent import alias_records
 from streams.api import person_view
 from tests.fixtures.core import T0, days, fit_profile, preset, run_events
 
@@ -91,6 +92,34 @@ def test_merge_that_does_not_advance_the_survivor_is_no_stage_change():
     assert survivor.changes == ()
     assert survivor.note.rule == "identity.merged"
     assert result.stage("b") == "mql"
+
+
+def test_every_fold_publishes_its_aliases_as_person_aliased_records_a_chain_resolving():
+    """The aliases topic's records (`streams.agent.alias_records`): a into b, then b into c
+    republishes a as c's alias, so a reader of the compacted topic resolves the chain."""
+    result = run_events(
+        [
+            *lead_person("a", T0),
+            *mql_person("b", days(1)),
+            merged("a", "b", days(2)),
+            *mql_person("c", days(3)),
+            merged("b", "c", days(4)),
+        ]
+    )
+    folds = [d for d in result.decisions if d.merged is not None]
+    records = [
+        (key.decode(), PersonAliased.model_validate_json(value))
+        for d in folds
+        for key, value in alias_records(d)
+    ]
+    assert [(k, r.alias, r.survivor) for k, r in records] == [
+        ("a", "a", "b"),
+        ("b", "b", "c"),
+        ("a", "a", "c"),
+    ]
+    last = records[-1][1]
+    assert (last.merged_at, last.sequence) == (folds[-1].event.occurred_at, folds[-1].sequence)
+    assert last.event_id == folds[-1].event.event_id
 
 
 def test_survivor_never_moves_back_when_the_absorbed_is_behind():
