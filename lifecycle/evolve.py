@@ -76,6 +76,8 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
         state.merged_sequence = decision.sequence
     merged = decision.merged
     if merged is not None:
+        # A fold makes a survivor: the winner of a crossing was an alias (`merge._crossing`).
+        state.merged_into, state.merged_sequence = None, 0
         merged = Merged.of(merged)
         state.entered_at = dict(merged.entered_at)
         state.highest = merged.highest

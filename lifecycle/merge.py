@@ -16,7 +16,8 @@ the person it is about, so replaying and verifying history reproduces every step
    merged facts). A merge that advances the survivor is a stage change (`identity.merged`);
 3. at an alias, any later event (`forward`): recorded, then re-keyed to the survivor with
    `forwarded_via` naming the aliases it passed. Chains (a into b, b into c) resolve hop by
-   hop; a hop that would return to an id already passed is a cycle and is refused.
+   hop; a hop that would return to an id already passed is a cycle and is refused, except
+   for two merges in opposite directions at once (`_crossing`): the smaller id survives.
 
 The runtime only routes a follow-up: the worker publishes it to the events topic at the
 survivor's partition; offline replays of inbound events apply it at once.
@@ -48,6 +49,14 @@ def rank(stage: str) -> int:
     if stage == NEW:
         return -2
     return RANK.get(stage, -1)
+
+
+def returned_id(event_id: str) -> str:
+    """The id of an event that comes back to the winner of a crossing (`_crossing`)."""
+    plain = f"returned:{event_id}"
+    if len(plain) <= MAX_ID:
+        return plain
+    return f"returned:{hashlib.blake2b(event_id.encode(), digest_size=16).hexdigest()}"
 
 
 def handoff_id(absorbed: str, merge_event_id: str) -> str:
@@ -142,13 +151,38 @@ def merge(state: PersonState, event: Event, policy: Policy) -> Decision:
 
 # -- 3. at an alias ----------------------------------------------------------------------------
 def forward(state: PersonState, event: Event, policy: Policy) -> Decision:
-    """Any event for an alias: recorded, and re-keyed to the survivor unless that is a cycle."""
+    """Any event for an alias: recorded, and re-keyed to the survivor unless that is a cycle.
+
+    A crossing (the hand-off of the very person this alias was merged into) resolves here.
+    """
+    other = event.absorbed
+    if event.type == ABSORBED and other is not None and other.person_id == state.merged_into:
+        return _crossing(state, event, other, policy)
     follow_up, note = _route(state, event)
     decision = _unchanged(state, event, policy.compiled.version, note)
     decision.follow_up = follow_up
     # Erasure reaches the survivor, and the alias's own copy of what it handed off goes too.
     decision.erased = event.type == ERASED
     return decision
+
+
+def _crossing(state: PersonState, event: Event, other: Absorbed, policy: Policy) -> Decision:
+    """Two merges in opposite directions at once: a into b on a's partition while b into a on
+    b's. Each id became an alias of the other and handed itself off; each hand-off now
+    reaches an alias of its sender. Both ends apply the same rule, with no coordination:
+    the smaller id (in code-point order) is the survivor. There the hand-off is folded and
+    the id stops being an alias; at the other end it is refused, and that id stays an alias
+    of the survivor. Events either one forwarded meanwhile reach the survivor (`_route`).
+    """
+    me, them = state.person_id, other.person_id
+    why = (
+        f"{me} and {them} were merged into each other at once (two merges in opposite "
+        f"directions): {min(me, them)}, the smaller id, is the survivor"
+    )
+    if me < them:
+        return fold(state, other, event, policy, crossed=f"; {why}")
+    note = Reason("identity.merge_crossed", f"{why}; {me} stays its alias")
+    return _unchanged(state, event, policy.compiled.version, note)
 
 
 def _route(state: PersonState, event: Event) -> tuple[Event | None, Reason]:
@@ -165,6 +199,19 @@ def _route(state: PersonState, event: Event) -> tuple[Event | None, Reason]:
     passed = {*via}
     if event.absorbed is not None:
         passed.update((event.absorbed.person_id, *event.absorbed.aliases))
+    if survivor in passed and via and via[-1] == survivor and survivor < me:
+        # Forwarded by the alias this one was merged into: a crossing (`_crossing`), which
+        # `survivor` won; its hand-off reached it before this event (same partitions, in
+        # order), so it is no alias any more there.
+        # `survivor` recorded this event id as an alias's note: the copy that comes back
+        # has an id of its own (deterministic, so a redelivery still dedups there).
+        why = (
+            f"{me} and {survivor} were merged into each other at once; {survivor}, the "
+            f"survivor, takes it: forwarded back to {survivor} as {returned_id(event.event_id)}"
+        )
+        back = forwarded(event, me, survivor)
+        back = back.model_copy(update={"event_id": returned_id(event.event_id)})
+        return back, Reason("identity.forwarded", why)
     if survivor in passed:
         path = " -> ".join((*via, me, survivor))
         why = f"not forwarded: {path} is a cycle of merges (two merges in opposite directions)"
@@ -230,7 +277,9 @@ def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
     return a if b is None or a >= b else b
 
 
-def fold(state: PersonState, other: Absorbed, event: Event, policy: Policy) -> Decision:
+def fold(
+    state: PersonState, other: Absorbed, event: Event, policy: Policy, crossed: str = ""
+) -> Decision:
     """Every rule of a merge: the survivor's and the absorbed facts, one lifecycle.
 
     * stage: the furthest of the two (unknown < recycled < subscriber … customer); the
@@ -304,7 +353,7 @@ def fold(state: PersonState, other: Absorbed, event: Event, policy: Policy) -> D
     if target != stage:
         text = (
             f"merged with {other.person_id}, who was at {other_stage}: the survivor takes "
-            f"the furthest stage of the two"
+            f"the furthest stage of the two{crossed}"
         )
         changes = (
             StageChange(
@@ -331,7 +380,7 @@ def fold(state: PersonState, other: Absorbed, event: Event, policy: Policy) -> D
         note = Reason(
             "identity.merged",
             f"merged with {other.person_id}, who was at {other.stage}; {me} stays at "
-            f"{state.current_stage} (the furthest of the two)",
+            f"{state.current_stage} (the furthest of the two){crossed}",
         )
     return Decision(
         me,

@@ -316,19 +316,48 @@ def test_merging_an_alias_again_is_refused():
     assert "c" not in result.states
 
 
-def test_opposite_merges_in_flight_are_refused_as_a_cycle_at_the_receiving_end():
-    """a into b and b into a on two partitions at once: each hand-off reaches an alias whose
-    survivor is the sender, and neither is forwarded back (no loop)."""
+def test_opposite_merges_in_flight_resolve_to_the_smaller_id_with_no_event_lost():
+    """a into b and b into a on two partitions at once: each id became an alias of the other
+    and handed itself off. Both ends apply one rule: the smaller id, a, survives. a folds b
+    and stops being an alias; b refuses a's hand-off and stays a's alias. Events either
+    forwarded meanwhile end at a, and later events for both apply to a."""
     policy = preset("default")
     replayer = Replayer(policy, follow=False)
-    for event in [*lead_person("a", T0), *lead_person("b", T0)]:
+    for event in [*lead_person("a", T0), *mql_person("b", T0)]:
         replayer.apply(event)
     to_b = replayer.apply(merged("a", "b", days(1))).follow_up
     to_a = replayer.apply(merged("b", "a", days(1))).follow_up
-    at_b, at_a = replayer.apply(to_b), replayer.apply(to_a)
+    # In the window: an event for a (forwarded to b) and one for b (forwarded to a).
+    a_late = replayer.apply(ev("page_viewed", "a", days(1) + timedelta(minutes=1), "a-late"))
+    b_late = replayer.apply(ev("page_viewed", "b", days(1) + timedelta(minutes=1), "b-late"))
+    # What each partition receives from the other, in the order it was sent.
+    at_b = replayer.apply(to_b)
+    back_to_a = replayer.apply(a_late.follow_up).follow_up
+    at_a = replayer.apply(to_a)
+    applied_b_late = replayer.apply(b_late.follow_up)
+    applied_a_late = replayer.apply(back_to_a)
 
-    assert at_b.note.rule == at_a.note.rule == "identity.merge_cycle"
-    assert at_b.follow_up is None and at_a.follow_up is None
+    assert at_b.note.rule == "identity.merge_crossed" and at_b.follow_up is None
+    assert "a, the smaller id, is the survivor; b stays its alias" in at_b.note.text
+    assert at_a.merged is not None and at_a.follow_up is None
+    assert at_a.changes[0].reason.rule == "identity.merged"  # b was an mql: a moves up
+    assert "the smaller id, is the survivor" in at_a.changes[0].reason.text
+    states = replayer.states
+    assert states["a"].merged_into is None and states["a"].aliases == ("b",)
+    assert states["b"].merged_into == "a" and states["a"].stage == "mql"
+    assert back_to_a.person_id == "a" and back_to_a.forwarded_via == ("a", "b")
+    assert back_to_a.event_id == "returned:a-late"  # a recorded a-late as an alias's note
+    assert applied_b_late.person_id == applied_a_late.person_id == "a"
+    assert applied_b_late.follow_up is None and applied_a_late.follow_up is None
+    assert not applied_a_late.duplicate and not applied_b_late.duplicate
+    # Redeliveries change nothing: of the copy that came back, and of the original.
+    assert replayer.apply(back_to_a).duplicate
+    assert replayer.apply(
+        ev("page_viewed", "a", days(1) + timedelta(minutes=1), "a-late")
+    ).duplicate
+    later = replayer.apply(ev("page_viewed", "b", days(3), "b-later"))
+    assert later.follow_up.person_id == "a"
+    assert replayer.apply(later.follow_up).person_id == "a"
 
 
 # -- exact idempotency with merges ---------------------------------------------------------------
