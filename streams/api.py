@@ -39,9 +39,10 @@ from lifecycle.policy import Policy
 from lifecycle.state import PersonState
 from lifecycle.temperature import temperature
 from streams.access import ADMIN, INGEST, READ, AccessLog, Grant, bearer
-from streams.agent import partition_event, writing_for
+from streams.agent import partition_event
 from streams.changefeed import ChangeFeed
 from streams.contracts import RECENT_DEFAULT, RECENT_MAX
+from streams.internals import writing_for
 from streams.outputs import to_json
 from streams.reports import install_reports
 from streams.topics import iter_to_end

@@ -28,7 +28,14 @@ from streams import metrics, topics
 from streams.agent import BATCH_SIZE, Batcher, Lifecycle
 from streams.api import Api, install_api
 from streams.dedup_store import DedupStore
-from streams.drain import BatchingConsumer, BatchingTransport, Feed
+from streams.drain import Feed
+from streams.internals import (
+    BatchingApp,
+    BatchingConsumer,
+    open_transactions,
+    parse_transactional_id,
+    set_fetch_max_wait,
+)
 from streams.outputs import Outputs
 from streams.recovery import reconcile
 from streams.settings import Settings
@@ -60,12 +67,8 @@ def shorten_fetch_wait(app: faust.App, wait_ms: int) -> None:
     aiokafka's fetcher for every request, so setting it on a running consumer takes effect
     at the next fetch.
     """
-    try:
-        fetcher = app.consumer._thread._ensure_consumer()._fetcher
-    except AttributeError:  # another transport: keep its default
+    if not set_fetch_max_wait(app, wait_ms):  # another transport: keep its default
         log.warning("cannot set the fetch wait on %s", type(app.consumer).__name__)
-        return
-    fetcher._fetch_max_wait_ms = wait_ms
 
 
 def changelog_spec(settings: Settings) -> TopicSpec:
@@ -91,7 +94,7 @@ def credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
     return None
 
 
-class LeadflowApp(faust.App):
+class LeadflowApp(BatchingApp):
     """The Faust app and the parts of leadflow hung on it (for the worker, the API, tests)."""
 
     settings: Settings
@@ -102,10 +105,6 @@ class LeadflowApp(faust.App):
     lifecycle: Lifecycle
     api: Api
     feed: Feed
-
-    def _new_transport(self) -> Any:
-        """Faust's aiokafka transport, with the consumer that batches the events topic."""
-        return BatchingTransport(self.conf.broker_consumer, self)
 
 
 def make_app(
@@ -287,20 +286,12 @@ async def abort_uncommitted(app: faust.App, partitions: set[int]) -> None:
     batch is processed again from the committed offset, from a state rebuilt from committed
     history, into the same transaction, and both copies are committed together (found on
     Kafka: two workers, one kill -9, 338 history records twice). Aborting here drops the
-    first copy, whose inputs were never committed. Mirrors faust-streaming 0.15.3's
-    `TransactionManager.transactional_id_format` and reads the producers it keeps
-    (`Producer._transaction_producers`; aiokafka 0.13-0.14 `_txn_manager`).
+    first copy, whose inputs were never committed. Faust's producers and transactional ids
+    are read through `streams.internals`.
     """
-    producers = getattr(app.producer, "_transaction_producers", {})
-    for tid, producer in list(producers.items()):
-        # "{app id}-{topic group}-{partition}": every topic group of a revoked partition
-        prefix, _, partition = tid.rpartition("-")
-        if not prefix.startswith(f"{app.conf.id}-") or not partition.isdigit():
-            continue
-        if int(partition) not in partitions:
-            continue
-        manager = getattr(producer, "_txn_manager", None)
-        if manager is not None and manager.is_in_transaction():
+    for tid in open_transactions(app.producer):
+        # every topic group of a revoked partition
+        if parse_transactional_id(app.conf.id, tid) in partitions:
             log.info("aborting the uncommitted transaction %s of a revoked partition", tid)
             await app.producer.abort_transaction(tid)
 

@@ -37,7 +37,8 @@ from lifecycle.dedup import key as dedup_key
 from lifecycle.dedup import stored
 from lifecycle.evolve import evolve
 from lifecycle.state import PersonState
-from streams.agent import Lifecycle, partition_event, writing_for
+from streams.agent import Lifecycle, partition_event
+from streams.internals import writing_for
 from streams.outputs import to_json
 from streams.topics import iter_to_end
 

@@ -284,9 +284,11 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int] | No
     Kafka). A request for *all* topics refreshes it without naming the topic, because naming
     it would auto-create it on Tansu (and on Kafka with auto-create on). aiokafka exposes
     that request only on its client (`AIOKafkaClient.fetch_all_metadata`, public there),
-    reached through the consumer's `_client` (aiokafka 0.13-0.14 checked).
+    reached through the consumer's client (`streams.internals.all_topics_metadata`).
     """
-    cluster = await consumer._client.fetch_all_metadata()
+    from streams.internals import all_topics_metadata  # imports Faust: only when needed
+
+    cluster = await all_topics_metadata(consumer)
     partitions = cluster.partitions_for_topic(topic)
     return set(partitions) if partitions else None
 

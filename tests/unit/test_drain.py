@@ -28,6 +28,9 @@ class Consumer:
         self.unacked: set[Message] = set()
         self.acked: list[int] = []
 
+    def track_message(self, message: Message) -> None:
+        self.unacked.add(message)
+
     def ack(self, message: Message) -> bool:
         self.unacked.discard(message)
         self.acked.append(message.offset)
