@@ -343,16 +343,25 @@ class AckAfterDelivery:
         task.add_done_callback(self.tasks.discard)
 
     async def _ack(self, deliveries: list[Any], messages: list[Message]) -> None:
-        try:
-            if deliveries:
-                await asyncio.gather(*deliveries)
-        except Exception as error:
-            log.exception("publishing failed; stopping the worker (the inputs stay uncommitted)")
-            await self.app.crash(error)
-            return
-        ack = self.app.consumer.ack
-        for message in messages:
-            ack(message)
+        with contextlib.suppress(Exception):  # a failed delivery already stopped the worker
+            await ack_when_delivered(self.app, deliveries, messages)
+
+
+async def ack_when_delivered(
+    app: faust.App, deliveries: list[Any], messages: list[Message]
+) -> None:
+    """Ack `messages` in the consumer once every delivery is acked by the broker; a failed
+    delivery stops the worker instead (and is raised): the inputs stay uncommitted."""
+    try:
+        if deliveries:
+            await asyncio.gather(*deliveries)
+    except Exception as error:
+        log.exception("publishing failed; stopping the worker (the inputs stay uncommitted)")
+        await app.crash(error)
+        raise
+    ack = app.consumer.ack
+    for message in messages:
+        ack(message)
 
 
 class Batcher:
@@ -425,14 +434,5 @@ class Batcher:
         the batch is delivered, acked and committed before the next one is decided, and
         Faust's timed commits are off (`make_app`).
         """
-        try:
-            if deliveries:
-                await asyncio.gather(*deliveries)
-        except Exception as error:
-            log.exception("publishing failed; stopping the worker (the inputs stay uncommitted)")
-            await self.app.crash(error)
-            raise
-        ack = self.app.consumer.ack
-        for message in batch:
-            ack(message)
+        await ack_when_delivered(self.app, deliveries, batch)
         await self.app.consumer.commit()

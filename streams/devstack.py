@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -40,7 +40,7 @@ from lifecycle.stages import STAGES
 from streams.access import READ, token_hash
 from streams.broker import local_broker
 from streams.settings import Settings
-from streams.topics import ensure_topics, partitions_of, topic_specs
+from streams.topics import assigned_reader, ensure_topics, partitions_of, topic_specs
 
 #: Written into a data dir `dev` created, so it only ever wipes a directory of its own.
 MARKER = ".leadflow-dev"
@@ -351,15 +351,8 @@ class DevStack:
         """Count history records, stage changes by stage and dead letters, forever."""
         assert self.settings is not None
         names = self.settings.topics
-        consumer = AIOKafkaConsumer(
-            **self.settings.aiokafka_kwargs(),
-            group_id=None,
-            enable_auto_commit=False,
-            # What consumers of a --exactly-once worker see: no record of an aborted batch.
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-            client_id="leadflow-dev-summary",
-            fetch_max_wait_ms=250,
+        consumer = assigned_reader(
+            self.settings.aiokafka_kwargs(), client_id="leadflow-dev-summary", fetch_max_wait_ms=250
         )
         await consumer.start()
         try:

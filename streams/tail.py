@@ -22,7 +22,7 @@ from events.inbound import Event
 from events.outbound import DeadLetter, HistoryRecord, StageChanged
 from streams.export import parse_value
 from streams.settings import Settings
-from streams.topics import TopicNames, TopicNotFound, partitions_of
+from streams.topics import TopicNames, TopicNotFound, assigned_reader, partitions_of
 
 #: `--topic` values and the TopicNames field each one names.
 TOPICS = {
@@ -179,15 +179,8 @@ async def follow(
     Follows forever otherwise; cancel the task (Ctrl-C) to stop. Returns the number emitted.
     """
     topic = topic_name(settings.topics, which)
-    consumer = AIOKafkaConsumer(
-        **settings.aiokafka_kwargs(),
-        group_id=None,
-        enable_auto_commit=False,
-        # What consumers of a --exactly-once worker see: no record of an aborted batch.
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        client_id="leadflow-tail",
-        fetch_max_wait_ms=200,
+    consumer = assigned_reader(
+        settings.aiokafka_kwargs(), client_id="leadflow-tail", fetch_max_wait_ms=200
     )
     await consumer.start()
     emitted = 0

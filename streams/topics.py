@@ -275,6 +275,27 @@ def _has_leaders(topic: dict[str, Any] | None) -> bool:
     )
 
 
+def assigned_reader(
+    client_options: Mapping[str, Any],
+    *,
+    client_id: str | None = None,
+    fetch_max_wait_ms: int = 200,
+    committed_only: bool = True,
+) -> AIOKafkaConsumer:
+    """A consumer for manual `assign`: no group, nothing committed, from the earliest
+    offset, and by default `read_committed`, what consumers of a `--exactly-once` worker see
+    (no record of an aborted batch). `client_options`: `Settings.aiokafka_kwargs()`."""
+    options = {**client_options, **({"client_id": client_id} if client_id else {})}
+    return AIOKafkaConsumer(
+        **options,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed" if committed_only else "read_uncommitted",
+        fetch_max_wait_ms=fetch_max_wait_ms,
+    )
+
+
 async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int] | None:
     """Partition ids of `topic` as the broker reports them now; None if it has no such topic.
 
@@ -325,13 +346,10 @@ async def iter_to_end(
     progress is made for ``idle_timeout`` seconds. ``client_options`` are extra aiokafka
     consumer settings (security: ``Settings.aiokafka_kwargs()``).
     """
-    consumer: AIOKafkaConsumer = AIOKafkaConsumer(
-        **{**(client_options or {}), "bootstrap_servers": bootstrap},
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
+    consumer = assigned_reader(
+        {**(client_options or {}), "bootstrap_servers": bootstrap},
         client_id="leadflow-read-to-end",
-        isolation_level="read_committed" if committed_only else "read_uncommitted",
+        committed_only=committed_only,
         # Brokers hold a Fetch for an empty partition up to fetch_max_wait_ms before
         # answering; the answer (highwater 0) is what tells us it is empty, so keep it short.
         fetch_max_wait_ms=100,
