@@ -90,12 +90,12 @@ class BatchStats:
     deliveries: list[Any] = field(default_factory=list)
 
 
-class Lifecycle:
+class PartitionProcessor:
     """What one worker holds for the partitions it owns, and the per-batch processing.
 
     * `owned`: partitions checked against history and safe to process (see `recovery`);
     * `persons[p]`: every person of partition p that has history, with their next deadline
-      (the sweeper's index; also "which table entries are real", see `_state`);
+      (the sweeper's index; also "which table entries are real", see `state`);
     * `cache`: recently used states, bounded, shared across partitions (ids are unique);
     * `seen`: the applied event ids of the owned partitions (rebuilt by `recovery`).
     """
@@ -189,7 +189,7 @@ class Lifecycle:
     def _changelog_sent(self, partition: int, last_offset: int) -> None:
         set_persisted_offset(self.table, TP(self.changelog, partition), last_offset)
 
-    def _state(self, person: str, partition: int) -> PersonState | None:
+    def state(self, person: str, partition: int) -> PersonState | None:
         state = self.cache.get(person)
         if state is not None:
             return state
@@ -236,7 +236,7 @@ class Lifecycle:
                     )
                 token = set_current_event(stand_ins[partition])
                 try:
-                    state = self._state(person, partition)
+                    state = self.state(person, partition)
                 finally:
                     reset_current_event(token)
                 previous = seen.get(partition, person, event.event_id)
@@ -382,7 +382,7 @@ class Batcher:
         self,
         app: faust.App,
         feed: Feed,
-        lifecycle: Lifecycle,
+        lifecycle: PartitionProcessor,
         *,
         size: int = BATCH_SIZE,
     ) -> None:

@@ -274,7 +274,7 @@ class Api:
         """The person's current state on this worker (cache, else table)."""
         app = self.app
         with writing_for(partition_event(app, app.names.events, partition)):
-            return app.lifecycle._state(person, partition)
+            return app.lifecycle.state(person, partition)
 
     async def history(self, partition: int, person: str) -> list[HistoryRecord]:
         """The person's history records, in order, read from their history partition."""

@@ -25,7 +25,7 @@ from faust.types import TP
 from events.outbound import HistoryRecord
 from lifecycle.policy import Policy, named_policy
 from streams import metrics, topics
-from streams.agent import BATCH_SIZE, Batcher, Lifecycle
+from streams.agent import BATCH_SIZE, Batcher, PartitionProcessor
 from streams.api import Api, install_api
 from streams.dedup_store import DedupStore
 from streams.drain import Feed
@@ -37,7 +37,7 @@ from streams.internals import (
     set_fetch_max_wait,
 )
 from streams.outputs import Outputs
-from streams.recovery import reconcile
+from streams.recovery import recover_partitions
 from streams.settings import Settings
 from streams.shadow import Shadow, shadow_topic
 from streams.sweeper import sweep
@@ -45,7 +45,8 @@ from streams.topics import TopicNames, TopicNotFound, TopicSpec, iter_to_end
 
 log = logging.getLogger(__name__)
 
-TABLE = "persons"
+#: The person table's name (its changelog is "{app id}-persons-changelog").
+PERSON_TABLE = "persons"
 LAG_INTERVAL = 5.0
 #: Seconds between checks that the broker still has leadflow's topics (see `TopicsWatch`).
 TOPICS_CHECK_INTERVAL = 3.0
@@ -74,7 +75,8 @@ def shorten_fetch_wait(app: faust.App, wait_ms: int) -> None:
 def changelog_spec(settings: Settings) -> TopicSpec:
     """The person table's changelog, created with the other topics (compacted, same count)."""
     spec = topics.changelog_spec(settings.topic_prefix, settings.partitions, settings.replication)
-    assert spec.name == f"{app_id(settings)}-{TABLE}-changelog", "TABLE and CHANGELOG_SUFFIX differ"
+    expected = f"{app_id(settings)}-{PERSON_TABLE}-changelog"
+    assert spec.name == expected, "PERSON_TABLE and CHANGELOG_SUFFIX differ"
     return spec
 
 
@@ -102,7 +104,7 @@ class LeadflowApp(BatchingApp):
     names: TopicNames
     events_topic: faust.TopicT
     persons: Any  # faust Table of person id (bytes) → PersonState.to_wire() JSON (bytes)
-    lifecycle: Lifecycle
+    lifecycle: PartitionProcessor
     api: Api
     feed: Feed
 
@@ -162,7 +164,7 @@ def make_app(
     }
     app.events_topic = app.topic(names.events, partitions=settings.partitions, **raw)
     app.persons = app.Table(
-        TABLE,
+        PERSON_TABLE,
         default=None,
         partitions=settings.partitions,
         options={"driver": "rocksdict"} if settings.store == "rocksdb" else None,
@@ -172,7 +174,7 @@ def make_app(
     # Applied event ids, beside the table (RocksDB with the rocksdb store); no changelog:
     # recovery rebuilds it from history at every assignment (streams.dedup_store).
     seen = DedupStore(settings.data_dir / "dedup" if settings.store == "rocksdb" else None)
-    lifecycle = app.lifecycle = Lifecycle(
+    lifecycle = app.lifecycle = PartitionProcessor(
         app, policy, names, app.persons, cache_size=cache_size, seen=seen
     )
 
@@ -208,7 +210,7 @@ def make_app(
         if not new:
             return
         try:
-            report = await reconcile(
+            report = await recover_partitions(
                 lifecycle,
                 new,
                 bootstrap=settings.bootstrap,

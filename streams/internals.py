@@ -71,7 +71,7 @@ def writing_for(event: EventT) -> Iterator[None]:
 # Mirrors the store half of `faust.tables.table.Table.__setitem__` (`ManagedUserDict`
 # `__setitem__` → `self.data[key] = value`, then `on_key_set` sends the changelog record,
 # faust-streaming 0.15.3 / mode-streaming 0.7.1): the agent sends the changelog record
-# itself, in the batch's record batch (`streams.agent.Lifecycle.write_batched`).
+# itself, in the batch's record batch (`streams.agent.PartitionProcessor.write_batched`).
 def write_store(table: faust.types.TableT, key: bytes, value: bytes) -> None:
     """Put `value` in the table's store (`Collection.data`), with no changelog record."""
     table.data[key] = value
