@@ -34,6 +34,7 @@ from events.inbound import EventType
 from events.limits import MAX_PAYLOAD_BYTES
 from events.outbound import HistoryRecord, Reason
 from events.wire import parse_time
+from lifecycle.erasure import withheld
 from lifecycle.evolve import evolve
 from lifecycle.policy import Policy
 from lifecycle.state import PersonState
@@ -94,7 +95,7 @@ def person_view(state: PersonState, policy: Policy, now: datetime) -> dict[str, 
         "last_touch_source": state.last_touch_source,
         "touches": state.touches,
         "temperature": temperature(policy, state.lead_source) if stage else None,
-        "last_reason": _withheld(state.last_reason)
+        "last_reason": withheld(state.last_reason)
         if state.erased and state.last_reason
         else state.last_reason,
         "last_activity": state.last_activity,
@@ -375,7 +376,7 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
                 b"["
                 + b",".join(
                     (
-                        c.model_copy(update={"reason": Reason(**_withheld(c.reason))})
+                        c.model_copy(update={"reason": Reason(**withheld(c.reason))})
                         if c.person_id in erased
                         else c
                     )
@@ -499,14 +500,6 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return None
 
 
-WITHHELD = "withheld: the person was erased"
-
-
-def _withheld(reason: Any) -> dict[str, str]:
-    rule = reason["rule"] if isinstance(reason, dict) else reason.rule
-    return {"rule": rule, "text": WITHHELD}
-
-
 def _record_view(record: HistoryRecord, erased: bool = False) -> dict[str, Any]:
     """One timeline entry. For an erased person, reason sentences (which can quote a job
     title or a seniority) are withheld; the rule ids and stage facts stay."""
@@ -515,8 +508,8 @@ def _record_view(record: HistoryRecord, erased: bool = False) -> dict[str, Any]:
     note = record.note.model_dump() if record.note else None
     if erased:
         for change in changes:
-            change["reason"] = _withheld(change["reason"])
-        note = _withheld(record.note) if record.note else None
+            change["reason"] = withheld(change["reason"])
+        note = withheld(record.note) if record.note else None
     return {
         "sequence": record.sequence,
         "policy_version": record.policy_version,
