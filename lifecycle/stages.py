@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 Stage = Literal["subscriber", "lead", "mql", "sql", "opportunity", "customer", "recycled"]
 
@@ -10,23 +10,16 @@ Stage = Literal["subscriber", "lead", "mql", "sql", "opportunity", "customer", "
 #: (a first change has `from_stage = None`).
 NEW = "new"
 
-STAGES: tuple[str, ...] = (
-    "subscriber",
-    "lead",
-    "mql",
-    "sql",
-    "opportunity",
-    "customer",
-    "recycled",
-)
+#: Every stage in display order: the one place the order is written (the `Stage` literal).
+STAGES: tuple[str, ...] = get_args(Stage)
 
 #: The forward path. `recycled` is a detour, not a rank.
-FORWARD: tuple[str, ...] = ("subscriber", "lead", "mql", "sql", "opportunity", "customer")
+FORWARD: tuple[str, ...] = tuple(stage for stage in STAGES if stage != "recycled")
 RANK: dict[str, int] = {stage: i for i, stage in enumerate(FORWARD)}
 
 #: Stages a skip passes through: entering sql from a subscriber passes lead and mql, so
 #: analytics count them as reached. Subscriber is an entry point, never a prerequisite.
-PATH: tuple[str, ...] = ("lead", "mql", "sql", "opportunity", "customer")
+PATH: tuple[str, ...] = FORWARD[1:]
 _PATH_INDEX = {stage: i for i, stage in enumerate(PATH)}
 
 

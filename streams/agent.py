@@ -34,16 +34,14 @@ import contextlib
 import itertools
 import logging
 import time
-import weakref
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import faust
 import orjson
-from faust.streams import _current_event
 from faust.types import TP, EventT
 from faust.types.tuples import Message
 
@@ -59,6 +57,12 @@ from streams import metrics
 from streams.deadletters import dead_letter
 from streams.dedup_store import DedupStore
 from streams.drain import Feed
+from streams.internals import (
+    reset_current_event,
+    set_current_event,
+    set_persisted_offset,
+    write_store,
+)
 from streams.outputs import Outputs, to_json
 from streams.publish import KeyPartitions
 from streams.shadow import Shadow
@@ -68,16 +72,6 @@ log = logging.getLogger(__name__)
 
 #: Most events per processed batch (a batch is otherwise what the consumer fetched).
 BATCH_SIZE = 1000
-
-
-@contextlib.contextmanager
-def writing_for(event: EventT) -> Iterator[None]:
-    """Make `event` Faust's current event, so table reads and writes use its partition."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 def partition_event(app: faust.App, topic: str, partition: int) -> EventT:
@@ -96,12 +90,12 @@ class BatchStats:
     deliveries: list[Any] = field(default_factory=list)
 
 
-class Lifecycle:
+class PartitionProcessor:
     """What one worker holds for the partitions it owns, and the per-batch processing.
 
     * `owned`: partitions checked against history and safe to process (see `recovery`);
     * `persons[p]`: every person of partition p that has history, with their next deadline
-      (the sweeper's index; also "which table entries are real", see `_state`);
+      (the sweeper's index; also "which table entries are real", see `state`);
     * `cache`: recently used states, bounded, shared across partitions (ids are unique);
     * `seen`: the applied event ids of the owned partitions (rebuilt by `recovery`).
     """
@@ -189,13 +183,13 @@ class Lifecycle:
             self.write_table(state)
             return
         key, value = state.person_id.encode(), to_json(state.to_wire())
-        self.table.data[key] = value
+        write_store(self.table, key, value)
         self.outputs.add(self.changelog, key, value, partition)
 
     def _changelog_sent(self, partition: int, last_offset: int) -> None:
-        self.table.data.set_persisted_offset(TP(self.changelog, partition), last_offset)
+        set_persisted_offset(self.table, TP(self.changelog, partition), last_offset)
 
-    def _state(self, person: str, partition: int) -> PersonState | None:
+    def state(self, person: str, partition: int) -> PersonState | None:
         state = self.cache.get(person)
         if state is not None:
             return state
@@ -240,11 +234,11 @@ class Lifecycle:
                         f"key {message.key!r} is not the person_id {person!r}: events must be "
                         "keyed by person id so one person's events stay in order"
                     )
-                token = _current_event.set(weakref.ref(stand_ins[partition]))
+                token = set_current_event(stand_ins[partition])
                 try:
-                    state = self._state(person, partition)
+                    state = self.state(person, partition)
                 finally:
-                    _current_event.reset(token)
+                    reset_current_event(token)
                 previous = seen.get(partition, person, event.event_id)
                 started = perf()
                 decision = decide(state, event, policy, previous)
@@ -308,11 +302,11 @@ class Lifecycle:
         for person, partition in touched.items():
             state = cache.pop(person)
             cache[person] = state  # most recently used last
-            token = _current_event.set(weakref.ref(stand_ins[partition]))
+            token = set_current_event(stand_ins[partition])
             try:
                 self.write_batched(state, partition)
             finally:
-                _current_event.reset(token)
+                reset_current_event(token)
             self.remember(partition, state)
         seen.flush()  # before the first await: a rebalance may release a partition meanwhile
         await outputs.publish()
@@ -373,16 +367,25 @@ class AckAfterDelivery:
         task.add_done_callback(self.tasks.discard)
 
     async def _ack(self, deliveries: list[Any], messages: list[Message]) -> None:
-        try:
-            if deliveries:
-                await asyncio.gather(*deliveries)
-        except Exception as error:
-            log.exception("publishing failed; stopping the worker (the inputs stay uncommitted)")
-            await self.app.crash(error)
-            return
-        ack = self.app.consumer.ack
-        for message in messages:
-            ack(message)
+        with contextlib.suppress(Exception):  # a failed delivery already stopped the worker
+            await ack_when_delivered(self.app, deliveries, messages)
+
+
+async def ack_when_delivered(
+    app: faust.App, deliveries: list[Any], messages: list[Message]
+) -> None:
+    """Ack `messages` in the consumer once every delivery is acked by the broker; a failed
+    delivery stops the worker instead (and is raised): the inputs stay uncommitted."""
+    try:
+        if deliveries:
+            await asyncio.gather(*deliveries)
+    except Exception as error:
+        log.exception("publishing failed; stopping the worker (the inputs stay uncommitted)")
+        await app.crash(error)
+        raise
+    ack = app.consumer.ack
+    for message in messages:
+        ack(message)
 
 
 class Batcher:
@@ -403,7 +406,7 @@ class Batcher:
         self,
         app: faust.App,
         feed: Feed,
-        lifecycle: Lifecycle,
+        lifecycle: PartitionProcessor,
         *,
         size: int = BATCH_SIZE,
     ) -> None:
@@ -427,10 +430,10 @@ class Batcher:
             return []
         generation, owned = app.consumer_generation_id, self.lifecycle.owned
         live = [m for m in messages if m.generation_id == generation and m.partition in owned]
-        unacked = app.consumer.unacked
+        track = app.consumer.track_message
         for message in live:
-            message.tracked = True
-            unacked.add(message)  # what Faust's stream does (Consumer.track_message)
+            message.tracked = True  # what Faust's stream does before `track_message`
+            track(message)
         return live
 
     async def _process(self, batch: list[Message]) -> None:
@@ -455,14 +458,5 @@ class Batcher:
         the batch is delivered, acked and committed before the next one is decided, and
         Faust's timed commits are off (`make_app`).
         """
-        try:
-            if deliveries:
-                await asyncio.gather(*deliveries)
-        except Exception as error:
-            log.exception("publishing failed; stopping the worker (the inputs stay uncommitted)")
-            await self.app.crash(error)
-            raise
-        ack = self.app.consumer.ack
-        for message in batch:
-            ack(message)
+        await ack_when_delivered(self.app, deliveries, batch)
         await self.app.consumer.commit()

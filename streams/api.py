@@ -34,14 +34,16 @@ from events.inbound import EventType
 from events.limits import MAX_PAYLOAD_BYTES
 from events.outbound import HistoryRecord, Reason
 from events.wire import parse_time
+from lifecycle.erasure import withheld
 from lifecycle.evolve import evolve
 from lifecycle.policy import Policy
 from lifecycle.state import PersonState
 from lifecycle.temperature import temperature
 from streams.access import ADMIN, INGEST, READ, AccessLog, Grant, bearer
-from streams.agent import partition_event, writing_for
+from streams.agent import partition_event
 from streams.changefeed import ChangeFeed
 from streams.contracts import RECENT_DEFAULT, RECENT_MAX
+from streams.internals import writing_for
 from streams.outputs import to_json
 from streams.reports import install_reports
 from streams.topics import iter_to_end
@@ -93,7 +95,7 @@ def person_view(state: PersonState, policy: Policy, now: datetime) -> dict[str, 
         "last_touch_source": state.last_touch_source,
         "touches": state.touches,
         "temperature": temperature(policy, state.lead_source) if stage else None,
-        "last_reason": _withheld(state.last_reason)
+        "last_reason": withheld(state.last_reason)
         if state.erased and state.last_reason
         else state.last_reason,
         "last_activity": state.last_activity,
@@ -275,7 +277,7 @@ class Api:
         """The person's current state on this worker (cache, else table)."""
         app = self.app
         with writing_for(partition_event(app, app.names.events, partition)):
-            return app.lifecycle._state(person, partition)
+            return app.lifecycle.state(person, partition)
 
     async def history(self, partition: int, person: str) -> list[HistoryRecord]:
         """The person's history records, in order, read from their history partition."""
@@ -376,7 +378,7 @@ def install_api(app: LeadflowApp, shadows: dict[str, tuple[Policy, str]] | None 
                 b"["
                 + b",".join(
                     (
-                        c.model_copy(update={"reason": Reason(**_withheld(c.reason))})
+                        c.model_copy(update={"reason": Reason(**withheld(c.reason))})
                         if c.person_id in erased
                         else c
                     )
@@ -500,14 +502,6 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return None
 
 
-WITHHELD = "withheld: the person was erased"
-
-
-def _withheld(reason: Any) -> dict[str, str]:
-    rule = reason["rule"] if isinstance(reason, dict) else reason.rule
-    return {"rule": rule, "text": WITHHELD}
-
-
 def _record_view(record: HistoryRecord, erased: bool = False) -> dict[str, Any]:
     """One timeline entry. For an erased person, reason sentences (which can quote a job
     title or a seniority) are withheld; the rule ids and stage facts stay."""
@@ -516,8 +510,8 @@ def _record_view(record: HistoryRecord, erased: bool = False) -> dict[str, Any]:
     note = record.note.model_dump() if record.note else None
     if erased:
         for change in changes:
-            change["reason"] = _withheld(change["reason"])
-        note = _withheld(record.note) if record.note else None
+            change["reason"] = withheld(change["reason"])
+        note = withheld(record.note) if record.note else None
     return {
         "sequence": record.sequence,
         "policy_version": record.policy_version,

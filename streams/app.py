@@ -25,13 +25,20 @@ from faust.types import TP
 from events.outbound import HistoryRecord
 from lifecycle.policy import Policy, named_policy
 from streams import metrics, topics
-from streams.agent import BATCH_SIZE, Batcher, Lifecycle
+from streams.agent import BATCH_SIZE, Batcher, PartitionProcessor
 from streams.api import Api, install_api
-from streams.autocreate import forbid_auto_creation
 from streams.dedup_store import DedupStore
-from streams.drain import BatchingConsumer, BatchingTransport, Feed
+from streams.drain import Feed
+from streams.internals import (
+    BatchingApp,
+    BatchingConsumer,
+    forbid_auto_creation,
+    open_transactions,
+    parse_transactional_id,
+    set_fetch_max_wait,
+)
 from streams.outputs import Outputs
-from streams.recovery import reconcile
+from streams.recovery import recover_partitions
 from streams.settings import Settings
 from streams.shadow import Shadow, shadow_topic
 from streams.sweeper import sweep
@@ -39,7 +46,8 @@ from streams.topics import TopicNames, TopicNotFound, TopicSpec, iter_to_end
 
 log = logging.getLogger(__name__)
 
-TABLE = "persons"
+#: The person table's name (its changelog is "{app id}-persons-changelog").
+PERSON_TABLE = "persons"
 LAG_INTERVAL = 5.0
 #: Seconds between checks that the broker still has leadflow's topics (see `TopicsWatch`).
 TOPICS_CHECK_INTERVAL = 3.0
@@ -61,18 +69,15 @@ def shorten_fetch_wait(app: faust.App, wait_ms: int) -> None:
     aiokafka's fetcher for every request, so setting it on a running consumer takes effect
     at the next fetch.
     """
-    try:
-        fetcher = app.consumer._thread._ensure_consumer()._fetcher
-    except AttributeError:  # another transport: keep its default
+    if not set_fetch_max_wait(app, wait_ms):  # another transport: keep its default
         log.warning("cannot set the fetch wait on %s", type(app.consumer).__name__)
-        return
-    fetcher._fetch_max_wait_ms = wait_ms
 
 
 def changelog_spec(settings: Settings) -> TopicSpec:
     """The person table's changelog, created with the other topics (compacted, same count)."""
     spec = topics.changelog_spec(settings.topic_prefix, settings.partitions, settings.replication)
-    assert spec.name == f"{app_id(settings)}-{TABLE}-changelog", "TABLE and CHANGELOG_SUFFIX differ"
+    expected = f"{app_id(settings)}-{PERSON_TABLE}-changelog"
+    assert spec.name == expected, "PERSON_TABLE and CHANGELOG_SUFFIX differ"
     return spec
 
 
@@ -92,7 +97,7 @@ def credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
     return None
 
 
-class LeadflowApp(faust.App):
+class LeadflowApp(BatchingApp):
     """The Faust app and the parts of leadflow hung on it (for the worker, the API, tests)."""
 
     settings: Settings
@@ -100,13 +105,9 @@ class LeadflowApp(faust.App):
     names: TopicNames
     events_topic: faust.TopicT
     persons: Any  # faust Table of person id (bytes) → PersonState.to_wire() JSON (bytes)
-    lifecycle: Lifecycle
+    lifecycle: PartitionProcessor
     api: Api
     feed: Feed
-
-    def _new_transport(self) -> Any:
-        """Faust's aiokafka transport, with the consumer that batches the events topic."""
-        return BatchingTransport(self.conf.broker_consumer, self)
 
 
 def make_app(
@@ -165,7 +166,7 @@ def make_app(
     }
     app.events_topic = app.topic(names.events, partitions=settings.partitions, **raw)
     app.persons = app.Table(
-        TABLE,
+        PERSON_TABLE,
         default=None,
         partitions=settings.partitions,
         options={"driver": "rocksdict"} if settings.store == "rocksdb" else None,
@@ -175,7 +176,7 @@ def make_app(
     # Applied event ids, beside the table (RocksDB with the rocksdb store); no changelog:
     # recovery rebuilds it from history at every assignment (streams.dedup_store).
     seen = DedupStore(settings.data_dir / "dedup" if settings.store == "rocksdb" else None)
-    lifecycle = app.lifecycle = Lifecycle(
+    lifecycle = app.lifecycle = PartitionProcessor(
         app, policy, names, app.persons, cache_size=cache_size, seen=seen
     )
 
@@ -211,7 +212,7 @@ def make_app(
         if not new:
             return
         try:
-            report = await reconcile(
+            report = await recover_partitions(
                 lifecycle,
                 new,
                 bootstrap=settings.bootstrap,
@@ -289,20 +290,12 @@ async def abort_uncommitted(app: faust.App, partitions: set[int]) -> None:
     batch is processed again from the committed offset, from a state rebuilt from committed
     history, into the same transaction, and both copies are committed together (found on
     Kafka: two workers, one kill -9, 338 history records twice). Aborting here drops the
-    first copy, whose inputs were never committed. Mirrors faust-streaming 0.15.3's
-    `TransactionManager.transactional_id_format` and reads the producers it keeps
-    (`Producer._transaction_producers`; aiokafka 0.13-0.14 `_txn_manager`).
+    first copy, whose inputs were never committed. Faust's producers and transactional ids
+    are read through `streams.internals`.
     """
-    producers = getattr(app.producer, "_transaction_producers", {})
-    for tid, producer in list(producers.items()):
-        # "{app id}-{topic group}-{partition}": every topic group of a revoked partition
-        prefix, _, partition = tid.rpartition("-")
-        if not prefix.startswith(f"{app.conf.id}-") or not partition.isdigit():
-            continue
-        if int(partition) not in partitions:
-            continue
-        manager = getattr(producer, "_txn_manager", None)
-        if manager is not None and manager.is_in_transaction():
+    for tid in open_transactions(app.producer):
+        # every topic group of a revoked partition
+        if parse_transactional_id(app.conf.id, tid) in partitions:
             log.info("aborting the uncommitted transaction %s of a revoked partition", tid)
             await app.producer.abort_transaction(tid)
 

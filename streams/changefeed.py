@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from events.outbound import PersonAliased, StageChanged
 from lifecycle.funnel import Funnel
-from streams.topics import partitions_of
+from streams.topics import assigned_reader, partitions_of
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,7 @@ class ChangeFeed:
                 await asyncio.sleep(2.0)
 
     async def _follow(self) -> None:
-        consumer = AIOKafkaConsumer(
-            enable_auto_commit=False,
-            # What consumers of a --exactly-once worker see: no record of an aborted batch.
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=200,
-            **self.client_options,
-        )
+        consumer = assigned_reader(self.client_options, fetch_max_wait_ms=200)
         await consumer.start()
         try:
             assigned = []

@@ -18,7 +18,6 @@ from typing import Annotated, Any
 import orjson
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 
 from events.inbound import Event
@@ -31,8 +30,20 @@ from streams import (
     commands_tools,
     commands_worker,
 )
-from streams.autocreate import forbid_auto_creation
+from streams.commands_common import (
+    EventsOpt,
+    HistoryBrokerOpt,
+    HistoryPrefixOpt,
+    MappingOpt,
+    PolicyOpt,
+    PresetOpt,
+    StrictOpt,
+    err,
+    out,
+)
+from streams.commands_common import fail as _fail
 from streams.files import BadLine, ReadStats, read_events, read_history
+from streams.internals import forbid_auto_creation
 
 app = typer.Typer(
     name="leadflow",
@@ -42,35 +53,6 @@ app = typer.Typer(
 )
 policy_app = typer.Typer(no_args_is_help=True, help="The shared lead definition.")
 app.add_typer(policy_app, name="policy")
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-PolicyOpt = Annotated[
-    Path | None, typer.Option("--policy", "-p", help="policy YAML file", dir_okay=False)
-]
-PresetOpt = Annotated[
-    str | None, typer.Option("--preset", help=f"a shipped policy: {', '.join(PRESETS)}")
-]
-EventsOpt = Annotated[
-    Path | None,
-    typer.Option("--events", "-e", help="JSONL of events or an exported history", dir_okay=False),
-]
-BrokerOpt = Annotated[
-    str | None,
-    typer.Option("--broker", help="read the history topic from this broker instead of a file"),
-]
-PrefixOpt = Annotated[str, typer.Option("--topic-prefix", help="topic name prefix")]
-StrictOpt = Annotated[bool, typer.Option("--strict", help="stop at the first bad line")]
-MappingOpt = Annotated[
-    Path | None,
-    typer.Option("--mapping", "-m", help="read --events CSV by this mapping (leadflow import)"),
-]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _policy(path: Path | None, preset: str | None) -> Policy:
@@ -225,8 +207,8 @@ def replay(
     person: Annotated[str | None, typer.Option(help="only this person")] = None,
     as_of: Annotated[str | None, typer.Option(help="only events that occurred by then")] = None,
     state: Annotated[bool, typer.Option(help="print final states instead of changes")] = False,
-    broker: BrokerOpt = None,
-    topic_prefix: PrefixOpt = "",
+    broker: HistoryBrokerOpt = None,
+    topic_prefix: HistoryPrefixOpt = "",
     strict: StrictOpt = False,
     mapping: MappingOpt = None,
 ) -> None:
@@ -295,8 +277,8 @@ def funnel_command(
     policy: PolicyOpt = None,
     preset: PresetOpt = None,
     format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
-    broker: BrokerOpt = None,
-    topic_prefix: PrefixOpt = "",
+    broker: HistoryBrokerOpt = None,
+    topic_prefix: HistoryPrefixOpt = "",
     strict: StrictOpt = False,
     mapping: MappingOpt = None,
     cohort: Annotated[
@@ -336,8 +318,8 @@ def simulate(
     events: EventsOpt = None,
     format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
     limit: Annotated[int, typer.Option(help="persons listed whose outcome differs")] = 20,
-    broker: BrokerOpt = None,
-    topic_prefix: PrefixOpt = "",
+    broker: HistoryBrokerOpt = None,
+    topic_prefix: HistoryPrefixOpt = "",
     strict: StrictOpt = False,
     mapping: MappingOpt = None,
 ) -> None:
@@ -397,8 +379,8 @@ def verify(
     policies: Annotated[
         Path | None, typer.Option(help="policies JSONL from export-history", dir_okay=False)
     ] = None,
-    broker: BrokerOpt = None,
-    topic_prefix: PrefixOpt = "",
+    broker: HistoryBrokerOpt = None,
+    topic_prefix: HistoryPrefixOpt = "",
     strict: StrictOpt = False,
 ) -> None:
     """Recompute every recorded decision under its recorded policy version; list mismatches."""

@@ -10,13 +10,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from lifecycle.calibrate import DEFAULT_MIN_MQLS
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+from streams.commands_common import (
+    EventsOpt,
+    HistoryBrokerOpt,
+    HistoryPrefixOpt,
+    StrictOpt,
+    fail,
+    out,
+)
 
 
 def _pct(rate: float | None) -> str:
@@ -31,12 +35,7 @@ def _interval(rate: dict[str, Any]) -> str:
 
 
 def calibrate(
-    events: Annotated[
-        Path | None,
-        typer.Option(
-            "--events", "-e", help="JSONL of events or an exported history", dir_okay=False
-        ),
-    ] = None,
+    events: EventsOpt = None,
     policy: Annotated[
         Path | None, typer.Option("--policy", "-p", help="the current policy file", dir_okay=False)
     ] = None,
@@ -52,11 +51,9 @@ def calibrate(
         Path | None, typer.Option("--out", help="write the proposed policy here", dir_okay=False)
     ] = None,
     format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
-    broker: Annotated[
-        str | None, typer.Option("--broker", help="read the history topic from this broker")
-    ] = None,
-    topic_prefix: Annotated[str, typer.Option("--topic-prefix")] = "",
-    strict: Annotated[bool, typer.Option("--strict", help="stop at the first bad line")] = False,
+    broker: HistoryBrokerOpt = None,
+    topic_prefix: HistoryPrefixOpt = "",
+    strict: StrictOpt = False,
     mapping: Annotated[
         Path | None,
         typer.Option("--mapping", "-m", help="read a CSV --events file with this mapping"),
@@ -65,17 +62,17 @@ def calibrate(
     """Measure conversion per lead source and propose the next policy, with its what-if."""
     from lifecycle.calibrate import calibrate as run
     from lifecycle.calibrate import proposal_yaml
-    from streams.cli import _fail, _policy, _Reader
+    from streams.cli import _policy, _Reader
 
     if format not in ("table", "json"):
-        raise _fail("--format is table or json")
+        raise fail("--format is table or json")
     rules = _policy(policy, preset)
     reader = _Reader(strict, mapping)
     stream = list(reader.events(events, broker, topic_prefix))
     try:
         result = run(stream, rules, min_mqls=min_mqls, maturity=maturity)
     except ValueError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     if out_file is not None:
         out_file.write_text(proposal_yaml(result), encoding="utf-8")
     data = result.to_dict()
@@ -196,12 +193,12 @@ def cohort_funnel(
     """`funnel --cohort`: as reported (recorded history) and restated (`rules`), side by side."""
     from lifecycle.cohorts import GROUPS, PERIODS, cohorts
     from lifecycle.replay import replay
-    from streams.cli import _fail, _Reader
+    from streams.cli import _Reader
 
     if period not in PERIODS:
-        raise _fail(f"--cohort is {' or '.join(PERIODS)}")
+        raise fail(f"--cohort is {' or '.join(PERIODS)}")
     if by is not None and by not in GROUPS:
-        raise _fail(f"--by is one of {', '.join(GROUPS)}")
+        raise fail(f"--by is one of {', '.join(GROUPS)}")
     reader = _Reader(strict, mapping)
     reported = None
     if broker or _is_history_file(events):
@@ -259,10 +256,9 @@ def _print_cohorts(rows: list[dict[str, Any]], title: str) -> None:
 def attribution(report: Any, by: str, format: str) -> None:
     """`funnel --by`: conversion from mql on, by lead source, first or last touch, touches."""
     from lifecycle.cohorts import GROUPS
-    from streams.cli import _fail
 
     if by not in GROUPS:
-        raise _fail(f"--by is one of {', '.join(GROUPS)}")
+        raise fail(f"--by is one of {', '.join(GROUPS)}")
     key = {
         "source": "conversion_by_source",
         "first_touch": "conversion_by_first_touch",

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Annotated, BinaryIO
 
 import typer
-from rich.console import Console
 
 from events.inbound import Event
+from streams.commands_common import err, fail
 from streams.files import BadLine
 from streams.mapping import (
     ImportStats,
@@ -27,13 +27,6 @@ from streams.mapping import (
     load_mapping,
     read_mapped,
 )
-
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=False)
-    return typer.Exit(code)
 
 
 def _report(error: BadLine) -> None:
@@ -45,7 +38,7 @@ def _mapping(path: Path, files: list[Path]) -> Mapping:
         mapping = load_mapping(path)
         check_files(files, mapping)
     except MappingError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     return mapping
 
 
@@ -118,7 +111,7 @@ def import_command(
     same rows always give the same events (ids come from the rows), so an import can be re-run.
     """
     if out_file is not None and broker is not None:
-        raise _fail("give --out FILE or --broker URL (not both)")
+        raise fail("give --out FILE or --broker URL (not both)")
     rules = _mapping(mapping, files)
     in_time_order = sort_by_time or rules.order == "time"
 
@@ -153,7 +146,7 @@ def import_command(
             sys.stdout.buffer.flush()
             where = "wrote to stdout:"
     except MappingError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     _summary(stats, where, in_time_order)
 
 
@@ -164,11 +157,11 @@ def _publish(events: Iterator[Event], broker: str, topic_prefix: str | None) -> 
     s = _settings(broker=broker, topic_prefix=topic_prefix)
     result, interrupted = _run_against_broker(s, publish(s, (encode_event(e) for e in events)))
     if interrupted or result is None:
-        raise _fail("interrupted: the events sent so far are in the topic; re-run to finish", 130)
+        raise fail("interrupted: the events sent so far are in the topic; re-run to finish", 130)
     if result.failed:
         for message in result.errors:
             err.print(f"delivery failed: {message}", markup=False)
-        raise _fail(f"{result.failed:,} event(s) not delivered; re-run the import", 1)
+        raise fail(f"{result.failed:,} event(s) not delivered; re-run the import", 1)
     return f"sent to {s.topics.events} ({result.rate:,.0f}/s):"
 
 

@@ -19,7 +19,6 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -31,21 +30,10 @@ from rich.progress import (
 
 from events.codec import describe_validation_error
 from events.inbound import Event, Profile
+from streams.commands_common import BrokerOpt, PrefixOpt, err, fail, out
 from streams.settings import Settings
 
 T = TypeVar("T")
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-BrokerOpt = Annotated[
-    str | None,
-    typer.Option("--broker", help="kafka://host:port[,…] (default: $LEADFLOW_BROKER)"),
-]
-PrefixOpt = Annotated[
-    str | None,
-    typer.Option("--topic-prefix", help="topic name prefix (default: $LEADFLOW_TOPIC_PREFIX)"),
-]
 
 
 class BrokerKind(StrEnum):
@@ -61,11 +49,6 @@ class TopicChoice(StrEnum):
     policies = "policies"
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code)
-
-
 def _problem(error: BaseException) -> str:
     """`Type: message` without repeating the type when the message already starts with it."""
     text = str(error)
@@ -78,7 +61,7 @@ def _settings(**flags: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as error:
-        raise _fail(f"settings: {describe_validation_error(error)}") from None
+        raise fail(f"settings: {describe_validation_error(error)}") from None
 
 
 def _in_main_thread() -> bool:
@@ -126,7 +109,7 @@ def _check_broker(s: Settings) -> None:
     try:
         asyncio.run(check_broker(s))
     except BrokerAccessError as error:
-        raise _fail(str(error), 1) from None
+        raise fail(str(error), 1) from None
 
 
 def _run_against_broker(s: Settings, main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
@@ -143,9 +126,9 @@ def _run_against_broker(s: Settings, main: Coroutine[Any, Any, T]) -> tuple[T | 
         return _run_until_signal(main)
     except TopicNotFound as missing:
         hint = "(run `leadflow topics create`?)"
-        raise _fail(f"no topic {missing} on {s.bootstrap} {hint}") from None
+        raise fail(f"no topic {missing} on {s.bootstrap} {hint}") from None
     except Exception as error:  # cannot reach the broker, topic authorisation, …
-        raise _fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
+        raise fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
 
 
 # --- topics -------------------------------------------------------------------------------
@@ -183,9 +166,9 @@ def topics_create(
     try:
         result = asyncio.run(create())
     except (TopicSpecMismatch, BrokerAccessError) as error:
-        raise _fail(str(error), 1) from None
+        raise fail(str(error), 1) from None
     except Exception as error:  # connection problems: say where we tried
-        raise _fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
+        raise fail(f"{s.bootstrap}: {_problem(error)}", 1) from None
     for spec in specs:
         state = "[green]created[/green]" if spec.name in result.created else "exists "
         details = [f"{spec.partitions} partition{'s' if spec.partitions != 1 else ''}"]
@@ -205,10 +188,10 @@ def _csv_map(pairs: list[str] | None) -> dict[str, str]:
         target, sep, header = pair.partition("=")
         target, header = target.strip(), header.strip()
         if not sep or not target or not header:
-            raise _fail(f"--csv-map {pair!r}: expected FIELD=HEADER, e.g. person_id='Contact ID'")
+            raise fail(f"--csv-map {pair!r}: expected FIELD=HEADER, e.g. person_id='Contact ID'")
         if target not in _CSV_TARGETS:
             known = ", ".join(sorted(_CSV_TARGETS))
-            raise _fail(f"--csv-map {pair!r}: {target!r} is not an event field ({known})")
+            raise fail(f"--csv-map {pair!r}: {target!r} is not an event field ({known})")
         columns[target] = header
     return columns
 
@@ -245,16 +228,16 @@ def _send_mapping(file: Path, csv_map: list[str] | None, mapping: Path | None) -
 
     columns = _csv_map(csv_map)
     if (csv_map or mapping) and file.suffix.lower() != ".csv":
-        raise _fail("--csv-map and --mapping apply to .csv files only")
+        raise fail("--csv-map and --mapping apply to .csv files only")
     if csv_map and mapping:
-        raise _fail("give --csv-map or --mapping (not both)")
+        raise fail("give --csv-map or --mapping (not both)")
     if file.suffix.lower() != ".csv":
         return None
     try:
         rules = load_mapping(mapping) if mapping else columns_mapping(columns, read_header(file))
         check_files([file], rules)
     except MappingError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     return rules
 
 
@@ -313,7 +296,7 @@ def send(
     from streams.publish import encode_event, publish
 
     if (file is None) == (demo is None):
-        raise _fail("give a FILE or --demo N (not both)")
+        raise fail("give a FILE or --demo N (not both)")
     s = _settings(broker=broker, topic_prefix=topic_prefix)
     stats = ReadStats()
     progress = _progress()
@@ -330,7 +313,7 @@ def send(
     else:
         assert file is not None
         if not file.is_file():
-            raise _fail(f"{file}: no such file")
+            raise fail(f"{file}: no such file")
         rules = _send_mapping(file, csv_map, mapping)
         total, label = _count_lines(file), file.name
         if strict:  # validate everything first: a strict send is all or nothing
@@ -430,7 +413,7 @@ def _dev_security(data_dir: Path, port: int | None) -> tuple[Any, Path]:
             from streams.dev_tls import make_certificates
         except ImportError:
             message = "--sasl-ssl needs the `cryptography` package: pip install cryptography"
-            raise _fail(message) from None
+            raise fail(message) from None
         make_certificates(tls)
     if not secret.exists():
         secret.write_text(secrets.token_urlsafe(24))
@@ -642,7 +625,7 @@ def dev(
             stack.start()
             _, interrupted = _run_until_signal(_dev_session(stack))
         except (DevError, BrokerStartError, TansuNotInstalled) as error:
-            raise _fail(str(error), 1) from None
+            raise fail(str(error), 1) from None
         except KeyboardInterrupt:
             interrupted = True
         if interrupted:
@@ -738,7 +721,7 @@ def broker(
 
     client_env: Path | None = None
     if sasl_ssl and kind is not BrokerKind.kafka:
-        raise _fail("--sasl-ssl needs --kind kafka (Tansu has no SASL or TLS)")
+        raise fail("--sasl-ssl needs --kind kafka (Tansu has no SASL or TLS)")
     if kind is BrokerKind.kafka:
         security = None
         if sasl_ssl:
@@ -751,7 +734,7 @@ def broker(
         try:
             local.start()
         except (BrokerStartError, TansuNotInstalled) as error:
-            raise _fail(str(error), 1) from None
+            raise fail(str(error), 1) from None
         kept = f"data in {data_dir}" if local.keeps_data else "memory only: a restart loses all"
         out.print(
             f"{local.kind} broker at {local.bootstrap} (pid {local.pid}, ready in "
@@ -769,7 +752,7 @@ def broker(
             while local.running:
                 time.sleep(0.5)
             if local.pid is not None:
-                raise _fail(f"the broker exited; log {local.log_path}", 1)
+                raise fail(f"the broker exited; log {local.log_path}", 1)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:

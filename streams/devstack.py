@@ -31,19 +31,19 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from lifecycle.stages import STAGES
 from streams.access import READ, token_hash
 from streams.broker import local_broker
 from streams.settings import Settings
-from streams.topics import ensure_topics, partitions_of, topic_specs
+from streams.topics import assigned_reader, ensure_topics, partitions_of, topic_specs
 
 #: Written into a data dir `dev` created, so it only ever wipes a directory of its own.
 MARKER = ".leadflow-dev"
-STAGE_ORDER = ("subscriber", "lead", "mql", "sql", "opportunity", "customer", "recycled")
 
 
 class DevError(RuntimeError):
@@ -77,7 +77,7 @@ class Counts:
     dead_letters: int = 0
 
     def line(self) -> str:
-        stages = ", ".join(f"{s}={self.changes[s]}" for s in STAGE_ORDER if self.changes[s])
+        stages = ", ".join(f"{s}={self.changes[s]}" for s in STAGES if self.changes[s])
         return (
             f"history records: {self.history}  stage changes: {sum(self.changes.values())}"
             f" ({stages or 'none yet'})  dead letters: {self.dead_letters}"
@@ -89,7 +89,7 @@ class Counts:
         table.add_column("count", justify="right")
         table.add_row("events published", f"{published:,}")
         table.add_row("history records (events applied)", f"{self.history:,}")
-        for stage in STAGE_ORDER:
+        for stage in STAGES:
             table.add_row(f"  → {stage}", f"{self.changes[stage]:,}")
         table.add_row("dead letters", f"{self.dead_letters:,}")
         return table
@@ -351,15 +351,8 @@ class DevStack:
         """Count history records, stage changes by stage and dead letters, forever."""
         assert self.settings is not None
         names = self.settings.topics
-        consumer = AIOKafkaConsumer(
-            **self.settings.aiokafka_kwargs(),
-            group_id=None,
-            enable_auto_commit=False,
-            # What consumers of a --exactly-once worker see: no record of an aborted batch.
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-            client_id="leadflow-dev-summary",
-            fetch_max_wait_ms=250,
+        consumer = assigned_reader(
+            self.settings.aiokafka_kwargs(), client_id="leadflow-dev-summary", fetch_max_wait_ms=250
         )
         await consumer.start()
         try:

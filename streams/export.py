@@ -13,16 +13,19 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from events.codec import describe_validation_error
+from events.codec import decode_model, describe_validation_error
 from events.outbound import HistoryRecord
 from lifecycle.policy import Policy
 from streams.settings import Settings
 from streams.topics import TopicNotFound, iter_to_end, partitions_of, read_to_end
+
+M = TypeVar("M", bound=BaseModel)
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +41,17 @@ def where(record: ConsumerRecord[bytes, bytes]) -> str:
     return f"{record.topic}/{record.partition}@{record.offset}"
 
 
+def parse_value(model: type[M], value: bytes | None) -> M:
+    """Validate one record's value as `model`; ValueError with a one-line reason if it is
+    not one (the reader names the record with `where`)."""
+    if value is None:
+        raise ValueError("empty value (tombstone)")
+    return decode_model(model, value)
+
+
 def parse_history(record: ConsumerRecord[bytes, bytes]) -> HistoryRecord:
     """Validate one history record; ValueError with a one-line reason if it is not one."""
-    if record.value is None:
-        raise ValueError("empty value (tombstone)")
-    try:
-        return HistoryRecord.model_validate_json(record.value)
-    except ValidationError as error:
-        raise ValueError(describe_validation_error(error)) from None
+    return parse_value(HistoryRecord, record.value)
 
 
 def parse_policy(record: ConsumerRecord[bytes, bytes]) -> Policy:

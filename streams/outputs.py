@@ -20,6 +20,8 @@ import faust
 import orjson
 from pydantic import BaseModel
 
+from streams.internals import aiokafka_producer, transactional_id
+
 
 def _default(obj: Any) -> Any:
     # States rebuilt from pydantic history records may still hold pydantic models.
@@ -79,7 +81,7 @@ class Outputs:
             return None
         if self._group is None:
             self._group = self.app.assignor.group_for_topic(self.source_topic)
-        return f"{self.app.conf.id}-{self._group}-{partition}"
+        return transactional_id(self.app.conf.id, self._group, partition)
 
     async def send(
         self,
@@ -131,7 +133,7 @@ class Outputs:
                 for key, value in records:
                     await self.send(topic, key, value, partition, source)
             return
-        producer = self._producer._ensure_producer()  # Faust's aiokafka producer
+        producer = aiokafka_producer(self._producer)
         pending = self._pending
         for (topic, partition, _), records in queued.items():
             notify = self.on_sent.get(topic)

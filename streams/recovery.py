@@ -10,7 +10,7 @@ sequence with the table's:
 * equal → the table entry is kept;
 * missing, behind or ahead → the person is rebuilt by folding their history records with
   `evolve` (no rule is re-applied), and the table entry replaced;
-* a table entry with no history at all is ignored (see `Lifecycle._state`).
+* a table entry with no history at all is ignored (see `PartitionProcessor.state`).
 
 The same pass rebuilds the partitions' dedup stores (`streams.dedup_store`): dropped, then
 one entry per history record, its digest computed from the record's event as read
@@ -37,7 +37,8 @@ from lifecycle.dedup import key as dedup_key
 from lifecycle.dedup import stored
 from lifecycle.evolve import evolve
 from lifecycle.state import PersonState
-from streams.agent import Lifecycle, partition_event, writing_for
+from streams.agent import PartitionProcessor, partition_event
+from streams.internals import writing_for
 from streams.outputs import to_json
 from streams.topics import iter_to_end
 
@@ -73,8 +74,8 @@ class RecoveryReport:
         )
 
 
-async def reconcile(
-    lifecycle: Lifecycle,
+async def recover_partitions(
+    lifecycle: PartitionProcessor,
     partitions: set[int],
     *,
     bootstrap: str,

@@ -21,7 +21,7 @@ import orjson
 from events.inbound import EventType
 from events.limits import MAX_ID
 from streams import metrics
-from streams.agent import Lifecycle
+from streams.agent import PartitionProcessor
 from streams.outputs import Outputs
 
 log = logging.getLogger(__name__)
@@ -54,25 +54,27 @@ def tick(person: str, deadline: datetime, now: datetime) -> bytes:
     )
 
 
-async def sweep(lifecycle: Lifecycle, outputs: Outputs, now: datetime | None = None) -> int:
+async def sweep(
+    processor: PartitionProcessor, outputs: Outputs, now: datetime | None = None
+) -> int:
     """Publish a tick for every owned person past their deadline; return how many.
 
     `outputs` must be the sweeper's own: settling the agent's sends here would hide a failed
     delivery from the agent.
     """
     now = now or datetime.now(UTC)
-    ticks = lifecycle.ticks
+    ticks = processor.ticks
     # Collected first: the agent changes these dicts while the sends below yield.
     due = [
         (partition, person, deadline)
-        for partition in sorted(lifecycle.owned)
-        for person, deadline in lifecycle.persons.get(partition, {}).items()
+        for partition in sorted(processor.owned)
+        for person, deadline in processor.persons.get(partition, {}).items()
         # Strictly after: an event at exactly the deadline does not time out.
         if deadline is not None and deadline < now and ticks.get(person) != deadline
     ]
     if not due:
         return 0
-    topic = lifecycle.names.events
+    topic = processor.names.events
     for partition, person, deadline in due:
         await outputs.send(topic, person.encode(), tick(person, deadline, now), partition)
         ticks[person] = deadline

@@ -16,14 +16,13 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from pydantic import BaseModel, ValidationError
 from rich.markup import escape
 
-from events.codec import describe_validation_error
 from events.inbound import Event
 from events.outbound import DeadLetter, HistoryRecord, StageChanged
+from streams.export import parse_value
 from streams.settings import Settings
-from streams.topics import TopicNames, TopicNotFound, partitions_of
+from streams.topics import TopicNames, TopicNotFound, assigned_reader, partitions_of
 
 #: `--topic` values and the TopicNames field each one names.
 TOPICS = {
@@ -55,17 +54,8 @@ def _record_time(record: Record) -> datetime:
     return datetime.fromtimestamp(record.timestamp / 1000, UTC)
 
 
-def _parse(model: type[BaseModel], raw: bytes | None) -> Any:
-    if raw is None:
-        raise ValueError("empty value (tombstone)")
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as error:
-        raise ValueError(describe_validation_error(error)) from None
-
-
 def show_stage_change(record: Record) -> str:
-    c: StageChanged = _parse(StageChanged, record.value)
+    c: StageChanged = parse_value(StageChanged, record.value)
     via = f" [dim](via {', '.join(c.passed_through)})[/dim]" if c.passed_through else ""
     extra = [
         f"source {c.lead_source}" if c.lead_source else "",
@@ -81,7 +71,7 @@ def show_stage_change(record: Record) -> str:
 
 
 def show_history(record: Record) -> str:
-    h: HistoryRecord = _parse(HistoryRecord, record.value)
+    h: HistoryRecord = parse_value(HistoryRecord, record.value)
     e = h.event
     if h.changes:
         moves = ", ".join(f"{_stage(c.from_stage)} → {c.to_stage}" for c in h.changes)
@@ -97,7 +87,7 @@ def show_history(record: Record) -> str:
 
 
 def show_dead_letter(record: Record) -> str:
-    d: DeadLetter = _parse(DeadLetter, record.value)
+    d: DeadLetter = parse_value(DeadLetter, record.value)
     preview = d.value[:120].decode(errors="replace").replace("\n", " ")
     return (
         f"{_time(_record_time(record))}  [red]{escape(d.error)}[/red]  "
@@ -106,7 +96,7 @@ def show_dead_letter(record: Record) -> str:
 
 
 def show_event(record: Record) -> str:
-    e: Event = _parse(Event, record.value)
+    e: Event = parse_value(Event, record.value)
     source = f"  source {escape(e.source)}" if e.source else ""
     reason = f"  [dim]{escape(e.reason)}[/dim]" if e.reason else ""
     return (
@@ -189,15 +179,8 @@ async def follow(
     Follows forever otherwise; cancel the task (Ctrl-C) to stop. Returns the number emitted.
     """
     topic = topic_name(settings.topics, which)
-    consumer = AIOKafkaConsumer(
-        **settings.aiokafka_kwargs(),
-        group_id=None,
-        enable_auto_commit=False,
-        # What consumers of a --exactly-once worker see: no record of an aborted batch.
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        client_id="leadflow-tail",
-        fetch_max_wait_ms=200,
+    consumer = assigned_reader(
+        settings.aiokafka_kwargs(), client_id="leadflow-tail", fetch_max_wait_ms=200
     )
     await consumer.start()
     emitted = 0

@@ -279,6 +279,27 @@ def _has_leaders(topic: dict[str, Any] | None) -> bool:
     )
 
 
+def assigned_reader(
+    client_options: Mapping[str, Any],
+    *,
+    client_id: str | None = None,
+    fetch_max_wait_ms: int = 200,
+    committed_only: bool = True,
+) -> AIOKafkaConsumer:
+    """A consumer for manual `assign`: no group, nothing committed, from the earliest
+    offset, and by default `read_committed`, what consumers of a `--exactly-once` worker see
+    (no record of an aborted batch). `client_options`: `Settings.aiokafka_kwargs()`."""
+    options = {**client_options, **({"client_id": client_id} if client_id else {})}
+    return AIOKafkaConsumer(
+        **options,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed" if committed_only else "read_uncommitted",
+        fetch_max_wait_ms=fetch_max_wait_ms,
+    )
+
+
 async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int] | None:
     """Partition ids of `topic` as the broker reports them now; None if it has no such topic.
 
@@ -288,9 +309,11 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int] | No
     Kafka). A request for *all* topics refreshes it without naming the topic, because naming
     it would auto-create it on Tansu (and on Kafka with auto-create on). aiokafka exposes
     that request only on its client (`AIOKafkaClient.fetch_all_metadata`, public there),
-    reached through the consumer's `_client` (aiokafka 0.13-0.14 checked).
+    reached through the consumer's client (`streams.internals.all_topics_metadata`).
     """
-    cluster = await consumer._client.fetch_all_metadata()
+    from streams.internals import all_topics_metadata  # imports Faust: only when needed
+
+    cluster = await all_topics_metadata(consumer)
     partitions = cluster.partitions_for_topic(topic)
     return set(partitions) if partitions else None
 
@@ -327,13 +350,10 @@ async def iter_to_end(
     progress is made for ``idle_timeout`` seconds. ``client_options`` are extra aiokafka
     consumer settings (security: ``Settings.aiokafka_kwargs()``).
     """
-    consumer: AIOKafkaConsumer = AIOKafkaConsumer(
-        **{**(client_options or {}), "bootstrap_servers": bootstrap},
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
+    consumer = assigned_reader(
+        {**(client_options or {}), "bootstrap_servers": bootstrap},
         client_id="leadflow-read-to-end",
-        isolation_level="read_committed" if committed_only else "read_uncommitted",
+        committed_only=committed_only,
         # Brokers hold a Fetch for an empty partition up to fetch_max_wait_ms before
         # answering; the answer (highwater 0) is what tells us it is empty, so keep it short.
         fetch_max_wait_ms=100,

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from lifecycle.policy import Policy
 from streams.app import LeadflowApp, changelog_spec, make_app, shadows_of
 from streams.exactly_once import probe_transactions
+from streams.internals import without_spinner
 from streams.preflight import check_broker
 from streams.settings import Settings
 from streams.topics import EnsureResult, ensure_topics, topic_specs
@@ -110,5 +111,5 @@ def run(settings: Settings, policy: Policy, *, loglevel: str = "info") -> NoRetu
     # Faust's progress spinner, when the level is warning or above, sets the root logger to
     # DEBUG so that every debug call (aiokafka logs one per send) builds a LogRecord for it:
     # measured 3.7 % of the worker's CPU at --loglevel warning. A service has no spinner.
-    worker.spinner = None
+    without_spinner(worker)
     worker.execute_from_commandline()

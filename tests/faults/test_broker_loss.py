@@ -19,10 +19,11 @@ rely on):
 * its kept RocksDB table is not corrupted: a later kill -9 and restart finds it consistent
   with history (nothing to rebuild) and the next events are still decided correctly.
 
-The worker's clients never ask the broker to auto-create a topic (`streams.autocreate`):
-Tansu creates one without configs for any Metadata request naming it, and in one CI run the
-worker's own consumer recreated the events topic and the changelog that way in the second
-before it noticed the loss; restarted, it refused them for their configs.
+The worker's clients never ask the broker to auto-create a topic
+(`streams.internals.forbid_auto_creation`): Tansu creates one without configs for any
+Metadata request naming it, and in one CI run the worker's own consumer recreated the events
+topic and the changelog that way in the second before it noticed the loss; restarted, it
+refused them for their configs.
 
 The broker dies while the worker has no output in flight. With records in flight, Tansu
 breaks itself: the producer's retries reach the restarted broker before the worker exits,

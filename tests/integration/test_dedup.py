@@ -8,7 +8,6 @@ Only the fixture interface (`broker`, `make_topics`, `workers`, `Worker`, `publi
 
 from __future__ import annotations
 
-import asyncio
 import random
 import shutil
 from collections import Counter
@@ -25,7 +24,7 @@ from lifecycle.replay import Replayer, fold
 from lifecycle.verify import change_facts, verify
 from streams.demo import synthetic_events
 from streams.topics import read_to_end
-from tests.fixtures.worker import Worker, keyed, publish, wait_for
+from tests.fixtures.worker import Worker, caught_up, keyed, publish, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -65,9 +64,10 @@ async def topic(bootstrap: str, name: str) -> list[bytes]:
 async def settled(
     bootstrap: str, names: Any, history: int, changes: int, *, exact: bool = True
 ) -> tuple[list, list]:
-    """History and stage changes once they hold `history` and `changes` records, and then
-    a second read a moment later shows nothing more arrived. Not `exact`: after a kill -9,
-    inputs applied but not yet committed come again and re-emit their changes (same ids)."""
+    """History and stage changes once they hold `history` and `changes` records, and then,
+    once the workers committed every event, a second read shows nothing more arrived. Not
+    `exact`: after a kill -9, inputs applied but not yet committed come again and re-emit
+    their changes (same ids)."""
 
     async def full() -> tuple[list[bytes], list[bytes]] | None:
         h = await topic(bootstrap, names.history)
@@ -75,7 +75,7 @@ async def settled(
         return (h, c) if len(h) >= history and len(c) >= changes else None
 
     h, c = await wait_for(full, 180, f"{history} history records and {changes} stage changes")
-    await asyncio.sleep(2.0)
+    await caught_up(bootstrap, names)
     h2, c2 = await topic(bootstrap, names.history), await topic(bootstrap, names.stage_changes)
     assert (len(h2), len(c2)) == (len(h), len(c))
     assert len(h2) == history and (len(c2) == changes or not exact)
@@ -255,7 +255,7 @@ async def test_reused_event_id_with_other_content_lands_in_dead_letters_with_the
     history = [
         HistoryRecord.model_validate_json(v) for v in await wait_for(history_done, 60, "history")
     ]
-    await asyncio.sleep(1.0)
+    await caught_up(broker.bootstrap, names)
     assert len(await topic(broker.bootstrap, names.history)) == 8
     assert [(r.sequence, r.event.event_id) for r in history] == [
         (1, "e1"),

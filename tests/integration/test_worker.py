@@ -32,7 +32,7 @@ from streams.broker import LocalBroker, free_port
 from streams.cli import app as cli_app
 from streams.demo import synthetic_events
 from streams.topics import TopicNames, read_to_end
-from tests.fixtures.worker import event_at, keyed, publish
+from tests.fixtures.worker import caught_up, event_at, keyed, publish
 
 pytestmark = pytest.mark.integration
 
@@ -174,7 +174,7 @@ async def test_events_become_stage_changes_and_history_and_duplicates_reemit_sam
     await publish(broker.bootstrap, names.events, [keyed(journey[2]), keyed(journey[3])])
     again = changes_of(await records(broker.bootstrap, names.stage_changes, 6))
     assert [c.model_dump() for c in again[4:]] == [c.model_dump() for c in changes[2:]]
-    await asyncio.sleep(1.0)
+    await caught_up(broker.bootstrap, names)
     assert len(await read_to_end(broker.bootstrap, names.history, value_only=True)) == 4
 
 

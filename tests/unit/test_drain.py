@@ -28,6 +28,9 @@ class Consumer:
         self.unacked: set[Message] = set()
         self.acked: list[int] = []
 
+    def track_message(self, message: Message) -> None:
+        self.unacked.add(message)
+
     def ack(self, message: Message) -> bool:
         self.unacked.discard(message)
         self.acked.append(message.offset)
@@ -118,7 +121,7 @@ async def test_run_processes_in_batches_of_at_most_size() -> None:
     a = app()
     sizes: list[int] = []
 
-    class Lifecycle:
+    class PartitionProcessor:
         def __init__(self) -> None:
             self.owned = {0}
 
@@ -126,7 +129,7 @@ async def test_run_processes_in_batches_of_at_most_size() -> None:
             sizes.append(len(batch))
             return SimpleNamespace(deliveries=[])
 
-    b = Batcher(a, Feed({"events"}), Lifecycle(), size=2)  # type: ignore[arg-type]
+    b = Batcher(a, Feed({"events"}), PartitionProcessor(), size=2)  # type: ignore[arg-type]
     b.feed.queue.put_nowait([message(0, n) for n in range(5)])
     task = asyncio.ensure_future(b.run())
     while len(sizes) < 3:
@@ -150,7 +153,7 @@ async def test_in_a_transaction_each_batch_is_committed_with_its_outputs_before_
 
     a.consumer.commit = commit
 
-    class Lifecycle:
+    class PartitionProcessor:
         def __init__(self) -> None:
             self.owned = {0}
 
@@ -160,7 +163,7 @@ async def test_in_a_transaction_each_batch_is_committed_with_its_outputs_before_
             asyncio.get_running_loop().call_soon(delivered.set_result, None)
             return SimpleNamespace(deliveries=[delivered])
 
-    b = Batcher(a, Feed({"events"}), Lifecycle(), size=2)  # type: ignore[arg-type]
+    b = Batcher(a, Feed({"events"}), PartitionProcessor(), size=2)  # type: ignore[arg-type]
     b.feed.queue.put_nowait([message(0, n) for n in range(4)])
     task = asyncio.ensure_future(b.run())
     while len(log) < 4:

@@ -1,0 +1,266 @@
+"""The one door to faust-streaming, aiokafka and mode internals.
+
+Everything leadflow does with a private attribute or method of those libraries (or with a
+public one in a way their authors did not plan for: writing a table's store directly) is
+here, each with the upstream function it mirrors and the versions it was checked against.
+`tests/unit/test_internals_contract.py` checks every one of them against the installed
+libraries (the attribute exists, the signature, a hash of the mirrored upstream source), so
+an upgrade that changes one fails a test naming it instead of breaking the worker quietly.
+`pyproject.toml` pins the three libraries to the checked versions with upper bounds.
+
+Checked against: faust-streaming 0.15.3, aiokafka 0.14.0, mode-streaming 0.7.1.
+
+Upgrading: bump the pins, run the contract test, read each upstream function it names,
+adapt the code here, then update `CHECKED` in the test with the new hashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Iterator
+from contextvars import Token
+from typing import TYPE_CHECKING, Any
+
+import aiokafka.admin.client
+import aiokafka.client
+import faust
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.protocol.metadata import MetadataRequest
+from faust.streams import _current_event
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, EventT
+from faust.types.tuples import Message
+
+if TYPE_CHECKING:
+    from streams.drain import Feed
+
+log = logging.getLogger(__name__)
+
+#: The versions every function below was read against.
+CHECKED_VERSIONS = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "0.7.1"}
+
+
+# -- the current event (table partitions) ---------------------------------------------------
+# Mirrors `faust.streams.Stream._set_current_event` (faust-streaming 0.15.3): Faust's tables
+# pick a write's partition from `faust.streams.current_event()`
+# (`faust.tables.base.Collection.partition_for_key`), which reads the private context
+# variable `faust.streams._current_event` holding a weak reference to the event.
+def set_current_event(event: EventT) -> Token[Any]:
+    """Make `event` Faust's current event; reset with `reset_current_event(token)`."""
+    return _current_event.set(weakref.ref(event))
+
+
+def reset_current_event(token: Token[Any]) -> None:
+    """Undo `set_current_event` (`ContextVar.reset` of `faust.streams._current_event`)."""
+    _current_event.reset(token)
+
+
+@contextlib.contextmanager
+def writing_for(event: EventT) -> Iterator[None]:
+    """Make `event` Faust's current event, so table reads and writes use its partition."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+# -- the table's store, written without Faust's per-write changelog send --------------------
+# Mirrors the store half of `faust.tables.table.Table.__setitem__` (`ManagedUserDict`
+# `__setitem__` → `self.data[key] = value`, then `on_key_set` sends the changelog record,
+# faust-streaming 0.15.3 / mode-streaming 0.7.1): the agent sends the changelog record
+# itself, in the batch's record batch (`streams.agent.PartitionProcessor.write_batched`).
+def write_store(table: faust.types.TableT, key: bytes, value: bytes) -> None:
+    """Put `value` in the table's store (`Collection.data`), with no changelog record."""
+    table.data[key] = value
+
+
+# Mirrors `faust.tables.base.Collection._on_changelog_sent` (faust-streaming 0.15.3), the
+# at-least-once branch: `self.data.set_persisted_offset(res.topic_partition, res.offset)`.
+def set_persisted_offset(table: faust.types.TableT, tp: TP, offset: int) -> None:
+    """Record in the store that the changelog holds it up to `offset` (Faust's restore
+    starts from there)."""
+    table.data.set_persisted_offset(tp, offset)
+
+
+# -- the producer --------------------------------------------------------------------------
+# Mirrors `faust.transport.drivers.aiokafka.Producer._ensure_producer` (faust-streaming
+# 0.15.3): the running `aiokafka.AIOKafkaProducer` behind Faust's producer, for
+# `create_batch` / `send_batch`, which Faust does not expose.
+def aiokafka_producer(producer: Any) -> AIOKafkaProducer:
+    """The aiokafka producer of Faust's (started) producer."""
+    return producer._ensure_producer()
+
+
+# Mirrors `faust.transport.consumer.TransactionManager.transactional_id_format`
+# ("{group_id}-{tpg.group}-{tpg.partition}", faust-streaming 0.15.3): the transactional id
+# Faust gives the producer of one source partition in `--exactly-once`.
+def transactional_id(app_id: str, group: int, partition: int) -> str:
+    """The transactional id Faust uses for `partition` of topic group `group`."""
+    return f"{app_id}-{group}-{partition}"
+
+
+def parse_transactional_id(app_id: str, tid: str) -> int | None:
+    """The source partition of one of `app_id`'s transactional ids (None if not one)."""
+    prefix, _, partition = tid.rpartition("-")
+    if not prefix.startswith(f"{app_id}-") or not partition.isdigit():
+        return None
+    return int(partition)
+
+
+# Reads `faust.transport.drivers.aiokafka.Producer._transaction_producers` (the class-level
+# dict `begin_transaction` fills, faust-streaming 0.15.3) and aiokafka's
+# `AIOKafkaProducer._txn_manager.is_in_transaction()` (aiokafka 0.14.0).
+def open_transactions(producer: Any) -> list[str]:
+    """Transactional ids of Faust's producers that are inside a transaction now."""
+    open_ids = []
+    for tid, transactional in list(getattr(producer, "_transaction_producers", {}).items()):
+        manager = getattr(transactional, "_txn_manager", None)
+        if manager is not None and manager.is_in_transaction():
+            open_ids.append(tid)
+    return open_ids
+
+
+# -- the consumer --------------------------------------------------------------------------
+# Mirrors aiokafka's `Fetcher._get_actions_per_node`, which reads `self._fetch_max_wait_ms`
+# for every FetchRequest (aiokafka 0.14.0); reached as Faust's
+# `Consumer._thread._ensure_consumer()._fetcher` (faust-streaming 0.15.3:
+# `ThreadDelegateConsumer._thread`, `AIOKafkaConsumerThread._ensure_consumer`, aiokafka
+# `AIOKafkaConsumer._fetcher`). Faust hard-codes the wait (`fetch_max_wait_ms=1500`).
+def set_fetch_max_wait(app: faust.App, wait_ms: int) -> bool:
+    """Set the running worker consumer's fetch wait; False if this transport has none."""
+    try:
+        fetcher = app.consumer._thread._ensure_consumer()._fetcher
+    except AttributeError:
+        return False
+    fetcher._fetch_max_wait_ms = wait_ms
+    return True
+
+
+# Reads aiokafka's `AIOKafkaConsumer._client` (aiokafka 0.14.0), as the consumer's own
+# `topics()` does, for `AIOKafkaClient.fetch_all_metadata` (public on the client).
+async def all_topics_metadata(consumer: AIOKafkaConsumer) -> ClusterMetadata:
+    """Metadata of every topic, without naming one (naming a missing one may create it)."""
+    return await consumer._client.fetch_all_metadata()
+
+
+# -- no topic auto-creation ------------------------------------------------------------------
+# leadflow creates its topics itself, with their specs (`streams.topics.ensure_topics`), and
+# refuses to start on a topic whose configs differ. A Metadata request naming a missing topic
+# asks the broker to create it by default (`allow_auto_topic_creation=true`, Metadata v4+),
+# and a broker that agrees creates it with its own defaults: Tansu always does, and so does
+# Apache Kafka unless `auto.create.topics.enable=false` (true by default). After a broker lost
+# its data this made the worker's own consumer recreate its events topic and changelog with
+# no configs, a moment before the worker noticed the loss; restarted, it refused them (the
+# broker-loss fault test on Tansu, in CI). aiokafka has no option for it: 0.14.0's
+# `AIOKafkaClient._metadata_update` and `AIOKafkaAdminClient._get_cluster_metadata` build
+# `MetadataRequest(topics)` (aiokafka.protocol.metadata), whose flag defaults to true. So the
+# name those two modules use is swapped for a request whose default is false, as Kafka
+# Streams sets `allow.auto.create.topics=false` on its consumers.
+class MetadataRequestNoAutoCreate(MetadataRequest):
+    """`MetadataRequest` that does not ask for missing topics to be created."""
+
+    def __init__(
+        self, topics: list[str] | None = None, allow_auto_topic_creation: bool | None = False
+    ) -> None:
+        super().__init__(topics, allow_auto_topic_creation)
+
+
+def forbid_auto_creation() -> None:
+    """Make every aiokafka client in this process send Metadata without auto-creation."""
+    aiokafka.client.MetadataRequest = MetadataRequestNoAutoCreate  # type: ignore[misc]
+    aiokafka.admin.client.MetadataRequest = MetadataRequestNoAutoCreate  # type: ignore[misc]
+
+
+# -- the worker ----------------------------------------------------------------------------
+# Mirrors `faust.worker.Worker.__init__`, which sets `self.spinner` (a `mode.utils.terminal
+# .Spinner`), and `Worker._on_startup_end_spinner` / `on_setup_root_logger`, which use it
+# when set (faust-streaming 0.15.3).
+def without_spinner(worker: faust.Worker) -> None:
+    """No progress spinner: with one, Faust sets the root logger to DEBUG."""
+    worker.spinner = None
+
+
+# -- the events topic a fetched batch at a time ----------------------------------------------
+class BatchingConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer whose drain loop feeds the batch topics to the app's `Feed`
+    (`app.feed`; without one it is Faust's consumer unchanged). See `streams.drain`."""
+
+    # A fork of `faust.transport.consumer.Consumer._drain_messages` (faust-streaming 0.15.3):
+    # the same loop (read offsets, gaps, `commit_every`, the flow checks) and the same
+    # private state (`_stopped`, `_read_offset`, `_commit_every`, `_n_acked`, `_add_gap`,
+    # the fetcher's `_stopped`), but the batch topics' records go on the feed as one list
+    # per fetch instead of one `callback(message)` each.
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - Faust's loop
+        feed: Feed | None = getattr(self.app, "feed", None)
+        if feed is None:
+            return await super()._drain_messages(fetcher)
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        batch_topics = feed.topics
+        queue = feed.queue
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)
+                if self.should_stop:
+                    continue
+                batch: list[Message] = []
+                async for tp, message in ait:
+                    offset = message.offset
+                    r_offset = get_read_offset(tp)
+                    if r_offset is not None and offset < r_offset:
+                        continue  # already read (Faust drops these too)
+                    if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, r_offset + 1, offset)
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    if message.topic in batch_topics:
+                        batch.append(message)
+                    else:
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                    set_read_offset(tp, offset)
+                if batch:
+                    if queue.full():
+                        # The agent is behind: wait for room, unless a rebalance starts.
+                        await self.wait_first(queue.put(batch), self.suspend_flow.wait())
+                    else:
+                        queue.put_nowait(batch)
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+class BatchingTransport(faust_aiokafka.Transport):
+    Consumer = BatchingConsumer
+
+
+class BatchingApp(faust.App):
+    """A Faust app whose transport's consumer is `BatchingConsumer`."""
+
+    # Overrides `faust.app.base.App._new_transport` (faust-streaming 0.15.3), which returns
+    # `transport.by_url(self.conf.broker_consumer[0])(self.conf.broker_consumer, self)`;
+    # the URL scheme (kafka://, aiokafka://) picks the aiokafka transport either way.
+    def _new_transport(self) -> Any:
+        return BatchingTransport(self.conf.broker_consumer, self)

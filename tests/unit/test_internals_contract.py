@@ -1,0 +1,252 @@
+"""The faust-streaming / aiokafka / mode internals `streams.internals` relies on, as installed.
+
+Each check names the internal. A failure after an upgrade means: read the upstream function
+named in the message, adapt `streams/internals.py` to it, then update the hash or signature
+here (and the versions in `streams.internals.CHECKED_VERSIONS` and `pyproject.toml`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import aiokafka.admin.client
+import aiokafka.client
+import aiokafka.consumer.consumer
+import aiokafka.consumer.fetcher
+import aiokafka.producer.producer
+import aiokafka.producer.transaction_manager
+import aiokafka.protocol.metadata
+import faust
+import faust.app.base
+import faust.streams
+import faust.tables.base
+import faust.tables.table
+import faust.transport.consumer
+import faust.transport.drivers.aiokafka
+import faust.worker
+import pytest
+from faust.types.tuples import Message
+
+from streams import internals
+
+CHECKED = internals.CHECKED_VERSIONS
+
+
+def source_hash(obj: Any) -> str:
+    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Mirrored:
+    """An upstream function leadflow forks, overrides or depends on line by line."""
+
+    internal: str  # what streams.internals does with it
+    upstream: Callable[..., Any]
+    signature: str
+    sha: str
+
+
+MIRRORED = [
+    Mirrored(
+        "BatchingConsumer._drain_messages forks it",
+        faust.transport.consumer.Consumer._drain_messages,
+        "(self, fetcher: mode.types.services.ServiceT) -> None",
+        "44a2500309e83c63",
+    ),
+    Mirrored(
+        "BatchingApp._new_transport overrides it",
+        faust.app.base.App._new_transport,
+        "(self) -> faust.types.transports.TransportT",
+        "42db531312dd776f",
+    ),
+    Mirrored(
+        "aiokafka_producer calls it",
+        faust.transport.drivers.aiokafka.Producer._ensure_producer,
+        "(self) -> aiokafka.producer.producer.AIOKafkaProducer",
+        "5592a4bbdf251325",
+    ),
+    Mirrored(
+        "set_fetch_max_wait calls it",
+        faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._ensure_consumer,
+        "(self) -> aiokafka.consumer.consumer.AIOKafkaConsumer",
+        "ff4a4c693b7ec63f",
+    ),
+    Mirrored(
+        "set_fetch_max_wait sets the attribute it reads (_fetch_max_wait_ms)",
+        aiokafka.consumer.fetcher.Fetcher._get_actions_per_node,
+        "(self, assignment)",
+        "1dab2cf937d165d0",
+    ),
+    Mirrored(
+        "set_persisted_offset mirrors its at-least-once branch",
+        faust.tables.base.Collection._on_changelog_sent,
+        "(self, fut: faust.types.tuples.FutureMessage) -> None",
+        "60122c86a120d82c",
+    ),
+    Mirrored(
+        "write_store is a table write without what this does (the changelog send)",
+        faust.tables.table.Table.on_key_set,
+        "(self, key: ~KT, value: ~VT) -> None",
+        "a370e35ca55c2c7e",
+    ),
+    Mirrored(
+        "set_current_event / writing_for mirror it",
+        faust.streams.Stream._set_current_event,
+        "(self, event: Optional[faust.types.events.EventT] = None) -> None",
+        "b9a41294b605ac08",
+    ),
+    Mirrored(
+        "set_current_event relies on tables reading the current event here",
+        faust.tables.base.Collection.partition_for_key,
+        "(self, key: Any) -> Optional[int]",
+        "3b2291811b8dd791",
+    ),
+    Mirrored(
+        "Batcher tracks messages with it (public, but the agent relies on what it does)",
+        faust.transport.consumer.Consumer.track_message,
+        "(self, message: faust.types.tuples.Message) -> None",
+        "217d7f1399a4cd8e",
+    ),
+    Mirrored(
+        "forbid_auto_creation swaps the MetadataRequest it builds",
+        aiokafka.client.AIOKafkaClient._metadata_update,
+        "(self, cluster_metadata, topics)",
+        "06dc51ed3e0d38b8",
+    ),
+    Mirrored(
+        "forbid_auto_creation swaps the MetadataRequest it builds",
+        aiokafka.admin.client.AIOKafkaAdminClient._get_cluster_metadata,
+        "(self, topics: list[str] | None = None) -> aiokafka.protocol.api.Response",
+        "a6c7a68344da3851",
+    ),
+    Mirrored(
+        "MetadataRequestNoAutoCreate subclasses it (the flag defaults to true)",
+        aiokafka.protocol.metadata.MetadataRequest.__init__,
+        "(self, topics: list[str] | None = None, allow_auto_topic_creation: bool | None = None)",
+        "1c8b379944025961",
+    ),
+]
+
+
+@pytest.mark.parametrize("mirrored", MIRRORED, ids=lambda m: m.upstream.__qualname__)
+def test_mirrored_upstream_function_is_unchanged(mirrored: Mirrored) -> None:
+    name = f"{mirrored.upstream.__module__}.{mirrored.upstream.__qualname__}"
+    where = f"(streams.internals: {mirrored.internal}; checked against {CHECKED})"
+    signature = str(inspect.signature(mirrored.upstream))
+    assert signature == mirrored.signature, f"{name} changed its signature to {signature} {where}"
+    sha = source_hash(mirrored.upstream)
+    assert sha == mirrored.sha, f"{name} changed (source sha {sha}, was {mirrored.sha}) {where}"
+
+
+# (internal, class or function whose source must assign or declare it, text that must be there)
+ATTRIBUTES = [
+    ("ThreadDelegateConsumer._thread", faust.transport.consumer.ThreadDelegateConsumer.__init__,
+     "self._thread = self._new_consumer_thread()"),
+    ("AIOKafkaConsumer._fetcher", aiokafka.consumer.consumer.AIOKafkaConsumer.start,
+     "self._fetcher = Fetcher("),
+    ("Fetcher._fetch_max_wait_ms", aiokafka.consumer.fetcher.Fetcher.__init__,
+     "self._fetch_max_wait_ms = fetch_max_wait_ms"),
+    ("AIOKafkaConsumer._client", aiokafka.consumer.consumer.AIOKafkaConsumer.__init__,
+     "self._client = AIOKafkaClient("),
+    ("AIOKafkaProducer._txn_manager", aiokafka.producer.producer.AIOKafkaProducer.__init__,
+     "self._txn_manager = TransactionManager("),
+    ("Producer._transaction_producers", faust.transport.drivers.aiokafka.Producer,
+     "_transaction_producers: typing.Dict[str, aiokafka.AIOKafkaProducer] = {}"),
+    ("Producer.begin_transaction fills _transaction_producers",
+     faust.transport.drivers.aiokafka.Producer.begin_transaction,
+     "self._transaction_producers[transactional_id] = transaction_producer"),
+    ("Worker.spinner", faust.worker.Worker.__init__,
+     "self.spinner = terminal.Spinner(file=self.stdout)"),
+    ("Consumer._read_offset", faust.transport.consumer.Consumer.__init__,
+     "self._read_offset = defaultdict(lambda: None)"),
+    ("Consumer._commit_every", faust.transport.consumer.Consumer.__init__,
+     "self._commit_every = self.app.conf.broker_commit_every"),
+    ("Consumer._n_acked", faust.transport.consumer.Consumer, "_n_acked: int = 0"),
+    ("Consumer.ack counts _n_acked", faust.transport.consumer.Consumer.ack,
+     "self._n_acked += 1"),
+    ("faust.streams._current_event", faust.streams,
+     '_current_event = ContextVar("current_event")'),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("internal, holder, text", ATTRIBUTES, ids=[a[0] for a in ATTRIBUTES])
+def test_private_attribute_is_still_where_the_adapter_reads_it(
+    internal: str, holder: Any, text: str
+) -> None:
+    assert text in inspect.getsource(holder), (
+        f"{internal}: `{text}` is no longer in {getattr(holder, '__qualname__', holder)}; "
+        f"streams.internals relies on it (checked against {CHECKED})"
+    )
+
+
+SIGNATURES = [
+    (faust.transport.consumer.Consumer._add_gap,
+     "(self, tp: faust.types.tuples.TP, offset_from: int, offset_to: int) -> None"),
+    (faust.types.stores.StoreT.set_persisted_offset,
+     "(self, tp: faust.types.tuples.TP, offset: int) -> None"),
+    (aiokafka.client.AIOKafkaClient.fetch_all_metadata, "(self)"),
+    (aiokafka.producer.transaction_manager.TransactionManager.is_in_transaction, "(self)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "function, expected", SIGNATURES, ids=[s[0].__qualname__ for s in SIGNATURES]
+)
+def test_called_internal_keeps_its_signature(function: Callable[..., Any], expected: str) -> None:
+    signature = str(inspect.signature(function))
+    assert signature == expected, (
+        f"{function.__module__}.{function.__qualname__} is now {signature}, was {expected}; "
+        f"streams.internals calls it (checked against {CHECKED})"
+    )
+
+
+def test_transactional_ids_are_formatted_as_faust_formats_them() -> None:
+    upstream = faust.transport.consumer.TransactionManager.transactional_id_format
+    assert upstream == "{group_id}-{tpg.group}-{tpg.partition}", (
+        f"TransactionManager.transactional_id_format is now {upstream!r}: "
+        "streams.internals.transactional_id and parse_transactional_id mirror it"
+    )
+    tid = internals.transactional_id("leadflow-x", 0, 7)
+    group = type("TPG", (), {"group": 0, "partition": 7})()
+    assert tid == upstream.format(group_id="leadflow-x", tpg=group)
+    assert internals.parse_transactional_id("leadflow-x", tid) == 7
+    assert internals.parse_transactional_id("other", tid) is None
+
+
+def test_the_current_event_is_what_faust_tables_partition_by() -> None:
+    assert isinstance(faust.streams._current_event, contextvars.ContextVar)
+    app = faust.App("internals-contract", store="memory://")
+    table = app.Table("persons", key_type=bytes, value_type=bytes)
+    message = Message("events", 5, -1, time.time(), 0, None, None, None, None)
+    event = faust.Event(app, None, None, None, message)
+    token = internals.set_current_event(event)
+    try:
+        assert faust.streams.current_event() is event
+        assert table.partition_for_key(b"k") == 5
+    finally:
+        internals.reset_current_event(token)
+    assert faust.streams.current_event() is None
+    with internals.writing_for(event):
+        assert table.partition_for_key(b"k") == 5
+
+
+def test_the_batching_app_builds_the_batching_consumer() -> None:
+    app = internals.BatchingApp("internals-contract-transport", broker="kafka://localhost:1")
+    assert isinstance(app.transport, internals.BatchingTransport)
+    assert app.transport.Consumer is internals.BatchingConsumer
+
+
+def test_installed_versions_are_within_the_pins_checked() -> None:
+    for package, checked in CHECKED.items():
+        installed = metadata.version(package)
+        assert installed.split(".")[:2] == checked.split(".")[:2], (
+            f"{package} {installed} is installed, streams.internals was checked against "
+            f"{checked}: run this file, read what fails, update CHECKED_VERSIONS"
+        )
