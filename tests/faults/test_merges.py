@@ -40,11 +40,13 @@ PARTITIONS = 4
 
 def merge_stream(
     events: int = 8_000, persons: int = 400, *, seed: int = 17
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
+) -> tuple[list[dict[str, Any]], dict[str, str], list[tuple[str, str]]]:
     """Synthetic journeys, ~3 % old redeliveries, and merges across partitions.
 
-    Returns the stream (JSON-ready events in publishing order) and the expected final
-    survivor of every absorbed id (chains resolved).
+    Returns the stream (JSON-ready events in publishing order), the expected final
+    survivor of every absorbed id (chains resolved), and the crossing pairs: two ids on
+    different partitions merged into each other at the same point of the stream (in flight
+    at once, they resolve to the smaller id; one after the other, the second is refused).
     """
     rng = random.Random(seed)
     partition = KeyPartitions(range(PARTITIONS))
@@ -72,9 +74,41 @@ def merge_stream(
     # a survivor nobody knew
     unknown = "crm-new-survivor"
     lone = next(p for p in pool if partition(p.encode()) != partition(unknown.encode()))
+    pool.remove(lone)
     merges.append((lone, unknown, len(stream) // 2))
 
     inserts: list[tuple[int, dict[str, Any]]] = []
+    crossings: list[tuple[str, str]] = []
+    for n in range(3):
+        x = pool.pop()
+        y = next(p for p in pool if partition(p.encode()) != partition(x.encode()))
+        pool.remove(y)
+        crossings.append((x, y))
+        position = rng.randrange(len(stream) // 4, len(stream) * 3 // 4)
+        for k, (me, other) in enumerate(((x, y), (y, x))):
+            merge = {
+                "event_id": f"cross-{n}-{k}",
+                "type": "person_merged",
+                "person_id": me,
+                "merged_into": other,
+                "occurred_at": at(position),
+            }
+            inserts.append((position, merge))
+            inserts.append((rng.randrange(position + 1, len(stream) + 1), dict(merge)))
+            for j in range(2):  # later events for both, the first one right after
+                spot = position + 1 if j == 0 else rng.randrange(position + 1, len(stream) + 1)
+                inserts.append(
+                    (
+                        spot,
+                        {
+                            "event_id": f"alias-x{n}-{k}-{j}",
+                            "type": ("page_viewed", "demo_requested")[j],
+                            "person_id": me,
+                            "occurred_at": at(spot),
+                            "source": "referral",
+                        },
+                    )
+                )
     for n, (absorbed, survivor, position) in enumerate(merges):
         merge = {
             "event_id": f"merge-{n}",
@@ -114,7 +148,7 @@ def merge_stream(
             person = survivors[person]
         return person
 
-    return stream, {absorbed: final(absorbed) for absorbed in survivors}
+    return stream, {absorbed: final(absorbed) for absorbed in survivors}, crossings
 
 
 async def history_records(bootstrap: str, topic: str) -> list[HistoryRecord]:
@@ -128,7 +162,7 @@ async def test_merges_across_partitions_with_kill_9_equal_replay_of_history(
 ):
     names = await make_topics(partitions=PARTITIONS)
     settings = settings_for(broker.url, names)
-    stream, survivors = merge_stream()
+    stream, survivors, crossings = merge_stream()
     records = [(e["person_id"].encode(), orjson.dumps(e)) for e in stream]
     started = time.monotonic()
 
@@ -173,17 +207,45 @@ async def test_merges_across_partitions_with_kill_9_equal_replay_of_history(
         assert states[absorbed].merged_into is not None, absorbed
         assert absorbed in states[survivor].aliases, (absorbed, survivor)
         assert states[survivor].merged_into is None
+    # A crossing pair ends as one person: one id an alias of the other, which survives.
+    crossed = 0
+    for x, y in crossings:
+        ends = {states[x].merged_into, states[y].merged_into}
+        assert ends in ({None, x}, {None, y}), (x, y, ends)
+        survivor, alias = (x, y) if states[x].merged_into is None else (y, x)
+        assert alias in states[survivor].aliases, (x, y)
+        notes = [r for r in history if r.note is not None and r.event.person_id == alias]
+        if any(r.note.rule == "identity.merge_crossed" for r in notes):
+            crossed += 1
+            assert survivor == min(x, y)
+    assert crossed >= 1, "no crossing pair was in flight at once"
     forwarded = [r for r in history if r.event.forwarded_via]
     handoffs = [r for r in history if r.event.type == "person_absorbed"]
-    assert len({r.event.event_id for r in handoffs}) == len(survivors)
+    assert len({r.event.event_id for r in handoffs}) == len(survivors) + 2 * crossed + (
+        len(crossings) - crossed
+    )
     # each later event of an alias was applied by a survivor (forwarded, not just noted)
     applied = {
-        r.event.event_id
+        r.event.event_id.removeprefix("returned:")
         for r in forwarded
         if r.note is None or r.note.rule not in ("identity.forwarded", "identity.merge_cycle")
     }
-    alias_events = {r.event.event_id for r in history if r.event.event_id.startswith("alias-")}
+    alias_events = {
+        r.event.event_id
+        for r in history
+        if r.event.event_id.startswith("alias-") and not r.event.event_id.startswith("alias-x")
+    }
     assert alias_events and alias_events <= applied
+    # each later event of a crossing pair was applied by the pair's survivor
+    applied_by = {
+        (r.event.person_id, r.event.event_id.removeprefix("returned:"))
+        for r in history
+        if r.note is None or not r.note.rule.startswith(("identity.forwarded", "identity.merge_"))
+    }
+    for n, (x, y) in enumerate(crossings):
+        survivor = x if states[x].merged_into is None else y
+        for event_id in (f"alias-x{n}-{k}-{j}" for k in (0, 1) for j in (0, 1)):
+            assert (survivor, event_id) in applied_by, (survivor, event_id)
 
     # reconcile: every committed inbound record is in history or dead letters.
     final = await reconcile(settings, repair=False)
@@ -206,6 +268,7 @@ async def test_merges_across_partitions_with_kill_9_equal_replay_of_history(
         duplicates=outcome.duplicates,
         dead_letters=outcome.dead_letters,
         merges=len(survivors),
+        crossings=f"{crossed} of {len(crossings)} in flight at once",
         forwarded=len(forwarded),
         gaps=gaps,
         repaired=repaired,
@@ -214,10 +277,12 @@ async def test_merges_across_partitions_with_kill_9_equal_replay_of_history(
 
 
 def test_merge_stream_crosses_partitions():
-    stream, survivors = merge_stream(2_000, 200)
+    stream, survivors, crossings = merge_stream(2_000, 200)
     partition = KeyPartitions(range(PARTITIONS))
     merges = [e for e in stream if e["type"] == "person_merged"]
     assert all(
         partition(e["person_id"].encode()) != partition(e["merged_into"].encode()) for e in merges
     )
-    assert sum(e["type"] == "person_merged" for e in stream) == 2 * len(survivors)
+    assert len(merges) == 2 * len(survivors) + 4 * len(crossings)
+    ids = {x for pair in crossings for x in pair}
+    assert len(ids) == 6 and not ids & {*survivors, *survivors.values()}
