@@ -44,6 +44,10 @@ REBUILT = Counter(
     "leadflow_persons_rebuilt_total",
     "Persons whose table state was rebuilt from the history topic at partition assignment.",
 )
+SWEEPS = Counter(
+    "leadflow_sweeps_total",
+    "Sweeps the sweeper finished, with or without deadlines to publish (tests wait on it).",
+)
 TIMEOUTS_PUBLISHED = Counter(
     "leadflow_inactivity_ticks_total",
     "inactivity_timeout events published by the sweeper.",

@@ -73,6 +73,7 @@ async def sweep(
         if deadline is not None and deadline < now and ticks.get(person) != deadline
     ]
     if not due:
+        metrics.SWEEPS.inc()
         return 0
     topic = processor.names.events
     for partition, person, deadline in due:
@@ -86,5 +87,6 @@ async def sweep(
                 del ticks[person]
         raise
     metrics.TIMEOUTS_PUBLISHED.inc(len(due))
+    metrics.SWEEPS.inc()
     log.info("sweeper: published %d inactivity_timeout events", len(due))
     return len(due)

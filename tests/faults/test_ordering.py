@@ -35,7 +35,7 @@ from lifecycle.replay import replay
 from lifecycle.verify import change_facts, verify
 from streams.topics import TopicNames, read_to_end
 from tests.fixtures.core import custom_policy
-from tests.fixtures.worker import LEADFLOW, Worker, event_at
+from tests.fixtures.worker import LEADFLOW, Worker, event_at, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -215,7 +215,26 @@ async def test_late_and_boundary_events_and_an_sla_due_in_an_outage_replay_exact
             lambda rs: sum(r.event.type == "inactivity_timeout" for r in rs) >= 2,
             "the sweeper's ticks after the restart",
         )
-        await asyncio.sleep(2.0)  # anything the sweeper should not have published shows too
+        # Two more sweeps, counted: anything the sweeper should not have published shows too.
+        sweeps = await worker.metric("leadflow_sweeps_total")
+
+        async def two_more_sweeps() -> bool:
+            return await worker.metric("leadflow_sweeps_total") >= sweeps + 2
+
+        await wait_for(two_more_sweeps, 30, "two more sweeps")
+        # ... and every tick on the events topic by then is applied (counted, not slept on).
+        published = {
+            orjson.loads(v)["event_id"]
+            for v in await read_to_end(broker.bootstrap, names.events, value_only=True)
+            if b"leadflow.sweeper" in v
+        }
+        await wait_history(
+            broker.bootstrap,
+            names,
+            worker,
+            lambda rs: published <= {r.event.event_id for r in rs},
+            "every published tick in history",
+        )
 
         out = tmp_path / "history.jsonl"
         prefix_args = ["--topic-prefix", names.events.removesuffix(".leadflow.events")]
