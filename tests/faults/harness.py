@@ -268,6 +268,8 @@ class Outcome:
     duplicates: int = 0
     dead_letters: int = 0
     missing_events: list[str] = field(default_factory=list)
+    #: the first repeated change ids, each with where its copies are ("p@offset", ...)
+    repeated: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, Any]:
@@ -385,11 +387,14 @@ async def check(
             predicted[change.change_id] = orjson.loads(to_json(change))
     out.expected = len(predicted)
     copies: dict[str, list[Any]] = defaultdict(list)
+    where: dict[str, list[str]] = defaultdict(list)
     async for record in read(names.stage_changes):
         payload = orjson.loads(record.value)
         copies[payload["change_id"]].append(payload)
+        where[payload["change_id"]].append(f"{record.partition}@{record.offset}")
     out.found = len(copies.keys() & predicted.keys())
     out.duplicates = sum(len(c) - 1 for c in copies.values())
+    out.repeated = [f"{cid} at {' '.join(w)}" for cid, w in where.items() if len(w) > 1][:8]
     _note(
         problems, "predicted stage changes not published", sorted(predicted.keys() - copies.keys())
     )
