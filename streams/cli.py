@@ -230,7 +230,7 @@ def replay(
     mapping: MappingOpt = None,
 ) -> None:
     """Replay events under a policy; print the StageChanged records as JSONL on stdout."""
-    from lifecycle.replay import Replayer
+    from lifecycle.replay import Replayer, bulk_gc
 
     rules = _policy(policy, preset)
     cutoff = _as_of(as_of)
@@ -248,12 +248,13 @@ def replay(
                 if not state:
                     yield from decision.changes
 
-    if state:
-        for _ in changes():
-            pass
-        _write(s.to_wire() for s in replayer.states.values())
-    else:
-        _write(changes())
+    with bulk_gc():
+        if state:
+            for _ in changes():
+                pass
+            _write(s.to_wire() for s in replayer.states.values())
+        else:
+            _write(changes())
     reader.summary()
 
 

@@ -16,6 +16,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from events.codec import InvalidMessage, decode_event, describe_validation_error
+from events.fastcodec import fast_events
 from events.inbound import Event
 from events.limits import MAX_PAYLOAD_BYTES
 from events.outbound import HistoryRecord
@@ -146,6 +147,9 @@ def _decode_batch(batch: list[tuple[int, bytes]]) -> list[Event] | None:
     """
     if not batch or any(len(line) > MAX_PAYLOAD_BYTES for _, line in batch):
         return None
+    events = fast_events([line for _, line in batch])  # msgspec; None: pydantic decides
+    if events is not None:
+        return events
     try:
         events = _EVENT_LIST.validate_json(b"[" + b",".join(line for _, line in batch) + b"]")
     except ValidationError:
