@@ -228,6 +228,13 @@ def replay(
     topic_prefix: PrefixOpt = "",
     strict: StrictOpt = False,
     mapping: MappingOpt = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            help="worker processes for a JSONL file (persons sharded, output in input order); "
+            "0: one per core for files over 32 MB"
+        ),
+    ] = 0,
 ) -> None:
     """Replay events under a policy; print the StageChanged records as JSONL on stdout."""
     from lifecycle.replay import Replayer, bulk_gc
@@ -235,6 +242,26 @@ def replay(
     rules = _policy(policy, preset)
     cutoff = _as_of(as_of)
     reader = _Reader(strict, mapping)
+    if _shardable(events, broker, mapping, strict):
+        from streams.sharded import default_jobs, replay_sharded
+
+        jobs = jobs or default_jobs(events)  # type: ignore[arg-type]
+        if jobs > 1:
+            totals = replay_sharded(
+                events,  # type: ignore[arg-type]
+                rules,
+                jobs,
+                person=person,
+                cutoff=cutoff,
+                state=state,
+                write=sys.stdout.buffer.write,
+                warn=lambda text: err.print(text, highlight=False, markup=False),
+            )
+            sys.stdout.buffer.flush()
+            reader.stats.lines, reader.stats.bad = totals["lines"], totals["bad"]
+            reader.conflicts = totals["conflicts"]
+            reader.summary()
+            return
     replayer = Replayer(rules)
 
     def changes() -> Iterator[Any]:
@@ -256,6 +283,14 @@ def replay(
         else:
             _write(changes())
     reader.summary()
+
+
+def _shardable(events: Path | None, broker: str | None, mapping: Path | None, strict: bool) -> bool:
+    """A JSONL file read leniently can be replayed by several processes (`streams.sharded`);
+    a topic, a CSV or a mapping, and `--strict` (stop at the first bad line), by one."""
+    if events is None or broker or mapping is not None or strict:
+        return False
+    return events.suffix.lower() != ".csv" and events.is_file()
 
 
 def _print_funnel(report: FunnelReport, title: str) -> None:

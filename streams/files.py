@@ -7,7 +7,7 @@ counted; with `strict` the first bad line raises.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +50,11 @@ def _open(path: Path, progress: bool) -> tuple[io.BufferedReader, Any]:
     handle = path.open("rb")
     bar = None
     if progress and path.stat().st_size > PROGRESS_BYTES:
+        from rich.console import Console
         from rich.progress import Progress
 
-        bar = Progress(transient=True)
+        # on stderr: on stdout, stopping it left an empty line among the JSONL printed
+        bar = Progress(console=Console(stderr=True), transient=True)
         bar.start()
         task = bar.add_task(f"reading {path.name}", total=path.stat().st_size)
         return handle, (bar, task)
@@ -83,11 +85,13 @@ def read_events(
     strict: bool = False,
     progress: bool = False,
     csv_columns: dict[str, str] | None = None,
+    lines: Iterable[tuple[int, bytes]] | None = None,
 ) -> Iterator[Event]:
     """Events in file order from JSONL (inbound events or exported history) or CSV.
 
     History lines (with `sequence` and `event`) yield their event, so a history export can be
-    replayed under another policy.
+    replayed under another policy. `lines`: (line number, line) of the file to read instead
+    of all of them (a shard of a replay, `streams.sharded`).
     """
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
@@ -111,7 +115,7 @@ def read_events(
                     report(BadLine(name, number, str(error)))
         batch.clear()
 
-    for number, line in _lines(path, progress):
+    for number, line in _lines(path, progress) if lines is None else lines:
         line = line.rstrip(b"\r\n")
         if not line.strip():
             continue

@@ -88,14 +88,35 @@ def stream_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.parametrize("jobs", [1, 2, 3])
 @pytest.mark.parametrize(("preset", "state"), list(PINNED))
 def test_replay_output_is_byte_for_byte_what_main_printed(
-    stream_file: Path, preset: str, state: bool
+    stream_file: Path, preset: str, state: bool, jobs: int
 ):
-    args = ["replay", "--events", str(stream_file), "--preset", preset]
+    """In one process and sharded across several (merge groups kept together)."""
+    args = ["replay", "--events", str(stream_file), "--preset", preset, "--jobs", str(jobs)]
     result = runner.invoke(app, [*args, "--state"] if state else args)
     assert result.exit_code == 0, result.output
     assert "2 bad line(s) skipped" in result.stderr
     assert "1 event(s) reusing an event id with other content skipped" in result.stderr
     digest = hashlib.sha256(result.stdout_bytes).hexdigest()
     assert digest == PINNED[preset, state]
+
+
+def test_sharded_replay_reports_bad_lines_and_conflicts_in_the_order_of_one_process(
+    stream_file: Path,
+):
+    one = runner.invoke(app, ["replay", "--events", str(stream_file), "--jobs", "1"])
+    three = runner.invoke(app, ["replay", "--events", str(stream_file), "--jobs", "3"])
+    assert one.exit_code == three.exit_code == 0
+    assert three.stderr == one.stderr
+    assert f"{stream_file}:11: not valid JSON" in one.stderr
+
+
+def test_the_progress_bar_of_a_large_file_stays_off_stdout(
+    stream_file: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr("streams.files.PROGRESS_BYTES", 0)  # every file is "large"
+    result = runner.invoke(app, ["replay", "--events", str(stream_file), "--jobs", "1"])
+    assert result.exit_code == 0
+    assert hashlib.sha256(result.stdout_bytes).hexdigest() == PINNED["default", False]
