@@ -120,7 +120,7 @@ def read_events(
         if not line.strip():
             continue
         stats.lines += 1
-        if line.startswith(b'{"person_id"') or b'"sequence"' in line[:200]:
+        if line.startswith(b'{"person_id"') or line.find(b'"sequence"', 0, 200) != -1:
             yield from flush()
             try:
                 event = _history_event(line)

@@ -84,7 +84,7 @@ def _as_history_event(data: Any) -> Any:
 
 def person_of(line: bytes) -> str | None:
     """The person a line's event is for, read as `read_events` will read it; None if none."""
-    if line.startswith(b'{"person_id"') or b'"sequence"' in line[:200]:
+    if line.startswith(b'{"person_id"') or line.find(b'"sequence"', 0, 200) != -1:
         data = _as_history_event(_loads(line))
         person = data.get("person_id") if isinstance(data, dict) else None
     else:
