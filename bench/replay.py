@@ -280,7 +280,7 @@ def leadflow_cli(path: Path, preset: str, jobs: int, digest: bool) -> dict:
     Peak RSS: the CLI process's own (wait4), and with --jobs the sum over it and its workers,
     which the CLI writes to LEADFLOW_RSS_REPORT (shared pages count once per process)."""
     command = [str(Path(sys.executable).with_name("leadflow")), "replay", "--events", str(path)]
-    command += ["--preset", preset] + (["--jobs", str(jobs)] if jobs != 1 else [])
+    command += ["--preset", preset] + (["--jobs", str(jobs)] if jobs else [])
     report = OUT / "rss-report.txt"
     report.unlink(missing_ok=True)
     env = {**os.environ, "LEADFLOW_RSS_REPORT": str(report)}
@@ -310,12 +310,24 @@ def leadflow_cli(path: Path, preset: str, jobs: int, digest: bool) -> dict:
     }
 
 
+def _label(jobs: int) -> str:
+    return "leadflow replay" if jobs == 0 else f"leadflow replay --jobs {jobs}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--persons", type=int, default=100_000)
     parser.add_argument("--preset", default="default")
-    parser.add_argument("--jobs", type=int, default=1, help="leadflow replay --jobs")
+    parser.add_argument(
+        "--jobs",
+        default="0,1",
+        help="leadflow replay --jobs values to run, comma-separated; 0: the plain command "
+        "(one worker per core for a large file)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="floor and leadflow runs, taken in turn"
+    )
     parser.add_argument("--digest", action="store_true", help="sha256 of leadflow's stdout")
     parser.add_argument("--baseline", action="store_true", help="also the dict-and-if fold")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -331,31 +343,46 @@ def main() -> int:
     path = make_file(args.events, args.persons)
     print(
         f"data: {path} ({path.stat().st_size / 1e6:.0f} MB, made/found in "
-        f"{time.perf_counter() - started:.1f} s), policy preset {args.preset}"
+        f"{time.perf_counter() - started:.1f} s), policy preset {args.preset}, "
+        f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
     )
-    floor = _child("floor", path, args.preset)
-    events = floor["events"]
-    results = {"floor": floor}
+    jobs = [int(j) for j in args.jobs.split(",")]
     if args.baseline:
-        results["baseline"] = _child("baseline", path, args.preset)
-    results["leadflow"] = leadflow_cli(path, args.preset, args.jobs, args.digest)
-    for kind, r in results.items():
-        label = f"leadflow (CLI, --jobs {args.jobs})" if kind == "leadflow" else kind
-        rss = f"peak RSS {r['peak_rss_mb']:>5} MB"
-        if kind == "leadflow" and args.jobs != 1:
-            rss += f" (sum over its processes {r['sum_rss_mb']} MB)"
-        print(
-            f"{label:26s} {events:>9,} events in {r['seconds']:7.2f} s = "
-            f"{round(events / r['seconds']):>9,} events/s   {rss}"
+        r = _child("baseline", path, args.preset)
+        print(f"baseline (dict-and-if fold, decode_event) {r['seconds']:.2f} s   {r['moves']}")
+    # Rounds in turn, so a busy moment hits both sides; the best of each is the figure (the
+    # machine is shared: what is slower than the best is what others took from it).
+    best: dict[str, dict] = {}
+    for n in range(1, args.rounds + 1):
+        runs = {"floor": _child("floor", path, args.preset)}
+        for j in jobs:
+            runs[_label(j)] = leadflow_cli(path, args.preset, j, args.digest)
+        events = runs["floor"]["events"]
+        ratios = ", ".join(
+            f"{k}: {runs['floor']['seconds'] / r['seconds']:.3f}"
+            for k, r in runs.items()
+            if k != "floor"
         )
-    ratio = floor["seconds"] / results["leadflow"]["seconds"]
-    print(f"leadflow / floor = {ratio:.3f}   (target ≥ 0.25, moonshot 0.50)")
-    rss = results["leadflow"]["peak_rss_mb"]
-    if args.jobs != 1:
-        rss = results["leadflow"]["sum_rss_mb"]
-    print(f"leadflow peak RSS = {rss} MB for {floor['persons']:,} persons   (target ≤ 150 MB)")
-    if results["leadflow"]["stdout_sha256"]:
-        print(f"leadflow stdout sha256 = {results['leadflow']['stdout_sha256']}")
+        print(f"round {n}: floor {runs['floor']['seconds']:.2f} s; leadflow / floor {ratios}")
+        for kind, r in runs.items():
+            if kind not in best or r["seconds"] < best[kind]["seconds"]:
+                best[kind] = r
+    print(f"best of {args.rounds} rounds, {events:,} events, {best['floor']['persons']:,} persons:")
+    for kind, r in best.items():
+        rss = f"peak RSS {r['peak_rss_mb']:>4} MB"
+        if r.get("sum_rss_mb", 0) > r["peak_rss_mb"]:
+            rss += f" (its processes together {r['sum_rss_mb']} MB)"
+        rate = round(events / r["seconds"])
+        print(f"  {kind:26s} {r['seconds']:7.2f} s = {rate:>9,} events/s   {rss}")
+    for kind, r in best.items():
+        if kind == "floor":
+            continue
+        ratio = best["floor"]["seconds"] / r["seconds"]
+        print(f"{kind} / floor = {ratio:.3f}   (target ≥ 0.25, moonshot 0.50)")
+        total = max(r["peak_rss_mb"], r["sum_rss_mb"])
+        print(f"{kind} peak RSS = {total} MB   (target ≤ 150 MB)")
+        if r["stdout_sha256"]:
+            print(f"{kind} stdout sha256 = {r['stdout_sha256']}")
     return 0
 
 

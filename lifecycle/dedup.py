@@ -160,7 +160,7 @@ class SeenIndex:
     kept as records beside, so a duplicate re-emits the very same objects.
     """
 
-    __slots__ = ("_named", "changes", "count", "indexed", "persons")
+    __slots__ = ("_missed", "_named", "changes", "count", "indexed", "persons")
 
     def __init__(self) -> None:
         self.persons: dict[str, bytearray] = {}
@@ -170,6 +170,7 @@ class SeenIndex:
         self.indexed: dict[str, dict[bytes, int]] = {}
         self.count = 0
         self._named = ("", b"")  # the last id digested: replay looks an id up, then adds it
+        self._missed: tuple[str, str] | None = None  # the last (person, id) looked up in vain
 
     def _id(self, event_id: str) -> bytes:
         last, named = self._named
@@ -195,10 +196,9 @@ class SeenIndex:
 
     def get(self, person_id: str, event_id: str) -> Seen | None:
         entries = self.persons.get(person_id)
-        if entries is None:
-            return None
-        at = self._find(person_id, entries, self._id(event_id))
+        at = -1 if entries is None else self._find(person_id, entries, self._id(event_id))
         if at == -1:
+            self._missed = (person_id, event_id)
             return None
         digest = bytes(entries[at + DIGEST_SIZE : at + 2 * DIGEST_SIZE])
         sequence = int.from_bytes(entries[at + 2 * DIGEST_SIZE : at + _ENTRY], "big")
@@ -215,8 +215,9 @@ class SeenIndex:
         entries = self.persons.get(person)
         if entries is None:
             entries = self.persons[person] = bytearray()
-        elif self._find(person, entries, named) != -1:
+        elif self._missed != (person, event.event_id) and self._find(person, entries, named) != -1:
             return
+        self._missed = None
         digest = digest_of(event) if content is None else fingerprint(content)
         index = self.indexed.get(person)
         if index is not None:

@@ -23,7 +23,6 @@ import mmap
 import os
 import resource
 import traceback
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -138,10 +137,12 @@ class Groups:
         return groups
 
     def shard(self, person: str | None, jobs: int) -> int:
+        """The worker of a person's group. Python's string hash differs between interpreters
+        but not between a process and its forks, and every worker is a fork of one parent."""
         if person is None:
             return 0
         root = self.root(person) if person in self.parent else person
-        return zlib.crc32(root.encode("utf-8", "surrogatepass")) % jobs
+        return hash(root) % jobs
 
 
 # --- a worker ---------------------------------------------------------------------------------
