@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -218,7 +219,7 @@ def floor_fold(path: Path) -> dict:
     loads = orjson.loads
     states: dict[str, dict] = {}
     lines = 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     with path.open("rb") as handle:
         for line in handle:
             event = loads(line)
@@ -230,7 +231,14 @@ def floor_fold(path: Path) -> dict:
             state["last"] = event["occurred_at"]
             state["type"] = event["type"]
     elapsed = time.perf_counter() - started
-    return {"kind": "floor", "events": lines, "seconds": elapsed, "persons": len(states)}
+    cpu = time.process_time() - cpu
+    return {
+        "kind": "floor",
+        "events": lines,
+        "seconds": elapsed,
+        "cpu": cpu,
+        "persons": len(states),
+    }
 
 
 def baseline_run(path: Path, preset: str) -> dict:
@@ -253,11 +261,16 @@ def _digest(finals: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(sorted(finals.items())).encode()).hexdigest()[:16]
 
 
+#: CPU seconds (user + system) of the last run, its workers included (from wait4).
+_cpu = [0.0]
+
+
 def _run(command: list[str], stdout: Any, env: dict[str, str] | None = None) -> tuple[int, int]:
     """Run `command` to the end: (exit code, its peak RSS in KB, from wait4 on it)."""
     proc = subprocess.Popen(command, stdout=stdout, env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
+    _cpu[0] = usage.ru_utime + usage.ru_stime
     return proc.returncode, usage.ru_maxrss
 
 
@@ -271,16 +284,20 @@ def _child(kind: str, path: Path, preset: str) -> dict:
         raise SystemExit(f"{kind} failed with exit code {code}")
     result = json.loads(out.read_text())
     result["peak_rss_mb"] = round(rss / 1024)
+    result.setdefault("cpu", _cpu[0])
     return result
 
 
-def leadflow_cli(path: Path, preset: str, jobs: int, digest: bool) -> dict:
+def leadflow_cli(
+    path: Path, preset: str, jobs: int, digest: bool, program: list[str] | None = None
+) -> dict:
     """`leadflow replay --events F > /dev/null` (or into sha256), timed as a whole process.
 
     Peak RSS: the CLI process's own (wait4), and with --jobs the sum over it and its workers,
     which the CLI writes to LEADFLOW_RSS_REPORT (shared pages count once per process)."""
-    command = [str(Path(sys.executable).with_name("leadflow")), "replay", "--events", str(path)]
-    command += ["--preset", preset] + (["--jobs", str(jobs)] if jobs else [])
+    program = program or [str(Path(sys.executable).with_name("leadflow"))]
+    command = [*program, "replay", "--events", str(path), "--preset", preset]
+    command += ["--jobs", str(jobs)] if jobs else []
     report = OUT / "rss-report.txt"
     report.unlink(missing_ok=True)
     env = {**os.environ, "LEADFLOW_RSS_REPORT": str(report)}
@@ -304,6 +321,7 @@ def leadflow_cli(path: Path, preset: str, jobs: int, digest: bool) -> dict:
     return {
         "kind": "leadflow",
         "seconds": elapsed,
+        "cpu": _cpu[0],
         "peak_rss_mb": round(rss / 1024),
         "sum_rss_mb": round(max(total, rss) / 1024),
         "stdout_sha256": sha.hexdigest() if digest else None,
@@ -329,6 +347,11 @@ def main() -> int:
         "--rounds", type=int, default=3, help="floor and leadflow runs, taken in turn"
     )
     parser.add_argument("--digest", action="store_true", help="sha256 of leadflow's stdout")
+    parser.add_argument(
+        "--reference",
+        help="another build's CLI to run in the same rounds (before/after), e.g. "
+        "'env -C /tmp/main-checkout .venv/bin/python -m streams.cli' (an absolute python)",
+    )
     parser.add_argument("--baseline", action="store_true", help="also the dict-and-if fold")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
@@ -355,6 +378,9 @@ def main() -> int:
     best: dict[str, dict] = {}
     for n in range(1, args.rounds + 1):
         runs = {"floor": _child("floor", path, args.preset)}
+        if args.reference:
+            program = shlex.split(args.reference)
+            runs["reference"] = leadflow_cli(path, args.preset, 0, args.digest, program)
         for j in jobs:
             runs[_label(j)] = leadflow_cli(path, args.preset, j, args.digest)
         events = runs["floor"]["events"]
@@ -373,12 +399,19 @@ def main() -> int:
         if r.get("sum_rss_mb", 0) > r["peak_rss_mb"]:
             rss += f" (its processes together {r['sum_rss_mb']} MB)"
         rate = round(events / r["seconds"])
-        print(f"  {kind:26s} {r['seconds']:7.2f} s = {rate:>9,} events/s   {rss}")
+        print(
+            f"  {kind:26s} {r['seconds']:7.2f} s = {rate:>9,} events/s, "
+            f"{r['cpu']:6.2f} CPU s   {rss}"
+        )
     for kind, r in best.items():
         if kind == "floor":
             continue
         ratio = best["floor"]["seconds"] / r["seconds"]
-        print(f"{kind} / floor = {ratio:.3f}   (target ≥ 0.25, moonshot 0.50)")
+        cpu = best["floor"]["cpu"] / r["cpu"]
+        print(
+            f"{kind} / floor = {ratio:.3f}   (target ≥ 0.25, moonshot 0.50; "
+            f"by CPU seconds {cpu:.3f})"
+        )
         total = max(r["peak_rss_mb"], r["sum_rss_mb"])
         print(f"{kind} peak RSS = {total} MB   (target ≤ 150 MB)")
         if r["stdout_sha256"]:
