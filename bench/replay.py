@@ -1,17 +1,21 @@
 """Replay throughput: ≥ 1M synthetic events over 100k persons from a JSONL file (issue 13).
 
-Measures in the same run, each in its own process (so peak RSS is per run):
-  floor     orjson.loads per line + a dict fold with no rules: the floor of any Python replay
-  baseline  the same rules as a plain dict-and-if fold (parsed by decode_event), no
-            transitions, no guard table: it must reach the same stages as leadflow
-  leadflow  the CLI path, `leadflow replay --events F > /dev/null`, as a subprocess (its peak
-            RSS is the largest of its processes, and the sum with --jobs > 1)
+Measures in turn for --rounds, each in its own process (so peak RSS is per run):
+  floor      orjson.loads per line + a dict fold with no rules: the floor of any Python replay
+  leadflow   the CLI path, `leadflow replay --events F > /dev/null`, as a subprocess, for each
+             --jobs value (0: the plain command; its peak RSS is the largest of its processes,
+             and the sum over them is printed too), CPU seconds from wait4
+  reference  with --reference, another build's CLI (main before a change) in the same rounds
+  baseline   with --baseline, the same rules as a plain dict-and-if fold (parsed by
+             decode_event), no transitions, no guard table; with --digest its stage changes
+             per stage must equal those leadflow printed
 
-and prints `leadflow / floor` (target ≥ 0.25, moonshot 0.50) and leadflow's peak RSS
-(target ≤ 150 MB for 100k persons). `--digest` also hashes leadflow's stdout, to compare
-with another build on the same data.
+and prints the best of each, `leadflow / floor` (target ≥ 0.25, moonshot 0.50) and leadflow's
+peak RSS (target ≤ 150 MB for 100k persons). `--digest` hashes leadflow's stdout, to compare
+builds on the same data.
 
-    python bench/replay.py [--events 1000000] [--persons 100000] [--jobs N] [--digest]
+    python bench/replay.py [--events 1000000] [--persons 100000] [--jobs 0,1] [--rounds 3]
+        [--digest] [--reference CMD] [--baseline]
 """
 
 from __future__ import annotations
@@ -307,9 +311,16 @@ def leadflow_cli(
         out = OUT / "leadflow-stdout.jsonl"
         with out.open("wb") as handle:
             code, rss = _run(command, handle, env)
+        moves: Counter = Counter()
+        ids = set()  # a redelivery re-emits its changes: count each change once
         with out.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                sha.update(chunk)
+            for line in handle:
+                sha.update(line)
+                if line.strip():
+                    change = orjson.loads(line)
+                    if change["change_id"] not in ids:
+                        ids.add(change["change_id"])
+                        moves[change["to_stage"]] += 1
         out.unlink()
     else:
         with open(os.devnull, "wb") as sink:
@@ -325,6 +336,7 @@ def leadflow_cli(
         "peak_rss_mb": round(rss / 1024),
         "sum_rss_mb": round(max(total, rss) / 1024),
         "stdout_sha256": sha.hexdigest() if digest else None,
+        "moves": dict(sorted(moves.items())) if digest else None,
     }
 
 
@@ -370,9 +382,10 @@ def main() -> int:
         f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
     )
     jobs = [int(j) for j in args.jobs.split(",")]
+    baseline = None
     if args.baseline:
-        r = _child("baseline", path, args.preset)
-        print(f"baseline (dict-and-if fold, decode_event) {r['seconds']:.2f} s   {r['moves']}")
+        baseline = _child("baseline", path, args.preset)
+        print(f"baseline (dict-and-if fold, decode_event) {baseline['seconds']:.2f} s")
     # Rounds in turn, so a busy moment hits both sides; the best of each is the figure (the
     # machine is shared: what is slower than the best is what others took from it).
     best: dict[str, dict] = {}
@@ -416,6 +429,12 @@ def main() -> int:
         print(f"{kind} peak RSS = {total} MB   (target ≤ 150 MB)")
         if r["stdout_sha256"]:
             print(f"{kind} stdout sha256 = {r['stdout_sha256']}")
+        if baseline is not None and r["moves"] is not None:
+            same = r["moves"] == baseline["moves"]
+            print(f"{kind}: the baseline's stage changes per stage are the same: {same}")
+            if not same:
+                print(f"  leadflow {r['moves']}\n  baseline {baseline['moves']}")
+                return 1
     return 0
 
 
