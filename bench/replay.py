@@ -328,13 +328,14 @@ def leadflow_cli(
     elapsed = time.perf_counter() - started
     if code:
         raise SystemExit(f"leadflow replay failed with exit code {code}")
-    total = int(report.read_text()) if report.exists() else rss
+    together = json.loads(report.read_text()) if report.exists() else {}
     return {
         "kind": "leadflow",
         "seconds": elapsed,
         "cpu": _cpu[0],
         "peak_rss_mb": round(rss / 1024),
-        "sum_rss_mb": round(max(total, rss) / 1024),
+        "sum_rss_mb": round(max(together.get("rss_kb", 0), rss) / 1024),
+        "sum_pss_mb": round(together.get("pss_kb", 0) / 1024),
         "stdout_sha256": sha.hexdigest() if digest else None,
         "moves": dict(sorted(moves.items())) if digest else None,
     }
@@ -410,7 +411,10 @@ def main() -> int:
     for kind, r in best.items():
         rss = f"peak RSS {r['peak_rss_mb']:>4} MB"
         if r.get("sum_rss_mb", 0) > r["peak_rss_mb"]:
-            rss += f" (its processes together {r['sum_rss_mb']} MB)"
+            rss += (
+                f" (its processes together: peak RSS {r['sum_rss_mb']} MB, "
+                f"PSS at the end {r['sum_pss_mb']} MB)"
+            )
         rate = round(events / r["seconds"])
         print(
             f"  {kind:26s} {r['seconds']:7.2f} s = {rate:>9,} events/s, "
@@ -426,7 +430,8 @@ def main() -> int:
             f"by CPU seconds {cpu:.3f})"
         )
         total = max(r["peak_rss_mb"], r["sum_rss_mb"])
-        print(f"{kind} peak RSS = {total} MB   (target ≤ 150 MB)")
+        shared = f"; PSS together {r['sum_pss_mb']} MB" if r["sum_pss_mb"] else ""
+        print(f"{kind} peak RSS = {total} MB{shared}   (target ≤ 150 MB)")
         if r["stdout_sha256"]:
             print(f"{kind} stdout sha256 = {r['stdout_sha256']}")
         if baseline is not None and r["moves"] is not None:

@@ -226,7 +226,21 @@ def _worker(
         except BaseException:
             handle.write(b"X " + orjson.dumps(traceback.format_exc()) + b"\n")
             return 1
+        totals["pss_kb"] = _pss_kb()
         handle.write(b"T " + orjson.dumps(totals) + b"\n")
+    return 0
+
+
+def _pss_kb() -> int:
+    """This process's proportional set size (pages shared with the other forks counted in
+    shares), from /proc; 0 where there is none. At the end of a replay it is near its peak."""
+    try:
+        with open("/proc/self/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return 0
 
 
@@ -285,7 +299,7 @@ def replay_sharded(
         workers.append((pid, os.fdopen(read_fd, "rb", buffering=1 << 20)))
 
     handles = [handle for _, handle in workers]
-    totals = {"lines": 0, "bad": 0, "conflicts": 0}
+    totals = {"lines": 0, "bad": 0, "conflicts": 0, "pss_kb": 0}
     try:
         for _phase in ("changes and reports", "states"):
             for _, tag, payload in heapq.merge(*map(_records, handles), key=_first):
@@ -308,12 +322,13 @@ def replay_sharded(
         for pid, _ in workers:
             _, _status, usage = os.wait4(pid, 0)
             rss += usage.ru_maxrss
-        _report_rss(rss)
+        _report_memory(rss, totals["pss_kb"] + _pss_kb())
     return totals
 
 
-def _report_rss(kilobytes: int) -> None:
-    """The summed peak RSS of this replay's processes, for bench/replay.py."""
+def _report_memory(rss_kb: int, pss_kb: int) -> None:
+    """The memory of this replay's processes together, for bench/replay.py: the sum of their
+    peak RSS (pages shared by the forks counted in each) and of their PSS at the end."""
     target = os.environ.get("LEADFLOW_RSS_REPORT")
     if target:
-        Path(target).write_text(str(kilobytes))
+        Path(target).write_text(orjson.dumps({"rss_kb": rss_kb, "pss_kb": pss_kb}).decode())
