@@ -218,3 +218,16 @@ def test_offsets_become_the_one_utc_tzinfo():
     assert event is not None
     assert event.occurred_at == datetime(2026, 1, 1, tzinfo=timezone(timedelta(0)))
     assert event.occurred_at.tzinfo is UTC
+
+
+def test_copies_of_a_fast_event_leave_the_shared_fields_set_alone():
+    raw = b'{"event_id":"e","type":"t","person_id":"p","occurred_at":"2026-01-01T00:00:00Z"}'
+    event = fast_event(raw)
+    other = fast_event(raw.replace(b'"e"', b'"f"'))
+    assert event is not None and other is not None
+    before = set(other.model_fields_set)
+    copied = event.model_copy(update={"source": "webinar"})
+    assert copied.source == "webinar" and "source" in copied.model_fields_set
+    assert other.model_fields_set == before == event.model_fields_set
+    with pytest.raises(ValueError, match="frozen"):
+        event.source = "x"  # type: ignore[misc]
