@@ -242,13 +242,13 @@ def replay(
     rules = _policy(policy, preset)
     cutoff = _as_of(as_of)
     reader = _Reader(strict, mapping)
-    if _shardable(events, broker, mapping, strict):
+    if events is not None and _shardable(events, broker, mapping, strict):
         from streams.sharded import default_jobs, replay_sharded
 
-        jobs = jobs or default_jobs(events)  # type: ignore[arg-type]
+        jobs = jobs or default_jobs(events)
         if jobs > 1:
             totals = replay_sharded(
-                events,  # type: ignore[arg-type]
+                events,
                 rules,
                 jobs,
                 person=person,
@@ -285,10 +285,10 @@ def replay(
     reader.summary()
 
 
-def _shardable(events: Path | None, broker: str | None, mapping: Path | None, strict: bool) -> bool:
+def _shardable(events: Path, broker: str | None, mapping: Path | None, strict: bool) -> bool:
     """A JSONL file read leniently can be replayed by several processes (`streams.sharded`);
     a topic, a CSV or a mapping, and `--strict` (stop at the first bad line), by one."""
-    if events is None or broker or mapping is not None or strict:
+    if broker or mapping is not None or strict:
         return False
     return events.suffix.lower() != ".csv" and events.is_file()
 
