@@ -44,12 +44,17 @@ SHARD_BYTES = 32_000_000
 
 
 def default_jobs(path: Path) -> int:
-    """One worker per usable core for a large file, else one process."""
+    """One worker per usable core for a large file, else one process (and where processes
+    cannot fork)."""
     try:
         size = path.stat().st_size
     except OSError:
         return 1
-    return max(1, len(os.sched_getaffinity(0))) if size >= SHARD_BYTES else 1
+    if size < SHARD_BYTES or not hasattr(os, "fork"):
+        return 1
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity is not None else os.cpu_count()
+    return max(1, cores or 1)
 
 
 # --- which worker decides a line -------------------------------------------------------------
