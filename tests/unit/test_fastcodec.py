@@ -231,3 +231,13 @@ def test_copies_of_a_fast_event_leave_the_shared_fields_set_alone():
     assert other.model_fields_set == before == event.model_fields_set
     with pytest.raises(ValueError, match="frozen"):
         event.source = "x"  # type: ignore[misc]
+
+
+def test_the_structs_have_the_contract_s_fields_in_its_order():
+    """A field added to the contract (or removed) must be added to the structs too, or the
+    fast path would build events without it."""
+    from events.fastcodec import _Event, _Profile
+    from events.inbound import Event, Profile
+
+    assert _Event.__struct_fields__ == tuple(Event.model_fields)
+    assert _Profile.__struct_fields__ == tuple(Profile.model_fields)
