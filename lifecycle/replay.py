@@ -48,7 +48,7 @@ class Replayer:
 
     The same steps as the live worker (`streams.agent`): look up what was seen of the event
     id, decide, and for an applied decision evolve the state and remember the id. `seen`
-    costs ~145 bytes per applied event (`lifecycle.dedup.SeenIndex`).
+    costs 40 bytes per applied event (`lifecycle.dedup.SeenIndex`).
 
     Identity merges hand events on to other persons (`Decision.follow_up`, see
     `lifecycle.merge`). With `follow` (the default) `apply_all` applies a follow-up at once,

@@ -7,7 +7,7 @@ counted; with `strict` the first bad line raises.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from events.codec import InvalidMessage, decode_event, describe_validation_error
+from events.fastcodec import fast_events
 from events.inbound import Event
 from events.limits import MAX_PAYLOAD_BYTES
 from events.outbound import HistoryRecord
@@ -49,9 +50,11 @@ def _open(path: Path, progress: bool) -> tuple[io.BufferedReader, Any]:
     handle = path.open("rb")
     bar = None
     if progress and path.stat().st_size > PROGRESS_BYTES:
+        from rich.console import Console
         from rich.progress import Progress
 
-        bar = Progress(transient=True)
+        # on stderr: on stdout, stopping it left an empty line among the JSONL printed
+        bar = Progress(console=Console(stderr=True), transient=True)
         bar.start()
         task = bar.add_task(f"reading {path.name}", total=path.stat().st_size)
         return handle, (bar, task)
@@ -82,11 +85,13 @@ def read_events(
     strict: bool = False,
     progress: bool = False,
     csv_columns: dict[str, str] | None = None,
+    lines: Iterable[tuple[int, bytes]] | None = None,
 ) -> Iterator[Event]:
     """Events in file order from JSONL (inbound events or exported history) or CSV.
 
     History lines (with `sequence` and `event`) yield their event, so a history export can be
-    replayed under another policy.
+    replayed under another policy. `lines`: (line number, line) of the file to read instead
+    of all of them (a shard of a replay, `streams.sharded`).
     """
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
@@ -110,12 +115,12 @@ def read_events(
                     report(BadLine(name, number, str(error)))
         batch.clear()
 
-    for number, line in _lines(path, progress):
+    for number, line in _lines(path, progress) if lines is None else lines:
         line = line.rstrip(b"\r\n")
         if not line.strip():
             continue
         stats.lines += 1
-        if line.startswith(b'{"person_id"') or b'"sequence"' in line[:200]:
+        if line.startswith(b'{"person_id"') or line.find(b'"sequence"', 0, 200) != -1:
             yield from flush()
             try:
                 event = _history_event(line)
@@ -146,6 +151,9 @@ def _decode_batch(batch: list[tuple[int, bytes]]) -> list[Event] | None:
     """
     if not batch or any(len(line) > MAX_PAYLOAD_BYTES for _, line in batch):
         return None
+    events = fast_events([line for _, line in batch])  # msgspec; None: pydantic decides
+    if events is not None:
+        return events
     try:
         events = _EVENT_LIST.validate_json(b"[" + b",".join(line for _, line in batch) + b"]")
     except ValidationError:

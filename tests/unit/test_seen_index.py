@@ -1,0 +1,61 @@
+"""`SeenIndex`, replay's in-memory dedup store: compact entries, found however many a person has."""
+
+from __future__ import annotations
+
+import pytest
+
+from lifecycle.dedup import INDEXED_AFTER, SeenIndex, body, fingerprint
+from lifecycle.replay import Replayer
+from tests.fixtures.core import T0, preset
+
+
+@pytest.mark.parametrize("count", [3, INDEXED_AFTER, INDEXED_AFTER + 1, 3 * INDEXED_AFTER])
+def test_every_applied_id_is_found_with_its_sequence_and_digest(make_event, count: int):
+    replayer = Replayer(preset("default"))
+    events = [make_event("page_viewed") for _ in range(count)]
+    for event in events:
+        replayer.apply(event)
+    seen = replayer.seen
+    assert len(seen) == count
+    for n, event in enumerate(events, start=1):
+        entry = seen.get("p1", event.event_id)
+        assert entry is not None and entry.sequence == n
+        assert entry.digest == fingerprint(body(event))
+    assert seen.get("p1", "never") is None
+    assert seen.get("p2", events[0].event_id) is None
+
+
+@pytest.mark.parametrize("count", [5, 2 * INDEXED_AFTER])
+def test_a_reused_id_is_a_conflict_and_a_redelivery_a_duplicate_however_long_ago(
+    make_event, count: int
+):
+    replayer = Replayer(preset("default"))
+    events = [make_event("page_viewed") for _ in range(count)]
+    for event in events:
+        replayer.apply(event)
+    first = events[0]
+    again = replayer.apply(first)
+    assert again.duplicate and again.conflict is None and again.sequence == 1
+    reused = first.model_copy(update={"type": "demo_requested"})
+    conflict = replayer.apply(reused)
+    assert conflict.duplicate and conflict.conflict is not None
+    assert len(replayer.seen) == count
+
+
+def test_the_same_id_for_two_persons_is_two_events(make_event):
+    seen = SeenIndex()
+    replayer = Replayer(preset("default"), seen=seen)
+    a = make_event("page_viewed", person_id="a", event_id="same", at=T0)
+    b = make_event("page_viewed", person_id="b", event_id="same", at=T0)
+    assert not replayer.apply(a).duplicate
+    assert not replayer.apply(b).duplicate
+    assert len(seen) == 2
+
+
+def test_changes_of_a_moving_event_are_kept_to_re_emit(make_event, fit_profile):
+    replayer = Replayer(preset("default"))
+    move = make_event("demo_requested", profile=fit_profile())
+    first = replayer.apply(move)
+    assert first.changes
+    assert replayer.seen.get("p1", move.event_id).changes == first.changes
+    assert replayer.apply(move).changes == first.changes
