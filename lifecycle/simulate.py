@@ -57,10 +57,20 @@ class Simulation:
         }
 
 
-def simulate(events: Iterable[Event], policy_a: Policy, policy_b: Policy) -> Simulation:
-    """Replay `events` once, feeding both policies, and compare per-person outcomes."""
-    a, b = Replayer(policy_a), Replayer(policy_b)
-    funnel_a, funnel_b = Funnel(), Funnel()
+def simulate(
+    events: Iterable[Event],
+    policy_a: Policy,
+    policy_b: Policy,
+    *,
+    follow: bool = True,
+    funnels: tuple[Funnel, Funnel] | None = None,
+) -> Simulation:
+    """Replay `events` once, feeding both policies, and compare per-person outcomes.
+
+    `follow` as in `Replayer`; `funnels` are the views to feed (a partial result keeps them).
+    """
+    a, b = Replayer(policy_a, follow=follow), Replayer(policy_b, follow=follow)
+    funnel_a, funnel_b = funnels if funnels is not None else (Funnel(), Funnel())
     count = conflicts = 0
     for event in events:
         count += 1

@@ -26,6 +26,7 @@ from lifecycle.policy import PRESETS, Policy, PolicyError, load_policy, load_pre
 from streams import (
     commands_analytics,
     commands_import,
+    commands_partials,
     commands_token,
     commands_tools,
     commands_worker,
@@ -42,6 +43,7 @@ from streams.commands_common import (
     out,
 )
 from streams.commands_common import fail as _fail
+from streams.commands_partials import PartialOutOpt, PartitionsOpt
 from streams.files import BadLine, ReadStats, read_events, read_history
 from streams.internals import forbid_auto_creation
 
@@ -218,12 +220,20 @@ def replay(
             "0: one per core for files over 32 MB"
         ),
     ] = 0,
+    partitions: PartitionsOpt = None,
+    partial_out: PartialOutOpt = None,
 ) -> None:
     """Replay events under a policy; print the StageChanged records as JSONL on stdout."""
     from lifecycle.replay import Replayer, bulk_gc
 
     rules = _policy(policy, preset)
     cutoff = _as_of(as_of)
+    if partitions is not None or partial_out is not None:
+        options = {"person": person, "as_of": as_of, "state": state}
+        commands_partials.replay_share(
+            broker, topic_prefix, partitions, partial_out, events, rules, cutoff, options
+        )
+        return
     reader = _Reader(strict, mapping)
     if events is not None and _shardable(events, broker, mapping, strict):
         from streams.sharded import default_jobs, replay_sharded
@@ -324,6 +334,8 @@ def funnel_command(
         str | None,
         typer.Option(help="conversion by source, first_touch, last_touch or touches"),
     ] = None,
+    partitions: PartitionsOpt = None,
+    partial_out: PartialOutOpt = None,
 ) -> None:
     """Counts reached per stage, conversion by lead source, median days between stages."""
     from lifecycle.replay import replay as run
@@ -331,6 +343,14 @@ def funnel_command(
     if format not in ("table", "json"):
         raise _fail("--format is table or json")
     rules = _policy(policy, preset)
+    if partitions is not None or partial_out is not None:
+        if cohort is not None:
+            raise _fail("--cohort is not combinable from partitions yet; run it on the topic")
+        options = {"format": format, "by": by}
+        commands_partials.funnel_share(
+            broker, topic_prefix, partitions, partial_out, events, rules, options
+        )
+        return
     if cohort is not None:
         commands_analytics.cohort_funnel(
             events, broker, topic_prefix, rules, cohort, by, format, strict, mapping
@@ -358,21 +378,36 @@ def simulate(
     topic_prefix: HistoryPrefixOpt = "",
     strict: StrictOpt = False,
     mapping: MappingOpt = None,
+    partitions: PartitionsOpt = None,
+    partial_out: PartialOutOpt = None,
 ) -> None:
     """What would policy B have done with the same events as policy A?"""
     from lifecycle.simulate import simulate as run
 
     a, b = _named_policy(policy), _named_policy(against)
+    if partitions is not None or partial_out is not None:
+        options = {"format": format, "limit": limit}
+        commands_partials.simulate_share(
+            broker, topic_prefix, partitions, partial_out, events, a, b, options
+        )
+        return
     reader = _Reader(strict, mapping)
     result = run(reader.events(events, broker, topic_prefix), a, b)
+    print_simulation(result, a.name, b.name, limit, format)
+    reader.summary()
+
+
+def print_simulation(result: Any, name_a: str, name_b: str, limit: int, format: str) -> None:
+    """The what-if report (`simulate`), as a table or JSON."""
     if format == "json":
         out.print_json(data=result.to_dict(limit))
-        reader.summary()
         return
-    table = Table(title=f"{result.events} events: {a.name} ({a.version}) vs {b.name} ({b.version})")
+    a_title = f"{name_a} ({result.policy_a})"
+    b_title = f"{name_b} ({result.policy_b})"
+    table = Table(title=f"{result.events} events: {a_title} vs {b_title}")
     table.add_column("stage")
-    table.add_column(f"reached under {a.name}", justify="right")
-    table.add_column(f"reached under {b.name}", justify="right")
+    table.add_column(f"reached under {name_a}", justify="right")
+    table.add_column(f"reached under {name_b}", justify="right")
     table.add_column("difference", justify="right")
 
     def reached(report: FunnelReport, stage: str) -> str:
@@ -401,7 +436,6 @@ def simulate(
         a_side = f"{o.stage_a} (highest {o.highest_a})"
         b_side = f"{o.stage_b} (highest {o.highest_b})"
         out.print(f"  {o.person_id}: {a_side} → {b_side}", highlight=False)
-    reader.summary()
 
 
 @app.command()
@@ -418,6 +452,8 @@ def verify(
     broker: HistoryBrokerOpt = None,
     topic_prefix: HistoryPrefixOpt = "",
     strict: StrictOpt = False,
+    partitions: PartitionsOpt = None,
+    partial_out: PartialOutOpt = None,
 ) -> None:
     """Recompute every recorded decision under its recorded policy version; list mismatches."""
     from lifecycle.verify import verify as run
@@ -440,8 +476,21 @@ def verify(
 
         settings = Settings(broker=broker, topic_prefix=topic_prefix)
         known.update(asyncio.run(_checked(settings, read_policies_topic(settings))))
+    if partitions is not None or partial_out is not None:
+        commands_partials.verify_share(
+            broker, topic_prefix, partitions, partial_out, history, known
+        )
+        return
     reader = _Reader(strict)
     report = run(reader.history(history, broker, topic_prefix), known)
+    print_verification(report)
+    reader.summary()
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def print_verification(report: Any) -> None:
+    """The verify report: the first 50 mismatches, the unchecked records, the totals."""
     for m in report.mismatches[:50]:
         out.print(
             f"[red]mismatch[/red] {m.person_id} #{m.sequence} ({m.event_id}) {m.field}: "
@@ -454,9 +503,6 @@ def verify(
         f"checked {report.checked} records: {len(report.mismatches)} mismatch(es), "
         f"{sum(report.missing_policies.values())} unchecked"
     )
-    reader.summary()
-    if not report.ok:
-        raise typer.Exit(1)
 
 
 def _policies_file(path: Path) -> dict[str, Policy]:
@@ -592,6 +638,7 @@ commands_worker.register(app)
 commands_tools.register(app)
 commands_import.register(app)
 commands_analytics.register(app)
+commands_partials.register(app)
 commands_token.register(app)
 
 

@@ -1,0 +1,374 @@
+"""Partial results over a share of the history topic's partitions, and their combination.
+
+A person's history is on one partition (key = person id). Read as recorded (`follow=False`:
+a merge's hand-off and an alias's forwarded events are applied where history has them, see
+`lifecycle.replay.Replayer`), every person's decisions depend on that partition alone. So a
+run over some partitions computes one *piece* per partition, and combining the pieces in
+partition order gives the same result whichever process computed which partition. A piece
+keeps what a report is computed from, never a rounded output:
+
+- funnel: every person's funnel facts and the merges the funnel saw, in order. Combining
+  takes the union of the persons, re-applies the merges (an alias on one partition folds
+  into its survivor on another, as `Funnel.merge` folds it) and computes the report (counts,
+  rates, medians) from the persons, as one run does;
+- simulate: the events, the conflicts, both policies' funnel facts and the persons who end
+  differently (sorted by id once combined, as one run sorts them);
+- verify: the records checked, the mismatches (their values as the report prints them) and
+  the unchecked records per policy version; mismatches keep partition order;
+- replay: its output lines. A run over the topic reads it in (partition, offset) order, so
+  the lines of the partitions one after the other are a single run's output.
+
+A partial is a versioned document (`Partial.to_json`); `check_set` refuses partials that
+cannot be combined, with one line naming the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from events.inbound import Event
+from lifecycle.funnel import Funnel, _Person
+from lifecycle.policy import Policy
+from lifecycle.records import Decision
+from lifecycle.replay import Replayer, bulk_gc
+from lifecycle.simulate import Outcome, Simulation, simulate
+from lifecycle.verify import Mismatch, VerifyReport, verify
+
+#: The version of the partial document; a reader refuses any other.
+FORMAT = 1
+COMMANDS = ("funnel", "simulate", "verify", "replay")
+
+
+class PartialError(ValueError):
+    """A partial that cannot be read or combined; the message names the file."""
+
+
+@dataclass(slots=True)
+class Partial:
+    """One process's share: the pieces of its partitions and what they were computed under."""
+
+    source: str  # the file it was read from (for errors); not written
+    command: str
+    #: The policies the result depends on: [{"name", "version"}], in the command's order.
+    policies: list[dict[str, str]]
+    #: The options that shape the report (format, --by, --limit, --person …).
+    options: dict[str, Any]
+    topic: str
+    topic_partitions: int
+    pieces: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def partitions(self) -> list[int]:
+        return sorted(self.pieces)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "leadflow_partial": FORMAT,
+            "command": self.command,
+            "policies": self.policies,
+            "options": self.options,
+            "topic": self.topic,
+            "topic_partitions": self.topic_partitions,
+            "partitions": self.partitions,
+            "pieces": {str(p): self.pieces[p] for p in self.partitions},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> Partial:
+        if not isinstance(data, dict) or "leadflow_partial" not in data:
+            raise PartialError(f"{source}: not a leadflow partial result (no leadflow_partial)")
+        if data["leadflow_partial"] != FORMAT:
+            raise PartialError(
+                f"{source}: partial format {data['leadflow_partial']!r}, this leadflow reads "
+                f"{FORMAT}; write it again with this version"
+            )
+        try:
+            command = data["command"]
+            if command not in COMMANDS:
+                raise PartialError(f"{source}: command {command!r} is not one of {COMMANDS}")
+            pieces = {int(p): piece for p, piece in data["pieces"].items()}
+            partial = cls(
+                source,
+                command,
+                [{"name": p["name"], "version": p["version"]} for p in data["policies"]],
+                dict(data["options"]),
+                str(data["topic"]),
+                int(data["topic_partitions"]),
+                pieces,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            if isinstance(error, PartialError):
+                raise
+            raise PartialError(f"{source}: not a leadflow partial result: {error!r}") from None
+        if sorted(pieces) != sorted(int(p) for p in data.get("partitions", ())):
+            raise PartialError(f"{source}: 'partitions' does not list the partitions of 'pieces'")
+        return partial
+
+
+def _versions(partial: Partial) -> list[str]:
+    return [p["version"] for p in partial.policies]
+
+
+def check_set(partials: Sequence[Partial], *, allow_partial: bool = False) -> list[int]:
+    """Refuse partials that are not shares of one run; return the partitions none covers
+    (only with `allow_partial`, else that refuses too)."""
+    if not partials:
+        raise PartialError("no partial results given")
+    first = partials[0]
+    covered: dict[int, str] = {}
+    for partial in partials:
+        if partial.command != first.command:
+            raise PartialError(
+                f"{partial.source}: a {partial.command} partial, but {first.source} is a "
+                f"{first.command} partial; combine the partials of one command"
+            )
+        if _versions(partial) != _versions(first):
+            raise PartialError(
+                f"{partial.source}: computed under policy {', '.join(_versions(partial))}, but "
+                f"{first.source} under {', '.join(_versions(first))}; combine partials of "
+                "one policy"
+            )
+        if partial.options != first.options:
+            raise PartialError(
+                f"{partial.source}: made with options {partial.options}, but {first.source} "
+                f"with {first.options}; combine partials of one run"
+            )
+        if (partial.topic, partial.topic_partitions) != (first.topic, first.topic_partitions):
+            raise PartialError(
+                f"{partial.source}: read {partial.topic} ({partial.topic_partitions} "
+                f"partitions), but {first.source} read {first.topic} "
+                f"({first.topic_partitions} partitions)"
+            )
+        for number in partial.partitions:
+            if not 0 <= number < partial.topic_partitions:
+                raise PartialError(
+                    f"{partial.source}: partition {number} is not a partition of {partial.topic} "
+                    f"(0-{partial.topic_partitions - 1})"
+                )
+            if number in covered:
+                raise PartialError(
+                    f"{partial.source}: partition {number} is also in {covered[number]}; "
+                    "each partition must come from one partial"
+                )
+            covered[number] = partial.source
+    missing = [p for p in range(first.topic_partitions) if p not in covered]
+    if missing and not allow_partial:
+        raise PartialError(
+            f"{partials[-1].source}: partitions {spans(missing)} of {first.topic} "
+            f"({first.topic_partitions} partitions) are in no partial given; add their "
+            "partial, or pass --allow-partial for the report of the partitions given"
+        )
+    return missing
+
+
+def spans(numbers: Iterable[int]) -> str:
+    """`0-3,5`: partition numbers as `--partitions` takes them."""
+    out: list[str] = []
+    ordered = sorted(set(numbers))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        out.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def pieces_in_order(partials: Sequence[Partial]) -> list[dict[str, Any]]:
+    """Every piece of the partials, in partition order."""
+    found = {n: piece for partial in partials for n, piece in partial.pieces.items()}
+    return [found[n] for n in sorted(found)]
+
+
+def _conflicts(decisions: Iterable[Decision], into: list[list[str]]) -> Iterator[Decision]:
+    for decision in decisions:
+        if decision.conflict is not None:
+            into.append([decision.person_id, decision.conflict])
+        yield decision
+
+
+# --- funnel ----------------------------------------------------------------------------------
+
+
+class LoggedFunnel(Funnel):
+    """A funnel that remembers the merges it was told, in order, to re-apply them over the
+    persons of every partition (`combine_funnels`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.merges: list[tuple[str, str]] = []
+
+    def merge(self, alias: str, survivor: str) -> None:
+        self.merges.append((alias, survivor))
+        super().merge(alias, survivor)
+
+
+def _person_facts(person: _Person) -> dict[str, Any]:
+    return {
+        "first_reached": {s: at.isoformat() for s, at in person.first_reached.items()},
+        "sales_sourced": list(person.sales_sourced),
+        "current": person.current,
+        "last": list(person.last),
+        "highest_rank": person.highest_rank,
+        "lead_source": person.lead_source,
+        "first_touch": person.first_touch,
+        "last_touch": person.last_touch,
+        "touches": person.touches,
+    }
+
+
+def _person(facts: dict[str, Any]) -> _Person:
+    sequence, change_id = facts["last"]
+    return _Person(
+        first_reached={s: datetime.fromisoformat(at) for s, at in facts["first_reached"].items()},
+        sales_sourced=tuple(facts["sales_sourced"]),
+        current=facts["current"],
+        last=(int(sequence), str(change_id)),
+        highest_rank=int(facts["highest_rank"]),
+        lead_source=facts["lead_source"],
+        first_touch=facts["first_touch"],
+        last_touch=facts["last_touch"],
+        touches=facts["touches"],
+    )
+
+
+def funnel_facts(view: LoggedFunnel) -> dict[str, Any]:
+    return {
+        "persons": {pid: _person_facts(p) for pid, p in view.persons.items()},
+        "merges": [list(m) for m in view.merges],
+    }
+
+
+def combine_funnels(facts: Iterable[dict[str, Any]]) -> Funnel:
+    """One funnel from the facts of each partition, in partition order."""
+    facts = list(facts)
+    view = Funnel()
+    for piece in facts:
+        for person_id, person in piece["persons"].items():
+            if person_id in view.persons:
+                raise PartialError(f"person {person_id} is in the funnel of two partitions")
+            view.persons[person_id] = _person(person)
+    for piece in facts:
+        for alias, survivor in piece["merges"]:
+            view.merge(alias, survivor)
+    return view
+
+
+def funnel_piece(events: Iterable[Event], policy: Policy) -> dict[str, Any]:
+    """One partition's funnel under `policy`, from its history's events as recorded."""
+    view = LoggedFunnel()
+    conflicts: list[list[str]] = []
+    with bulk_gc():
+        replayer = Replayer(policy, follow=False)
+        for decision in _conflicts(map(replayer.apply, events), conflicts):
+            view.add_decision(decision)
+    return {"funnel": funnel_facts(view), "conflicts": conflicts}
+
+
+# --- simulate --------------------------------------------------------------------------------
+
+
+def simulate_piece(events: Iterable[Event], policy_a: Policy, policy_b: Policy) -> dict[str, Any]:
+    """One partition's what-if, from its history's events as recorded."""
+    view_a, view_b = LoggedFunnel(), LoggedFunnel()
+    with bulk_gc():
+        result = simulate(events, policy_a, policy_b, follow=False, funnels=(view_a, view_b))
+    return {
+        "events": result.events,
+        "conflicts": result.conflicts,
+        "funnel_a": funnel_facts(view_a),
+        "funnel_b": funnel_facts(view_b),
+        "differing": [
+            [o.person_id, o.stage_a, o.stage_b, o.highest_a, o.highest_b] for o in result.differing
+        ],
+    }
+
+
+def combine_simulations(pieces: Sequence[dict[str, Any]], version_a: str, version_b: str) -> Any:
+    funnel_a = combine_funnels(p["funnel_a"] for p in pieces)
+    funnel_b = combine_funnels(p["funnel_b"] for p in pieces)
+    differing = sorted((Outcome(*row) for p in pieces for row in p["differing"]), key=_by_person)
+    return Simulation(
+        version_a,
+        version_b,
+        sum(p["events"] for p in pieces),
+        funnel_a.report(),
+        funnel_b.report(),
+        differing,
+        funnel_a.mqls(),
+        funnel_b.mqls(),
+        sum(p["conflicts"] for p in pieces),
+    )
+
+
+def _by_person(outcome: Outcome) -> str:
+    return outcome.person_id
+
+
+# --- verify ----------------------------------------------------------------------------------
+
+
+class Shown(str):
+    """A value as the verify report prints it (`repr`), kept as that text."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def verify_piece(records: Iterable[Any], policies: dict[str, Policy]) -> dict[str, Any]:
+    report = verify(records, policies)
+    return {
+        "checked": report.checked,
+        "mismatches": [
+            [m.person_id, m.sequence, m.event_id, m.field, repr(m.recorded), repr(m.recomputed)]
+            for m in report.mismatches
+        ],
+        "missing_policies": report.missing_policies,
+    }
+
+
+def combine_verifications(pieces: Sequence[dict[str, Any]]) -> VerifyReport:
+    report = VerifyReport()
+    for piece in pieces:
+        report.checked += piece["checked"]
+        for person, sequence, event_id, name, recorded, recomputed in piece["mismatches"]:
+            report.mismatches.append(
+                Mismatch(person, sequence, event_id, name, Shown(recorded), Shown(recomputed))
+            )
+        for version, count in piece["missing_policies"].items():
+            report.missing_policies[version] = report.missing_policies.get(version, 0) + count
+    return report
+
+
+# --- replay ----------------------------------------------------------------------------------
+
+
+def replay_rows(
+    events: Iterable[Event],
+    policy: Policy,
+    *,
+    person: str | None = None,
+    cutoff: datetime | None = None,
+    state: bool = False,
+    conflicts: list[list[str]],
+) -> list[Any]:
+    """What `leadflow replay` prints for one partition's history, as recorded: its stage
+    changes, or (`state`) its persons' final states, in order."""
+    replayer = Replayer(policy, follow=False)
+    rows: list[Any] = []
+    with bulk_gc():
+        for event in events:
+            if person is not None and event.person_id != person:
+                continue
+            if cutoff is not None and event.occurred_at > cutoff:
+                continue
+            for decision in _conflicts([replayer.apply(event)], conflicts):
+                if not state:
+                    rows.extend(decision.changes)
+    if state:
+        rows = [s.to_wire() for s in replayer.states.values()]
+    return rows
