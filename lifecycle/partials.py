@@ -7,10 +7,9 @@ run over some partitions computes one *piece* per partition, and combining the p
 partition order gives the same result whichever process computed which partition. A piece
 keeps what a report is computed from, never a rounded output:
 
-- funnel: every person's funnel facts and the merges the funnel saw, in order. Combining
-  takes the union of the persons, re-applies the merges (an alias on one partition folds
-  into its survivor on another, as `Funnel.merge` folds it) and computes the report (counts,
-  rates, medians) from the persons, as one run does;
+- funnel: the funnel facts of every person no identity merge touched, and the funnel inputs
+  of those a merge touched (replayed in causal order when combining, see below); the report
+  (counts, rates, medians) is computed from the combined persons, as one run does;
 - simulate: the events, the conflicts, both policies' funnel facts and the persons who end
   differently (sorted by id once combined, as one run sorts them);
 - verify: the records checked, the mismatches (their values as the report prints them) and
@@ -24,6 +23,7 @@ cannot be combined, with one line naming the file.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,7 +32,7 @@ from typing import Any
 from events.inbound import Event
 from lifecycle.funnel import Funnel, _Person
 from lifecycle.policy import Policy
-from lifecycle.records import Decision
+from lifecycle.records import Decision, Reason, StageChange
 from lifecycle.replay import Replayer, bulk_gc
 from lifecycle.simulate import Outcome, Simulation, simulate
 from lifecycle.verify import Mismatch, VerifyReport, verify
@@ -192,19 +192,14 @@ def _conflicts(decisions: Iterable[Decision], into: list[list[str]]) -> Iterator
 
 
 # --- funnel ----------------------------------------------------------------------------------
-
-
-class LoggedFunnel(Funnel):
-    """A funnel that remembers the merges it was told, in order, to re-apply them over the
-    persons of every partition (`combine_funnels`)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.merges: list[tuple[str, str]] = []
-
-    def merge(self, alias: str, survivor: str) -> None:
-        self.merges.append((alias, survivor))
-        super().merge(alias, survivor)
+#
+# A person no identity merge touched is summed as their funnel facts. A merge folds an alias's
+# facts into its survivor at the point of the survivor's history where it happened, and the
+# alias may be on another partition: the funnel inputs of the persons a merge touched (their
+# decisions' changes and merged ids) are kept as they are, and combining replays them in
+# causal order: a survivor's fold waits until its alias's own merge (the alias's last funnel
+# input) has been replayed, whatever the partitions' numbers. That is what one process reading
+# the alias's partition first computes, and what the workers did live.
 
 
 def _person_facts(person: _Person) -> dict[str, Any]:
@@ -236,15 +231,104 @@ def _person(facts: dict[str, Any]) -> _Person:
     )
 
 
-def funnel_facts(view: LoggedFunnel) -> dict[str, Any]:
+def _is_merge(decision: Any) -> bool:
+    """A decision that makes its person an alias, or folds aliases into them."""
+    return decision.merged_into is not None or decision.merged is not None
+
+
+def _change_facts(change: StageChange) -> dict[str, Any]:
     return {
-        "persons": {pid: _person_facts(p) for pid, p in view.persons.items()},
-        "merges": [list(m) for m in view.merges],
+        "change_id": change.change_id,
+        "person_id": change.person_id,
+        "sequence": change.sequence,
+        "from_stage": change.from_stage,
+        "to_stage": change.to_stage,
+        "passed_through": list(change.passed_through),
+        "occurred_at": change.occurred_at.isoformat(),
+        "event_id": change.event_id,
+        "rule": change.reason.rule,
+        "text": change.reason.text,
+        "lead_source": change.lead_source,
+        "first_touch_source": change.first_touch_source,
+        "temperature": change.temperature,
+        "policy_version": change.policy_version,
+        "last_touch_source": change.last_touch_source,
+        "touches": change.touches,
+        "merged": list(change.merged),
+    }
+
+
+def _change(facts: dict[str, Any]) -> StageChange:
+    data = dict(facts)
+    reason = Reason(data.pop("rule"), data.pop("text"))
+    data["occurred_at"] = datetime.fromisoformat(data["occurred_at"])
+    data["passed_through"] = tuple(data["passed_through"])
+    data["merged"] = tuple(data["merged"])
+    return StageChange(reason=reason, **data)
+
+
+def _op(decision: Any) -> dict[str, Any]:
+    """A decision as the funnel takes it (`Funnel.add_decision`)."""
+    merged = decision.merged
+    return {
+        "person_id": decision.person_id,
+        "merged_into": decision.merged_into,
+        "aliases": None if merged is None else list(merged.aliases),
+        "changes": [_change_facts(c) for c in decision.changes],
+    }
+
+
+@dataclass(slots=True)
+class _Decided:
+    """An op read back: what `Funnel.add_decision` reads of a decision."""
+
+    person_id: str
+    merged_into: str | None
+    merged: Any
+    changes: list[StageChange]
+    duplicate: bool = False
+
+    @classmethod
+    def of(cls, op: dict[str, Any]) -> _Decided:
+        aliases = op["aliases"]
+        merged = None if aliases is None else _Aliases(tuple(aliases))
+        return cls(op["person_id"], op["merged_into"], merged, [_change(c) for c in op["changes"]])
+
+    def folds(self) -> set[str]:
+        """The ids this decision folds into its person."""
+        ids = set(self.merged.aliases) if self.merged is not None else set()
+        for change in self.changes:
+            ids.update(change.merged)
+        ids.discard(self.person_id)
+        return ids
+
+
+@dataclass(slots=True)
+class _Aliases:
+    aliases: tuple[str, ...]
+
+
+def funnel_facts(
+    view: Funnel, events: Sequence[Event], policy: Policy, merging: set[str]
+) -> dict[str, Any]:
+    """One partition's funnel piece: the facts of the persons no merge touched, and the
+    funnel inputs of those in `merging` (decided again: decisions are per person)."""
+    ops: list[dict[str, Any]] = []
+    if merging:
+        replayer = Replayer(policy, follow=False)
+        for event in events:
+            if event.person_id in merging:
+                decision = replayer.apply(event)
+                if not decision.duplicate:
+                    ops.append(_op(decision))
+    return {
+        "persons": {pid: _person_facts(p) for pid, p in view.persons.items() if pid not in merging},
+        "ops": ops,
     }
 
 
 def combine_funnels(facts: Iterable[dict[str, Any]]) -> Funnel:
-    """One funnel from the facts of each partition, in partition order."""
+    """One funnel from the pieces of each partition, in partition order."""
     facts = list(facts)
     view = Funnel()
     for piece in facts:
@@ -252,36 +336,75 @@ def combine_funnels(facts: Iterable[dict[str, Any]]) -> Funnel:
             if person_id in view.persons:
                 raise PartialError(f"person {person_id} is in the funnel of two partitions")
             view.persons[person_id] = _person(person)
-    for piece in facts:
-        for alias, survivor in piece["merges"]:
-            view.merge(alias, survivor)
+    streams = [deque(_Decided.of(op) for op in piece["ops"]) for piece in facts]
+    aliases = {d.person_id for stream in streams for d in stream if d.merged_into is not None}
+    away: set[str] = set()  # aliases whose own merge has been replayed
+
+    def replay_head(stream: deque[_Decided]) -> None:
+        decided = stream.popleft()
+        view.add_decision(decided)
+        if decided.merged_into is not None:
+            away.add(decided.person_id)
+
+    while any(streams):
+        progressed = False
+        for stream in streams:
+            while stream and not (stream[0].folds() & aliases) - away:
+                replay_head(stream)
+                progressed = True
+        if not progressed:  # merges crossing each other: the first partition's goes first
+            replay_head(next(s for s in streams if s))
     return view
 
 
-def funnel_piece(events: Iterable[Event], policy: Policy) -> dict[str, Any]:
+def _merging(decisions: Iterable[Decision], into: set[str]) -> Iterator[Decision]:
+    for decision in decisions:
+        if _is_merge(decision):
+            into.add(decision.person_id)
+        yield decision
+
+
+def funnel_piece(events: Sequence[Event], policy: Policy) -> dict[str, Any]:
     """One partition's funnel under `policy`, from its history's events as recorded."""
-    view = LoggedFunnel()
+    view = Funnel()
     conflicts: list[list[str]] = []
+    merging: set[str] = set()
     with bulk_gc():
         replayer = Replayer(policy, follow=False)
-        for decision in _conflicts(map(replayer.apply, events), conflicts):
+        for decision in _merging(_conflicts(map(replayer.apply, events), conflicts), merging):
             view.add_decision(decision)
-    return {"funnel": funnel_facts(view), "conflicts": conflicts}
+        facts = funnel_facts(view, events, policy, merging)
+    return {"funnel": facts, "conflicts": conflicts}
 
 
 # --- simulate --------------------------------------------------------------------------------
 
 
-def simulate_piece(events: Iterable[Event], policy_a: Policy, policy_b: Policy) -> dict[str, Any]:
+class _MergeAware(Funnel):
+    """A funnel that notes who a merge touched, for `funnel_facts`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.merging: set[str] = set()
+
+    def add_decision(self, decision: Any) -> None:
+        if not decision.duplicate and _is_merge(decision):
+            self.merging.add(decision.person_id)
+        super().add_decision(decision)
+
+
+def simulate_piece(events: Sequence[Event], policy_a: Policy, policy_b: Policy) -> dict[str, Any]:
     """One partition's what-if, from its history's events as recorded."""
-    view_a, view_b = LoggedFunnel(), LoggedFunnel()
+    view_a, view_b = _MergeAware(), _MergeAware()
     with bulk_gc():
         result = simulate(events, policy_a, policy_b, follow=False, funnels=(view_a, view_b))
+        facts_a = funnel_facts(view_a, events, policy_a, view_a.merging)
+        facts_b = funnel_facts(view_b, events, policy_b, view_b.merging)
     return {
         "events": result.events,
         "conflicts": result.conflicts,
-        "funnel_a": funnel_facts(view_a),
-        "funnel_b": funnel_facts(view_b),
+        "funnel_a": facts_a,
+        "funnel_b": facts_b,
         "differing": [
             [o.person_id, o.stage_a, o.stage_b, o.highest_a, o.highest_b] for o in result.differing
         ],
