@@ -364,8 +364,9 @@ def _merging(decisions: Iterable[Decision], into: set[str]) -> Iterator[Decision
         yield decision
 
 
-def funnel_piece(events: Sequence[Event], policy: Policy) -> dict[str, Any]:
+def funnel_piece(events: Iterable[Event], policy: Policy) -> dict[str, Any]:
     """One partition's funnel under `policy`, from its history's events as recorded."""
+    events = list(events)  # read twice: once for all, again for the persons a merge touched
     view = Funnel()
     conflicts: list[list[str]] = []
     merging: set[str] = set()
@@ -393,8 +394,9 @@ class _MergeAware(Funnel):
         super().add_decision(decision)
 
 
-def simulate_piece(events: Sequence[Event], policy_a: Policy, policy_b: Policy) -> dict[str, Any]:
+def simulate_piece(events: Iterable[Event], policy_a: Policy, policy_b: Policy) -> dict[str, Any]:
     """One partition's what-if, from its history's events as recorded."""
+    events = list(events)  # read again for the persons a merge touched (`funnel_facts`)
     view_a, view_b = _MergeAware(), _MergeAware()
     with bulk_gc():
         result = simulate(events, policy_a, policy_b, follow=False, funnels=(view_a, view_b))

@@ -188,6 +188,17 @@ def test_an_alias_on_one_partition_folds_into_its_survivor_on_another():
     assert combined.conversion_by_source["webinar"]["mql->sql"]["to"] == 1  # a's lead source
 
 
+def test_a_piece_read_from_a_one_pass_stream_keeps_the_inputs_of_merged_persons():
+    """The CLI hands each partition's events as a generator over its records."""
+    parts = merge_history(alias_partition=0, survivor_partition=1)
+    policy = preset("default")
+    from_lists = [funnel_piece(events_of(parts[p]), policy) for p in sorted(parts)]
+    from_streams = [funnel_piece((r.event for r in parts[p]), policy) for p in sorted(parts)]
+    assert from_streams == from_lists and from_lists[1]["funnel"]["ops"]
+    sims = [simulate_piece((r.event for r in parts[p]), policy, policy) for p in sorted(parts)]
+    assert sims[0]["funnel_a"]["ops"] and sims[1]["funnel_b"]["ops"]
+
+
 def test_a_funnel_combined_does_not_depend_on_which_partition_holds_the_alias():
     policy = preset("default")
 
