@@ -39,7 +39,14 @@ from lifecycle.verify import Mismatch, VerifyReport, verify
 
 #: The version of the partial document; a reader refuses any other.
 FORMAT = 1
-COMMANDS = ("funnel", "simulate", "verify", "replay")
+#: What a piece (one partition's share) of each command's partial holds.
+PIECE_KEYS: dict[str, frozenset[str]] = {
+    "funnel": frozenset({"funnel", "conflicts", "invalid"}),
+    "simulate": frozenset({"events", "conflicts", "funnel_a", "funnel_b", "differing", "invalid"}),
+    "verify": frozenset({"checked", "mismatches", "missing_policies", "invalid"}),
+    "replay": frozenset({"lines", "conflicts", "invalid"}),
+}
+COMMANDS = tuple(PIECE_KEYS)
 
 
 class PartialError(ValueError):
@@ -105,6 +112,13 @@ class Partial:
             raise PartialError(f"{source}: not a leadflow partial result: {error!r}") from None
         if sorted(pieces) != sorted(int(p) for p in data.get("partitions", ())):
             raise PartialError(f"{source}: 'partitions' does not list the partitions of 'pieces'")
+        for number, piece in pieces.items():
+            lacking = PIECE_KEYS[command] - set(piece) if isinstance(piece, dict) else {"all"}
+            if lacking:
+                raise PartialError(
+                    f"{source}: pieces.{number} lacks {', '.join(sorted(lacking))} of a "
+                    f"{command} partial; write it again"
+                )
         return partial
 
 

@@ -153,8 +153,11 @@ def _finish(partial: Partial, partial_out: Path | None) -> None:
         render([partial], allow_partial=True)
         return
     tmp = partial_out.with_name(partial_out.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(partial.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
-    os.replace(tmp, partial_out)
+    try:  # under another name until complete: a failed run leaves no partial that looks whole
+        tmp.write_bytes(orjson.dumps(partial.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
+        os.replace(tmp, partial_out)
+    except OSError as error:
+        raise fail(f"{partial_out}: {error.strerror or error}") from None
     err.print(
         f"wrote {partial_out}: {partial.command} of partitions {spans(partial.partitions)} "
         f"of {partial.topic} ({partial.topic_partitions} partitions)",

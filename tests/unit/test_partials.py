@@ -110,7 +110,9 @@ def test_funnel_of_partitions_combined_is_the_funnel_of_the_whole_history():
 
 def test_a_funnel_piece_survives_its_json_document_exactly():
     parts = by_partition(synthetic_history())
-    pieces = {p: funnel_piece(events_of(parts[p]), preset("default")) for p in parts}
+    pieces = {
+        p: {**funnel_piece(events_of(parts[p]), preset("default")), "invalid": []} for p in parts
+    }
     document = orjson.loads(orjson.dumps(partial("funnel", pieces).to_json()))
     read = Partial.from_json(document, "a.json")
 
@@ -352,6 +354,13 @@ def test_a_document_of_another_format_version_or_no_partial_at_all_is_refused():
         Partial.from_json({"checked": 3}, "p.json")
     with pytest.raises(PartialError, match=r"^p\.json: not a leadflow partial result: KeyError"):
         Partial.from_json({k: v for k, v in document.items() if k != "topic"}, "p.json")
+
+
+def test_a_piece_lacking_what_its_command_needs_is_refused_naming_file_and_partition():
+    document = partial("funnel", pieces_for(0, 1)).to_json()
+    del document["pieces"]["1"]["funnel"]
+    with pytest.raises(PartialError, match=r"^p\.json: pieces\.1 lacks funnel of a funnel partial"):
+        Partial.from_json(document, "p.json")
 
 
 @pytest.mark.parametrize(
