@@ -197,6 +197,15 @@ async def test_merge_results_refuses_half_the_partitions_naming_the_file(
     )
     assert share.returncode == 0, share.stderr
 
+    beyond = await asyncio.to_thread(
+        leadflow, "verify", "--broker", broker.url, "--topic-prefix", prefix_of(names),
+        "--partitions", "3-5",
+    )  # fmt: skip
+    assert beyond.returncode == 2
+    assert beyond.stderr.strip() == (
+        f"error: --partitions: 4-5 not partitions of {names.history} (it has 0-3)"
+    )
+
     refused = await asyncio.to_thread(leadflow, "merge-results", str(low))
 
     assert refused.returncode == 2

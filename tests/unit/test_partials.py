@@ -453,3 +453,73 @@ def test_merge_results_refuses_an_incomplete_set_naming_the_file(tmp_path: Path)
     assert "partitions 2-3 of leadflow.history left out" in allowed.stderr
     share = funnel_of(replay(events_of(parts[0] + parts[1]), preset("default"))).persons
     assert f"{share} persons" in allowed.stdout
+
+
+def test_merge_results_prints_attribution_as_funnel_by_prints_it(tmp_path: Path):
+    parts = by_partition(synthetic_history())
+    pieces = {p: funnel_piece(events_of(parts[p]), preset("default")) for p in parts}
+    options = {"format": "json", "by": "first_touch"}
+    paths = write_partials(tmp_path, "funnel", pieces, options=options)
+
+    merged = runner.invoke(app, ["merge-results", *map(str, paths)])
+    history = str(history_file(tmp_path, parts))
+    single = runner.invoke(
+        app, ["funnel", "--events", history, "--by", "first_touch", "--format", "json"]
+    )
+
+    assert merged.exit_code == 0, merged.output
+    assert merged.stdout == single.stdout
+    assert orjson.loads(merged.stdout)["by"] == "first_touch"
+
+
+def test_merge_results_prints_the_what_if_table_one_run_prints(tmp_path: Path):
+    parts = by_partition(synthetic_history())
+    a, b = preset("default"), preset("mature")
+    pieces = {p: simulate_piece(events_of(parts[p]), a, b) for p in parts}
+    named = [{"name": a.name, "version": a.version}, {"name": b.name, "version": b.version}]
+    options = {"format": "table", "limit": 7}
+    paths = write_partials(tmp_path, "simulate", pieces, policies=named, options=options)
+
+    merged = runner.invoke(app, ["merge-results", *map(str, paths)])
+    history = str(history_file(tmp_path, parts))
+    single = runner.invoke(
+        app,
+        ["simulate", "-p", "default", "--against", "mature", "--events", history, "--limit", "7"],
+    )
+
+    assert merged.exit_code == single.exit_code == 0, merged.output
+    assert merged.stdout == single.stdout
+    assert "persons end differently; first 7:" in merged.stdout
+
+
+def test_merge_results_prints_replay_lines_as_one_run_over_the_topic_prints_them(tmp_path: Path):
+    parts = by_partition(synthetic_history())
+    policy = preset("growth")
+    pieces = {}
+    for p in parts:
+        conflicts: list[list[str]] = []
+        rows = replay_rows(events_of(parts[p]), policy, state=True, conflicts=conflicts)
+        pieces[p] = {"lines": [orjson.dumps(r).decode() for r in rows], "conflicts": conflicts}
+    options = {"person": None, "as_of": None, "state": True}
+    named = [{"name": policy.name, "version": policy.version}]
+    paths = write_partials(tmp_path, "replay", pieces, policies=named, options=options)
+
+    merged = runner.invoke(app, ["merge-results", *map(str, paths)])
+    history = str(history_file(tmp_path, parts))
+    single = runner.invoke(
+        app, ["replay", "--preset", "growth", "--state", "--jobs", "1", "--events", history]
+    )
+
+    assert merged.exit_code == single.exit_code == 0, merged.output
+    assert merged.stdout == single.stdout
+    assert len(merged.stdout.splitlines()) == len({r.person_id for r in in_topic_order(parts)})
+
+
+def test_partitions_need_the_history_topic_not_a_file(tmp_path: Path):
+    history = history_file(tmp_path, by_partition(synthetic_history(20, 100)))
+    result = runner.invoke(app, ["funnel", "--events", str(history), "--partitions", "0-1"])
+    assert result.exit_code == 2
+    assert "--partitions and --partial-out read the history topic: give --broker" in result.stderr
+    result = runner.invoke(app, ["funnel", "--broker", "kafka://x:1", "--partitions", "1-0"])
+    assert result.exit_code == 2
+    assert "--partitions '1-0': '1-0' is not a range of partitions" in result.stderr
