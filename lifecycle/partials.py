@@ -15,7 +15,10 @@ keeps what a report is computed from, never a rounded output:
 - verify: the records checked, the mismatches (their values as the report prints them) and
   the unchecked records per policy version; mismatches keep partition order;
 - replay: its output lines. A run over the topic reads it in (partition, offset) order, so
-  the lines of the partitions one after the other are a single run's output.
+  the lines of the partitions one after the other are a single run's output;
+- funnel --cohort: the stage changes, as recorded and as restated (cohorts are counted by
+  the period and policy version of each person's first entry, with percentiles of days in
+  stage), combined in causal order.
 
 A partial is a versioned document (`Partial.to_json`); `check_set` refuses partials that
 cannot be combined, with one line naming the file.
@@ -45,6 +48,7 @@ PIECE_KEYS: dict[str, frozenset[str]] = {
     "simulate": frozenset({"events", "conflicts", "funnel_a", "funnel_b", "differing", "invalid"}),
     "verify": frozenset({"checked", "mismatches", "missing_policies", "invalid"}),
     "replay": frozenset({"lines", "conflicts", "invalid"}),
+    "funnel-cohort": frozenset({"reported", "restated", "invalid"}),
 }
 COMMANDS = tuple(PIECE_KEYS)
 
@@ -350,25 +354,33 @@ def combine_funnels(facts: Iterable[dict[str, Any]]) -> Funnel:
             if person_id in view.persons:
                 raise PartialError(f"person {person_id} is in the funnel of two partitions")
             view.persons[person_id] = _person(person)
-    streams = [deque(_Decided.of(op) for op in piece["ops"]) for piece in facts]
+    for decided in in_causal_order([piece["ops"] for piece in facts]):
+        view.add_decision(decided)
+    return view
+
+
+def in_causal_order(ops: Sequence[Sequence[dict[str, Any]]]) -> Iterator[_Decided]:
+    """The ops of each partition (in partition order), interleaved so that a survivor's fold
+    comes after its alias's own merge: each partition's ops in order, a fold waiting for the
+    aliases it names that are still to come on another partition."""
+    streams = [deque(_Decided.of(op) for op in stream) for stream in ops]
     aliases = {d.person_id for stream in streams for d in stream if d.merged_into is not None}
     away: set[str] = set()  # aliases whose own merge has been replayed
 
-    def replay_head(stream: deque[_Decided]) -> None:
+    def head(stream: deque[_Decided]) -> _Decided:
         decided = stream.popleft()
-        view.add_decision(decided)
         if decided.merged_into is not None:
             away.add(decided.person_id)
+        return decided
 
     while any(streams):
         progressed = False
         for stream in streams:
             while stream and not (stream[0].folds() & aliases) - away:
-                replay_head(stream)
+                yield head(stream)
                 progressed = True
         if not progressed:  # merges crossing each other: the first partition's goes first
-            replay_head(next(s for s in streams if s))
-    return view
+            yield head(next(s for s in streams if s))
 
 
 def _merging(decisions: Iterable[Decision], into: set[str]) -> Iterator[Decision]:
@@ -446,6 +458,37 @@ def combine_simulations(pieces: Sequence[dict[str, Any]], version_a: str, versio
 
 def _by_person(outcome: Outcome) -> str:
     return outcome.person_id
+
+
+# --- funnel --cohort ---------------------------------------------------------------------------
+#
+# Cohorts count a person in the period they first reached a stage, under the policy version of
+# that change, with percentiles of days in stage: computed from the stage changes, so a piece
+# keeps them all (as recorded, and as restated under the policy given) as funnel inputs, and
+# combining feeds them to `lifecycle.cohorts` in causal order.
+
+
+def cohort_piece(records: Sequence[Any], policy: Policy) -> dict[str, Any]:
+    """One partition's stage changes as reported (its history) and restated (`policy`)."""
+    restated: list[dict[str, Any]] = []
+    with bulk_gc():
+        replayer = Replayer(policy, follow=False)
+        for record in records:
+            decision = replayer.apply(record.event)
+            if not decision.duplicate:
+                restated.append(_op(decision))
+    return {"reported": [_op(r) for r in records], "restated": restated}
+
+
+def combine_cohorts(pieces: Sequence[dict[str, Any]], period: str, by: str | None) -> Any:
+    """(as reported, restated) cohort reports of the pieces, in partition order."""
+    from lifecycle.cohorts import cohorts
+
+    def changes(key: str) -> Iterator[StageChange]:
+        for decided in in_causal_order([p[key] for p in pieces]):
+            yield from decided.changes
+
+    return cohorts(changes("reported"), period, by), cohorts(changes("restated"), period, by)
 
 
 # --- verify ----------------------------------------------------------------------------------

@@ -344,9 +344,12 @@ def funnel_command(
         raise _fail("--format is table or json")
     rules = _policy(policy, preset)
     if partitions is not None or partial_out is not None:
-        if cohort is not None:
-            raise _fail("--cohort is not combinable from partitions yet; run it on the topic")
         options = {"format": format, "by": by}
+        if cohort is not None:
+            commands_partials.cohort_share(
+                broker, topic_prefix, partitions, partial_out, events, rules, cohort, options
+            )
+            return
         commands_partials.funnel_share(
             broker, topic_prefix, partitions, partial_out, events, rules, options
         )

@@ -209,8 +209,14 @@ def cohort_funnel(
         stream = list(reader.events(events, broker, prefix))
     decided = (c for d in replay(stream, rules) if not d.duplicate for c in d.changes)
     restated = cohorts(decided, period, by)
+    print_cohorts(reported, restated, rules.name, rules.version, format)
+    reader.summary()
+
+
+def print_cohorts(reported: Any, restated: Any, name: str, version: str, format: str) -> None:
+    """`funnel --cohort`'s report: as reported (None without a history) and restated."""
     data = {
-        "restated_under": {"name": rules.name, "version": rules.version},
+        "restated_under": {"name": name, "version": version},
         "as_reported": None if reported is None else reported.to_dict(),
         "restated": restated.to_dict(),
     }
@@ -222,8 +228,7 @@ def cohort_funnel(
         else:
             versions = ", ".join(f"{v} ({n})" for v, n in reported.policy_versions.items())
             _print_cohorts(reported.rows, f"as reported (policy versions live: {versions})")
-        _print_cohorts(restated.rows, f"restated under {rules.name} ({rules.version})")
-    reader.summary()
+        _print_cohorts(restated.rows, f"restated under {name} ({version})")
 
 
 def _print_cohorts(rows: list[dict[str, Any]], title: str) -> None:

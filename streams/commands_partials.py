@@ -34,6 +34,8 @@ from lifecycle.partials import (
     Partial,
     PartialError,
     check_set,
+    cohort_piece,
+    combine_cohorts,
     combine_funnels,
     combine_simulations,
     combine_verifications,
@@ -194,6 +196,32 @@ def funnel_share(
     _finish(Partial("", "funnel", [_named(policy)], options, topic, total, pieces), partial_out)
 
 
+def cohort_share(
+    broker: str | None,
+    prefix: str,
+    spec: str | None,
+    partial_out: Path | None,
+    given_file: Path | None,
+    policy: Policy,
+    period: str,
+    options: dict[str, Any],
+) -> None:
+    from lifecycle.cohorts import GROUPS, PERIODS
+
+    if period not in PERIODS:
+        raise fail(f"--cohort is {' or '.join(PERIODS)}")
+    if options["by"] is not None and options["by"] not in GROUPS:
+        raise fail(f"--by is one of {', '.join(GROUPS)}")
+
+    def compute(records: list[HistoryRecord]) -> dict[str, Any]:
+        return cohort_piece(records, policy)
+
+    topic, total, pieces = _share(broker, prefix, spec, given_file, compute)
+    options = {**options, "cohort": period}
+    named = [_named(policy)]
+    _finish(Partial("", "funnel-cohort", named, options, topic, total, pieces), partial_out)
+
+
 def simulate_share(
     broker: str | None,
     prefix: str,
@@ -308,6 +336,14 @@ def _render_funnel(first: Partial, pieces: list[dict[str, Any]]) -> None:
     _conflicts_summary(sum(len(p["conflicts"]) for p in pieces))
 
 
+def _render_cohorts(first: Partial, pieces: list[dict[str, Any]]) -> None:
+    from streams.commands_analytics import print_cohorts
+
+    options, policy = first.options, first.policies[0]
+    reported, restated = combine_cohorts(pieces, options["cohort"], options["by"])
+    print_cohorts(reported, restated, policy["name"], policy["version"], options["format"])
+
+
 def _render_simulate(first: Partial, pieces: list[dict[str, Any]]) -> None:
     from streams.cli import print_simulation
 
@@ -341,6 +377,7 @@ _RENDER: dict[str, Callable[[Partial, list[dict[str, Any]]], None]] = {
     "simulate": _render_simulate,
     "verify": _render_verify,
     "replay": _render_replay,
+    "funnel-cohort": _render_cohorts,
 }
 
 

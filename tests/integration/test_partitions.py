@@ -34,6 +34,7 @@ COMMANDS = {
     "simulate": ["simulate", "--policy", "default", "--against", "growth", "--limit", "500"],
     "replay": ["replay", "--preset", "growth"],
     "funnel-json": ["funnel", "--preset", "growth", "--format", "json"],
+    "cohorts": ["funnel", "--cohort", "month", "--by", "source", "--preset", "growth"],
 }
 
 
@@ -103,7 +104,7 @@ async def two_shares_merged(
 ) -> subprocess.CompletedProcess[str]:
     """Partitions 0-1 and 2-3 in two processes at once, then merge-results."""
     command = COMMANDS[name]
-    label = command[0]
+    label = "funnel-cohort" if "--cohort" in command else command[0]
     parts = [tmp_path / f"{name}-0-1.json", tmp_path / f"{name}-2-3.json"]
     runs = [
         subprocess.Popen(

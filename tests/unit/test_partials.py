@@ -16,11 +16,14 @@ from typer.testing import CliRunner
 
 from events.inbound import Event
 from events.outbound import HistoryRecord
+from lifecycle.cohorts import cohorts
 from lifecycle.funnel import funnel_of
 from lifecycle.partials import (
     Partial,
     PartialError,
     check_set,
+    cohort_piece,
+    combine_cohorts,
     combine_funnels,
     combine_simulations,
     combine_verifications,
@@ -236,6 +239,38 @@ def test_simulate_of_partitions_combined_is_the_simulation_of_the_whole_history(
     assert [o.person_id for o in combined.differing] == sorted(
         o.person_id for o in combined.differing
     )
+
+
+def test_cohorts_of_partitions_combined_are_the_cohorts_of_the_whole_history():
+    parts = by_partition(synthetic_history())
+    policy = preset("mature")
+    pieces = orjson.loads(orjson.dumps([cohort_piece(parts[p], policy) for p in sorted(parts)]))
+
+    reported, restated = combine_cohorts(pieces, "week", "source")
+    history = in_topic_order(parts)
+    whole_reported = cohorts((c for r in history for c in r.changes), "week", "source")
+    decided = replay(events_of(history), policy)
+    whole_restated = cohorts(
+        (c for d in decided if not d.duplicate for c in d.changes), "week", "source"
+    )
+
+    assert reported.to_dict() == whole_reported.to_dict()
+    assert restated.to_dict() == whole_restated.to_dict()
+    assert reported.to_dict() != restated.to_dict()  # mature restates what default decided
+    assert any(row["days_in_stage"]["p50"] is not None for row in reported.rows)
+
+
+def test_cohorts_with_an_alias_on_the_later_partition_are_those_of_one_run_reading_it_first():
+    policy = preset("default")
+    later = merge_history(alias_partition=1, survivor_partition=0)
+    first = merge_history(alias_partition=0, survivor_partition=1)
+    reported, restated = combine_cohorts(
+        [cohort_piece(later[p], policy) for p in sorted(later)], "month", None
+    )
+    history = in_topic_order(first)
+    decided = replay(events_of(history), policy, follow=False)
+    assert reported.to_dict() == cohorts(c for r in history for c in r.changes).to_dict()
+    assert restated.to_dict() == cohorts(c for d in decided for c in d.changes).to_dict()
 
 
 def tampered(records: list[HistoryRecord]) -> list[HistoryRecord]:
@@ -523,3 +558,22 @@ def test_partitions_need_the_history_topic_not_a_file(tmp_path: Path):
     result = runner.invoke(app, ["funnel", "--broker", "kafka://x:1", "--partitions", "1-0"])
     assert result.exit_code == 2
     assert "--partitions '1-0': '1-0' is not a range of partitions" in result.stderr
+
+
+def test_merge_results_prints_the_cohort_tables_funnel_cohort_prints(tmp_path: Path):
+    parts = by_partition(synthetic_history())
+    policy = preset("growth")
+    pieces = {p: cohort_piece(parts[p], policy) for p in parts}
+    named = [{"name": policy.name, "version": policy.version}]
+    options = {"format": "table", "by": None, "cohort": "month"}
+    paths = write_partials(tmp_path, "funnel-cohort", pieces, policies=named, options=options)
+
+    merged = runner.invoke(app, ["merge-results", *map(str, paths)])
+    history = str(history_file(tmp_path, parts))
+    single = runner.invoke(
+        app, ["funnel", "--events", history, "--preset", "growth", "--cohort", "month"]
+    )
+
+    assert merged.exit_code == single.exit_code == 0, merged.output
+    assert merged.stdout == single.stdout
+    assert "as reported (policy versions live:" in merged.stdout
