@@ -215,9 +215,9 @@ def _conflicts(decisions: Iterable[Decision], into: list[list[str]]) -> Iterator
 # facts into its survivor at the point of the survivor's history where it happened, and the
 # alias may be on another partition: the funnel inputs of the persons a merge touched (their
 # decisions' changes and merged ids) are kept as they are, and combining replays them in
-# causal order: a survivor's fold waits until its alias's own merge (the alias's last funnel
-# input) has been replayed, whatever the partitions' numbers. That is what one process reading
-# the alias's partition first computes, and what the workers did live.
+# causal order: a survivor's fold waits until its alias's own merge (after which the alias's
+# events only forward) has been replayed, whatever the partitions' numbers. That is what one
+# process reading the alias's partition first computes, and what the workers did live.
 
 
 def _person_facts(person: _Person) -> dict[str, Any]:

@@ -138,9 +138,8 @@ async def _read_share(
         ):
             try:
                 records.append(parse_history(record))
-            except ValueError as error:
+            except ValueError as error:  # reported with the result (`render`, `_finish`)
                 invalid.append(f"{where(record)}: {error}")
-                _warn(invalid[-1])
         pieces[partition] = {**compute(records), "invalid": invalid}
     return topic, len(present), pieces
 
@@ -160,6 +159,9 @@ def _finish(partial: Partial, partial_out: Path | None) -> None:
         os.replace(tmp, partial_out)
     except OSError as error:
         raise fail(f"{partial_out}: {error.strerror or error}") from None
+    for number in partial.partitions:
+        for line in partial.pieces[number]["invalid"]:
+            _warn(line)
     err.print(
         f"wrote {partial_out}: {partial.command} of partitions {spans(partial.partitions)} "
         f"of {partial.topic} ({partial.topic_partitions} partitions)",

@@ -5,6 +5,7 @@ every partition prints, for funnel, verify, simulate and replay."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -215,3 +216,21 @@ async def test_merge_results_refuses_half_the_partitions_naming_the_file(
         f"error: {low}: partitions 2-3 of {names.history} (4 partitions) are in no partial "
         "given; add their partial, or pass --allow-partial for the report of the partitions given"
     )
+
+
+async def test_a_record_that_is_no_history_record_is_reported_once_with_where_it_is(
+    broker: LocalBroker, make_topics: MakeTopics, tmp_path: Path
+) -> None:
+    names = await make_topics(partitions=PARTITIONS)
+    records = await publish_history(broker, names, synthetic())
+    await produce(broker.bootstrap, names.history, [(b"p-bad", b"{not json")])
+    where = ["--broker", broker.url, "--topic-prefix", prefix_of(names)]
+
+    single = await asyncio.to_thread(leadflow, "verify", *where, "--partitions", "0-3")
+    merged = await two_shares_merged(where, tmp_path, "verify")
+
+    at = rf"{re.escape(names.history)}/{partition_of('p-bad')}@\d+: "
+    for run in (single, merged):
+        assert run.returncode == 0, run.stderr
+        assert len(re.findall(at, run.stderr)) == 1, run.stderr
+        assert run.stdout == f"checked {records} records: 0 mismatch(es), 0 unchecked\n"
