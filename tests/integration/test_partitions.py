@@ -126,7 +126,10 @@ async def two_shares_merged(
     return await asyncio.to_thread(leadflow, "merge-results", *map(str, parts))
 
 
-@pytest.mark.parametrize("name", list(COMMANDS))
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.smoke) if n == "funnel-json" else n for n in COMMANDS],
+)
 async def test_two_processes_on_half_the_partitions_merge_into_the_single_run_report(
     broker: LocalBroker, make_topics: MakeTopics, tmp_path: Path, name: str
 ) -> None:
