@@ -42,13 +42,13 @@ import orjson  # noqa: E402
 
 from events.inbound import Event  # noqa: E402
 from lifecycle.policy import Policy, load_preset  # noqa: E402
-from streams.files import ReadStats, read_events  # noqa: E402
+from streams.tools.files import ReadStats, read_events  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 
 
 def make_file(events: int, persons: int) -> Path:
-    from streams.demo import synthetic_events
+    from streams.dev.demo import synthetic_events
 
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"events-{events}-{persons}.jsonl"

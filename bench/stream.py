@@ -49,11 +49,11 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 
-from streams.broker import free_port, local_broker  # noqa: E402
-from streams.demo import synthetic_events  # noqa: E402
-from streams.publish import KeyPartitions, encode_event, publish  # noqa: E402
+from streams.dev.broker import free_port, local_broker  # noqa: E402
+from streams.dev.demo import synthetic_events  # noqa: E402
+from streams.kafka.publish import KeyPartitions, encode_event, publish  # noqa: E402
+from streams.kafka.topics import TopicNames, ensure_topics, partitions_of, topic_specs  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.topics import TopicNames, ensure_topics, partitions_of, topic_specs  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 Message = tuple[bytes, bytes]
@@ -299,7 +299,7 @@ BUCKETS = (
     ("gc", ("(garbage collection)",)),
     ("decode (pydantic)", ("events/codec.py", "pydantic")),
     ("decide + evolve (core)", ("lifecycle/",)),
-    ("outputs: encode", ("events/outbound.py", "streams/outputs.py")),
+    ("outputs: encode", ("events/outbound.py", "streams/worker/outputs.py")),
     ("state table (rocksdict/faust table)", ("rocksdict", "faust/stores", "faust/tables")),
     ("worker glue (streams/)", ("streams/",)),
     ("producer (aiokafka)", ("aiokafka/producer",)),

@@ -46,7 +46,7 @@ MAX_HOPS = 1000
 class Replayer:
     """Holds one state per person and every applied event id; feed it events in arrival order.
 
-    The same steps as the live worker (`streams.agent`): look up what was seen of the event
+    The same steps as the live worker (`streams.worker.agent`): look up what was seen of the event
     id, decide, and for an applied decision evolve the state and remember the id. `seen`
     costs 40 bytes per applied event (`lifecycle.dedup.SeenIndex`).
 

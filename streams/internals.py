@@ -37,7 +37,7 @@ from faust.types import TP, EventT
 from faust.types.tuples import Message
 
 if TYPE_CHECKING:
-    from streams.drain import Feed
+    from streams.worker.drain import Feed
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def writing_for(event: EventT) -> Iterator[None]:
 # Mirrors the store half of `faust.tables.table.Table.__setitem__` (`ManagedUserDict`
 # `__setitem__` → `self.data[key] = value`, then `on_key_set` sends the changelog record,
 # faust-streaming 0.15.3 / mode-streaming 0.7.1): the agent sends the changelog record
-# itself, in the batch's record batch (`streams.agent.PartitionProcessor.write_batched`).
+# itself, in the batch's record batch (`streams.worker.agent.PartitionProcessor.write_batched`).
 def write_store(table: faust.types.TableT, key: bytes, value: bytes) -> None:
     """Put `value` in the table's store (`Collection.data`), with no changelog record."""
     table.data[key] = value
@@ -150,7 +150,7 @@ async def all_topics_metadata(consumer: AIOKafkaConsumer) -> ClusterMetadata:
 
 
 # -- no topic auto-creation ------------------------------------------------------------------
-# leadflow creates its topics itself, with their specs (`streams.topics.ensure_topics`), and
+# leadflow creates its topics itself, with their specs (`streams.kafka.topics.ensure_topics`), and
 # refuses to start on a topic whose configs differ. A Metadata request naming a missing topic
 # asks the broker to create it by default (`allow_auto_topic_creation=true`, Metadata v4+),
 # and a broker that agrees creates it with its own defaults: Tansu always does, and so does
@@ -189,7 +189,7 @@ def without_spinner(worker: faust.Worker) -> None:
 # -- the events topic a fetched batch at a time ----------------------------------------------
 class BatchingConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer whose drain loop feeds the batch topics to the app's `Feed`
-    (`app.feed`; without one it is Faust's consumer unchanged). See `streams.drain`."""
+    (`app.feed`; without one it is Faust's consumer unchanged). See `streams.worker.drain`."""
 
     # A fork of `faust.transport.consumer.Consumer._drain_messages` (faust-streaming 0.15.3):
     # the same loop (read offsets, gaps, `commit_every`, the flow checks) and the same

@@ -13,8 +13,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streams.access import Tokens
-from streams.topics import TopicNames
+from streams.kafka.topics import TopicNames
+from streams.web.access import Tokens
 
 
 class Settings(BaseSettings):
@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     api_tokens: SecretStr | None = Field(
         default=None,
         description="named tokens as hashes: name:scope,scope:sha256-hex, ';' between them "
-        "(streams.access)",
+        "(streams.web.access)",
     )
     api_tokens_file: Path | None = Field(
         default=None, description="a file of such token lines, one a line (a mounted secret)"

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from streams.demo import synthetic_events
-from streams.publish import encode_event, publish
+from streams.dev.demo import synthetic_events
+from streams.kafka.publish import encode_event, publish
 from streams.settings import Settings
 from tests.e2e.browser import chromium_page, require_chromium
 from tests.fixtures.worker import TOKEN, Worker, wait_for

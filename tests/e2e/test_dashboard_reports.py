@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from streams.demo import synthetic_events
-from streams.export import read_history_topic
-from streams.publish import encode_event, publish
+from streams.dev.demo import synthetic_events
+from streams.kafka.publish import encode_event, publish
 from streams.settings import Settings
+from streams.tools.export import read_history_topic
 from tests.e2e.browser import chromium_page, require_chromium
 from tests.e2e.test_dashboard import REPO, get
 from tests.fixtures.worker import TOKEN, Worker, wait_for

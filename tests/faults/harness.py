@@ -1,6 +1,6 @@
 """Shared machinery of the fault tests: a steady inbound stream, waiting, and the checks.
 
-* `make_stream`: a realistic synthetic stream (`streams.demo`), with redeliveries of the
+* `make_stream`: a realistic synthetic stream (`streams.dev.demo`), with redeliveries of the
   same event id and a few records the worker must dead-letter, as (key, value) bytes;
 * `Publisher`: publishes it at a steady rate in the background and remembers where every
   record landed (partition, offset), the true end of each partition;
@@ -33,12 +33,12 @@ from events.codec import InvalidMessage, decode_event
 from events.inbound import Event
 from lifecycle.policy import Policy, load_preset
 from lifecycle.replay import replay
-from streams.app import app_id
-from streams.demo import synthetic_events
-from streams.outputs import to_json
-from streams.reconcile import committed_offsets, reconcile
+from streams.dev.demo import synthetic_events
+from streams.kafka.topics import TopicNames, iter_to_end
 from streams.settings import Settings
-from streams.topics import TopicNames, iter_to_end
+from streams.tools.reconcile import committed_offsets, reconcile
+from streams.worker.app import app_id
+from streams.worker.outputs import to_json
 
 #: Records the worker must reject (dead letters), mixed into the stream.
 GARBAGE: tuple[tuple[bytes, bytes], ...] = (

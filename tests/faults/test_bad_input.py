@@ -34,8 +34,8 @@ from events.limits import MAX_ID, MAX_NAME, MAX_PAYLOAD_BYTES, MAX_TEXT
 from events.outbound import DeadLetter, HistoryRecord
 from lifecycle.policy import load_preset
 from lifecycle.verify import verify
-from streams.demo import synthetic_events
-from streams.topics import read_to_end
+from streams.dev.demo import synthetic_events
+from streams.kafka.topics import read_to_end
 from tests.fixtures.worker import Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

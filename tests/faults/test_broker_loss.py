@@ -43,8 +43,8 @@ import time
 import pytest
 
 from lifecycle.policy import load_preset
-from streams.app import EXIT_TOPICS_LOST
-from streams.topics import TopicNames, ensure_topics, read_to_end, topic_specs
+from streams.kafka.topics import TopicNames, ensure_topics, read_to_end, topic_specs
+from streams.worker.app import EXIT_TOPICS_LOST
 from tests.faults.harness import (
     Outcome,
     Publisher,

@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from events.limits import MAX_PAYLOAD_BYTES
-from streams.topics import read_to_end
+from streams.kafka.topics import read_to_end
 from tests.fixtures.worker import TOKEN, Worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -353,7 +353,7 @@ def bearer_for(name: str | None) -> dict[str, str]:
 async def test_each_token_reaches_only_what_its_scopes_allow_and_reads_are_access_logged(
     broker, make_topics, tmp_path: Path, fault_report
 ):
-    from streams.access import token_hash
+    from streams.web.access import token_hash
 
     names = await make_topics(partitions=4)
     access_log = tmp_path / "access.jsonl"

@@ -26,9 +26,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from lifecycle.policy import load_preset
-from streams.app import changelog_spec
-from streams.publish import encode_event
-from streams.topics import (
+from streams.kafka.publish import encode_event
+from streams.kafka.topics import (
     TopicNames,
     ensure_topics,
     iter_to_end,
@@ -36,7 +35,8 @@ from streams.topics import (
     read_to_end,
     topic_specs,
 )
-from streams.worker import policy_record
+from streams.worker.app import changelog_spec
+from streams.worker.run import policy_record
 from tests.faults.harness import (
     Publisher,
     event_id,
@@ -120,7 +120,7 @@ async def test_exactly_once_two_workers_each_killed_apply_nothing_twice(
 ):
     """Two `--exactly-once` workers, each killed once mid-stream: the survivor's rebalance
     must not commit a batch twice (Faust keeps a kept partition's open transaction across
-    the rebalance; `streams.app.abort_uncommitted` drops it)."""
+    the rebalance; `streams.worker.app.abort_uncommitted` drops it)."""
     names = await make_topics(partitions=4)
     settings = settings_for(broker.url, names)
     records = make_stream(8_000, 400, seed=17, duplicates=0.0, garbage_every=0)

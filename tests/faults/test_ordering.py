@@ -33,7 +33,7 @@ from events.outbound import HistoryRecord, StageChanged
 from lifecycle.policy import Policy, load_policy
 from lifecycle.replay import replay
 from lifecycle.verify import change_facts, verify
-from streams.topics import TopicNames, read_to_end
+from streams.kafka.topics import TopicNames, read_to_end
 from tests.fixtures.core import custom_policy
 from tests.fixtures.worker import LEADFLOW, Worker, event_at, wait_for
 

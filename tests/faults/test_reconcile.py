@@ -26,10 +26,10 @@ from events.outbound import HistoryRecord, StageChanged
 from lifecycle.policy import load_preset
 from lifecycle.replay import replay
 from lifecycle.verify import verify
-from streams.app import app_id
-from streams.demo import synthetic_events
+from streams.dev.demo import synthetic_events
+from streams.kafka.topics import iter_to_end, read_to_end
 from streams.settings import Settings
-from streams.topics import iter_to_end, read_to_end
+from streams.worker.app import app_id
 from tests.fixtures.worker import LEADFLOW, Worker, keyed, publish, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

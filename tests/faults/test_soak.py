@@ -21,8 +21,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.demo import synthetic_events
-from streams.topics import read_to_end
+from streams.dev.demo import synthetic_events
+from streams.kafka.topics import read_to_end
 from tests.fixtures.worker import Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

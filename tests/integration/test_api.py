@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from events.limits import MAX_PAYLOAD_BYTES
-from streams.contracts import FunnelView, PersonHistory, PersonView, PolicyRow
+from streams.web.contracts import FunnelView, PersonHistory, PersonView, PolicyRow
 from tests.fixtures.worker import Worker, wait_for
 
 pytestmark = pytest.mark.integration

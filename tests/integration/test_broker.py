@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import UnknownTopicOrPartitionError
 
-from streams.broker import (
+from streams.dev.broker import (
     BrokerStartError,
     KafkaBroker,
     LocalBroker,
@@ -24,7 +24,7 @@ from streams.broker import (
     free_port,
     kafka_ping,
 )
-from streams.topics import (
+from streams.kafka.topics import (
     DEAD_LETTER_RETENTION_MS,
     TopicNames,
     TopicNotFound,

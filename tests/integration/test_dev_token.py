@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import free_port
+from streams.dev.broker import free_port
 from tests.integration.test_tools import Lines
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from events.codec import decode_event
-from streams.cli import app
-from streams.topics import TopicNames, read_to_end
+from streams.cli.main import app
+from streams.kafka.topics import TopicNames, read_to_end
 
 pytestmark = pytest.mark.integration
 

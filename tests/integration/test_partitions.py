@@ -19,9 +19,9 @@ from events.inbound import Event
 from lifecycle.funnel import funnel_of
 from lifecycle.policy import load_preset
 from lifecycle.replay import replay
-from streams.broker import LocalBroker
-from streams.demo import synthetic_events
-from streams.topics import TopicNames
+from streams.dev.broker import LocalBroker
+from streams.dev.demo import synthetic_events
+from streams.kafka.topics import TopicNames
 from tests.integration.test_tools import MakeTopics, prefix_of, produce
 
 pytestmark = pytest.mark.integration

@@ -12,13 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from lifecycle.policy import load_preset
-from streams.cli import app
-from streams.contracts import CalibrationReport, CohortsReport
-from streams.demo import synthetic_events
-from streams.export import read_history_topic
-from streams.outputs import to_json
-from streams.reports import calibration_view, cohorts_view
+from streams.cli.main import app
+from streams.dev.demo import synthetic_events
 from streams.settings import Settings
+from streams.tools.export import read_history_topic
+from streams.web.contracts import CalibrationReport, CohortsReport
+from streams.web.reports import calibration_view, cohorts_view
+from streams.worker.outputs import to_json
 from tests.fixtures.worker import Worker, keyed, publish, wait_for
 
 pytestmark = pytest.mark.integration

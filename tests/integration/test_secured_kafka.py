@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.broker import KafkaBroker
-from streams.dev_tls import DevCertificates, make_certificates
-from streams.kafka_dist import KafkaSecurity
+from streams.dev.broker import KafkaBroker
+from streams.dev.dev_tls import DevCertificates, make_certificates
+from streams.dev.kafka_dist import KafkaSecurity
 from tests.fixtures.worker import LEADFLOW, Worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka_only]

@@ -19,10 +19,10 @@ from events.outbound import HistoryRecord, StageChanged
 from lifecycle.policy import load_preset
 from lifecycle.replay import replay
 from lifecycle.simulate import simulate
-from streams.broker import free_port
-from streams.demo import synthetic_events
-from streams.shadow import shadow_topic
-from streams.topics import read_to_end
+from streams.dev.broker import free_port
+from streams.dev.demo import synthetic_events
+from streams.kafka.topics import read_to_end
+from streams.worker.shadow import shadow_topic
 
 pytestmark = pytest.mark.integration
 

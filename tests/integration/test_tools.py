@@ -25,14 +25,14 @@ from events.inbound import Event
 from events.outbound import DeadLetter, HistoryRecord, Reason, StageChanged
 from lifecycle.policy import load_preset
 from lifecycle.replay import replay
-from streams.broker import LocalBroker, free_port
-from streams.cli import app
-from streams.demo import synthetic_events
-from streams.export import read_history_topic, read_policies_topic
-from streams.publish import encode_event, publish
+from streams.cli.main import app
+from streams.dev.broker import LocalBroker, free_port
+from streams.dev.demo import synthetic_events
+from streams.kafka.publish import encode_event, publish
+from streams.kafka.topics import TopicNames, partitions_of, read_to_end
 from streams.settings import Settings
-from streams.tail import follow
-from streams.topics import TopicNames, partitions_of, read_to_end
+from streams.tools.export import read_history_topic, read_policies_topic
+from streams.tools.tail import follow
 
 pytestmark = pytest.mark.integration
 

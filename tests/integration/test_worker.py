@@ -28,10 +28,10 @@ from events.outbound import DeadLetter, HistoryRecord, StageChanged
 from lifecycle.policy import load_policy, load_preset
 from lifecycle.replay import replay
 from lifecycle.verify import verify
-from streams.broker import LocalBroker, free_port
-from streams.cli import app as cli_app
-from streams.demo import synthetic_events
-from streams.topics import TopicNames, read_to_end
+from streams.cli.main import app as cli_app
+from streams.dev.broker import LocalBroker, free_port
+from streams.dev.demo import synthetic_events
+from streams.kafka.topics import TopicNames, read_to_end
 from tests.fixtures.worker import caught_up, event_at, keyed, publish
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from streams.access import (
+from streams.cli.main import app
+from streams.settings import Settings
+from streams.web.access import (
     ADMIN,
     INGEST,
     LEGACY_NAME,
@@ -21,8 +23,6 @@ from streams.access import (
     parse_lines,
     token_hash,
 )
-from streams.cli import app
-from streams.settings import Settings
 
 INGEST_TOKEN, READ_TOKEN, ADMIN_TOKEN = "tok-ingest-" + "i" * 30, "tok-read-" + "r" * 30, "tok-adm"
 

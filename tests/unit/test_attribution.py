@@ -12,7 +12,7 @@ from events.outbound import HistoryRecord, StageChanged
 from lifecycle.funnel import funnel, touch_bucket
 from lifecycle.replay import fold
 from lifecycle.state import PersonState
-from streams.cli import app
+from streams.cli.main import app
 from tests.fixtures.core import T0, days, fit_profile
 
 

@@ -20,7 +20,7 @@ from lifecycle.calibrate import (
 )
 from lifecycle.policy import parse_policy
 from lifecycle.rates import Rate, wilson
-from streams.demo import synthetic_events
+from streams.dev.demo import synthetic_events
 from tests.fixtures.core import T0, custom_policy, days, fit_profile, preset
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"

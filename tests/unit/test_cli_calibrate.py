@@ -9,7 +9,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from streams.cli import app
+from streams.cli.main import app
 from tests.fixtures.core import T0, EventFactory, days, fit_profile
 
 runner = CliRunner()

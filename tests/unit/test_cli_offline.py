@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from events.outbound import StageChanged
 from lifecycle.policy import load_preset
 from lifecycle.replay import replay
-from streams.cli import app
-from streams.demo import synthetic_events
-from streams.files import read_events
+from streams.cli.main import app
+from streams.dev.demo import synthetic_events
+from streams.tools.files import read_events
 
 runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "policy-tests"

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from events.inbound import Event
 from lifecycle.cohorts import cohorts, percentile, period_of, time_in_stage
 from lifecycle.replay import replay
-from streams.cli import app
-from streams.demo import synthetic_events
+from streams.cli.main import app
+from streams.dev.demo import synthetic_events
 from tests.fixtures.core import T0, days, fit_profile, preset
 from tests.unit.test_calibrate import _golden
 

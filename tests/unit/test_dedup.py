@@ -288,7 +288,7 @@ def test_simulate_counts_conflicts_and_applies_redeliveries_once(make_event):
 
 
 def test_shadow_re_emits_its_own_first_changes_and_skips_conflicts(make_event):
-    from streams.shadow import Shadow
+    from streams.worker.shadow import Shadow
 
     shadow = Shadow(preset("seed"), "shadow-topic")
     first = make_event("content_download")  # a lead under seed, nothing under default

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lifecycle.dedup import key, pack
-from streams.dedup_store import DedupStore
+from streams.worker.dedup_store import DedupStore
 
 DIGEST = b"d" * 16
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from streams.demo import synthetic_events
+from streams.dev.demo import synthetic_events
 
 
 def test_the_demo_stream_can_end_at_a_given_time():

@@ -21,8 +21,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from streams.kafka_dist import KAFKA_VERSION
-from streams.topics import changelog_spec, topic_specs
+from streams.dev.kafka_dist import KAFKA_VERSION
+from streams.kafka.topics import changelog_spec, topic_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -47,7 +47,7 @@ TOPICS = {
     "leadflow.aliases",
     "leadflow-persons-changelog",
 }
-POM = ROOT / "streams" / "kafka" / "pom.xml"
+POM = ROOT / "streams" / "dev" / "kafka" / "pom.xml"
 
 
 # --------------------------------------------------------------------------- compose
@@ -144,7 +144,7 @@ def test_kafka_is_apache_kafka_in_kraft_mode_with_a_healthcheck() -> None:
     assert image == "apache/kafka"
     assert tag == KAFKA_VERSION, (
         f"docker-compose.yml runs apache/kafka:{tag}; leadflow runs and tests on {KAFKA_VERSION} "
-        "(streams/kafka_dist.py KAFKA_VERSION, streams/kafka/pom.xml): keep them equal"
+        "(streams/dev/kafka_dist.py KAFKA_VERSION, streams/dev/kafka/pom.xml): keep them equal"
     )
 
     env = environment(kafka)
@@ -445,7 +445,8 @@ def test_services_and_pdb_select_the_worker_pods() -> None:
 def test_kafka_version_is_one_pin_in_pom_and_code() -> None:
     pinned = re.search(r"<kafka.version>([^<]+)</kafka.version>", POM.read_text())
     assert pinned and pinned.group(1) == KAFKA_VERSION, (
-        f"streams/kafka/pom.xml pins {pinned and pinned.group(1)}, KAFKA_VERSION is {KAFKA_VERSION}"
+        f"streams/dev/kafka/pom.xml pins {pinned and pinned.group(1)}, "
+        f"KAFKA_VERSION is {KAFKA_VERSION}"
     )
 
 
@@ -471,7 +472,7 @@ def test_strimzi_topics_say_what_the_worker_creates() -> None:
     for name in sorted(TOPICS):
         assert deployed[name] == expected[name], (
             f"deploy/base/topics.yaml {name}: {deployed[name]}; the worker creates "
-            f"{expected[name]} (streams/topics.py topic_specs)"
+            f"{expected[name]} (streams/kafka/topics.py topic_specs)"
         )
     # The design behind the numbers, so a change to topic_specs is a deliberate one.
     assert deployed["leadflow.history"][2]["retention.ms"] == "-1"

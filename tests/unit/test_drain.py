@@ -13,8 +13,8 @@ from typing import Any
 
 from faust.types.tuples import Message
 
-from streams.agent import AckAfterDelivery, Batcher
-from streams.drain import Feed
+from streams.worker.agent import AckAfterDelivery, Batcher
+from streams.worker.drain import Feed
 
 
 def message(partition: int, offset: int, generation: int = 1) -> Message:

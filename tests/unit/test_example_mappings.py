@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from lifecycle.funnel import funnel
 from lifecycle.policy import load_preset
 from lifecycle.replay import replay
-from streams.cli import app
-from streams.mapping import ImportStats, load_mapping, parse_mapping, read_mapped
+from streams.cli.main import app
+from streams.tools.mapping import ImportStats, load_mapping, parse_mapping, read_mapped
 
 runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "mappings"

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from events.codec import InvalidMessage, decode_event
 from events.fastcodec import fast_event, fast_events, struct_of
 from lifecycle.dedup import body, digest_of, fingerprint
-from streams import files
-from streams.demo import synthetic_events
-from streams.files import ReadStats, read_events
+from streams.dev.demo import synthetic_events
+from streams.tools import files
+from streams.tools.files import ReadStats, read_events
 
 PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.kafka_dist import KafkaSecurity, KafkaUnavailable, server_properties
+from streams.dev.kafka_dist import KafkaSecurity, KafkaUnavailable, server_properties
 
 LOG = Path("/data/log")
 

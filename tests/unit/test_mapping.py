@@ -11,9 +11,9 @@ import yaml
 from typer.testing import CliRunner
 
 from events.inbound import Event
-from streams.cli import app
-from streams.files import BadLine
-from streams.mapping import ImportStats, MappingError, parse_mapping, read_mapped
+from streams.cli.main import app
+from streams.tools.files import BadLine
+from streams.tools.mapping import ImportStats, MappingError, parse_mapping, read_mapped
 
 runner = CliRunner()
 

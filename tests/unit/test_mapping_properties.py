@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from events.codec import decode_event
-from streams.cli import app
-from streams.mapping import ImportStats, parse_mapping, read_mapped
+from streams.cli.main import app
+from streams.tools.mapping import ImportStats, parse_mapping, read_mapped
 
 runner = CliRunner()
 

@@ -27,8 +27,8 @@ from lifecycle.merge import handoff_id
 from lifecycle.replay import Replayer, fold, replay
 from lifecycle.state import PersonState
 from lifecycle.verify import verify
-from streams.agent import alias_records
-from streams.api import person_view
+from streams.web.api import person_view
+from streams.worker.agent import alias_records
 from tests.fixtures.core import T0, days, fit_profile, preset, run_events
 
 FIT = fit_profile()
@@ -95,7 +95,7 @@ def test_merge_that_does_not_advance_the_survivor_is_no_stage_change():
 
 
 def test_every_fold_publishes_its_aliases_as_person_aliased_records_a_chain_resolving():
-    """The aliases topic's records (`streams.agent.alias_records`): a into b, then b into c
+    """The aliases topic's records (`streams.worker.agent.alias_records`): a into b, then b into c
     republishes a as c's alias, so a reader of the compacted topic resolves the chain."""
     result = run_events(
         [
@@ -408,7 +408,7 @@ def _records(decisions) -> list[HistoryRecord]:
 
 
 def orjson_dumps(data) -> bytes:
-    from streams.outputs import to_json
+    from streams.worker.outputs import to_json
 
     return to_json(data)
 

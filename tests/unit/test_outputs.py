@@ -12,7 +12,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from streams.outputs import Outputs
+from streams.worker.outputs import Outputs
 
 
 class FakeProducer:

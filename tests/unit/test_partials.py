@@ -36,9 +36,9 @@ from lifecycle.partials import (
 from lifecycle.replay import replay
 from lifecycle.simulate import simulate
 from lifecycle.verify import verify
-from streams.cli import app
-from streams.commands_partials import parse_partitions
-from streams.demo import synthetic_events
+from streams.cli.main import app
+from streams.cli.partials import parse_partitions
+from streams.dev.demo import synthetic_events
 from tests.fixtures.core import T0, days, fit_profile, preset, run_events
 
 runner = CliRunner()

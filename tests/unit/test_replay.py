@@ -14,7 +14,7 @@ from lifecycle.funnel import funnel
 from lifecycle.replay import fold, replay, state_as_of
 from lifecycle.simulate import simulate
 from lifecycle.verify import verify
-from streams.demo import synthetic_events
+from streams.dev.demo import synthetic_events
 from tests.fixtures.core import T0, days, fit_profile, preset
 
 

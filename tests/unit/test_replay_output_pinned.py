@@ -16,8 +16,8 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from streams.cli import app
-from streams.demo import synthetic_events
+from streams.cli.main import app
+from streams.dev.demo import synthetic_events
 
 runner = CliRunner()
 
@@ -116,7 +116,7 @@ def test_sharded_replay_reports_bad_lines_and_conflicts_in_the_order_of_one_proc
 def test_the_progress_bar_of_a_large_file_stays_off_stdout(
     stream_file: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    monkeypatch.setattr("streams.files.PROGRESS_BYTES", 0)  # every file is "large"
+    monkeypatch.setattr("streams.tools.files.PROGRESS_BYTES", 0)  # every file is "large"
     result = runner.invoke(app, ["replay", "--events", str(stream_file), "--jobs", "1"])
     assert result.exit_code == 0
     assert hashlib.sha256(result.stdout_bytes).hexdigest() == PINNED["default", False]

@@ -10,10 +10,10 @@ from typer.testing import CliRunner
 
 from lifecycle.policy import load_preset
 from lifecycle.replay import replay
-from streams.cli import app
-from streams.demo import synthetic_events
-from streams.files import read_events
-from streams.sharded import Groups, person_of
+from streams.cli.main import app
+from streams.dev.demo import synthetic_events
+from streams.tools.files import read_events
+from streams.tools.sharded import Groups, person_of
 from tests.unit.test_replay_output_pinned import pinned_stream
 
 runner = CliRunner()

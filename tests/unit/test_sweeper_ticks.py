@@ -8,7 +8,7 @@ import pytest
 
 from events.codec import decode_event
 from events.limits import MAX_ID
-from streams.sweeper import tick, tick_id
+from streams.worker.sweeper import tick, tick_id
 
 DEADLINE = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 NOW = DEADLINE + timedelta(hours=1)

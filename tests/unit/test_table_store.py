@@ -1,6 +1,7 @@
 """The person table's store, one contract over both stores (memory, RocksDB through rocksdict).
 
-What the worker relies on, read from `streams.agent`, `streams.recovery` and Faust's restore:
+What the worker relies on, read from `streams.worker.agent`, `streams.worker.recovery` and
+Faust's restore:
 
 * a value written for partition p (the hot path's `internals.write_store`, within the
   partition's stand-in event) is read back by `table.get` for partition p, and a later write
@@ -29,8 +30,8 @@ import pytest
 from faust.types import TP
 from faust.types.tuples import Message
 
-from streams.agent import partition_event
 from streams.internals import set_persisted_offset, write_store, writing_for
+from streams.worker.agent import partition_event
 
 PARTITIONS = 2
 CHANGELOG = "store-contract-persons-changelog"

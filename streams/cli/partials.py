@@ -1,0 +1,424 @@
+"""A share of the history topic per process, and `leadflow merge-results` to combine them.
+
+`replay | simulate | funnel | verify --broker … --partitions 0-7` read only those partitions
+of the history topic, one at a time, and compute one piece per partition
+(`lifecycle.partials`); with `--partial-out FILE` they write the pieces as a partial result,
+without it they print the report of the share. `merge-results PART...` checks that the
+partials are shares of one run (same command, policies, options and topic, no partition
+twice, every partition present unless `--allow-partial`) and prints the report one run over
+every partition prints: the same rendering code as the commands themselves.
+
+With `--partitions` the history is read as recorded (`follow=False`): a merge's hand-off and
+an alias's forwarded events are applied where history has them, on the survivor's
+partition, so no share needs another's. Without it, replay, funnel and simulate re-derive
+hand-offs under the policy given (`follow=True`); on a history with identity merges the two
+can differ (verify reads history as recorded either way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from events.outbound import HistoryRecord
+from lifecycle.partials import (
+    Partial,
+    PartialError,
+    check_set,
+    cohort_piece,
+    combine_cohorts,
+    combine_funnels,
+    combine_simulations,
+    combine_verifications,
+    funnel_piece,
+    pieces_in_order,
+    replay_rows,
+    simulate_piece,
+    spans,
+    verify_piece,
+)
+from lifecycle.policy import Policy
+from streams.cli.common import err, fail, out
+
+PartitionsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--partitions",
+        help="only these partitions of the history topic (0-7, 0,2,5); needs --broker",
+    ),
+]
+PartialOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--partial-out",
+        help="write this share's partial result here, for merge-results",
+        dir_okay=False,
+    ),
+]
+
+
+def parse_partitions(text: str) -> list[int]:
+    """`0-7`, `0,2,5`, `0-1,4`: the partition numbers, sorted; ValueError naming the part."""
+    numbers: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        low, dash, high = part.partition("-")
+        try:
+            first = int(low)
+            last = int(high) if dash else first
+        except ValueError:
+            raise ValueError(f"--partitions {text!r}: {part!r} is not N or N-M") from None
+        if first < 0 or last < first:
+            raise ValueError(f"--partitions {text!r}: {part!r} is not a range of partitions")
+        numbers.update(range(first, last + 1))
+    return sorted(numbers)
+
+
+# --- reading a share ---------------------------------------------------------------------------
+
+Compute = Callable[[list[HistoryRecord]], dict[str, Any]]
+
+
+def _share(
+    broker: str | None,
+    prefix: str,
+    spec: str | None,
+    given_file: Path | None,
+    compute: Compute,
+) -> tuple[str, int, dict[int, dict[str, Any]]]:
+    """The pieces of the chosen partitions: (topic, its partition count, pieces)."""
+    from streams.cli.main import _checked
+    from streams.settings import Settings
+
+    if given_file is not None or not broker:
+        raise fail("--partitions and --partial-out read the history topic: give --broker, no file")
+    try:
+        wanted = None if spec is None else parse_partitions(spec)
+    except ValueError as error:
+        raise fail(str(error)) from None
+    settings = Settings(broker=broker, topic_prefix=prefix)
+    return asyncio.run(_checked(settings, _read_share(settings, wanted, compute)))
+
+
+async def _read_share(
+    settings: Any, wanted: list[int] | None, compute: Compute
+) -> tuple[str, int, dict[int, dict[str, Any]]]:
+    from streams.kafka.topics import TopicNotFound, iter_to_end
+    from streams.tools.export import parse_history, topic_partitions, where
+
+    topic = settings.topics.history
+    try:
+        present = await topic_partitions(settings, topic)
+    except TopicNotFound:
+        raise fail(f"history topic {topic} not found on {settings.broker}") from None
+    chosen = present if wanted is None else wanted
+    absent = [p for p in chosen if p not in present]
+    if absent:
+        raise fail(
+            f"--partitions: {spans(absent)} not partitions of {topic} (it has {spans(present)})"
+        )
+    pieces: dict[int, dict[str, Any]] = {}
+    for partition in chosen:  # one partition in memory at a time
+        records: list[HistoryRecord] = []
+        invalid: list[str] = []
+        async for record in iter_to_end(
+            settings.bootstrap,
+            topic,
+            partitions=[partition],
+            client_options=settings.aiokafka_kwargs(),
+        ):
+            try:
+                records.append(parse_history(record))
+            except ValueError as error:  # reported with the result (`render`, `_finish`)
+                invalid.append(f"{where(record)}: {error}")
+        pieces[partition] = {**compute(records), "invalid": invalid}
+    return topic, len(present), pieces
+
+
+def _warn(text: str) -> None:
+    err.print(text, highlight=False, markup=False)
+
+
+def _finish(partial: Partial, partial_out: Path | None) -> None:
+    """Write the partial, or print the share's report."""
+    if partial_out is None:
+        render([partial], allow_partial=True)
+        return
+    tmp = partial_out.with_name(partial_out.name + ".tmp")
+    try:  # under another name until complete: a failed run leaves no partial that looks whole
+        tmp.write_bytes(orjson.dumps(partial.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
+        os.replace(tmp, partial_out)
+    except OSError as error:
+        raise fail(f"{partial_out}: {error.strerror or error}") from None
+    for number in partial.partitions:
+        for line in partial.pieces[number]["invalid"]:
+            _warn(line)
+    err.print(
+        f"wrote {partial_out}: {partial.command} of partitions {spans(partial.partitions)} "
+        f"of {partial.topic} ({partial.topic_partitions} partitions)",
+        highlight=False,
+        markup=False,
+    )
+
+
+def _named(policy: Policy) -> dict[str, str]:
+    return {"name": policy.name, "version": policy.version}
+
+
+# --- the four commands' shares (called from streams.cli.main) ---------------------------------
+
+
+def funnel_share(
+    broker: str | None,
+    prefix: str,
+    spec: str | None,
+    partial_out: Path | None,
+    given_file: Path | None,
+    policy: Policy,
+    options: dict[str, Any],
+) -> None:
+    from lifecycle.cohorts import GROUPS
+
+    if options["by"] is not None and options["by"] not in GROUPS:
+        raise fail(f"--by is one of {', '.join(GROUPS)}")
+
+    def compute(records: list[HistoryRecord]) -> dict[str, Any]:
+        return funnel_piece((r.event for r in records), policy)
+
+    topic, total, pieces = _share(broker, prefix, spec, given_file, compute)
+    _finish(Partial("", "funnel", [_named(policy)], options, topic, total, pieces), partial_out)
+
+
+def cohort_share(
+    broker: str | None,
+    prefix: str,
+    spec: str | None,
+    partial_out: Path | None,
+    given_file: Path | None,
+    policy: Policy,
+    period: str,
+    options: dict[str, Any],
+) -> None:
+    from lifecycle.cohorts import GROUPS, PERIODS
+
+    if period not in PERIODS:
+        raise fail(f"--cohort is {' or '.join(PERIODS)}")
+    if options["by"] is not None and options["by"] not in GROUPS:
+        raise fail(f"--by is one of {', '.join(GROUPS)}")
+
+    def compute(records: list[HistoryRecord]) -> dict[str, Any]:
+        return cohort_piece(records, policy)
+
+    topic, total, pieces = _share(broker, prefix, spec, given_file, compute)
+    options = {**options, "cohort": period}
+    named = [_named(policy)]
+    _finish(Partial("", "funnel-cohort", named, options, topic, total, pieces), partial_out)
+
+
+def simulate_share(
+    broker: str | None,
+    prefix: str,
+    spec: str | None,
+    partial_out: Path | None,
+    given_file: Path | None,
+    policy_a: Policy,
+    policy_b: Policy,
+    options: dict[str, Any],
+) -> None:
+    def compute(records: list[HistoryRecord]) -> dict[str, Any]:
+        return simulate_piece((r.event for r in records), policy_a, policy_b)
+
+    topic, total, pieces = _share(broker, prefix, spec, given_file, compute)
+    named = [_named(policy_a), _named(policy_b)]
+    _finish(Partial("", "simulate", named, options, topic, total, pieces), partial_out)
+
+
+def verify_share(
+    broker: str | None,
+    prefix: str,
+    spec: str | None,
+    partial_out: Path | None,
+    given_file: Path | None,
+    known: dict[str, Policy],
+) -> None:
+    def compute(records: list[HistoryRecord]) -> dict[str, Any]:
+        return verify_piece(records, known)
+
+    topic, total, pieces = _share(broker, prefix, spec, given_file, compute)
+    named = [_named(known[v]) for v in sorted(known)]
+    _finish(Partial("", "verify", named, {}, topic, total, pieces), partial_out)
+
+
+def replay_share(
+    broker: str | None,
+    prefix: str,
+    spec: str | None,
+    partial_out: Path | None,
+    given_file: Path | None,
+    policy: Policy,
+    cutoff: datetime | None,
+    options: dict[str, Any],
+) -> None:
+    def compute(records: list[HistoryRecord]) -> dict[str, Any]:
+        conflicts: list[list[str]] = []
+        rows = replay_rows(
+            (r.event for r in records),
+            policy,
+            person=options["person"],
+            cutoff=cutoff,
+            state=options["state"],
+            conflicts=conflicts,
+        )
+        return {"lines": [orjson.dumps(row).decode() for row in rows], "conflicts": conflicts}
+
+    topic, total, pieces = _share(broker, prefix, spec, given_file, compute)
+    _finish(Partial("", "replay", [_named(policy)], options, topic, total, pieces), partial_out)
+
+
+# --- combining ---------------------------------------------------------------------------------
+
+
+def _conflict_lines(piece: dict[str, Any]) -> None:
+    for person, conflict in piece["conflicts"]:
+        _warn(f"conflict: person {person}: {conflict}; not applied")
+
+
+def _conflicts_summary(count: int) -> None:
+    if count:
+        err.print(f"{count} event(s) reusing an event id with other content skipped")
+
+
+def render(partials: list[Partial], *, allow_partial: bool = False) -> None:
+    """Print the report of the partials combined, as the command prints it."""
+    try:
+        missing = check_set(partials, allow_partial=allow_partial)
+    except PartialError as error:
+        raise fail(str(error)) from None
+    first = partials[0]
+    pieces = pieces_in_order(partials)
+    if missing:
+        covered = spans(p for partial in partials for p in partial.partitions)
+        err.print(
+            f"partitions {spans(missing)} of {first.topic} left out: this report covers "
+            f"partitions {covered} only",
+            highlight=False,
+        )
+    for piece in pieces:
+        for line in piece["invalid"]:
+            _warn(line)
+    try:
+        _RENDER[first.command](first, pieces)
+    except PartialError as error:
+        raise fail(f"{', '.join(p.source for p in partials)}: {error}") from None
+
+
+def _render_funnel(first: Partial, pieces: list[dict[str, Any]]) -> None:
+    from streams.cli import analytics as commands_analytics
+    from streams.cli.main import _print_funnel
+
+    for piece in pieces:
+        _conflict_lines(piece)
+    report = combine_funnels(p["funnel"] for p in pieces).report()
+    policy, by, format = first.policies[0], first.options["by"], first.options["format"]
+    if by is not None:
+        commands_analytics.attribution(report, by, format)
+    elif format == "json":
+        out.print_json(data={"policy_version": policy["version"], **report.to_dict()})
+    else:
+        _print_funnel(report, f"policy {policy['name']} ({policy['version']})")
+    _conflicts_summary(sum(len(p["conflicts"]) for p in pieces))
+
+
+def _render_cohorts(first: Partial, pieces: list[dict[str, Any]]) -> None:
+    from streams.cli.analytics import print_cohorts
+
+    options, policy = first.options, first.policies[0]
+    reported, restated = combine_cohorts(pieces, options["cohort"], options["by"])
+    print_cohorts(reported, restated, policy["name"], policy["version"], options["format"])
+
+
+def _render_simulate(first: Partial, pieces: list[dict[str, Any]]) -> None:
+    from streams.cli.main import print_simulation
+
+    a, b = first.policies
+    result = combine_simulations(pieces, a["version"], b["version"])
+    print_simulation(result, a["name"], b["name"], first.options["limit"], first.options["format"])
+
+
+def _render_verify(first: Partial, pieces: list[dict[str, Any]]) -> None:
+    from streams.cli.main import print_verification
+
+    report = combine_verifications(pieces)
+    print_verification(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _render_replay(first: Partial, pieces: list[dict[str, Any]]) -> None:
+    write = sys.stdout.buffer.write
+    for piece in pieces:
+        _conflict_lines(piece)
+        for line in piece["lines"]:
+            write(line.encode())
+            write(b"\n")
+    sys.stdout.buffer.flush()
+    _conflicts_summary(sum(len(p["conflicts"]) for p in pieces))
+
+
+_RENDER: dict[str, Callable[[Partial, list[dict[str, Any]]], None]] = {
+    "funnel": _render_funnel,
+    "simulate": _render_simulate,
+    "verify": _render_verify,
+    "replay": _render_replay,
+    "funnel-cohort": _render_cohorts,
+}
+
+
+def read_partial(path: Path) -> Partial:
+    """A partial result file; one line naming the file (and line) if it is not one."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise fail(f"{path}: {error.strerror or error}") from None
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:  # the stdlib parser says where: line and column
+            document = json.loads(data)
+        except json.JSONDecodeError as error:
+            raise fail(f"{path}:{error.lineno}:{error.colno}: not JSON: {error.msg}") from None
+        except ValueError as error:
+            raise fail(f"{path}: not JSON: {error}") from None
+    try:
+        return Partial.from_json(document, str(path))
+    except PartialError as error:
+        raise fail(str(error)) from None
+
+
+def merge_results(
+    parts: Annotated[
+        list[Path],
+        typer.Argument(help="partial results (--partial-out) of one run", dir_okay=False),
+    ],
+    allow_partial: Annotated[
+        bool,
+        typer.Option("--allow-partial", help="print the report of the partitions given"),
+    ] = False,
+) -> None:
+    """Combine partial results (`--partitions … --partial-out`) into the one report a single
+    run over every partition prints."""
+    render([read_partial(path) for path in parts], allow_partial=allow_partial)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to `app`."""
+    app.command("merge-results")(merge_results)

@@ -1,0 +1,216 @@
+"""Reading the history and policies topics whole, for export and for the offline commands.
+
+Reads stop at the true end of every partition: the high watermark of the fetch responses
+(`streams.kafka.topics.iter_to_end`), never `end_offsets`, which on the dev broker (Tansu) reports
+the start of the last batch and would silently drop the newest records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from pydantic import BaseModel, ValidationError
+
+from events.codec import decode_model, describe_validation_error
+from events.outbound import HistoryRecord
+from lifecycle.policy import Policy
+from streams.kafka.topics import TopicNotFound, iter_to_end, partitions_of, read_to_end
+from streams.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
+
+log = logging.getLogger(__name__)
+
+OnError = Callable[[str], None]
+
+
+def _warn(message: str) -> None:
+    log.warning("%s", message)
+
+
+def where(record: ConsumerRecord[bytes, bytes]) -> str:
+    """`topic/partition@offset`: how an error names a record so it can be found again."""
+    return f"{record.topic}/{record.partition}@{record.offset}"
+
+
+def parse_value(model: type[M], value: bytes | None) -> M:
+    """Validate one record's value as `model`; ValueError with a one-line reason if it is
+    not one (the reader names the record with `where`)."""
+    if value is None:
+        raise ValueError("empty value (tombstone)")
+    return decode_model(model, value)
+
+
+def parse_history(record: ConsumerRecord[bytes, bytes]) -> HistoryRecord:
+    """Validate one history record; ValueError with a one-line reason if it is not one."""
+    return parse_value(HistoryRecord, record.value)
+
+
+def parse_policy(record: ConsumerRecord[bytes, bytes]) -> Policy:
+    """A policy record is the policy as JSON, or `{"version": …, "policy": {…}}`."""
+    if record.value is None:
+        raise ValueError("empty value (tombstone)")
+    try:
+        data = orjson.loads(record.value)
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"not JSON: {error}") from None
+    if isinstance(data, dict) and isinstance(data.get("policy"), dict):
+        data = data["policy"]
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as error:
+        raise ValueError(describe_validation_error(error)) from None
+
+
+async def topic_partitions(settings: Settings, topic: str) -> list[int]:
+    """Partition ids of `topic`, from a metadata request that names no topic.
+
+    Naming the topic would auto-create it on Tansu (and on Kafka with auto-create on).
+    """
+    consumer = AIOKafkaConsumer(**settings.aiokafka_kwargs(), client_id="leadflow-export")
+    await consumer.start()
+    try:
+        partitions = await partitions_of(consumer, topic)
+    finally:
+        await consumer.stop()
+    if not partitions:
+        raise TopicNotFound(topic)
+    return sorted(partitions)
+
+
+async def iter_topic_in_order(
+    settings: Settings, topic: str, *, idle_timeout: float = 30.0
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Every record of `topic` up to its true end, partition by partition in offset order.
+
+    One partition at a time keeps memory flat for a topic of any size.
+    """
+    for partition in await topic_partitions(settings, topic):
+        async for record in iter_to_end(
+            settings.bootstrap,
+            topic,
+            partitions=[partition],
+            idle_timeout=idle_timeout,
+            client_options=settings.aiokafka_kwargs(),
+        ):
+            yield record
+
+
+async def read_history_topic(
+    settings: Settings, *, on_error: OnError | None = None
+) -> list[HistoryRecord]:
+    """Every history record on the broker, in (partition, offset) order.
+
+    Per-person order is history order (key = person id). A record that is not a valid
+    history record is reported through `on_error` as `topic/partition@offset: reason` and
+    skipped. Raises `TopicNotFound` if there is no history topic.
+    """
+    report = on_error or _warn
+    records = await read_to_end(
+        settings.bootstrap, settings.topics.history, client_options=settings.aiokafka_kwargs()
+    )
+    history: list[HistoryRecord] = []
+    for record in records:
+        try:
+            history.append(parse_history(record))
+        except ValueError as error:
+            report(f"{where(record)}: {error}")
+    return history
+
+
+async def read_policies_topic(
+    settings: Settings, *, on_error: OnError | None = None
+) -> dict[str, Policy]:
+    """Every policy version ever published, by version (content hash). Empty if no topic."""
+    report = on_error or _warn
+    try:
+        records = await read_to_end(
+            settings.bootstrap,
+            settings.topics.policies,
+            client_options=settings.aiokafka_kwargs(),
+        )
+    except TopicNotFound:
+        return {}
+    found: dict[str, Policy] = {}
+    for record in records:
+        try:
+            policy = parse_policy(record)
+        except ValueError as error:
+            report(f"{where(record)}: {error}")
+            continue
+        key = record.key.decode(errors="replace") if record.key else None
+        if key and key != policy.version:
+            report(f"{where(record)}: keyed {key!r} but its content hashes to {policy.version}")
+        found[policy.version] = policy
+    return found
+
+
+@dataclass(slots=True)
+class ExportStats:
+    records: int = 0
+    invalid: int = 0
+    changes: int = 0
+    policies: int = 0
+    persons: set[str] = field(default_factory=set)
+    per_partition: dict[int, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _one_line(value: bytes) -> bytes:
+    """JSONL needs one record per line; re-serialise the rare pretty-printed value."""
+    return orjson.dumps(orjson.loads(value)) if b"\n" in value else value
+
+
+async def export_history(
+    settings: Settings,
+    out: Path,
+    policies_out: Path,
+    *,
+    on_error: OnError | None = None,
+    on_record: Callable[[int], None] | None = None,
+) -> ExportStats:
+    """Write the history topic to `out` (JSONL, as stored) and every policy to `policies_out`.
+
+    Files are written under a temporary name and renamed when complete, so a failed export
+    never leaves a truncated file that looks whole.
+    """
+    report = on_error or _warn
+    stats = ExportStats()
+    started = time.monotonic()
+    tmp = out.with_name(out.name + ".partial")
+    with tmp.open("wb") as handle:
+        async for record in iter_topic_in_order(settings, settings.topics.history):
+            try:
+                parsed = parse_history(record)
+            except ValueError as error:
+                stats.invalid += 1
+                report(f"{where(record)}: {error}")
+                continue
+            assert record.value is not None
+            handle.write(_one_line(record.value))
+            handle.write(b"\n")
+            stats.records += 1
+            stats.changes += len(parsed.changes)
+            stats.persons.add(parsed.person_id)
+            stats.per_partition[record.partition] = stats.per_partition.get(record.partition, 0) + 1
+            if on_record is not None:
+                on_record(1)
+    os.replace(tmp, out)
+    policies = await read_policies_topic(settings, on_error=report)
+    tmp = policies_out.with_name(policies_out.name + ".partial")
+    with tmp.open("wb") as handle:
+        for version, policy in policies.items():
+            line = {"version": version, "policy": policy.model_dump(mode="json")}
+            handle.write(orjson.dumps(line) + b"\n")
+    os.replace(tmp, policies_out)
+    stats.policies = len(policies)
+    stats.seconds = time.monotonic() - started
+    return stats

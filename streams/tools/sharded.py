@@ -1,0 +1,339 @@
+"""`leadflow replay` on every core: persons sharded across processes, output in input order.
+
+Each worker process reads the whole file but decides only the lines of its own persons; a
+person's events therefore meet the same state in the same order as in one process, and
+nothing any rule decides changes. Identity merges hand events from one person to another
+(`lifecycle.merge`), so persons joined by a `person_merged` anywhere in the file (chains
+included) are one group and go to one worker: a first pass finds those lines (a byte
+search, then a parse of each) before the workers start.
+
+Every line a worker prints (a stage change, a final state, a bad line, a conflict) goes to
+the parent tagged with the number of the input line that produced it; the parent merges
+the workers' streams by that number, so stdout and stderr hold the same lines in the same
+order as a run in one process (`tests/unit/test_replay_output_pinned.py` runs both).
+A line whose person cannot be read (not JSON, no string `person_id`) goes to worker 0,
+which reports it as one process would.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import mmap
+import os
+import resource
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgspec
+import orjson
+
+from events.inbound import Event
+from lifecycle.merge import MERGED
+from lifecycle.policy import Policy
+from lifecycle.replay import Replayer, bulk_gc
+from streams.tools.files import BadLine, ReadStats, read_events
+
+#: Files at least this large are sharded by default (`--jobs 0`); below, forking costs more
+#: than it saves (about 200k events of the synthetic kind).
+SHARD_BYTES = 32_000_000
+
+
+def default_jobs(path: Path) -> int:
+    """One worker per usable core for a large file, else one process (and where processes
+    cannot fork)."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return 1
+    if size < SHARD_BYTES or not hasattr(os, "fork"):
+        return 1
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity is not None else os.cpu_count()
+    return max(1, cores or 1)
+
+
+# --- which worker decides a line -------------------------------------------------------------
+
+
+class _Person(msgspec.Struct):
+    person_id: Any = None
+
+
+_person_key = msgspec.json.Decoder(_Person).decode
+
+
+def _loads(line: bytes) -> Any:
+    """The line's JSON, as liberal as any reader downstream (stdlib json takes NaN), or None."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def _as_history_event(data: Any) -> Any:
+    """A history record's event, as `streams.tools.files.read_events` takes it; else `data`."""
+    if isinstance(data, dict) and "sequence" in data and "event" in data:
+        return data["event"]
+    return data
+
+
+def person_of(line: bytes) -> str | None:
+    """The person a line's event is for, read as `read_events` will read it; None if none."""
+    if line.startswith(b'{"person_id"') or line.find(b'"sequence"', 0, 200) != -1:
+        data = _as_history_event(_loads(line))
+        person = data.get("person_id") if isinstance(data, dict) else None
+    else:
+        try:
+            person = _person_key(line).person_id
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            data = _loads(line)
+            person = data.get("person_id") if isinstance(data, dict) else None
+    return person if isinstance(person, str) else None
+
+
+class Groups:
+    """Persons joined by identity merges (union-find); each group is decided by one worker."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def root(self, person: str) -> str:
+        parent = self.parent
+        root = person
+        while root in parent:
+            root = parent[root]
+        while person != root:  # path compression
+            parent[person], person = root, parent[person]
+        return root
+
+    def join(self, a: str, b: str) -> None:
+        ra, rb = self.root(a), self.root(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    @classmethod
+    def of_file(cls, path: Path) -> Groups:
+        """Every `person_merged` of the file (events or history records) joins two persons."""
+        groups = cls()
+        if path.stat().st_size == 0:
+            return groups
+        needle = MERGED.encode()
+        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            at = m.find(needle)
+            while at != -1:
+                start = m.rfind(b"\n", 0, at) + 1
+                end = m.find(b"\n", at)
+                end = len(m) if end == -1 else end
+                data = _as_history_event(_loads(m[start:end]))
+                if isinstance(data, dict) and data.get("type") == MERGED:
+                    a, b = data.get("person_id"), data.get("merged_into")
+                    if isinstance(a, str) and isinstance(b, str):
+                        groups.join(a, b)
+                at = m.find(needle, end)
+        return groups
+
+    def shard(self, person: str | None, jobs: int) -> int:
+        """The worker of a person's group. Python's string hash differs between interpreters
+        but not between a process and its forks, and every worker is a fork of one parent."""
+        if person is None:
+            return 0
+        root = self.root(person) if person in self.parent else person
+        return hash(root) % jobs
+
+
+# --- a worker ---------------------------------------------------------------------------------
+
+
+class _Out:
+    """A worker's records to the parent: `TAG LINE PAYLOAD\\n` (payloads are one-line JSON)."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.write = handle.write
+
+    def record(self, tag: bytes, line: int, payload: bytes) -> None:
+        self.write(b"%s %d %s\n" % (tag, line, payload))
+
+
+def _work(
+    shard: int,
+    jobs: int,
+    path: Path,
+    groups: Groups,
+    policy: Policy,
+    keep: Callable[[Event], bool],
+    state: bool,
+    out: _Out,
+) -> dict[str, int]:
+    numbers: deque[int] = deque()  # the lines handed to read_events, in order
+
+    def lines() -> Iterator[tuple[int, bytes]]:
+        with path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip() and groups.shard(person_of(line), jobs) == shard:
+                    numbers.append(number)
+                    yield number, line
+
+    def report(error: BadLine) -> None:
+        out.record(b"E", numbers.popleft(), orjson.dumps(str(error)))
+
+    stats = ReadStats()
+    replayer = Replayer(policy)
+    states = replayer.states
+    created: list[int] = []  # the line that created each state, in the states' order
+    conflicts = 0
+    record, dumps = out.record, orjson.dumps
+    with bulk_gc():
+        for event in read_events(path, stats=stats, on_error=report, lines=lines()):
+            number = numbers.popleft()
+            if not keep(event):
+                continue
+            for decision in replayer.apply_all(event):
+                if decision.conflict is not None:
+                    conflicts += 1
+                    text = f"conflict: person {decision.person_id}: {decision.conflict}"
+                    record(b"E", number, dumps(f"{text}; not applied"))
+                if not state:
+                    for change in decision.changes:
+                        record(b"O", number, dumps(change))
+            if state and len(created) < len(states):
+                created.extend([number] * (len(states) - len(created)))
+        out.write(b"B\n")
+        if state:
+            for number, person_state in zip(created, states.values(), strict=True):
+                record(b"S", number, dumps(person_state.to_wire()))
+        out.write(b"B\n")
+    return {"lines": stats.lines, "bad": stats.bad, "conflicts": conflicts}
+
+
+def _worker(
+    shard: int,
+    jobs: int,
+    path: Path,
+    groups: Groups,
+    policy: Policy,
+    keep: Callable[[Event], bool],
+    state: bool,
+    fd: int,
+) -> int:
+    """A forked worker's life: its records, then its totals (`T`) or what failed (`X`)."""
+    with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
+        try:
+            totals = _work(shard, jobs, path, groups, policy, keep, state, _Out(handle))
+        except BaseException:
+            handle.write(b"X " + orjson.dumps(traceback.format_exc()) + b"\n")
+            return 1
+        totals["pss_kb"] = _pss_kb()
+        handle.write(b"T " + orjson.dumps(totals) + b"\n")
+    return 0
+
+
+def _pss_kb() -> int:
+    """This process's proportional set size (pages shared with the other forks counted in
+    shares), from /proc; 0 where there is none. At the end of a replay it is near its peak."""
+    try:
+        with open("/proc/self/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+# --- the parent ---------------------------------------------------------------------------
+
+
+def _records(handle: BinaryIO) -> Iterator[tuple[int, bytes, bytes]]:
+    """One phase of a worker's records, up to its `B` (or its end)."""
+    for line in handle:
+        tag = line[:1]
+        if tag == b"B":
+            return
+        if tag == b"X":
+            raise RuntimeError("a replay worker failed:\n" + orjson.loads(line[2:]))
+        _, number, payload = line.split(b" ", 2)
+        yield int(number), tag, payload[:-1]
+
+
+def _first(record: tuple[int, bytes, bytes]) -> int:
+    return record[0]
+
+
+def replay_sharded(
+    path: Path,
+    policy: Policy,
+    jobs: int,
+    *,
+    person: str | None,
+    cutoff: datetime | None,
+    state: bool,
+    write: Callable[[bytes], Any],
+    warn: Callable[[str], None],
+) -> dict[str, int]:
+    """What `leadflow replay` prints, from `jobs` worker processes; returns the totals."""
+
+    def keep(event: Event) -> bool:
+        if person is not None and event.person_id != person:
+            return False
+        return cutoff is None or event.occurred_at <= cutoff
+
+    groups = Groups.of_file(path)
+    workers: list[tuple[int, BinaryIO]] = []
+    for shard in range(jobs):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: it never returns into the parent's code
+            code = 1
+            try:
+                os.close(read_fd)
+                for _, handle in workers:
+                    handle.close()
+                code = _worker(shard, jobs, path, groups, policy, keep, state, write_fd)
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        workers.append((pid, os.fdopen(read_fd, "rb", buffering=1 << 20)))
+
+    handles = [handle for _, handle in workers]
+    totals = {"lines": 0, "bad": 0, "conflicts": 0, "pss_kb": 0}
+    try:
+        for _phase in ("changes and reports", "states"):
+            for _, tag, payload in heapq.merge(*map(_records, handles), key=_first):
+                if tag == b"E":
+                    warn(orjson.loads(payload))
+                else:
+                    write(payload)
+                    write(b"\n")
+        for handle in handles:
+            line = handle.readline()
+            if line.startswith(b"X"):
+                raise RuntimeError("a replay worker failed:\n" + orjson.loads(line[2:]))
+            worker = orjson.loads(line[2:])
+            for key in totals:
+                totals[key] += worker[key]
+    finally:
+        for handle in handles:
+            handle.close()
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for pid, _ in workers:
+            _, _status, usage = os.wait4(pid, 0)
+            rss += usage.ru_maxrss
+        _report_memory(rss, totals["pss_kb"] + _pss_kb())
+    return totals
+
+
+def _report_memory(rss_kb: int, pss_kb: int) -> None:
+    """The memory of this replay's processes together, for bench/replay.py: the sum of their
+    peak RSS (pages shared by the forks counted in each) and of their PSS at the end."""
+    target = os.environ.get("LEADFLOW_RSS_REPORT")
+    if target:
+        Path(target).write_text(orjson.dumps({"rss_kb": rss_kb, "pss_kb": pss_kb}).decode())
