@@ -33,7 +33,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.kafka.publish import make_producer
-from streams.kafka.topics import iter_to_end
+from streams.kafka.topics import app_id, iter_to_end
 from streams.settings import Settings
 from streams.tools.export import topic_partitions
 
@@ -234,9 +234,7 @@ async def reconcile(
 ) -> ReconcileReport:
     """Find the gaps of the worker group (default: the worker's Faust app id); re-drive them
     with `repair`."""
-    from streams.worker.app import app_id  # imported late: it pulls in Faust
-
-    report = await find_gaps(settings, group or app_id(settings))
+    report = await find_gaps(settings, group or app_id(settings.topic_prefix))
     if repair:
         await redrive(settings, report)
     return report
