@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -51,6 +50,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 
 from streams.dev.broker import free_port, local_broker  # noqa: E402
 from streams.dev.demo import synthetic_events  # noqa: E402
+from streams.dev.process import ChildProcess  # noqa: E402
 from streams.kafka.publish import KeyPartitions, encode_event, publish  # noqa: E402
 from streams.kafka.topics import TopicNames, ensure_topics, partitions_of, topic_specs  # noqa: E402
 from streams.settings import Settings  # noqa: E402
@@ -150,46 +150,19 @@ class Observer:
 # --- processes ----------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (Linux), 0 if unknown."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-class Child:
-    """A processor in its own process group, stopped by PID."""
+class Child(ChildProcess):
+    """A processor in its own process group, stopped by PID (`streams.dev.process`)."""
 
     def __init__(self, command: list[str], log: Path) -> None:
-        self.log = log
-        with log.open("wb") as handle:
-            self.proc = subprocess.Popen(
-                command,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                cwd=ROOT,
-            )
+        log.write_bytes(b"")
+        super().__init__(command, log, cwd=ROOT)
+        self.start()
 
     def check(self) -> None:
-        if self.proc.poll() is not None:
-            tail = self.log.read_bytes()[-3000:].decode(errors="replace")
-            raise RuntimeError(f"{self.log.name}: exited with {self.proc.returncode}:\n{tail}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.exited() is not None:
+            raise RuntimeError(
+                f"{self.log_path.name}: exited with {self.exited()}:\n{self.log_tail()}"
+            )
 
 
 @dataclass
@@ -256,7 +229,7 @@ async def measure(
                 await asyncio.sleep(0.05)
             result.ready_seconds = time.monotonic() - started
             print(f"  {name}: consuming after {result.ready_seconds:.1f}s", flush=True)
-            cpu0 = cpu_seconds(child.proc.pid)
+            cpu0 = child.cpu_seconds()
             history0 = observer.counts[names.history]
             changes0 = observer.counts[names.stage_changes]
             spy = start_profile(name, child.proc.pid, profile) if profile > 0 else None
@@ -271,7 +244,7 @@ async def measure(
             t1 = watch.result()
             await send
             result.seconds = t1 - t0
-            result.cpu_seconds = cpu_seconds(child.proc.pid) - cpu0
+            result.cpu_seconds = child.cpu_seconds() - cpu0
             if spy is not None:
                 result.profile = await finish_profile(spy)
             await asyncio.sleep(0.5)  # stage changes of the last events may trail the history

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -38,6 +35,7 @@ from rich.table import Table
 
 from lifecycle.stages import STAGES
 from streams.dev.broker import local_broker
+from streams.dev.process import ChildProcess
 from streams.kafka.topics import assigned_reader, ensure_topics, partitions_of, topic_specs
 from streams.settings import Settings
 from streams.web.access import READ, token_hash
@@ -146,67 +144,6 @@ def worker_command(settings: Settings, options: DevOptions) -> list[str]:
     return command
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _term_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-class Worker:
-    """The worker child process: its own process group, output to a log file."""
-
-    def __init__(
-        self, command: list[str], log_path: Path, env: dict[str, str] | None = None
-    ) -> None:
-        self.command = command
-        self.log_path = log_path
-        self.env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        try:
-            self.proc = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_term_with_parent if sys.platform.startswith("linux") else None,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
-            )
-        finally:
-            log.close()
-
-    def exited(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM to the worker's process group, SIGKILL after `timeout`; idempotent."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def log_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_bytes()[-n:].decode(errors="replace")
-        except OSError:
-            return "<no log>"
-
 
 def _health(url: str, timeout: float = 2.0) -> tuple[int, Any]:
     """(HTTP status, parsed JSON body or None); status 0 when nothing answers."""
@@ -245,7 +182,7 @@ class DevStack:
             log_path=options.data_dir / "broker.log",
             **({"data_dir": options.data_dir / "kafka"} if options.broker_kind == "kafka" else {}),
         )
-        self.worker: Worker | None = None
+        self.worker: ChildProcess | None = None
         self.settings: Settings | None = None
         self.counts = Counts()
         self.published = 0
@@ -280,13 +217,15 @@ class DevStack:
         result = await ensure_topics(self.broker.bootstrap, topic_specs(s.topics, s.partitions))
         return result.created + result.existing
 
-    def start_worker(self, command: list[str] | None = None) -> Worker:
+    def start_worker(self, command: list[str] | None = None) -> ChildProcess:
         assert self.settings is not None
         command = command or worker_command(self.settings, self.options)
         dashboard = f"dashboard:{READ}:{token_hash(self.dashboard_token)}"
         tokens = ";".join(t for t in (os.environ.get("LEADFLOW_API_TOKENS"), dashboard) if t)
         env = {"LEADFLOW_API_TOKEN": self.token, "LEADFLOW_API_TOKENS": tokens}
-        self.worker = Worker(command, self.options.data_dir / "worker.log", env)
+        self.worker = ChildProcess(
+            command, self.options.data_dir / "worker.log", env=env, die_with_parent=True
+        )
         self.worker.start()
         return self.worker
 

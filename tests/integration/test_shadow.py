@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -21,6 +18,7 @@ from lifecycle.replay import replay
 from lifecycle.simulate import simulate
 from streams.dev.broker import free_port
 from streams.dev.demo import synthetic_events
+from streams.dev.process import ChildProcess
 from streams.kafka.topics import read_to_end
 from streams.worker.shadow import shadow_topic
 
@@ -39,7 +37,7 @@ async def test_shadow_topic_and_funnel_match_the_offline_simulation(broker, make
     prefix = names.events.removesuffix(".leadflow.events")
     active, candidate = load_preset("default"), load_preset("seed")
     port = free_port()
-    worker = subprocess.Popen(
+    worker = ChildProcess(
         [
             LEADFLOW,
             "worker",
@@ -64,10 +62,8 @@ async def test_shadow_topic_and_funnel_match_the_offline_simulation(broker, make
             "--sweep-interval",
             "3600",
         ],
-        stdout=(tmp_path / "worker.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+        tmp_path / "worker.log",
+    ).start()
     try:
         events = list(synthetic_events(300, 3_000, seed=5))
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=10)
@@ -137,6 +133,4 @@ async def test_shadow_topic_and_funnel_match_the_offline_simulation(broker, make
             (candidate.version, "shadow"),
         }
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(10)
+        worker.kill()

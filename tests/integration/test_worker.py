@@ -6,9 +6,7 @@ Each test starts its own worker process on fresh topics and kills it by PID at t
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -31,6 +29,7 @@ from lifecycle.verify import verify
 from streams.cli.main import app as cli_app
 from streams.dev.broker import LocalBroker, free_port
 from streams.dev.demo import synthetic_events
+from streams.dev.process import ChildProcess
 from streams.kafka.topics import TopicNames, read_to_end
 from tests.fixtures.worker import caught_up, event_at, keyed, publish
 
@@ -67,9 +66,8 @@ class WorkerProcess:
             *extra,
         ]
         self.log = log
-        self.proc = subprocess.Popen(
-            self.args, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self.child = ChildProcess(self.args, log).start()
+        self.proc = self.child.proc
 
     def health(self) -> dict[str, Any] | None:
         try:
@@ -90,9 +88,7 @@ class WorkerProcess:
         raise AssertionError(f"worker not ready in {timeout} s: {self.log.read_text()[-2000:]}")
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        self.child.kill()
 
 
 @pytest.fixture
