@@ -62,12 +62,12 @@ def calibrate(
     """Measure conversion per lead source and propose the next policy, with its what-if."""
     from lifecycle.calibrate import calibrate as run
     from lifecycle.calibrate import proposal_yaml
-    from streams.cli.main import _policy, _Reader
+    from streams.cli.reading import EventReader, policy_of
 
     if format not in ("table", "json"):
         raise fail("--format is table or json")
-    rules = _policy(policy, preset)
-    reader = _Reader(strict, mapping)
+    rules = policy_of(policy, preset)
+    reader = EventReader(strict, mapping)
     stream = list(reader.events(events, broker, topic_prefix))
     try:
         result = run(stream, rules, min_mqls=min_mqls, maturity=maturity)
@@ -193,13 +193,13 @@ def cohort_funnel(
     """`funnel --cohort`: as reported (recorded history) and restated (`rules`), side by side."""
     from lifecycle.cohorts import GROUPS, PERIODS, cohorts
     from lifecycle.replay import replay
-    from streams.cli.main import _Reader
+    from streams.cli.reading import EventReader
 
     if period not in PERIODS:
         raise fail(f"--cohort is {' or '.join(PERIODS)}")
     if by is not None and by not in GROUPS:
         raise fail(f"--by is one of {', '.join(GROUPS)}")
-    reader = _Reader(strict, mapping)
+    reader = EventReader(strict, mapping)
     reported = None
     if broker or _is_history_file(events):
         records = list(reader.history(events, broker, prefix))

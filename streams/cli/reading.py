@@ -1,0 +1,166 @@
+"""Where the offline commands get their input: the policy named by `--policy`/`--preset`, the
+events of a JSONL or CSV file (with a mapping) or of the history topic, the one-line report
+of bad lines, the broker preflight, and JSONL output."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from events.inbound import Event
+from lifecycle.policy import PRESETS, Policy, PolicyError, load_policy, load_preset, resolve_policy
+from streams.cli.common import (
+    err,
+)
+from streams.cli.common import fail as _fail
+from streams.tools.files import BadLine, ReadStats, read_events, read_history
+
+
+def policy_of(path: Path | None, preset: str | None) -> Policy:
+    try:
+        return resolve_policy(path, preset)
+    except PolicyError as error:
+        raise _fail(str(error)) from None
+
+
+def named_policy(value: str) -> Policy:
+    """A policy given as a file path or a preset name."""
+    try:
+        if Path(value).is_file():
+            return load_policy(value)
+        if value in PRESETS:
+            return load_preset(value)
+    except PolicyError as error:
+        raise _fail(str(error)) from None
+    raise _fail(f"{value}: no such policy file, and not a preset ({', '.join(PRESETS)})")
+
+
+class EventReader:
+    """Events from a file or the history topic, reporting bad lines as FILE:LINE: reason."""
+
+    def __init__(self, strict: bool, mapping: Path | None = None) -> None:
+        self.stats = ReadStats()
+        self.strict = strict
+        self.mapping = mapping
+        self.conflicts = 0
+
+    def report(self, error: BadLine) -> None:
+        err.print(str(error), highlight=False, markup=False)
+
+    def check(self, decision: Any) -> Any:
+        """Report an event id reused with other content (the worker dead-letters it)."""
+        if decision.conflict is not None:
+            self.conflicts += 1
+            err.print(
+                f"conflict: person {decision.person_id}: {decision.conflict}; not applied",
+                highlight=False,
+                markup=False,
+            )
+        return decision
+
+    def events(self, path: Path | None, broker: str | None, prefix: str) -> Iterator[Event]:
+        if broker and self.mapping:
+            raise _fail("--mapping reads a CSV file given with --events, not a topic")
+        if broker:
+            for record in history_from_broker(broker, prefix):
+                yield record.event
+            return
+        if path is None:
+            raise _fail("give --events FILE or --broker URL")
+        if not path.exists():
+            raise _fail(f"{path}: no such file")
+        if self.mapping is not None:
+            yield from self._mapped(path, self.mapping)
+            return
+        try:
+            yield from read_events(
+                path, stats=self.stats, on_error=self.report, strict=self.strict, progress=True
+            )
+        except BadLine as error:
+            raise _fail(str(error), 1) from None
+
+    def _mapped(self, path: Path, mapping: Path) -> Iterator[Event]:
+        from streams.tools.mapping import ImportStats, MappingError, load_mapping, read_mapped
+
+        self.stats = stats = ImportStats()
+        try:
+            rules = load_mapping(mapping)
+            yield from read_mapped(
+                [path], rules, stats=stats, on_error=self.report, strict=self.strict, progress=True
+            )
+        except MappingError as error:
+            raise _fail(str(error)) from None
+        except BadLine as error:
+            raise _fail(str(error), 1) from None
+
+    def history(self, path: Path | None, broker: str | None, prefix: str) -> Iterator[Any]:
+        if broker:
+            yield from history_from_broker(broker, prefix)
+            return
+        if path is None:
+            raise _fail("give --history FILE or --broker URL")
+        if not path.exists():
+            raise _fail(f"{path}: no such file")
+        try:
+            yield from read_history(
+                path, stats=self.stats, on_error=self.report, strict=self.strict, progress=True
+            )
+        except BadLine as error:
+            raise _fail(str(error), 1) from None
+
+    def summary(self) -> None:
+        if self.stats.bad:
+            err.print(f"{self.stats.bad} bad line(s) skipped of {self.stats.lines}")
+        if self.conflicts:
+            err.print(f"{self.conflicts} event(s) reusing an event id with other content skipped")
+
+
+def history_from_broker(broker: str, prefix: str) -> list[Any]:
+    from streams.settings import Settings
+    from streams.tools.export import read_history_topic
+
+    settings = Settings(broker=broker, topic_prefix=prefix)
+    return asyncio.run(checked(settings, read_history_topic(settings)))
+
+
+async def checked(settings: Any, main: Any) -> Any:
+    """`main`, once one connection with the settings' security works (else one line)."""
+    from streams.kafka.preflight import BrokerAccessError, check_broker
+
+    try:
+        await check_broker(settings)
+    except BrokerAccessError as error:
+        main.close()
+        raise _fail(str(error), 1) from None
+    return await main
+
+
+def write_rows(rows: Iterable[Any]) -> int:
+    write = sys.stdout.buffer.write
+    count = 0
+    for row in rows:
+        write(orjson.dumps(row))
+        write(b"\n")
+        count += 1
+    sys.stdout.buffer.flush()
+    return count
+
+
+def parse_as_of(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise _fail(
+            f"--as-of {value!r}: not an ISO 8601 time (e.g. 2026-03-01T00:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        raise _fail(f"--as-of {value!r}: give a time zone (e.g. Z or +01:00)")
+    return moment
