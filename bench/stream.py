@@ -52,7 +52,8 @@ from streams.dev.broker import free_port, local_broker  # noqa: E402
 from streams.dev.demo import synthetic_events  # noqa: E402
 from streams.dev.process import ChildProcess  # noqa: E402
 from streams.kafka.publish import KeyPartitions, encode_event, publish  # noqa: E402
-from streams.kafka.topics import TopicNames, ensure_topics, partitions_of, topic_specs  # noqa: E402
+from streams.kafka.readers import partitions_of  # noqa: E402
+from streams.kafka.topics import TopicNames, ensure_topics, topic_specs  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 
 OUT = ROOT / "bench" / "out"

@@ -112,7 +112,8 @@ def _share(
 async def _read_share(
     settings: Any, wanted: list[int] | None, compute: Compute
 ) -> tuple[str, int, dict[int, dict[str, Any]]]:
-    from streams.kafka.topics import TopicNotFound, iter_to_end
+    from streams.kafka.readers import iter_to_end
+    from streams.kafka.topics import TopicNotFound
     from streams.tools.export import parse_history, topic_partitions, where
 
     topic = settings.topics.history

@@ -36,7 +36,8 @@ from rich.table import Table
 from lifecycle.stages import STAGES
 from streams.dev.broker import local_broker
 from streams.dev.process import ChildProcess
-from streams.kafka.topics import assigned_reader, ensure_topics, partitions_of, topic_specs
+from streams.kafka.readers import assigned_reader, partitions_of
+from streams.kafka.topics import ensure_topics, topic_specs
 from streams.settings import Settings
 from streams.web.access import READ, token_hash
 
@@ -142,7 +143,6 @@ def worker_command(settings: Settings, options: DevOptions) -> list[str]:
     elif options.preset is not None:
         command += ["--preset", options.preset]
     return command
-
 
 
 def _health(url: str, timeout: float = 2.0) -> tuple[int, Any]:

@@ -1,14 +1,9 @@
-"""Topic names, their specs/configs, creation, and reading a topic to its true end.
+"""Topic names, their specs/configs, and their creation (reading them: `streams.kafka.readers`).
 
 Topic configs matter on Apache Kafka (production). Tansu (dev/test) accepts and describes
 them back but never deletes or compacts anything, and it also accepts things Kafka rejects
 (replication factor > broker count, unknown config keys), so do not rely on the dev broker
 to validate a spec.
-
-``read_to_end`` reads to the end offsets (ListOffsets), the true end on Kafka, with a Tansu
-workaround: Tansu's ListOffsets reports the first offset of the last batch + 1, so a reader
-that stopped there would silently drop the tail of every partition; the high watermark of the
-first Fetch response is right on both brokers, and the larger of the two is the end.
 """
 
 from __future__ import annotations
@@ -16,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, NamedTuple, overload
+from typing import Any, NamedTuple
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
@@ -35,8 +29,6 @@ __all__ = [
     "TopicSpec",
     "TopicSpecMismatch",
     "ensure_topics",
-    "iter_to_end",
-    "read_to_end",
     "topic_specs",
 ]
 
@@ -277,194 +269,3 @@ def _has_leaders(topic: dict[str, Any] | None) -> bool:
         and topic["partitions"]
         and all(p["error_code"] == 0 and p["leader"] >= 0 for p in topic["partitions"])
     )
-
-
-def assigned_reader(
-    client_options: Mapping[str, Any],
-    *,
-    client_id: str | None = None,
-    fetch_max_wait_ms: int = 200,
-    committed_only: bool = True,
-) -> AIOKafkaConsumer:
-    """A consumer for manual `assign`: no group, nothing committed, from the earliest
-    offset, and by default `read_committed`, what consumers of a `--exactly-once` worker see
-    (no record of an aborted batch). `client_options`: `Settings.aiokafka_kwargs()`."""
-    options = {**client_options, **({"client_id": client_id} if client_id else {})}
-    return AIOKafkaConsumer(
-        **options,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        isolation_level="read_committed" if committed_only else "read_uncommitted",
-        fetch_max_wait_ms=fetch_max_wait_ms,
-    )
-
-
-async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int] | None:
-    """Partition ids of `topic` as the broker reports them now; None if it has no such topic.
-
-    `consumer.partitions_for_topic` only knows topics already in the consumer's metadata, and
-    on Kafka that is none after `start()`: aiokafka bootstraps with a Metadata request for no
-    topics (Tansu answers that one with every topic, which hid this until the suite ran on
-    Kafka). A request for *all* topics refreshes it without naming the topic, because naming
-    it would auto-create it on Tansu (and on Kafka with auto-create on). aiokafka exposes
-    that request only on its client (`AIOKafkaClient.fetch_all_metadata`, public there),
-    reached through the consumer's client (`streams.internals.all_topics_metadata`).
-    """
-    from streams.internals import all_topics_metadata  # imports Faust: only when needed
-
-    cluster = await all_topics_metadata(consumer)
-    partitions = cluster.partitions_for_topic(topic)
-    return set(partitions) if partitions else None
-
-
-async def iter_to_end(
-    bootstrap: str,
-    topic: str,
-    *,
-    partitions: Sequence[int] | None = None,
-    idle_timeout: float = 30.0,
-    poll_ms: int = 100,
-    client_options: Mapping[str, Any] | None = None,
-    committed_only: bool = True,
-) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
-    """Yield every record of ``topic`` from the beginning up to the end as of the call.
-
-    Uses manual ``assign`` (no consumer group, nothing committed) and, by default, reads as a
-    ``read_committed`` consumer: records of aborted transactions (a `--exactly-once` worker
-    that crashed mid-batch) are skipped, and the end is the last stable offset. Without
-    transactions on the topic that is simply its end. ``committed_only=False`` reads every
-    record written, aborted ones included.
-
-    The end of a partition is its end offset from ListOffsets (`end_offsets`), the true end
-    on Kafka. **Tansu workaround:** Tansu's ListOffsets reports the first offset of the last
-    batch + 1, short of the true end; the stable offset (or, reading uncommitted, the high
-    watermark) of the partition's first Fetch response is right on both brokers, so the end
-    is the larger of the two (on Kafka they agree). A partition is done when
-    ``position >= end`` (the position moves past transaction markers too); records at or
-    past the end (produced after the call) are not yielded, so the result is a consistent
-    snapshot.
-
-    Order: offset order within a partition; partitions interleave as fetched.
-    Raises :class:`TopicNotFound` if the topic does not exist, ``TimeoutError`` if no
-    progress is made for ``idle_timeout`` seconds. ``client_options`` are extra aiokafka
-    consumer settings (security: ``Settings.aiokafka_kwargs()``).
-    """
-    consumer = assigned_reader(
-        {**(client_options or {}), "bootstrap_servers": bootstrap},
-        client_id="leadflow-read-to-end",
-        committed_only=committed_only,
-        # Brokers hold a Fetch for an empty partition up to fetch_max_wait_ms before
-        # answering; the answer (highwater 0) is what tells us it is empty, so keep it short.
-        fetch_max_wait_ms=100,
-    )
-    fetched_end = consumer.last_stable_offset if committed_only else consumer.highwater
-    await consumer.start()
-    try:
-        available = await partitions_of(consumer, topic)
-        if not available:
-            raise TopicNotFound(topic)
-        wanted = sorted(available if partitions is None else set(partitions) & available)
-        tps = [TopicPartition(topic, p) for p in wanted]
-        if not tps:
-            return
-        listed = await consumer.end_offsets(tps)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        # A partition's end is known once its first Fetch response arrived (Tansu workaround).
-        end: dict[TopicPartition, int] = {}
-        remaining = set(tps)
-        last_progress = time.monotonic()
-
-        def known_end(tp: TopicPartition) -> int | None:
-            if tp not in end:
-                fetched = fetched_end(tp)
-                if fetched is None:
-                    return None  # no Fetch response for this partition yet
-                end[tp] = max(fetched, listed.get(tp, 0))
-            return end[tp]
-
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=poll_ms)
-            progressed = False
-            for tp, records in batches.items():
-                stop = known_end(tp)
-                for rec in records:
-                    if stop is not None and rec.offset >= stop:
-                        break
-                    progressed = True
-                    yield rec
-            for tp in list(remaining):
-                if tp not in end and known_end(tp) is not None:
-                    progressed = True
-                if tp in end and await consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-                    consumer.pause(tp)
-                    progressed = True
-            now = time.monotonic()
-            if progressed:
-                last_progress = now
-            elif now - last_progress > idle_timeout:
-                detail = {
-                    tp.partition: (await consumer.position(tp), end.get(tp)) for tp in remaining
-                }
-                raise TimeoutError(
-                    f"read_to_end({topic!r}) made no progress for {idle_timeout}s; "
-                    f"partition: (position, end) = {detail}"
-                )
-    finally:
-        await consumer.stop()
-
-
-@overload
-async def read_to_end(
-    bootstrap: str,
-    topic: str,
-    *,
-    value_only: Literal[False] = ...,
-    partitions: Sequence[int] | None = ...,
-    idle_timeout: float = ...,
-    client_options: Mapping[str, Any] | None = ...,
-    committed_only: bool = ...,
-) -> list[ConsumerRecord[bytes, bytes]]: ...
-@overload
-async def read_to_end(
-    bootstrap: str,
-    topic: str,
-    *,
-    value_only: Literal[True],
-    partitions: Sequence[int] | None = ...,
-    idle_timeout: float = ...,
-    client_options: Mapping[str, Any] | None = ...,
-    committed_only: bool = ...,
-) -> list[bytes | None]: ...
-async def read_to_end(
-    bootstrap: str,
-    topic: str,
-    *,
-    value_only: bool = False,
-    partitions: Sequence[int] | None = None,
-    idle_timeout: float = 30.0,
-    client_options: Mapping[str, Any] | None = None,
-    committed_only: bool = True,
-) -> list[ConsumerRecord[bytes, bytes]] | list[bytes | None]:
-    """All records of ``topic`` (see :func:`iter_to_end`), sorted by (partition, offset).
-
-    With ``value_only`` return just the raw values. Holds everything in memory; use
-    :func:`iter_to_end` to stream large topics.
-    """
-    records = [
-        r
-        async for r in iter_to_end(
-            bootstrap,
-            topic,
-            partitions=partitions,
-            idle_timeout=idle_timeout,
-            client_options=client_options,
-            committed_only=committed_only,
-        )
-    ]
-    records.sort(key=lambda r: (r.partition, r.offset))
-    if value_only:
-        return [r.value for r in records]
-    return records

@@ -1,7 +1,7 @@
 """Reading the history and policies topics whole, for export and for the offline commands.
 
 Reads stop at the true end of every partition: the high watermark of the fetch responses
-(`streams.kafka.topics.iter_to_end`), never `end_offsets`, which on the dev broker (Tansu) reports
+(`streams.kafka.readers.iter_to_end`), never `end_offsets`, which on the dev broker (Tansu) reports
 the start of the last batch and would silently drop the newest records.
 """
 
@@ -22,7 +22,8 @@ from pydantic import BaseModel, ValidationError
 from events.codec import decode_model, describe_validation_error
 from events.outbound import HistoryRecord
 from lifecycle.policy import Policy
-from streams.kafka.topics import TopicNotFound, iter_to_end, partitions_of, read_to_end
+from streams.kafka.readers import iter_to_end, partitions_of, read_to_end
+from streams.kafka.topics import TopicNotFound
 from streams.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)

@@ -33,7 +33,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.kafka.publish import make_producer
-from streams.kafka.topics import app_id, iter_to_end
+from streams.kafka.readers import iter_to_end
+from streams.kafka.topics import app_id
 from streams.settings import Settings
 from streams.tools.export import topic_partitions
 

@@ -20,7 +20,8 @@ from rich.markup import escape
 
 from events.inbound import Event
 from events.outbound import DeadLetter, HistoryRecord, StageChanged
-from streams.kafka.topics import TopicNames, TopicNotFound, assigned_reader, partitions_of
+from streams.kafka.readers import assigned_reader, partitions_of
+from streams.kafka.topics import TopicNames, TopicNotFound
 from streams.settings import Settings
 from streams.tools.export import parse_value
 

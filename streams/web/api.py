@@ -40,7 +40,7 @@ from lifecycle.policy import Policy
 from lifecycle.state import PersonState
 from lifecycle.temperature import temperature
 from streams.internals import writing_for
-from streams.kafka.topics import iter_to_end
+from streams.kafka.readers import iter_to_end
 from streams.web.access import ADMIN, INGEST, READ, AccessLog, Grant, bearer
 from streams.web.changefeed import ChangeFeed
 from streams.web.contracts import RECENT_DEFAULT, RECENT_MAX

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from events.outbound import PersonAliased, StageChanged
 from lifecycle.funnel import Funnel
-from streams.kafka.topics import assigned_reader, partitions_of
+from streams.kafka.readers import assigned_reader, partitions_of
 
 log = logging.getLogger(__name__)
 

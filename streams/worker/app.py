@@ -33,7 +33,8 @@ from streams.internals import (
     set_fetch_max_wait,
 )
 from streams.kafka import topics
-from streams.kafka.topics import TopicNames, TopicNotFound, TopicSpec, iter_to_end
+from streams.kafka.readers import iter_to_end
+from streams.kafka.topics import TopicNames, TopicNotFound, TopicSpec
 from streams.settings import Settings
 from streams.web.api import Api, install_api
 from streams.worker import metrics

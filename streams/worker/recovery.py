@@ -38,7 +38,7 @@ from lifecycle.dedup import stored
 from lifecycle.evolve import evolve
 from lifecycle.state import PersonState
 from streams.internals import writing_for
-from streams.kafka.topics import iter_to_end
+from streams.kafka.readers import iter_to_end
 from streams.worker.agent import PartitionProcessor, partition_event
 from streams.worker.outputs import to_json
 

@@ -34,7 +34,8 @@ from events.inbound import Event
 from lifecycle.policy import Policy, load_preset
 from lifecycle.replay import replay
 from streams.dev.demo import synthetic_events
-from streams.kafka.topics import TopicNames, iter_to_end
+from streams.kafka.readers import iter_to_end
+from streams.kafka.topics import TopicNames
 from streams.settings import Settings
 from streams.tools.reconcile import committed_offsets, reconcile
 from streams.worker.app import app_id

@@ -35,7 +35,7 @@ from events.outbound import DeadLetter, HistoryRecord
 from lifecycle.policy import load_preset
 from lifecycle.verify import verify
 from streams.dev.demo import synthetic_events
-from streams.kafka.topics import read_to_end
+from streams.kafka.readers import read_to_end
 from tests.fixtures.worker import Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -43,7 +43,8 @@ import time
 import pytest
 
 from lifecycle.policy import load_preset
-from streams.kafka.topics import TopicNames, ensure_topics, read_to_end, topic_specs
+from streams.kafka.readers import read_to_end
+from streams.kafka.topics import TopicNames, ensure_topics, topic_specs
 from streams.worker.app import EXIT_TOPICS_LOST
 from tests.faults.harness import (
     Outcome,

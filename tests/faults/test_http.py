@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from events.limits import MAX_PAYLOAD_BYTES
-from streams.kafka.topics import read_to_end
+from streams.kafka.readers import read_to_end
 from tests.fixtures.worker import TOKEN, Worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

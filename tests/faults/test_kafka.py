@@ -27,14 +27,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from lifecycle.policy import load_preset
 from streams.kafka.publish import encode_event
-from streams.kafka.topics import (
-    TopicNames,
-    ensure_topics,
-    iter_to_end,
-    partitions_of,
-    read_to_end,
-    topic_specs,
-)
+from streams.kafka.readers import iter_to_end, partitions_of, read_to_end
+from streams.kafka.topics import TopicNames, ensure_topics, topic_specs
 from streams.worker.app import changelog_spec
 from streams.worker.run import policy_record
 from tests.faults.harness import (

@@ -27,7 +27,7 @@ from lifecycle.replay import fold, replay
 from lifecycle.verify import verify
 from streams.dev.demo import synthetic_events
 from streams.kafka.publish import KeyPartitions
-from streams.kafka.topics import iter_to_end
+from streams.kafka.readers import iter_to_end
 from streams.tools.reconcile import reconcile
 from tests.faults.harness import Publisher, settings_for, settled_check_repaired
 from tests.fixtures.worker import Worker, wait_for

@@ -33,7 +33,8 @@ from events.outbound import HistoryRecord, StageChanged
 from lifecycle.policy import Policy, load_policy
 from lifecycle.replay import replay
 from lifecycle.verify import change_facts, verify
-from streams.kafka.topics import TopicNames, read_to_end
+from streams.kafka.readers import read_to_end
+from streams.kafka.topics import TopicNames
 from tests.fixtures.core import custom_policy
 from tests.fixtures.worker import LEADFLOW, Worker, event_at, wait_for
 

@@ -27,7 +27,7 @@ from lifecycle.policy import load_preset
 from lifecycle.replay import replay
 from lifecycle.verify import verify
 from streams.dev.demo import synthetic_events
-from streams.kafka.topics import iter_to_end, read_to_end
+from streams.kafka.readers import iter_to_end, read_to_end
 from streams.settings import Settings
 from streams.worker.app import app_id
 from tests.fixtures.worker import LEADFLOW, Worker, keyed, publish, wait_for

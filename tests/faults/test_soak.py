@@ -22,7 +22,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.dev.demo import synthetic_events
-from streams.kafka.topics import read_to_end
+from streams.kafka.readers import read_to_end
 from tests.fixtures.worker import Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -24,6 +24,7 @@ from streams.dev.broker import (
     free_port,
     kafka_ping,
 )
+from streams.kafka.readers import read_to_end
 from streams.kafka.topics import (
     DEAD_LETTER_RETENTION_MS,
     TopicNames,
@@ -31,7 +32,6 @@ from streams.kafka.topics import (
     TopicSpec,
     TopicSpecMismatch,
     ensure_topics,
-    read_to_end,
     topic_specs,
 )
 

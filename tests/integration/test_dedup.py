@@ -23,7 +23,7 @@ from lifecycle.policy import load_preset
 from lifecycle.replay import Replayer, fold
 from lifecycle.verify import change_facts, verify
 from streams.dev.demo import synthetic_events
-from streams.kafka.topics import read_to_end
+from streams.kafka.readers import read_to_end
 from tests.fixtures.worker import Worker, caught_up, keyed, publish, wait_for
 
 pytestmark = pytest.mark.integration

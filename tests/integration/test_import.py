@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from events.codec import decode_event
 from streams.cli.main import app
-from streams.kafka.topics import TopicNames, read_to_end
+from streams.kafka.readers import read_to_end
+from streams.kafka.topics import TopicNames
 
 pytestmark = pytest.mark.integration
 

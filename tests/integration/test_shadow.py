@@ -19,7 +19,7 @@ from lifecycle.simulate import simulate
 from streams.dev.broker import free_port
 from streams.dev.demo import synthetic_events
 from streams.dev.process import ChildProcess
-from streams.kafka.topics import read_to_end
+from streams.kafka.readers import read_to_end
 from streams.worker.shadow import shadow_topic
 
 pytestmark = pytest.mark.integration

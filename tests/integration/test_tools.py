@@ -29,7 +29,8 @@ from streams.cli.main import app
 from streams.dev.broker import LocalBroker, free_port
 from streams.dev.demo import synthetic_events
 from streams.kafka.publish import encode_event, publish
-from streams.kafka.topics import TopicNames, partitions_of, read_to_end
+from streams.kafka.readers import partitions_of, read_to_end
+from streams.kafka.topics import TopicNames
 from streams.settings import Settings
 from streams.tools.export import read_history_topic, read_policies_topic
 from streams.tools.tail import follow

@@ -30,7 +30,8 @@ from streams.cli.main import app as cli_app
 from streams.dev.broker import LocalBroker, free_port
 from streams.dev.demo import synthetic_events
 from streams.dev.process import ChildProcess
-from streams.kafka.topics import TopicNames, read_to_end
+from streams.kafka.readers import read_to_end
+from streams.kafka.topics import TopicNames
 from tests.fixtures.worker import caught_up, event_at, keyed, publish
 
 pytestmark = pytest.mark.integration
