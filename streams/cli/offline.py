@@ -364,7 +364,7 @@ def schema(
     out_dir: Annotated[Path, typer.Option("--out", help="directory for the JSON Schema files")],
 ) -> None:
     """Write the JSON Schema of every message (and the policy) into a directory."""
-    from streams.web.contracts import write_schemas
+    from streams.web.documents import write_schemas
 
     written = write_schemas(out_dir)
     for path in written:

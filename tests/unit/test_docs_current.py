@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.web.contracts import documents, render
+from streams.web.documents import documents, render
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
