@@ -117,7 +117,8 @@ async def test_reconcile_finds_and_repairs_committed_but_unapplied_events(
     worker.stop()
     await publish(broker.bootstrap, names.events, [keyed(e) for e in lost] + [garbage])
     group = app_id(Settings(broker=broker.url, topic_prefix=prefix))
-    await asyncio.sleep(7)  # the killed member's session (6 s) expires: the group is empty
+    # commit_to_end joins the group and waits for its assignment: the killed member's
+    # session (6 s) expires first, so no sleep is needed.
     await commit_to_end(broker.bootstrap, group, names.events)
 
     worker = Worker(broker, names, tmp_path, "w2")

@@ -22,8 +22,8 @@ from streams.dev.broker import (
     TansuBroker,
     TansuNotInstalled,
     free_port,
-    kafka_ping,
 )
+from streams.dev.probe import kafka_ping
 from streams.kafka.readers import read_to_end
 from streams.kafka.topics import (
     DEAD_LETTER_RETENTION_MS,
