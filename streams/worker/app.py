@@ -13,66 +13,47 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import threading
-import time
-from typing import Any, NoReturn
+from typing import Any
 
 import faust
-from aiokafka import AIOKafkaClient
 from faust.types import TP
 
-from events.outbound import HistoryRecord
-from lifecycle.policy import Policy, named_policy
+from lifecycle.policy import Policy
 from streams.internals import (
     BatchingApp,
     BatchingConsumer,
     forbid_auto_creation,
-    open_transactions,
-    parse_transactional_id,
-    set_fetch_max_wait,
 )
 from streams.kafka import topics
-from streams.kafka.readers import iter_to_end
-from streams.kafka.topics import TopicNames, TopicNotFound, TopicSpec
+from streams.kafka.topics import TopicNames, TopicSpec
 from streams.settings import Settings
 from streams.web.api import Api, install_api
 from streams.worker import metrics
 from streams.worker.agent import BATCH_SIZE, Batcher, PartitionProcessor
+from streams.worker.assignment import install_assignment, shadows_of
 from streams.worker.dedup_store import DedupStore
 from streams.worker.drain import Feed
 from streams.worker.outputs import Outputs
-from streams.worker.recovery import recover_partitions
-from streams.worker.shadow import Shadow, shadow_topic
 from streams.worker.sweeper import sweep
+from streams.worker.watch import TOPICS_CHECK_INTERVAL, TopicsWatch
 
 log = logging.getLogger(__name__)
 
 #: The person table's name (its changelog is "{app id}-persons-changelog").
 PERSON_TABLE = "persons"
 LAG_INTERVAL = 5.0
-#: Seconds between checks that the broker still has leadflow's topics (see `TopicsWatch`).
-TOPICS_CHECK_INTERVAL = 3.0
-#: Exit status of a worker whose broker lost its topics: restart it (see `topics_lost`).
-EXIT_TOPICS_LOST = 3
+#: Topics are raw bytes (see the module docstring).
+RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
 
 
 def app_id(settings: Settings) -> str:
     """The Faust app id: the consumer group and the prefix of the table's changelog topic."""
     return topics.app_id(settings.topic_prefix)
-
-
-def shorten_fetch_wait(app: faust.App, wait_ms: int) -> None:
-    """Set the worker consumer's fetch wait, which Faust hard-codes to 1,500 ms.
-
-    Kafka answers a fetch as soon as data arrives, so the wait only bounds idle polls there;
-    Tansu holds every fetch for the whole wait (measured: 715 ms median per hop at 1,500 ms,
-    16 ms at 100 ms), which made it most of the event → stage change latency. Read by
-    aiokafka's fetcher for every request, so setting it on a running consumer takes effect
-    at the next fetch.
-    """
-    if not set_fetch_max_wait(app, wait_ms):  # another transport: keep its default
-        log.warning("cannot set the fetch wait on %s", type(app.consumer).__name__)
 
 
 def changelog_spec(settings: Settings) -> TopicSpec:
@@ -112,15 +93,8 @@ class LeadflowApp(BatchingApp):
     feed: Feed
 
 
-def make_app(
-    settings: Settings,
-    policy: Policy,
-    *,
-    cache_size: int = 100_000,
-    batch_size: int = BATCH_SIZE,
-) -> LeadflowApp:
-    forbid_auto_creation()
-    names = settings.topics
+def faust_options(settings: Settings) -> dict[str, Any]:
+    """The Faust app's settings for a leadflow worker."""
     options: dict[str, Any] = {
         "broker": settings.broker,
         "broker_session_timeout": settings.session_timeout,
@@ -157,16 +131,23 @@ def make_app(
     creds = credentials(settings)
     if creds is not None:
         options["broker_credentials"] = creds
-    app = LeadflowApp(app_id(settings), **options)
-    app.settings, app.policy, app.names = settings, policy, names
+    return options
 
-    raw = {
-        "key_type": bytes,
-        "value_type": bytes,
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-    }
-    app.events_topic = app.topic(names.events, partitions=settings.partitions, **raw)
+
+def make_app(
+    settings: Settings,
+    policy: Policy,
+    *,
+    cache_size: int = 100_000,
+    batch_size: int = BATCH_SIZE,
+) -> LeadflowApp:
+    """The composition root: the app, its topics and table, the processor, the agent, the
+    assignment handlers, the timers, the pages and the HTTP API."""
+    forbid_auto_creation()
+    names = settings.topics
+    app = LeadflowApp(app_id(settings), **faust_options(settings))
+    app.settings, app.policy, app.names = settings, policy, names
+    app.events_topic = app.topic(names.events, partitions=settings.partitions, **RAW)
     app.persons = app.Table(
         PERSON_TABLE,
         default=None,
@@ -178,63 +159,35 @@ def make_app(
     # Applied event ids, beside the table (RocksDB with the rocksdb store); no changelog:
     # recovery rebuilds it from history at every assignment (streams.worker.dedup_store).
     seen = DedupStore(settings.data_dir / "dedup" if settings.store == "rocksdb" else None)
-    lifecycle = app.lifecycle = PartitionProcessor(
+    app.lifecycle = PartitionProcessor(
         app, policy, names, app.persons, cache_size=cache_size, seen=seen
     )
-
     app.feed = Feed({names.events})
+    install_agent(app, batch_size)
+    install_assignment(app)
+    install_timers(app)
+    install_pages(app)
+    app.lifecycle.shadows = shadows_of(settings, names)
+    shadows = {s.policy.version: (s.policy, s.topic) for s in app.lifecycle.shadows}
+    app.api = install_api(app, shadows)
+    return app
 
-    # The agent subscribes the worker to the events topic (and makes it an acking topic);
-    # the consumer hands its records to `app.feed` rather than to this stream
-    # (streams.worker.drain), and the agent body processes the feed.
+
+def install_agent(app: LeadflowApp, batch_size: int) -> None:
+    """The agent subscribes the worker to the events topic (and makes it an acking topic);
+    the consumer hands its records to `app.feed` rather than to this stream
+    (streams.worker.drain), and the agent body processes the feed."""
+
     @app.agent(app.events_topic, name="lifecycle", concurrency=1)
     async def lifecycle_agent(stream: faust.StreamT) -> None:
         if not isinstance(app.consumer, BatchingConsumer):
             raise TypeError(f"the worker needs {BatchingConsumer.__name__}, not {app.consumer}")
-        await Batcher(app, app.feed, lifecycle, size=batch_size).run()
+        await Batcher(app, app.feed, app.lifecycle, size=batch_size).run()
 
-    @app.persons.on_recover
-    async def check_against_history() -> None:
-        # Runs after Faust's own table restore and before the events partitions resume.
-        # Faust ignores exceptions from these callbacks, so a failure stops the worker here:
-        # processing a partition whose table was not checked could re-decide persons.
-        try:
-            await take_assignment()
-        except Exception as error:
-            log.exception("recovery from history failed; stopping the worker")
-            await app.crash(error)
 
-    async def take_assignment() -> None:
-        shorten_fetch_wait(app, settings.fetch_max_wait_ms)
-        assigned = {
-            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.events
-        }
-        lifecycle.release(lifecycle.owned - assigned)
-        new = assigned - lifecycle.owned
-        if not new:
-            return
-        try:
-            report = await recover_partitions(
-                lifecycle,
-                new,
-                bootstrap=settings.bootstrap,
-                client_options=settings.aiokafka_kwargs(),
-            )
-        except TopicNotFound as missing:
-            topics_lost([str(missing)])
-        metrics.REBUILT.inc(report.rebuilt)
-        log.info("recovery: %s", report.summary())
-        if lifecycle.shadows:
-            await rebuild_shadows(lifecycle.shadows, new, settings)
-
-    @app.on_partitions_revoked.connect
-    async def forget_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
-        app.feed.clear()
-        partitions = {tp.partition for tp in revoked if tp.topic == names.events}
-        if app.in_transaction and partitions:
-            await abort_uncommitted(app, partitions)
-        lifecycle.release(partitions)
-
+def install_timers(app: LeadflowApp) -> None:
+    """The sweeper, the consumer-lag gauge and the topics watch."""
+    settings, names, lifecycle = app.settings, app.names, app.lifecycle
     sweeper_outputs = Outputs(app, names.events)
 
     @app.timer(settings.sweep_interval, name="sweeper")
@@ -260,12 +213,17 @@ def make_app(
     async def stop_topics_watch(sender: Any, **_: Any) -> None:
         await asyncio.to_thread(watch.stop)
 
+
+def install_pages(app: LeadflowApp) -> None:
+    """`/healthz` and `/metrics`: open, no personal data."""
+    lifecycle = app.lifecycle
+
     @app.page("/healthz")
     async def healthz(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         return web.json(
             {
                 "status": "ok",
-                "policy_version": policy.version,
+                "policy_version": app.policy.version,
                 "partitions": sorted(lifecycle.owned),
                 "events_processed": lifecycle.processed,
             }
@@ -275,140 +233,3 @@ def make_app(
     async def metrics_page(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         body, content_type = metrics.render()
         return web.bytes(body, content_type=content_type)
-
-    lifecycle.shadows = shadows_of(settings, names)
-    app.api = install_api(app, {s.policy.version: (s.policy, s.topic) for s in lifecycle.shadows})
-    return app
-
-
-async def abort_uncommitted(app: faust.App, partitions: set[int]) -> None:
-    """`--exactly-once`: abort what the revoked partitions' transactions hold uncommitted.
-
-    Called after Faust's own revoke commit and producer flush. Faust commits a partition's
-    transaction only with new acked offsets, and its revoke waits for acks at most a second
-    at a time; a batch still in flight then stays in the open transaction. For a partition
-    this worker is assigned again, Faust keeps that producer and its open transaction
-    (`begin_transaction` fails with an invalid state transition, logged and ignored): the
-    batch is processed again from the committed offset, from a state rebuilt from committed
-    history, into the same transaction, and both copies are committed together (found on
-    Kafka: two workers, one kill -9, 338 history records twice). Aborting here drops the
-    first copy, whose inputs were never committed. Faust's producers and transactional ids
-    are read through `streams.internals`.
-    """
-    for tid in open_transactions(app.producer):
-        # every topic group of a revoked partition
-        if parse_transactional_id(app.conf.id, tid) in partitions:
-            log.info("aborting the uncommitted transaction %s of a revoked partition", tid)
-            await app.producer.abort_transaction(tid)
-
-
-def shadows_of(settings: Settings, names: TopicNames) -> list[Shadow]:
-    """The candidate policies of `--shadow`, each with its own stage-change topic."""
-    return [Shadow(p, shadow_topic(names, p)) for p in map(named_policy, settings.shadow)]
-
-
-async def rebuild_shadows(shadows: list[Shadow], partitions: set[int], settings: Settings) -> None:
-    """Shadow states are memory only: replay the newly owned history partitions into them."""
-    started, count = time.monotonic(), 0
-    async for record in iter_to_end(
-        settings.bootstrap,
-        settings.topics.history,
-        partitions=sorted(partitions),
-        client_options=settings.aiokafka_kwargs(),
-    ):
-        event = HistoryRecord.model_validate_json(record.value).event
-        for shadow in shadows:
-            shadow.apply(event)
-        count += 1
-    log.info("shadows: replayed %d history records in %.2fs", count, time.monotonic() - started)
-
-
-class TopicsWatch:
-    """Notices a broker that came back without leadflow's topics (lost its data).
-
-    A single-node broker restarted without its disks (or Tansu, which keeps everything in
-    memory) answers again with no topics, no records, no committed offsets and no group.
-    Faust does not notice: at the next rebalance it waits forever for acks of outputs that
-    can never be delivered, or retries committing to the vanished events topic, and the
-    worker hangs while /healthz still says ok.
-
-    It checks from a thread of its own with its own event loop and client: the worker's loop
-    is exactly what is stuck or flooded then (seen on Kafka under load: the consumer logged
-    ~290k "topic not found in cluster metadata" errors in a minute and a check on the
-    worker's loop never ran).
-    """
-
-    def __init__(self, settings: Settings, topics: tuple[str, ...], interval: float) -> None:
-        self.settings = settings
-        self.topics = topics
-        self.interval = interval
-        self.client: AIOKafkaClient | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=lambda: asyncio.run(self._watch()), name="leadflow-topics-watch", daemon=True
-            )
-            self._thread.start()
-
-    def stop(self, timeout: float = 15.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    async def _watch(self) -> None:
-        try:
-            while not self._stop.is_set():
-                missing = await self.missing()
-                if missing:
-                    topics_lost(missing)
-                await asyncio.to_thread(self._stop.wait, self.interval)
-        finally:
-            await self.close()
-
-    async def missing(self) -> list[str]:
-        """The watched topics the broker says it does not have (none while it is down)."""
-        try:
-            if self.client is None:
-                self.client = AIOKafkaClient(
-                    **self.settings.aiokafka_kwargs(), client_id="leadflow-topics-watch"
-                )
-                await asyncio.wait_for(self.client.bootstrap(), 10)
-            # All topics: a Metadata request naming a missing topic may auto-create it.
-            cluster = await asyncio.wait_for(self.client.fetch_all_metadata(), 10)
-        except Exception as error:  # the broker is down or slow: its clients retry anyway
-            log.debug("topics watch: no metadata (%s)", error)
-            if self.client is not None and not self.client.cluster.brokers():
-                await self.close()  # never bootstrapped: start over next time
-            return []
-        if not cluster.brokers():
-            return []
-        present = cluster.topics()
-        return [topic for topic in self.topics if topic not in present]
-
-    async def close(self) -> None:
-        client, self.client = self.client, None
-        if client is not None:
-            await client.close()
-
-
-def topics_lost(missing: list[str]) -> NoReturn:
-    """Exit at once: the broker lost leadflow's topics, so it lost history and offsets.
-
-    Nothing decided from now on may reach the broker: the person table holds states whose
-    history is gone, and records still buffered in the producer were decided from them. A
-    hard exit drops both (the RocksDB store survives it, as it survives kill -9). Restarted,
-    the worker recreates the topics with their configs and, because its table follows history
-    (`streams.worker.recovery`), starts from what the broker holds now.
-    """
-    log.critical(
-        "the broker lost leadflow's topics (%s missing): its history, offsets and group are "
-        "gone. Exiting with status %d; restart the worker to recreate the topics and "
-        "continue from what the broker holds now",
-        ", ".join(missing),
-        EXIT_TOPICS_LOST,
-    )
-    logging.shutdown()
-    os._exit(EXIT_TOPICS_LOST)

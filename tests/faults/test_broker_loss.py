@@ -45,7 +45,7 @@ import pytest
 from lifecycle.policy import load_preset
 from streams.kafka.readers import read_to_end
 from streams.kafka.topics import TopicNames, ensure_topics, topic_specs
-from streams.worker.app import EXIT_TOPICS_LOST
+from streams.worker.watch import EXIT_TOPICS_LOST
 from tests.faults.harness import (
     Outcome,
     Publisher,

@@ -114,7 +114,7 @@ async def test_exactly_once_two_workers_each_killed_apply_nothing_twice(
 ):
     """Two `--exactly-once` workers, each killed once mid-stream: the survivor's rebalance
     must not commit a batch twice (Faust keeps a kept partition's open transaction across
-    the rebalance; `streams.worker.app.abort_uncommitted` drops it)."""
+    the rebalance; `streams.worker.assignment.abort_uncommitted` drops it)."""
     names = await make_topics(partitions=4)
     settings = settings_for(broker.url, names)
     records = make_stream(8_000, 400, seed=17, duplicates=0.0, garbage_every=0)
