@@ -99,19 +99,21 @@ class _Reader:
             )
         return decision
 
-    def events(self, path: Path | None, broker: str | None, prefix: str) -> Iterator[Event]:
+    def events(self, paths: list[Path] | None, broker: str | None, prefix: str) -> Iterator[Event]:
         if broker and self.mapping:
             raise _fail("--mapping reads a CSV file given with --events, not a topic")
         if broker:
             for record in _history_from_broker(broker, prefix):
                 yield record.event
             return
+        path = _one_file(paths, self.mapping)
         if path is None:
             raise _fail("give --events FILE or --broker URL")
-        if not path.exists():
-            raise _fail(f"{path}: no such file")
+        for each in paths or ():
+            if not each.exists():
+                raise _fail(f"{each}: no such file")
         if self.mapping is not None:
-            yield from self._mapped(path, self.mapping)
+            yield from self._mapped(paths or [], self.mapping)
             return
         try:
             yield from read_events(
@@ -120,14 +122,14 @@ class _Reader:
         except BadLine as error:
             raise _fail(str(error), 1) from None
 
-    def _mapped(self, path: Path, mapping: Path) -> Iterator[Event]:
+    def _mapped(self, paths: list[Path], mapping: Path) -> Iterator[Event]:
         from streams.mapping import ImportStats, MappingError, load_mapping, read_mapped
 
         self.stats = stats = ImportStats()
         try:
             rules = load_mapping(mapping)
             yield from read_mapped(
-                [path], rules, stats=stats, on_error=self.report, strict=self.strict, progress=True
+                paths, rules, stats=stats, on_error=self.report, strict=self.strict, progress=True
             )
         except MappingError as error:
             raise _fail(str(error)) from None
@@ -154,6 +156,19 @@ class _Reader:
             err.print(f"{self.stats.bad} bad line(s) skipped of {self.stats.lines}")
         if self.conflicts:
             err.print(f"{self.conflicts} event(s) reusing an event id with other content skipped")
+
+
+def _one_file(paths: list[Path] | None, mapping: Path | None) -> Path | None:
+    """The --events file (the first of several CSV exports, which only a mapping reads
+    together, in the order given, as `leadflow import` does); None if none is given."""
+    if not paths:
+        return None
+    if len(paths) > 1 and mapping is None:
+        raise _fail(
+            f"{len(paths)} --events files: several are read together only as CSV exports "
+            "with --mapping; give one JSONL file (join them with cat)"
+        )
+    return paths[0]
 
 
 def _history_from_broker(broker: str, prefix: str) -> list[Any]:
@@ -228,20 +243,21 @@ def replay(
 
     rules = _policy(policy, preset)
     cutoff = _as_of(as_of)
+    file = _one_file(events, mapping)
     if partitions is not None or partial_out is not None:
         options = {"person": person, "as_of": as_of, "state": state}
         commands_partials.replay_share(
-            broker, topic_prefix, partitions, partial_out, events, rules, cutoff, options
+            broker, topic_prefix, partitions, partial_out, file, rules, cutoff, options
         )
         return
     reader = _Reader(strict, mapping)
-    if events is not None and _shardable(events, broker, mapping, strict):
+    if file is not None and _shardable(file, broker, mapping, strict):
         from streams.sharded import default_jobs, replay_sharded
 
-        jobs = jobs or default_jobs(events)
+        jobs = jobs or default_jobs(file)
         if jobs > 1:
             totals = replay_sharded(
-                events,
+                file,
                 rules,
                 jobs,
                 person=person,
@@ -343,15 +359,16 @@ def funnel_command(
     if format not in ("table", "json"):
         raise _fail("--format is table or json")
     rules = _policy(policy, preset)
+    file = _one_file(events, mapping)
     if partitions is not None or partial_out is not None:
         options = {"format": format, "by": by}
         if cohort is not None:
             commands_partials.cohort_share(
-                broker, topic_prefix, partitions, partial_out, events, rules, cohort, options
+                broker, topic_prefix, partitions, partial_out, file, rules, cohort, options
             )
             return
         commands_partials.funnel_share(
-            broker, topic_prefix, partitions, partial_out, events, rules, options
+            broker, topic_prefix, partitions, partial_out, file, rules, options
         )
         return
     if cohort is not None:
@@ -391,7 +408,7 @@ def simulate(
     if partitions is not None or partial_out is not None:
         options = {"format": format, "limit": limit}
         commands_partials.simulate_share(
-            broker, topic_prefix, partitions, partial_out, events, a, b, options
+            broker, topic_prefix, partitions, partial_out, _one_file(events, mapping), a, b, options
         )
         return
     reader = _Reader(strict, mapping)

@@ -65,13 +65,12 @@ def _summary(stats: ImportStats, where: str, in_time_order: bool) -> None:
         highlight=False,
         markup=False,
     )
-    if stats.skipped:
-        reasons = "; ".join(f"{why}: {n:,}" for why, n in stats.skipped.most_common(5))
-        err.print(
-            f"skipped by condition: {stats.skipped_rows:,} rows ({reasons})",
-            highlight=False,
-            markup=False,
-        )
+    reasons = "; ".join(f"{why}: {n:,}" for why, n in stats.skipped.most_common(5))
+    err.print(
+        f"skipped by condition: {stats.skipped_rows:,} rows" + (f" ({reasons})" if reasons else ""),
+        highlight=False,
+        markup=False,
+    )
     if stats.duplicates:
         err.print(f"same event twice (one kept): {stats.duplicates:,}", highlight=False)
     err.print(

@@ -537,6 +537,7 @@ def test_import_writes_jsonl_and_a_summary(tmp_path: Path):
     assert f"{tmp_path / 'deals-bad.csv'}:2: occurred_at: 'someday'" in result.stderr
     assert "read 4 rows (mqls.csv 2, deals.csv 1, deals-bad.csv 1)" in result.stderr
     assert "3 events in time order (stable): contact_sales 2, deal_won 1" in result.stderr
+    assert "skipped by condition: 0 rows" in result.stderr  # said even when none
     assert "bad rows: 1" in result.stderr
 
 
@@ -577,6 +578,26 @@ def test_funnel_reads_a_csv_directly_with_a_mapping(tmp_path: Path):
     )
     assert result.exit_code == 0, result.output
     assert '"mql": 2' in result.stdout
+
+
+def test_funnel_reads_several_exports_with_one_mapping_as_import_does(tmp_path: Path):
+    """The day-one backfill is two files (hand-raises, won deals): both are read, not the
+    last `--events` alone."""
+    mapping = write(tmp_path, "map.yaml", TWO_FILES)
+    files = [a for path in two_files(tmp_path) for a in ("-e", str(path))]
+    result = runner.invoke(app, ["funnel", *files, "-m", str(mapping), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert '"mql": 2' in result.stdout and '"customer": 1' in result.stdout
+    calibrated = runner.invoke(app, ["calibrate", *files, "-m", str(mapping), "--format", "json"])
+    assert calibrated.exit_code == 0, calibrated.output
+    assert '"events": 3' in calibrated.stdout
+
+
+def test_several_events_files_without_a_mapping_are_refused_not_dropped(tmp_path: Path):
+    one, two = write(tmp_path, "a.jsonl", ""), write(tmp_path, "b.jsonl", "")
+    result = runner.invoke(app, ["funnel", "-e", str(one), "-e", str(two)])
+    assert result.exit_code == 2
+    assert "2 --events files: several are read together only as CSV exports" in result.stderr
 
 
 def test_a_csv_without_a_mapping_is_rejected_once_with_a_hint_not_per_line(tmp_path: Path):
