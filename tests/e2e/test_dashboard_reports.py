@@ -122,6 +122,19 @@ async def test_dashboard_shows_measured_conversion_proposal_cohorts_and_time_in_
                 else:
                     assert await bar.get_attribute("data-value") == _js(days[q])
 
+        # Every label of the two charts is drawn inside its SVG ("opportunity", not "opportunit").
+        clipped = await page.evaluate(
+            """() => [...document.querySelectorAll('#cohorts svg, #time-in-stage svg')]
+                .flatMap((svg) => {
+                  const box = svg.getBoundingClientRect();
+                  return [...svg.querySelectorAll('text')].filter((t) => {
+                    const r = t.getBoundingClientRect();
+                    return r.bottom > box.bottom + 0.5 || r.right > box.right + 0.5;
+                  }).map((t) => t.textContent);
+                })"""
+        )
+        assert clipped == [], f"chart labels cut off: {clipped}"
+
         screenshot = tmp_path / "dashboard-reports.png"
         await page.screenshot(path=str(screenshot), full_page=True)
 
