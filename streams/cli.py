@@ -440,21 +440,28 @@ def print_simulation(result: Any, name_a: str, name_b: str, limit: int, format: 
         a_cell, b_cell = reached(result.funnel_a, stage), reached(result.funnel_b, stage)
         table.add_row(stage, a_cell, b_cell, f"{other - count:+d}")
     out.print(table)
+
+    def rate(entry: dict[str, Any]) -> str:
+        return "– (no MQLs)" if entry["rate"] is None else str(entry["rate"])
+
     for step in ("mql->sql", "mql->customer"):
         ca, cb = result.funnel_a.conversion[step], result.funnel_b.conversion[step]
         wa, wb = result.funnel_a.conversion_reached[step], result.funnel_b.conversion_reached[step]
         out.print(
-            f"{step}: {ca['rate']} → {cb['rate']} over MQLs the policy made "
-            f"({ca['from']} → {cb['from']}); with sales-sourced MQLs {wa['rate']} → {wb['rate']}",
+            f"{step}: {rate(ca)} → {rate(cb)} over MQLs the policy made "
+            f"({ca['from']} → {cb['from']}); with sales-sourced MQLs {rate(wa)} → {rate(wb)}",
             highlight=False,
         )
     shown = result.differing[:limit]
     if result.conflicts:
         err.print(f"{result.conflicts} event(s) reusing an event id with other content skipped")
     out.print(f"{len(result.differing)} persons end differently; first {len(shown)}:")
+
+    def outcome(stage: str | None, highest: str | None) -> str:
+        return "no stage" if stage is None else f"{stage} (highest {highest})"
+
     for o in shown:
-        a_side = f"{o.stage_a} (highest {o.highest_a})"
-        b_side = f"{o.stage_b} (highest {o.highest_b})"
+        a_side, b_side = outcome(o.stage_a, o.highest_a), outcome(o.stage_b, o.highest_b)
         out.print(f"  {o.person_id}: {a_side} → {b_side}", highlight=False)
 
 
