@@ -128,6 +128,7 @@ class _Reader:
         self.stats = stats = ImportStats()
         try:
             rules = load_mapping(mapping)
+            commands_import.warn_unknown_types(rules, mapping)
             yield from read_mapped(
                 paths, rules, stats=stats, on_error=self.report, strict=self.strict, progress=True
             )

@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 from events.inbound import Event
 from streams.cli import app
 from streams.files import BadLine
-from streams.mapping import ImportStats, MappingError, parse_mapping, read_mapped
+from streams.mapping import (
+    ImportStats,
+    MappingError,
+    parse_mapping,
+    read_mapped,
+    unknown_event_types,
+)
 
 runner = CliRunner()
 
@@ -498,6 +504,10 @@ def test_strict_raises_at_the_first_bad_row(tmp_path: Path):
             BASE.replace("{column: at}", "{column: at, format: dd-mm-yyyy}"),
             "a strptime format (%d-%m-%Y), iso, epoch_s or epoch_ms",
         ),
+        (  # a directive strptime lacks would fail every row: said once, at its line
+            BASE.replace("{column: at}", '{column: at, format: [iso, "%d-%m-%Y %Q"]}'),
+            "map.yaml:6: events.0.occurred_at.format: '%d-%m-%Y %Q': 'Q' is a bad directive",
+        ),
         (with_field('campaign: "{unclosed"'), "map.yaml:7: events.0.campaign: template"),
         (
             with_field("source: {column: s, default: skip}"),
@@ -560,6 +570,27 @@ def test_strict_import_with_a_bad_row_writes_nothing(tmp_path: Path):
     assert "deals-bad.csv:2: occurred_at" in result.stderr
     assert "--strict: nothing written" in result.stderr
     assert not out.exists() and list(tmp_path.glob(".*partial")) == []
+
+
+def test_a_type_no_schema_defines_is_warned_of_as_a_likely_typo(tmp_path: Path):
+    """`demo_requestd` would import events the core records with no effect."""
+    typo = BASE.replace("type: form_submitted", "type: form_submited")
+    mapped_type = BASE.replace(
+        "type: form_submitted",
+        "type: {column: kind, map: {Demo: demo_requestd, Note: skip}, default: '{kind}'}",
+    )
+    assert unknown_event_types(parse_mapping(typo)) == ["form_submited"]
+    assert unknown_event_types(parse_mapping(mapped_type)) == ["demo_requestd"]
+    assert unknown_event_types(parse_mapping(BASE)) == []
+
+    mapping = write(tmp_path, "map.yaml", typo)
+    path = write(tmp_path, "rows.csv", "id,person,at\n1,p1,2026-01-01T00:00:00Z\n")
+    for args in (["import", str(path)], ["funnel", "-e", str(path)]):
+        result = runner.invoke(app, [*args, "-m", str(mapping)])
+        assert result.exit_code == 0, result.output
+        assert f"warning: {mapping}: event type 'form_submited' is not a known type" in (
+            result.stderr
+        )
 
 
 def test_import_with_a_broken_mapping_exits_2_naming_the_line(tmp_path: Path):
