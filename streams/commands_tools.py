@@ -238,6 +238,10 @@ def _send_mapping(file: Path, csv_map: list[str] | None, mapping: Path | None) -
         check_files([file], rules)
     except MappingError as error:
         raise fail(str(error)) from None
+    if mapping is not None:
+        from streams.commands_import import warn_unknown_types
+
+        warn_unknown_types(rules, mapping)
     return rules
 
 

@@ -585,9 +585,10 @@ def test_a_type_no_schema_defines_is_warned_of_as_a_likely_typo(tmp_path: Path):
 
     mapping = write(tmp_path, "map.yaml", typo)
     path = write(tmp_path, "rows.csv", "id,person,at\n1,p1,2026-01-01T00:00:00Z\n")
-    for args in (["import", str(path)], ["funnel", "-e", str(path)]):
+    send = ["send", str(path), "--broker", "kafka://127.0.0.1:9"]  # nothing listens there
+    for args in (["import", str(path)], ["funnel", "-e", str(path)], send):
         result = runner.invoke(app, [*args, "-m", str(mapping)])
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == (1 if args is send else 0), result.output
         assert f"warning: {mapping}: event type 'form_submited' is not a known type" in (
             result.stderr
         )
