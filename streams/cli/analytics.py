@@ -180,7 +180,7 @@ def _is_history_file(path: Path | None) -> bool:
 
 
 def cohort_funnel(
-    events: Path | None,
+    events: list[Path] | None,
     broker: str | None,
     prefix: str,
     rules: Any,
@@ -193,7 +193,7 @@ def cohort_funnel(
     """`funnel --cohort`: as reported (recorded history) and restated (`rules`), side by side."""
     from lifecycle.cohorts import GROUPS, PERIODS, cohorts
     from lifecycle.replay import replay
-    from streams.cli.reading import EventReader
+    from streams.cli.reading import EventReader, one_file
 
     if period not in PERIODS:
         raise fail(f"--cohort is {' or '.join(PERIODS)}")
@@ -201,8 +201,9 @@ def cohort_funnel(
         raise fail(f"--by is one of {', '.join(GROUPS)}")
     reader = EventReader(strict, mapping)
     reported = None
-    if broker or _is_history_file(events):
-        records = list(reader.history(events, broker, prefix))
+    file = one_file(events, mapping)
+    if broker or (mapping is None and _is_history_file(file)):
+        records = list(reader.history(file, broker, prefix))
         reported = cohorts((c for r in records for c in r.changes), period, by)
         stream = [r.event for r in records]
     else:

@@ -36,8 +36,14 @@ PresetOpt = Annotated[
     str | None, typer.Option("--preset", help=f"a shipped policy: {', '.join(PRESETS)}")
 ]
 EventsOpt = Annotated[
-    Path | None,
-    typer.Option("--events", "-e", help="JSONL of events or an exported history", dir_okay=False),
+    list[Path] | None,
+    typer.Option(
+        "--events",
+        "-e",
+        help="JSONL of events or an exported history; CSV exports with --mapping "
+        "(repeatable: several exports read as `leadflow import` reads them)",
+        dir_okay=False,
+    ),
 ]
 HistoryBrokerOpt = Annotated[
     str | None,

@@ -26,6 +26,7 @@ from streams.tools.mapping import (
     check_files,
     load_mapping,
     read_mapped,
+    unknown_event_types,
 )
 
 
@@ -39,7 +40,19 @@ def _mapping(path: Path, files: list[Path]) -> Mapping:
         check_files(files, mapping)
     except MappingError as error:
         raise fail(str(error)) from None
+    warn_unknown_types(mapping, path)
     return mapping
+
+
+def warn_unknown_types(mapping: Mapping, path: Path) -> None:
+    """A typo in a constant type (`demo_requestd`) would import events that do nothing."""
+    for name in unknown_event_types(mapping):
+        err.print(
+            f"warning: {path}: event type {name!r} is not a known type (typo?); "
+            "events of it are recorded with no effect",
+            highlight=False,
+            markup=False,
+        )
 
 
 def _write_jsonl(events: Iterator[Event], handle: BinaryIO) -> int:
@@ -65,13 +78,12 @@ def _summary(stats: ImportStats, where: str, in_time_order: bool) -> None:
         highlight=False,
         markup=False,
     )
-    if stats.skipped:
-        reasons = "; ".join(f"{why}: {n:,}" for why, n in stats.skipped.most_common(5))
-        err.print(
-            f"skipped by condition: {stats.skipped_rows:,} rows ({reasons})",
-            highlight=False,
-            markup=False,
-        )
+    reasons = "; ".join(f"{why}: {n:,}" for why, n in stats.skipped.most_common(5))
+    err.print(
+        f"skipped by condition: {stats.skipped_rows:,} rows" + (f" ({reasons})" if reasons else ""),
+        highlight=False,
+        markup=False,
+    )
     if stats.duplicates:
         err.print(f"same event twice (one kept): {stats.duplicates:,}", highlight=False)
     err.print(

@@ -34,6 +34,7 @@ from streams.cli.reading import (
     EventReader,
     checked,
     named_policy,
+    one_file,
     parse_as_of,
     policy_of,
     write_rows,
@@ -66,20 +67,21 @@ def replay(
 
     rules = policy_of(policy, preset)
     cutoff = parse_as_of(as_of)
+    file = one_file(events, mapping)
     if partitions is not None or partial_out is not None:
         options = {"person": person, "as_of": as_of, "state": state}
         commands_partials.replay_share(
-            broker, topic_prefix, partitions, partial_out, events, rules, cutoff, options
+            broker, topic_prefix, partitions, partial_out, file, rules, cutoff, options
         )
         return
     reader = EventReader(strict, mapping)
-    if events is not None and _shardable(events, broker, mapping, strict):
+    if file is not None and _shardable(file, broker, mapping, strict):
         from streams.tools.sharded import default_jobs, replay_sharded
 
-        jobs = jobs or default_jobs(events)
+        jobs = jobs or default_jobs(file)
         if jobs > 1:
             totals = replay_sharded(
-                events,
+                file,
                 rules,
                 jobs,
                 person=person,
@@ -180,15 +182,16 @@ def funnel_command(
     if format not in ("table", "json"):
         raise _fail("--format is table or json")
     rules = policy_of(policy, preset)
+    file = one_file(events, mapping)
     if partitions is not None or partial_out is not None:
         options = {"format": format, "by": by}
         if cohort is not None:
             commands_partials.cohort_share(
-                broker, topic_prefix, partitions, partial_out, events, rules, cohort, options
+                broker, topic_prefix, partitions, partial_out, file, rules, cohort, options
             )
             return
         commands_partials.funnel_share(
-            broker, topic_prefix, partitions, partial_out, events, rules, options
+            broker, topic_prefix, partitions, partial_out, file, rules, options
         )
         return
     if cohort is not None:
@@ -227,7 +230,7 @@ def simulate(
     if partitions is not None or partial_out is not None:
         options = {"format": format, "limit": limit}
         commands_partials.simulate_share(
-            broker, topic_prefix, partitions, partial_out, events, a, b, options
+            broker, topic_prefix, partitions, partial_out, one_file(events, mapping), a, b, options
         )
         return
     reader = EventReader(strict, mapping)
@@ -259,21 +262,28 @@ def print_simulation(result: Any, name_a: str, name_b: str, limit: int, format: 
         a_cell, b_cell = reached(result.funnel_a, stage), reached(result.funnel_b, stage)
         table.add_row(stage, a_cell, b_cell, f"{other - count:+d}")
     out.print(table)
+
+    def rate(entry: dict[str, Any]) -> str:
+        return "– (no MQLs)" if entry["rate"] is None else str(entry["rate"])
+
     for step in ("mql->sql", "mql->customer"):
         ca, cb = result.funnel_a.conversion[step], result.funnel_b.conversion[step]
         wa, wb = result.funnel_a.conversion_reached[step], result.funnel_b.conversion_reached[step]
         out.print(
-            f"{step}: {ca['rate']} → {cb['rate']} over MQLs the policy made "
-            f"({ca['from']} → {cb['from']}); with sales-sourced MQLs {wa['rate']} → {wb['rate']}",
+            f"{step}: {rate(ca)} → {rate(cb)} over MQLs the policy made "
+            f"({ca['from']} → {cb['from']}); with sales-sourced MQLs {rate(wa)} → {rate(wb)}",
             highlight=False,
         )
     shown = result.differing[:limit]
     if result.conflicts:
         err.print(f"{result.conflicts} event(s) reusing an event id with other content skipped")
     out.print(f"{len(result.differing)} persons end differently; first {len(shown)}:")
+
+    def outcome(stage: str | None, highest: str | None) -> str:
+        return "no stage" if stage is None else f"{stage} (highest {highest})"
+
     for o in shown:
-        a_side = f"{o.stage_a} (highest {o.highest_a})"
-        b_side = f"{o.stage_b} (highest {o.highest_b})"
+        a_side, b_side = outcome(o.stage_a, o.highest_a), outcome(o.stage_b, o.highest_b)
         out.print(f"  {o.person_id}: {a_side} → {b_side}", highlight=False)
 
 

@@ -19,6 +19,7 @@ from streams.cli.common import (
     err,
 )
 from streams.cli.common import fail as _fail
+from streams.cli.imports import warn_unknown_types
 from streams.tools.files import BadLine, ReadStats, read_events, read_history
 
 
@@ -64,19 +65,21 @@ class EventReader:
             )
         return decision
 
-    def events(self, path: Path | None, broker: str | None, prefix: str) -> Iterator[Event]:
+    def events(self, paths: list[Path] | None, broker: str | None, prefix: str) -> Iterator[Event]:
         if broker and self.mapping:
             raise _fail("--mapping reads a CSV file given with --events, not a topic")
         if broker:
             for record in history_from_broker(broker, prefix):
                 yield record.event
             return
+        path = one_file(paths, self.mapping)
         if path is None:
             raise _fail("give --events FILE or --broker URL")
-        if not path.exists():
-            raise _fail(f"{path}: no such file")
+        for each in paths or ():
+            if not each.exists():
+                raise _fail(f"{each}: no such file")
         if self.mapping is not None:
-            yield from self._mapped(path, self.mapping)
+            yield from self._mapped(paths or [], self.mapping)
             return
         try:
             yield from read_events(
@@ -85,14 +88,15 @@ class EventReader:
         except BadLine as error:
             raise _fail(str(error), 1) from None
 
-    def _mapped(self, path: Path, mapping: Path) -> Iterator[Event]:
+    def _mapped(self, paths: list[Path], mapping: Path) -> Iterator[Event]:
         from streams.tools.mapping import ImportStats, MappingError, load_mapping, read_mapped
 
         self.stats = stats = ImportStats()
         try:
             rules = load_mapping(mapping)
+            warn_unknown_types(rules, mapping)
             yield from read_mapped(
-                [path], rules, stats=stats, on_error=self.report, strict=self.strict, progress=True
+                paths, rules, stats=stats, on_error=self.report, strict=self.strict, progress=True
             )
         except MappingError as error:
             raise _fail(str(error)) from None
@@ -119,6 +123,19 @@ class EventReader:
             err.print(f"{self.stats.bad} bad line(s) skipped of {self.stats.lines}")
         if self.conflicts:
             err.print(f"{self.conflicts} event(s) reusing an event id with other content skipped")
+
+
+def one_file(paths: list[Path] | None, mapping: Path | None) -> Path | None:
+    """The --events file (the first of several CSV exports, which only a mapping reads
+    together, in the order given, as `leadflow import` does); None if none is given."""
+    if not paths:
+        return None
+    if len(paths) > 1 and mapping is None:
+        raise _fail(
+            f"{len(paths)} --events files: several are read together only as CSV exports "
+            "with --mapping; give one JSONL file (join them with cat)"
+        )
+    return paths[0]
 
 
 def history_from_broker(broker: str, prefix: str) -> list[Any]:

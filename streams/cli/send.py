@@ -87,6 +87,10 @@ def _send_mapping(file: Path, csv_map: list[str] | None, mapping: Path | None) -
         check_files([file], rules)
     except MappingError as error:
         raise fail(str(error)) from None
+    if mapping is not None:
+        from streams.cli.imports import warn_unknown_types
+
+        warn_unknown_types(rules, mapping)
     return rules
 
 

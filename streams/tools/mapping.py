@@ -38,7 +38,7 @@ from pydantic import (
     model_validator,
 )
 
-from events.inbound import Event, Profile
+from events.inbound import KNOWN_TYPES, Event, Profile
 from lifecycle.replay import bulk_gc
 from streams.tools.files import PROGRESS_BYTES, BadLine, ReadStats
 
@@ -114,6 +114,20 @@ class Condition(BaseModel):
         return f"{self.column} {name.rstrip('_')}{shown}"
 
 
+def _check_format(fmt: str) -> None:
+    """A strptime format must be one strptime can use: `%Q` would fail every row."""
+    if fmt in ("iso", *EPOCH):
+        return
+    problem = "" if "%" in fmt else "a strptime format (%d-%m-%Y), iso, epoch_s or epoch_ms"
+    if not problem:
+        try:
+            datetime.strptime("", fmt)
+        except ValueError as error:  # "" matches no format; other complaints are the format's
+            problem = "" if "does not match format" in str(error) else str(error)
+    if problem:
+        raise ValueError(f"{fmt!r}: {problem}")
+
+
 class FieldRule(BaseModel):
     """A field from a column (or a template), optionally mapped and parsed."""
 
@@ -133,6 +147,13 @@ class FieldRule(BaseModel):
         description="occurred_at: strptime format(s), iso (default), epoch_s, epoch_ms",
     )
     timezone: Annotated[Zone, Field(description="for times without an offset")] = None
+
+    @field_validator("format")
+    @classmethod
+    def _usable_formats(cls, value: str | list[str] | None) -> str | list[str] | None:
+        for fmt in [value] if isinstance(value, str) else value or []:
+            _check_format(fmt)
+        return value
 
     @model_validator(mode="after")
     def _source(self) -> FieldRule:
@@ -211,13 +232,6 @@ class EventRule(BaseModel):
             spec = getattr(self, name)
             if isinstance(spec, FieldRule) and (spec.format or spec.timezone):
                 raise ValueError(f"{name}: format and timezone apply to occurred_at only")
-        if isinstance(self.occurred_at, FieldRule) and isinstance(self.occurred_at.format, str):
-            fmt = self.occurred_at.format
-            if fmt not in ("iso", *EPOCH) and "%" not in fmt:
-                raise ValueError(
-                    f"occurred_at.format {fmt!r}: a strptime format (%d-%m-%Y), iso, "
-                    "epoch_s or epoch_ms"
-                )
         return self
 
     def conditions(self) -> list[Condition]:
@@ -342,6 +356,21 @@ def parse_mapping(text: str, origin: str = "<mapping>") -> Mapping:
                 message = f"not a profile field ({', '.join(PROFILE)})"
             messages.append(f"{origin}:{line}: {key}: {message}")
         raise MappingError("\n".join(messages)) from None
+
+
+def unknown_event_types(mapping: Mapping) -> list[str]:
+    """Event types the mapping writes as constants or map values that no upstream schema
+    defines (likely typos: the core records such events with no effect)."""
+    named: list[str] = []
+    for file_rule in mapping.files:
+        for rule in file_rule.events:
+            spec = rule.type
+            if isinstance(spec, str):
+                named.append(spec)
+            elif spec.map is not None:
+                named += [*spec.map.values(), *([spec.default] if spec.default else [])]
+    constants = {t for t in named if t not in ("", SKIP) and not Template(t).columns}
+    return sorted(constants - KNOWN_TYPES)
 
 
 def load_mapping(path: str | Path) -> Mapping:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,15 @@ from streams.settings import Settings
 from streams.tools.export import read_history_topic
 from tests.e2e.browser import chromium_page, require_chromium
 from tests.e2e.test_dashboard import REPO, get
+from tests.fixtures.core import T0, fit_profile
 from tests.fixtures.worker import TOKEN, Worker, wait_for
 
 pytestmark = pytest.mark.e2e
 
 EVENTS = 3_000
+#: Hand-raisers from referral who never buy: enough MQLs (the default minimum is 30) that the
+#: default policy's 15 % "hot" label for referral is contradicted and the warning must show.
+REFERRED = 40
 
 
 def slug(source: str) -> str:
@@ -31,13 +36,15 @@ def slug(source: str) -> str:
 
 
 async def settled_history(worker: Worker, settings: Settings) -> None:
-    async def processed() -> bool:
-        return (await get(worker, "/healthz", token=None))["events_processed"] >= EVENTS
+    total = EVENTS + REFERRED
 
-    await wait_for(processed, 60, f"the worker to process {EVENTS} events")
+    async def processed() -> bool:
+        return (await get(worker, "/healthz", token=None))["events_processed"] >= total
+
+    await wait_for(processed, 60, f"the worker to process {total} events")
 
     async def in_history() -> bool:
-        return len(await read_history_topic(settings)) >= EVENTS
+        return len(await read_history_topic(settings)) >= total
 
     await wait_for(in_history, 30, "every history record on the broker")
 
@@ -50,11 +57,14 @@ async def test_dashboard_shows_measured_conversion_proposal_cohorts_and_time_in_
     prefix = worker.names.events.removesuffix(".leadflow.events")
     settings = Settings(broker=broker.url, topic_prefix=prefix)
     events = [encode_event(e) for e in synthetic_events(300, EVENTS, seed=5)]
-    assert (await publish(settings, events, topic=worker.names.events)).sent == EVENTS
+    events += [encode_event(e) for e in _referred_who_never_buy()]
+    assert (await publish(settings, events, topic=worker.names.events)).sent == len(events)
     await settled_history(worker, settings)
     calibration: dict[str, Any] = await get(worker, "/reports/calibration", token=None)
     cohorts: dict[str, Any] = await get(worker, "/reports/cohorts?period=month", token=None)
-    assert calibration["data"]["events"] == EVENTS
+    assert calibration["data"]["events"] == len(events)
+    contradicted = [s["source"] for s in calibration["sources"] if s["contradicts"]]
+    assert contradicted == ["referral"], contradicted  # the warning below is exercised
 
     async with chromium_page(
         tmp_path / "chromium-profile", width=1400, height=1000, timeout_ms=15000
@@ -80,6 +90,9 @@ async def test_dashboard_shows_measured_conversion_proposal_cohorts_and_time_in_
             )
             flag = page.locator(f"[data-testid=contradicts-{key}]")
             assert await flag.count() == (1 if source["contradicts"] else 0), source
+            if source["contradicts"]:
+                assert await flag.is_visible()
+                assert "contradicts" in await flag.inner_text()
 
         # The proposal and its what-if.
         what_if = calibration["what_if"]
@@ -109,6 +122,19 @@ async def test_dashboard_shows_measured_conversion_proposal_cohorts_and_time_in_
                 else:
                     assert await bar.get_attribute("data-value") == _js(days[q])
 
+        # Every label of the two charts is drawn inside its SVG ("opportunity", not "opportunit").
+        clipped = await page.evaluate(
+            """() => [...document.querySelectorAll('#cohorts svg, #time-in-stage svg')]
+                .flatMap((svg) => {
+                  const box = svg.getBoundingClientRect();
+                  return [...svg.querySelectorAll('text')].filter((t) => {
+                    const r = t.getBoundingClientRect();
+                    return r.bottom > box.bottom + 0.5 || r.right > box.right + 0.5;
+                  }).map((t) => t.textContent);
+                })"""
+        )
+        assert clipped == [], f"chart labels cut off: {clipped}"
+
         screenshot = tmp_path / "dashboard-reports.png"
         await page.screenshot(path=str(screenshot), full_page=True)
 
@@ -119,6 +145,20 @@ async def test_dashboard_shows_measured_conversion_proposal_cohorts_and_time_in_
     local = worker.url + "/"
     outside = seen.offsite(local)
     assert seen.requests and not outside, f"requests off 127.0.0.1: {outside}"
+
+
+def _referred_who_never_buy() -> list[dict[str, Any]]:
+    return [
+        {
+            "event_id": f"referred-{n:02d}",
+            "type": "demo_requested",
+            "person_id": f"referred-{n:02d}",
+            "occurred_at": (T0 + timedelta(days=n)).isoformat(),
+            "source": "referral",
+            "profile": fit_profile(email=f"referred{n}@acme.example"),
+        }
+        for n in range(REFERRED)
+    ]
 
 
 def _js(value: float | None) -> str:

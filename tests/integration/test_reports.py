@@ -75,6 +75,16 @@ async def test_reports_match_the_offline_computation_on_the_same_history(workers
     assert printed.pop("out") is None
     assert printed == {k: v for k, v in calibration.items() if k != "proposed_yaml"}
 
+    # And `funnel --cohort` on the topic prints the cohorts /reports/cohorts serves.
+    args = ["funnel", "--broker", w.broker.url, "--topic-prefix", prefix, "--cohort", "week"]
+    result = await asyncio.to_thread(
+        CliRunner().invoke, app, [*args, "--by", "source", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["as_reported"] == cohorts["as_reported"]
+    assert printed["restated"] == cohorts["restated"]
+
 
 async def test_reports_refuse_bad_parameters_with_422(workers):
     (w,) = await workers(1)

@@ -13,7 +13,13 @@ from typer.testing import CliRunner
 from events.inbound import Event
 from streams.cli.main import app
 from streams.tools.files import BadLine
-from streams.tools.mapping import ImportStats, MappingError, parse_mapping, read_mapped
+from streams.tools.mapping import (
+    ImportStats,
+    MappingError,
+    parse_mapping,
+    read_mapped,
+    unknown_event_types,
+)
 
 runner = CliRunner()
 
@@ -498,6 +504,10 @@ def test_strict_raises_at_the_first_bad_row(tmp_path: Path):
             BASE.replace("{column: at}", "{column: at, format: dd-mm-yyyy}"),
             "a strptime format (%d-%m-%Y), iso, epoch_s or epoch_ms",
         ),
+        (  # a directive strptime lacks would fail every row: said once, at its line
+            BASE.replace("{column: at}", '{column: at, format: [iso, "%d-%m-%Y %Q"]}'),
+            "map.yaml:6: events.0.occurred_at.format: '%d-%m-%Y %Q': 'Q' is a bad directive",
+        ),
         (with_field('campaign: "{unclosed"'), "map.yaml:7: events.0.campaign: template"),
         (
             with_field("source: {column: s, default: skip}"),
@@ -537,6 +547,7 @@ def test_import_writes_jsonl_and_a_summary(tmp_path: Path):
     assert f"{tmp_path / 'deals-bad.csv'}:2: occurred_at: 'someday'" in result.stderr
     assert "read 4 rows (mqls.csv 2, deals.csv 1, deals-bad.csv 1)" in result.stderr
     assert "3 events in time order (stable): contact_sales 2, deal_won 1" in result.stderr
+    assert "skipped by condition: 0 rows" in result.stderr  # said even when none
     assert "bad rows: 1" in result.stderr
 
 
@@ -561,6 +572,28 @@ def test_strict_import_with_a_bad_row_writes_nothing(tmp_path: Path):
     assert not out.exists() and list(tmp_path.glob(".*partial")) == []
 
 
+def test_a_type_no_schema_defines_is_warned_of_as_a_likely_typo(tmp_path: Path):
+    """`demo_requestd` would import events the core records with no effect."""
+    typo = BASE.replace("type: form_submitted", "type: form_submited")
+    mapped_type = BASE.replace(
+        "type: form_submitted",
+        "type: {column: kind, map: {Demo: demo_requestd, Note: skip}, default: '{kind}'}",
+    )
+    assert unknown_event_types(parse_mapping(typo)) == ["form_submited"]
+    assert unknown_event_types(parse_mapping(mapped_type)) == ["demo_requestd"]
+    assert unknown_event_types(parse_mapping(BASE)) == []
+
+    mapping = write(tmp_path, "map.yaml", typo)
+    path = write(tmp_path, "rows.csv", "id,person,at\n1,p1,2026-01-01T00:00:00Z\n")
+    send = ["send", str(path), "--broker", "kafka://127.0.0.1:9"]  # nothing listens there
+    for args in (["import", str(path)], ["funnel", "-e", str(path)], send):
+        result = runner.invoke(app, [*args, "-m", str(mapping)])
+        assert result.exit_code == (1 if args is send else 0), result.output
+        assert f"warning: {mapping}: event type 'form_submited' is not a known type" in (
+            result.stderr
+        )
+
+
 def test_import_with_a_broken_mapping_exits_2_naming_the_line(tmp_path: Path):
     mapping = write(tmp_path, "map.yaml", BASE.replace('"e-{id}"', "x"))
     path = write(tmp_path, "rows.csv", "id,person,at\n")
@@ -577,6 +610,26 @@ def test_funnel_reads_a_csv_directly_with_a_mapping(tmp_path: Path):
     )
     assert result.exit_code == 0, result.output
     assert '"mql": 2' in result.stdout
+
+
+def test_funnel_reads_several_exports_with_one_mapping_as_import_does(tmp_path: Path):
+    """The day-one backfill is two files (hand-raises, won deals): both are read, not the
+    last `--events` alone."""
+    mapping = write(tmp_path, "map.yaml", TWO_FILES)
+    files = [a for path in two_files(tmp_path) for a in ("-e", str(path))]
+    result = runner.invoke(app, ["funnel", *files, "-m", str(mapping), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert '"mql": 2' in result.stdout and '"customer": 1' in result.stdout
+    calibrated = runner.invoke(app, ["calibrate", *files, "-m", str(mapping), "--format", "json"])
+    assert calibrated.exit_code == 0, calibrated.output
+    assert '"events": 3' in calibrated.stdout
+
+
+def test_several_events_files_without_a_mapping_are_refused_not_dropped(tmp_path: Path):
+    one, two = write(tmp_path, "a.jsonl", ""), write(tmp_path, "b.jsonl", "")
+    result = runner.invoke(app, ["funnel", "-e", str(one), "-e", str(two)])
+    assert result.exit_code == 2
+    assert "2 --events files: several are read together only as CSV exports" in result.stderr
 
 
 def test_a_csv_without_a_mapping_is_rejected_once_with_a_hint_not_per_line(tmp_path: Path):

@@ -89,3 +89,25 @@ def test_time_between_stages_ignores_stages_only_passed_through(make_event, run)
 
     assert report.median_days["mql->sql"] is None
     assert report.median_days["sql->opportunity"] == 29.0
+
+
+def test_simulate_prints_no_rate_where_a_policy_made_no_mqls(make_event, tmp_path):
+    """`1.0 → – (no MQLs)`, not `1.0 → None`; a person B never staged is "no stage"."""
+    import orjson
+    from typer.testing import CliRunner
+
+    from streams.cli.main import app
+
+    events = [make_event("demo_requested", person_id="p0", at=T0, source="paid_search")]
+    events.append(make_event("deal_won", person_id="p0", at=days(5), source="crm"))
+    events.append(make_event("content_download", person_id="p1", at=T0, source="webinar"))
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e.model_dump(mode="json")) + b"\n" for e in events))
+
+    args = ["simulate", "-e", str(path), "-p", "seed", "--against", "mature"]
+    result = CliRunner().invoke(app, args)
+
+    assert result.exit_code == 0, result.output
+    assert "mql->customer: 1.0 → – (no MQLs) over MQLs the policy made (1 → 0)" in result.stdout
+    assert "p1: lead (highest lead) → no stage" in result.stdout
+    assert "None" not in result.stdout
