@@ -23,13 +23,12 @@ from lifecycle.cohorts import GROUPS, PERIODS, cohorts, time_in_stage
 from lifecycle.replay import replay
 from streams.tools.export import read_history_topic
 from streams.web.contracts import MAX_MIN_MQLS
-from streams.worker.outputs import to_json
+from streams.web.responses import json_response, problem_response
 
 if TYPE_CHECKING:
     from streams.worker.app import LeadflowApp
 
 CACHE_SECONDS = 30.0
-JSON = "application/json"
 
 
 class Reports:
@@ -87,7 +86,7 @@ def install_reports(app: LeadflowApp) -> Reports:
     policy = app.policy
 
     def problem(view: View, message: str) -> Response:
-        return view.bytes(to_json({"error": message}), content_type=JSON, status=422)
+        return problem_response(view, 422, message)
 
     @app.page("/reports/calibration")
     class Calibration(View):
@@ -105,7 +104,7 @@ def install_reports(app: LeadflowApp) -> Reports:
                 ("calibration", min_mqls, maturity),
                 lambda records: calibration_view(records, policy, min_mqls, maturity),
             )
-            return self.bytes(to_json(data), content_type=JSON)
+            return json_response(self, data)
 
     @app.page("/reports/cohorts")
     class Cohorts(View):
@@ -119,7 +118,7 @@ def install_reports(app: LeadflowApp) -> Reports:
             data = await reports.cached(
                 ("cohorts", period, by), lambda records: cohorts_view(records, policy, period, by)
             )
-            return self.bytes(to_json(data), content_type=JSON)
+            return json_response(self, data)
 
     del Calibration, Cohorts
     return reports

@@ -8,7 +8,7 @@ from events.outbound import Reason
 from lifecycle.erasure import WITHHELD, withheld
 from lifecycle.policy import load_preset
 from lifecycle.state import PersonState
-from streams.web.api import person_view
+from streams.web.views import person_view
 
 REASON = Reason(rule="hand_raise", text="VP of Sales asked for a demo")
 

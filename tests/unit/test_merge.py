@@ -27,7 +27,7 @@ from lifecycle.merge import handoff_id
 from lifecycle.replay import Replayer, fold, replay
 from lifecycle.state import PersonState
 from lifecycle.verify import verify
-from streams.web.api import person_view
+from streams.web.views import person_view
 from streams.worker.agent import alias_records
 from tests.fixtures.core import T0, days, fit_profile, preset, run_events
 
