@@ -128,3 +128,13 @@ def test_every_subpackage_says_what_it_may_import() -> None:
             continue
         doc = ast.get_docstring(ast.parse(init.read_text())) or ""
         assert "May import" in doc, f"streams/{part}/__init__.py: say what it may import"
+
+
+def test_only_the_cli_imports_typer() -> None:
+    wrong = [
+        _module(path)
+        for path in _sources("streams")
+        if not _module(path).startswith("streams.cli")
+        and any(name.split(".")[0] == "typer" for name in _imports(path))
+    ]
+    assert not wrong, f"typer outside streams/cli: {wrong}"
