@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -114,14 +115,20 @@ def dev(
         if interrupted:
             out.print("stopping…")
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan a child
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            stack.stop()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, previous)
+        _stop_shielded(stack.stop, previous)
     out.print("worker and broker stopped")
+
+
+def _stop_shielded(stop: Callable[[], None], previous: Any) -> None:
+    """Run `stop` with SIGINT and SIGTERM ignored (a second Ctrl-C must not orphan a child),
+    then give Ctrl-C its default and SIGTERM its `previous` handler back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        stop()
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -237,12 +244,7 @@ def broker(
             if local.pid is not None:
                 raise fail(f"the broker exited; log {local.log_path}", 1)
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            local.stop()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, previous)
+        _stop_shielded(local.stop, previous)
     out.print("broker stopped")
 
 

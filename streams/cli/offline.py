@@ -29,7 +29,7 @@ from streams.cli.common import (
     out,
 )
 from streams.cli.common import fail as _fail
-from streams.cli.partials import PartialOutOpt, PartitionsOpt
+from streams.cli.partials import PartialOutOpt, PartitionsOpt, Share
 from streams.cli.reading import (
     EventReader,
     checked,
@@ -70,9 +70,8 @@ def replay(
     file = one_file(events, mapping)
     if partitions is not None or partial_out is not None:
         options = {"person": person, "as_of": as_of, "state": state}
-        commands_partials.replay_share(
-            broker, topic_prefix, partitions, partial_out, file, rules, cutoff, options
-        )
+        share = Share(broker, topic_prefix, partitions, partial_out, file)
+        commands_partials.replay_share(share, rules, cutoff, options)
         return
     reader = EventReader(strict, mapping)
     if file is not None and _shardable(file, broker, mapping, strict):
@@ -185,14 +184,11 @@ def funnel_command(
     file = one_file(events, mapping)
     if partitions is not None or partial_out is not None:
         options = {"format": format, "by": by}
+        share = Share(broker, topic_prefix, partitions, partial_out, file)
         if cohort is not None:
-            commands_partials.cohort_share(
-                broker, topic_prefix, partitions, partial_out, file, rules, cohort, options
-            )
+            commands_partials.cohort_share(share, rules, cohort, options)
             return
-        commands_partials.funnel_share(
-            broker, topic_prefix, partitions, partial_out, file, rules, options
-        )
+        commands_partials.funnel_share(share, rules, options)
         return
     if cohort is not None:
         commands_analytics.cohort_funnel(
@@ -229,9 +225,8 @@ def simulate(
     a, b = named_policy(policy), named_policy(against)
     if partitions is not None or partial_out is not None:
         options = {"format": format, "limit": limit}
-        commands_partials.simulate_share(
-            broker, topic_prefix, partitions, partial_out, one_file(events, mapping), a, b, options
-        )
+        share = Share(broker, topic_prefix, partitions, partial_out, one_file(events, mapping))
+        commands_partials.simulate_share(share, a, b, options)
         return
     reader = EventReader(strict, mapping)
     result = run(reader.events(events, broker, topic_prefix), a, b)
@@ -325,9 +320,8 @@ def verify(
         settings = Settings(broker=broker, topic_prefix=topic_prefix)
         known.update(asyncio.run(checked(settings, read_policies_topic(settings))))
     if partitions is not None or partial_out is not None:
-        commands_partials.verify_share(
-            broker, topic_prefix, partitions, partial_out, history, known
-        )
+        share = Share(broker, topic_prefix, partitions, partial_out, history)
+        commands_partials.verify_share(share, known)
         return
     reader = EventReader(strict)
     report = run(reader.history(history, broker, topic_prefix), known)

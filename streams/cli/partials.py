@@ -22,6 +22,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -171,103 +172,77 @@ def _finish(partial: Partial, partial_out: Path | None) -> None:
     )
 
 
-def _named(policy: Policy) -> dict[str, str]:
-    return {"name": policy.name, "version": policy.version}
+# --- the commands' shares (called from streams.cli.offline) ---------------------------------
 
 
-# --- the four commands' shares (called from streams.cli.main) ---------------------------------
+@dataclass(frozen=True)
+class Share:
+    """One share of a run: the history topic's broker and prefix, the partitions asked for
+    (`--partitions`), where the partial goes (`--partial-out`), and an `--events` file given
+    too (refused: a share reads the topic)."""
+
+    broker: str | None
+    prefix: str
+    spec: str | None
+    partial_out: Path | None
+    given_file: Path | None
+
+    def run(
+        self, command: str, named: list[Policy], options: dict[str, Any], compute: Compute
+    ) -> None:
+        """Compute the share's pieces, then write the partial or print the share's report."""
+        topic, total, pieces = _share(self.broker, self.prefix, self.spec, self.given_file, compute)
+        policies = [{"name": p.name, "version": p.version} for p in named]
+        _finish(Partial("", command, policies, options, topic, total, pieces), self.partial_out)
 
 
-def funnel_share(
-    broker: str | None,
-    prefix: str,
-    spec: str | None,
-    partial_out: Path | None,
-    given_file: Path | None,
-    policy: Policy,
-    options: dict[str, Any],
-) -> None:
+def _check_by(by: str | None) -> None:
     from lifecycle.cohorts import GROUPS
 
-    if options["by"] is not None and options["by"] not in GROUPS:
+    if by is not None and by not in GROUPS:
         raise fail(f"--by is one of {', '.join(GROUPS)}")
+
+
+def funnel_share(share: Share, policy: Policy, options: dict[str, Any]) -> None:
+    _check_by(options["by"])
 
     def compute(records: list[HistoryRecord]) -> dict[str, Any]:
         return funnel_piece((r.event for r in records), policy)
 
-    topic, total, pieces = _share(broker, prefix, spec, given_file, compute)
-    _finish(Partial("", "funnel", [_named(policy)], options, topic, total, pieces), partial_out)
+    share.run("funnel", [policy], options, compute)
 
 
-def cohort_share(
-    broker: str | None,
-    prefix: str,
-    spec: str | None,
-    partial_out: Path | None,
-    given_file: Path | None,
-    policy: Policy,
-    period: str,
-    options: dict[str, Any],
-) -> None:
-    from lifecycle.cohorts import GROUPS, PERIODS
+def cohort_share(share: Share, policy: Policy, period: str, options: dict[str, Any]) -> None:
+    from lifecycle.cohorts import PERIODS
 
     if period not in PERIODS:
         raise fail(f"--cohort is {' or '.join(PERIODS)}")
-    if options["by"] is not None and options["by"] not in GROUPS:
-        raise fail(f"--by is one of {', '.join(GROUPS)}")
+    _check_by(options["by"])
 
     def compute(records: list[HistoryRecord]) -> dict[str, Any]:
         return cohort_piece(records, policy)
 
-    topic, total, pieces = _share(broker, prefix, spec, given_file, compute)
-    options = {**options, "cohort": period}
-    named = [_named(policy)]
-    _finish(Partial("", "funnel-cohort", named, options, topic, total, pieces), partial_out)
+    share.run("funnel-cohort", [policy], {**options, "cohort": period}, compute)
 
 
 def simulate_share(
-    broker: str | None,
-    prefix: str,
-    spec: str | None,
-    partial_out: Path | None,
-    given_file: Path | None,
-    policy_a: Policy,
-    policy_b: Policy,
-    options: dict[str, Any],
+    share: Share, policy_a: Policy, policy_b: Policy, options: dict[str, Any]
 ) -> None:
     def compute(records: list[HistoryRecord]) -> dict[str, Any]:
         return simulate_piece((r.event for r in records), policy_a, policy_b)
 
-    topic, total, pieces = _share(broker, prefix, spec, given_file, compute)
-    named = [_named(policy_a), _named(policy_b)]
-    _finish(Partial("", "simulate", named, options, topic, total, pieces), partial_out)
+    share.run("simulate", [policy_a, policy_b], options, compute)
 
 
-def verify_share(
-    broker: str | None,
-    prefix: str,
-    spec: str | None,
-    partial_out: Path | None,
-    given_file: Path | None,
-    known: dict[str, Policy],
-) -> None:
+def verify_share(share: Share, known: dict[str, Policy]) -> None:
     def compute(records: list[HistoryRecord]) -> dict[str, Any]:
         return verify_piece(records, known)
 
-    topic, total, pieces = _share(broker, prefix, spec, given_file, compute)
-    named = [_named(known[v]) for v in sorted(known)]
-    _finish(Partial("", "verify", named, {}, topic, total, pieces), partial_out)
+    share.run("verify", [known[v] for v in sorted(known)], {}, compute)
 
 
 def replay_share(
-    broker: str | None,
-    prefix: str,
-    spec: str | None,
-    partial_out: Path | None,
-    given_file: Path | None,
-    policy: Policy,
-    cutoff: datetime | None,
-    options: dict[str, Any],
+    share: Share, policy: Policy, cutoff: datetime | None, options: dict[str, Any]
 ) -> None:
     def compute(records: list[HistoryRecord]) -> dict[str, Any]:
         conflicts: list[list[str]] = []
@@ -281,8 +256,7 @@ def replay_share(
         )
         return {"lines": [orjson.dumps(row).decode() for row in rows], "conflicts": conflicts}
 
-    topic, total, pieces = _share(broker, prefix, spec, given_file, compute)
-    _finish(Partial("", "replay", [_named(policy)], options, topic, total, pieces), partial_out)
+    share.run("replay", [policy], options, compute)
 
 
 # --- combining ---------------------------------------------------------------------------------

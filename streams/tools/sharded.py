@@ -25,6 +25,7 @@ import resource
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -163,16 +164,28 @@ class _Out:
         self.write(b"%s %d %s\n" % (tag, line, payload))
 
 
-def _work(
-    shard: int,
-    jobs: int,
-    path: Path,
-    groups: Groups,
-    policy: Policy,
-    keep: Callable[[Event], bool],
-    state: bool,
-    out: _Out,
-) -> dict[str, int]:
+@dataclass(frozen=True)
+class _Job:
+    """What every worker of one replay shares: the file, the groups, the policy, which
+    events to keep, and whether to print states."""
+
+    jobs: int
+    path: Path
+    groups: Groups
+    policy: Policy
+    keep: Callable[[Event], bool]
+    state: bool
+
+
+def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
+    path, groups, jobs, policy, keep, state = (
+        job.path,
+        job.groups,
+        job.jobs,
+        job.policy,
+        job.keep,
+        job.state,
+    )
     numbers: deque[int] = deque()  # the lines handed to read_events, in order
 
     def lines() -> Iterator[tuple[int, bytes]]:
@@ -214,20 +227,11 @@ def _work(
     return {"lines": stats.lines, "bad": stats.bad, "conflicts": conflicts}
 
 
-def _worker(
-    shard: int,
-    jobs: int,
-    path: Path,
-    groups: Groups,
-    policy: Policy,
-    keep: Callable[[Event], bool],
-    state: bool,
-    fd: int,
-) -> int:
+def _worker(job: _Job, shard: int, fd: int) -> int:
     """A forked worker's life: its records, then its totals (`T`) or what failed (`X`)."""
     with os.fdopen(fd, "wb", buffering=1 << 20) as handle:
         try:
-            totals = _work(shard, jobs, path, groups, policy, keep, state, _Out(handle))
+            totals = _work(job, shard, _Out(handle))
         except BaseException:
             handle.write(b"X " + orjson.dumps(traceback.format_exc()) + b"\n")
             return 1
@@ -286,7 +290,7 @@ def replay_sharded(
             return False
         return cutoff is None or event.occurred_at <= cutoff
 
-    groups = Groups.of_file(path)
+    job = _Job(jobs, path, Groups.of_file(path), policy, keep, state)
     workers: list[tuple[int, BinaryIO]] = []
     for shard in range(jobs):
         read_fd, write_fd = os.pipe()
@@ -297,7 +301,7 @@ def replay_sharded(
                 os.close(read_fd)
                 for _, handle in workers:
                     handle.close()
-                code = _worker(shard, jobs, path, groups, policy, keep, state, write_fd)
+                code = _worker(job, shard, write_fd)
             finally:
                 os._exit(code)
         os.close(write_fd)
