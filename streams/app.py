@@ -19,11 +19,13 @@ import time
 from typing import Any, NoReturn
 
 import faust
+import orjson
 from aiokafka import AIOKafkaClient
 from faust.types import TP
 
 from events.outbound import HistoryRecord
 from lifecycle.policy import Policy, named_policy
+from lifecycle.shredding import is_sealed, open_record
 from streams import metrics, topics
 from streams.agent import BATCH_SIZE, Batcher, PartitionProcessor
 from streams.api import Api, install_api
@@ -37,6 +39,7 @@ from streams.internals import (
     parse_transactional_id,
     set_fetch_max_wait,
 )
+from streams.keys import KeyRing
 from streams.outputs import Outputs
 from streams.recovery import recover_partitions
 from streams.settings import Settings
@@ -176,8 +179,10 @@ def make_app(
     # Applied event ids, beside the table (RocksDB with the rocksdb store); no changelog:
     # recovery rebuilds it from history at every assignment (streams.dedup_store).
     seen = DedupStore(settings.data_dir / "dedup" if settings.store == "rocksdb" else None)
+    # Data keys of the owned persons (streams.keys), loaded from the keys topic by recovery.
+    keys = KeyRing(settings.master_keys(), cache_size=cache_size)
     lifecycle = app.lifecycle = PartitionProcessor(
-        app, policy, names, app.persons, cache_size=cache_size, seen=seen
+        app, policy, names, app.persons, cache_size=cache_size, seen=seen, keys=keys
     )
 
     app.feed = Feed({names.events})
@@ -223,7 +228,7 @@ def make_app(
         metrics.REBUILT.inc(report.rebuilt)
         log.info("recovery: %s", report.summary())
         if lifecycle.shadows:
-            await rebuild_shadows(lifecycle.shadows, new, settings)
+            await rebuild_shadows(lifecycle.shadows, new, settings, lifecycle.keys)
 
     @app.on_partitions_revoked.connect
     async def forget_revoked(sender: Any, revoked: set[TP], **_: Any) -> None:
@@ -305,7 +310,9 @@ def shadows_of(settings: Settings, names: TopicNames) -> list[Shadow]:
     return [Shadow(p, shadow_topic(names, p)) for p in map(named_policy, settings.shadow)]
 
 
-async def rebuild_shadows(shadows: list[Shadow], partitions: set[int], settings: Settings) -> None:
+async def rebuild_shadows(
+    shadows: list[Shadow], partitions: set[int], settings: Settings, keys: KeyRing
+) -> None:
     """Shadow states are memory only: replay the newly owned history partitions into them."""
     started, count = time.monotonic(), 0
     async for record in iter_to_end(
@@ -314,7 +321,12 @@ async def rebuild_shadows(shadows: list[Shadow], partitions: set[int], settings:
         partitions=sorted(partitions),
         client_options=settings.aiokafka_kwargs(),
     ):
-        event = HistoryRecord.model_validate_json(record.value).event
+        if is_sealed(record.value):  # personal fields back, as the live shadows read them
+            data = orjson.loads(record.value)
+            data = open_record(data, keys.get(data["person_id"]), texts=False)
+            event = HistoryRecord.model_validate(data).event
+        else:
+            event = HistoryRecord.model_validate_json(record.value).event
         for shadow in shadows:
             shadow.apply(event)
         count += 1

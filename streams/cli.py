@@ -23,9 +23,11 @@ from rich.table import Table
 from events.inbound import Event
 from lifecycle.funnel import FunnelReport, funnel_of
 from lifecycle.policy import PRESETS, Policy, PolicyError, load_policy, load_preset, resolve_policy
+from lifecycle.replay import Recorded
 from streams import (
     commands_analytics,
     commands_import,
+    commands_keys,
     commands_partials,
     commands_token,
     commands_tools,
@@ -84,6 +86,8 @@ class _Reader:
         self.strict = strict
         self.mapping = mapping
         self.conflicts = 0
+        #: outcomes history kept of personal fields, for persons whose fields are unreadable
+        self.recorded: Recorded = {}
 
     def report(self, error: BadLine) -> None:
         err.print(str(error), highlight=False, markup=False)
@@ -104,6 +108,9 @@ class _Reader:
             raise _fail("--mapping reads a CSV file given with --events, not a topic")
         if broker:
             for record in _history_from_broker(broker, prefix):
+                if record.outcomes:
+                    key = (record.person_id, record.event.event_id)
+                    self.recorded[key] = (record.policy_version, record.outcomes)
                 yield record.event
             return
         if path is None:
@@ -115,7 +122,12 @@ class _Reader:
             return
         try:
             yield from read_events(
-                path, stats=self.stats, on_error=self.report, strict=self.strict, progress=True
+                path,
+                stats=self.stats,
+                on_error=self.report,
+                strict=self.strict,
+                progress=True,
+                recorded=self.recorded,
             )
         except BadLine as error:
             raise _fail(str(error), 1) from None
@@ -173,7 +185,12 @@ async def _checked(settings: Any, main: Any) -> Any:
     except BrokerAccessError as error:
         main.close()
         raise _fail(str(error), 1) from None
-    return await main
+    from streams.keys import MasterKeyError
+
+    try:
+        return await main
+    except MasterKeyError as error:  # a malformed LEADFLOW_MASTER_KEY: one line, no key in it
+        raise _fail(str(error), 2) from None
 
 
 def _write(rows: Iterable[Any]) -> int:
@@ -255,7 +272,7 @@ def replay(
             reader.conflicts = totals["conflicts"]
             reader.summary()
             return
-    replayer = Replayer(rules)
+    replayer = Replayer(rules, recorded=reader.recorded)
 
     def changes() -> Iterator[Any]:
         for event in reader.events(events, broker, topic_prefix):
@@ -360,7 +377,9 @@ def funnel_command(
         )
         return
     reader = _Reader(strict, mapping)
-    report = funnel_of(map(reader.check, run(reader.events(events, broker, topic_prefix), rules)))
+    report = funnel_of(
+        map(reader.check, run(reader.events(events, broker, topic_prefix), rules, reader.recorded))
+    )
     if by is not None:
         commands_analytics.attribution(report, by, format)
     elif format == "json":
@@ -395,7 +414,7 @@ def simulate(
         )
         return
     reader = _Reader(strict, mapping)
-    result = run(reader.events(events, broker, topic_prefix), a, b)
+    result = run(reader.events(events, broker, topic_prefix), a, b, reader.recorded)
     print_simulation(result, a.name, b.name, limit, format)
     reader.summary()
 
@@ -504,7 +523,9 @@ def print_verification(report: Any) -> None:
         err.print(f"policy {version} unknown: {count} record(s) not checked (pass --policy FILE)")
     out.print(
         f"checked {report.checked} records: {len(report.mismatches)} mismatch(es), "
-        f"{sum(report.missing_policies.values())} unchecked"
+        f"{sum(report.missing_policies.values())} unchecked; {len(report.erased)} erased "
+        f"person(s), {report.withheld} record(s) with a withheld sentence compared by rule",
+        highlight=False,
     )
 
 
@@ -641,6 +662,7 @@ commands_worker.register(app)
 commands_tools.register(app)
 commands_import.register(app)
 commands_analytics.register(app)
+commands_keys.register(app)
 commands_partials.register(app)
 commands_token.register(app)
 

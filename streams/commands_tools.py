@@ -115,6 +115,7 @@ def _check_broker(s: Settings) -> None:
 def _run_against_broker(s: Settings, main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
     """`_run_until_signal`, with a missing topic or an unreachable broker as a one-line error
     (one connection first: wrong credentials or an untrusted certificate fail at once)."""
+    from streams.keys import MasterKeyError
     from streams.topics import TopicNotFound
 
     try:
@@ -124,6 +125,8 @@ def _run_against_broker(s: Settings, main: Coroutine[Any, Any, T]) -> tuple[T | 
         raise
     try:
         return _run_until_signal(main)
+    except MasterKeyError as error:  # a malformed LEADFLOW_MASTER_KEY: one line, no key in it
+        raise fail(str(error), 2) from None
     except TopicNotFound as missing:
         hint = "(run `leadflow topics create`?)"
         raise fail(f"no topic {missing} on {s.bootstrap} {hint}") from None
@@ -671,7 +674,13 @@ async def _dev_session(stack: Any) -> None:
         f"  tail       leadflow tail {cli} --topic stage-changes\n"
         f"  send       leadflow send events.jsonl {cli}\n"
         f"  export     leadflow export-history {cli} --out history.jsonl\n"
-        f"  stop       Ctrl-C",
+        + (
+            f"  master key LEADFLOW_MASTER_KEY_FILE={stack.master_key_path}  (export, replay "
+            "and verify open personal fields with it; without it they stay sealed)\n"
+            if stack.master_key_generated
+            else ""
+        )
+        + "  stop       Ctrl-C",
         highlight=False,
     )
     demo_task = None
