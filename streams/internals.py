@@ -203,9 +203,10 @@ async def rewind_uncommitted(
     await consumer.seek_to_beginning(*never)
     moved = {tp.partition: at for tp, at in positions.items() if at}
     if moved:
-        log.warning(
-            "partitions %s have no committed offset but were fetched up to %s (records "
-            "dropped around a rebalance): reading them again from the beginning",
+        log.info(
+            "partitions %s have no committed offset and were read up to %s (processed but "
+            "not committed yet, or dropped around a rebalance): reading them again from "
+            "the beginning (redeliveries change nothing)",
             sorted(moved),
             moved,
         )
