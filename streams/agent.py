@@ -521,9 +521,10 @@ class Batcher:
     waits for it, as for any Faust stream) and acked once the batch's outputs are acked,
     while the next batch is being decided.
 
-    Messages of partitions this worker no longer owns, fetched before a rebalance or taken
-    while flow is suspended, are dropped without an ack: Faust seeks back to the committed
-    offset after the rebalance and delivers them again to whoever owns them then.
+    Messages of partitions this worker no longer owns, or of an earlier generation, fetched
+    before a rebalance, are dropped without an ack: Faust seeks back to the committed offset
+    after the rebalance and delivers them again to whoever owns them then. Messages taken
+    while the app's flow is suspended wait for it (see `run`).
     """
 
     def __init__(
@@ -540,9 +541,18 @@ class Batcher:
         self.dropped = 0
 
     async def run(self) -> None:
-        get, size = self.feed.get, self.size
+        get, size, flow = self.feed.get, self.size, self.app.flow_control
         while True:
             messages = await get()
+            if not flow.is_active():
+                # After a rebalance Faust resumes the events partitions (the consumer's flow
+                # may already run, for the table restore), seeks them to the committed
+                # offsets, and only then resumes the app's flow: what the consumer fetched
+                # meanwhile belongs to the current assignment, and dropping it would skip it
+                # (nothing seeks back once the flow runs; Faust even takes the skipped offsets
+                # for a gap it may commit over). So wait for the flow; if a rebalance comes
+                # first, the generation changes and `_live` drops them.
+                await flow.acquire()
             live = self._live(messages)
             self.dropped += len(messages) - len(live)
             for start in range(0, len(live), size):

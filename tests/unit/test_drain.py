@@ -13,6 +13,7 @@ from typing import Any
 
 from faust.types import TP
 from faust.types.tuples import Message
+from mode.utils.queues import FlowControlEvent
 
 from streams.agent import AckAfterDelivery, Batcher
 from streams.drain import Feed
@@ -231,3 +232,50 @@ async def test_rewind_returns_the_partitions_sent_back_to_their_beginning() -> N
     rewound = await rewind_uncommitted(thread, thread.committed, {"events"})
     assert rewound == tps[:2]
     assert [thread.positions[tp] for tp in tps] == [0, 0, 5]
+
+
+class Recorder:
+    """A partition processor owning partition 0 that records the offsets it processes."""
+
+    def __init__(self, processed: list[int]) -> None:
+        self.owned, self.processed = {0}, processed
+
+    async def process(self, batch: list[Message]) -> Any:
+        self.processed.extend(m.offset for m in batch)
+        return SimpleNamespace(deliveries=[])
+
+
+async def test_messages_taken_before_the_flow_resumes_wait_for_it_rather_than_skipped() -> None:
+    # Fetched between Faust's seek to the committed offsets and the app's flow resuming:
+    # dropped, they would be skipped (nothing seeks back once the flow runs).
+    a = app()
+    a.flow_control = FlowControlEvent()  # suspended, as during a rebalance
+    processed: list[int] = []
+    b = Batcher(a, Feed({"events"}), Recorder(processed), size=10)  # type: ignore[arg-type]
+    b.feed.queue.put_nowait([message(0, n) for n in range(3)])
+    task = asyncio.ensure_future(b.run())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert processed == [] and a.consumer.unacked == set()  # waiting, not tracked yet
+    a.flow_control.resume()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(*b.acks.tasks)
+    assert processed == [0, 1, 2] and a.consumer.acked == [0, 1, 2] and b.dropped == 0
+
+
+async def test_messages_held_across_a_rebalance_are_dropped_for_the_next_seek() -> None:
+    a = app()
+    a.flow_control = FlowControlEvent()
+    processed: list[int] = []
+    b = Batcher(a, Feed({"events"}), Recorder(processed), size=10)  # type: ignore[arg-type]
+    b.feed.queue.put_nowait([message(0, n) for n in range(3)])
+    task = asyncio.ensure_future(b.run())
+    await asyncio.sleep(0)
+    a.consumer_generation_id = 2  # a rebalance came first: Faust seeks again for it
+    a.flow_control.resume()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    task.cancel()
+    assert processed == [] and a.consumer.acked == [] and b.dropped == 3
