@@ -221,8 +221,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
     # returns `aiokafka.AIOKafkaConsumer.seek_to_committed` (aiokafka 0.14.0): that seeks a
     # partition only `if offset and offset > 0`, so a partition the group never committed
     # keeps whatever position the fetcher reached. Faust drops records fetched around a
-    # rebalance (flow stopped, partition paused, old generation; `streams.drain` drops such
-    # lists too) and relies on this seek to fetch them again: for a never-committed partition
+    # rebalance (flow stopped, partition paused; the Batcher drops lists of an earlier
+    # generation) and relies on this seek to fetch them again: for a never-committed partition
     # they were skipped, the next acks started past them and Faust committed over them (found
     # on Kafka: 2,664 committed events never applied after 10 kill -9s, all on the two
     # partitions without a commit yet; Faust's `_new_offset` checks the first acked offset
