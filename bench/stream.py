@@ -51,6 +51,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from streams.dev.broker import free_port, local_broker  # noqa: E402
 from streams.dev.demo import synthetic_events  # noqa: E402
 from streams.dev.process import ChildProcess  # noqa: E402
+from streams.kafka.keys import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, generate_master_key  # noqa: E402
 from streams.kafka.publish import KeyPartitions, encode_event, publish  # noqa: E402
 from streams.kafka.readers import partitions_of  # noqa: E402
 from streams.kafka.topics import TopicNames, ensure_topics, topic_specs  # noqa: E402
@@ -748,6 +749,10 @@ def main() -> None:
         else:
             run_naive(settings, Path(args.data_dir), args.session_timeout)
         return
+    # The worker seals personal fields with per-person keys wrapped by a master key: a
+    # throwaway one for the run unless the environment names one (never printed).
+    if not (os.environ.get(MASTER_KEY_ENV) or os.environ.get(MASTER_KEY_FILE_ENV)):
+        os.environ[MASTER_KEY_ENV] = generate_master_key("bench")
     results = asyncio.run(bench(args))
     report(results, args)
     OUT.mkdir(parents=True, exist_ok=True)

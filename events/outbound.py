@@ -122,6 +122,12 @@ class HistoryRecord(BaseModel):
     erased: bool = False
     last_touch_source: str | None = None
     touches: int = Field(default=0, ge=0, description="marketing touches so far")
+    outcomes: dict[str, str] | None = Field(
+        default=None,
+        description="what the decision read of personal fields, in policy words (the UCP "
+        "domain or title keyword, the decision-maker keyword that matched), so replay and "
+        "verify reproduce it after the fields are erased",
+    )
     first_touch_at: AwareDatetime | None = Field(
         default=None, description="when the first touch happened (merges keep the earlier)"
     )
@@ -167,3 +173,9 @@ class DeadLetter(BaseModel):
     offset: int
     key: Base64Bytes | None = None
     value: Base64Bytes
+    sealed: bool = Field(
+        default=False,
+        description="`value` is the rejected bytes sealed (`v1.…`) with the data key of the "
+        "person the message key names, so their erasure shreds it too; empty once that person "
+        "is erased (the rejected bytes are then not kept)",
+    )

@@ -18,6 +18,7 @@ Order of the rules for one event:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -52,12 +53,21 @@ _SALES_RULES = {
 
 
 def decide(
-    state: PersonState | None, event: Event, policy: Policy, seen: Seen | None = None
+    state: PersonState | None,
+    event: Event,
+    policy: Policy,
+    seen: Seen | None = None,
+    *,
+    content: Mapping[str, Any] | None = None,
+    recorded: Mapping[str, str] | None = None,
 ) -> Decision:
     """What `event` does to the person in `state` under `policy`. Never mutates `state`.
 
     `seen` is what the runtime's dedup store holds for (person, event id): None for an id
-    the person never applied.
+    the person never applied. `content` is the event as history stores it (personal fields
+    sealed, `lifecycle.shredding.stored_body`) when it differs from the event as received.
+    `recorded` are the outcomes a history record kept of the personal fields its decision
+    read (replay and verify of a person whose fields are unreadable).
 
     Most events move no one (page views, clicks); they take the short path through this
     function. Anything that may move the person goes through `_Deciding`.
@@ -66,7 +76,9 @@ def decide(
         state = PersonState(event.person_id)
     compiled = policy.compiled
     if seen is not None:
-        decision = repeated(state.person_id, compiled.version, event, seen)
+        decision = repeated(
+            state.person_id, compiled.version, event, seen, content, erased=state.erased
+        )
         if state.merged_into is not None and decision.conflict is None:
             decision.follow_up = merge.repeated_follow_up(state, event, seen)
         return decision
@@ -115,10 +127,11 @@ def decide(
     trigger = compiled.triggers.get(event_type)
     note: Reason | None = None
     erased = False
+    outcomes: dict[str, str] | None = None
     changes: tuple[StageChange, ...] = ()
     lead_source = state.lead_source
     if timed_out or scored or (trigger is not None and (stage, trigger) in TABLE):
-        deciding = _Deciding(state, event, policy, score, first_touch)
+        deciding = _Deciding(state, event, policy, score, first_touch, recorded)
         deciding.touches, deciding.last_touch = touches, last_touch
         if timed_out:
             deciding.time_out(last)  # type: ignore[arg-type]
@@ -129,6 +142,7 @@ def decide(
             note = note or blocked
         changes = tuple(deciding.changes)
         lead_source = deciding.lead_source
+        outcomes = deciding.outcomes or None
     elif trigger is None:
         if event_type == _ERASED:
             erased = True
@@ -154,6 +168,7 @@ def decide(
         erased,
         last_touch_source=last_touch,
         touches=touches,
+        outcomes=outcomes,
         first_touch_at=first_touch_at,
     )
 
@@ -184,8 +199,10 @@ class _Deciding:
         "first_touch",
         "last_touch",
         "lead_source",
+        "outcomes",
         "policy",
         "profile",
+        "recorded",
         "refusal",
         "score",
         "sequence",
@@ -201,8 +218,11 @@ class _Deciding:
         policy: Policy,
         score: float,
         first_touch: str | None,
+        recorded: Mapping[str, str] | None = None,
     ) -> None:
         self.state = state
+        self.recorded = recorded
+        self.outcomes: dict[str, str] | None = None
         self.event = event
         self.policy = policy
         self.sequence = state.sequence + 1
@@ -264,7 +284,18 @@ class _Deciding:
             return None
         if self.profile is None:
             self.profile = _merged_profile(self.state, self.event)
-        g = GuardInput(self.event, self.profile, self.policy, self.stage, self.score)
+            # What the guards read of personal fields, kept in the history record so the
+            # decision survives their erasure (`lifecycle.shredding`).
+            self.outcomes = {}
+        g = GuardInput(
+            self.event,
+            self.profile,
+            self.policy,
+            self.stage,
+            self.score,
+            self.outcomes,  # type: ignore[arg-type]
+            self.recorded,
+        )
         failed, sentences = check(move.guards, g)
         if failed is not None:
             self.refusal = sentences[-1]  # the failing guard's own sentence

@@ -94,9 +94,27 @@ class Seen:
     changes: tuple[StageChange, ...] = ()
 
 
-def repeated(person_id: str, policy_version: str, event: Event, seen: Seen) -> Decision:
-    """The decision for an event id the person already applied (`seen`): it changes nothing."""
-    if fingerprint(body(event)) == seen.digest:
+def repeated(
+    person_id: str,
+    policy_version: str,
+    event: Event,
+    seen: Seen,
+    content: Mapping[str, Any] | None = None,
+    *,
+    erased: bool = False,
+) -> Decision:
+    """The decision for an event id the person already applied (`seen`): it changes nothing.
+
+    `content` is the event as history stores it (its personal fields sealed), which is what
+    the digest was taken of; the event as received is compared too, for records written
+    before personal fields were sealed. An erased person's known id is a duplicate whatever
+    it carries: with their key gone, what the first arrival held cannot be compared.
+    """
+    if (
+        erased
+        or (content is not None and fingerprint(content) == seen.digest)
+        or fingerprint(body(event)) == seen.digest
+    ):
         return Decision(
             person_id, seen.sequence, policy_version, event, seen.changes, duplicate=True
         )

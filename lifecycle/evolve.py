@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from lifecycle.records import Merged, Reason
+from lifecycle.shredding import WITHHELD
 from lifecycle.stages import higher
 from lifecycle.state import PersonState
 
@@ -85,9 +86,11 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
         state.sla_breached = merged.sla_breached
         state.aliases = merged.aliases
     event = decision.event
-    if decision.erased:
+    if decision.erased:  # what an erased person keeps: stage facts, no profile, no sentence
         state.profile = {}
         state.erased = True
+        if state.last_reason is not None:
+            state.last_reason = Reason(state.last_reason.rule, WITHHELD)
     elif event.profile is not None and state.merged_into is None:
         # An alias's events belong to its survivor (`lifecycle.merge`): its own record only
         # notes them, and its profile stays what it handed off.

@@ -20,6 +20,12 @@ class GuardInput(NamedTuple):
     policy: Policy
     stage: str
     score: float
+    #: what the guards read of personal fields, in policy words, noted as they read it; kept
+    #: in the history record (`outcomes`, see `lifecycle.shredding`)
+    noted: dict[str, str]
+    #: the outcomes a history record kept: used for a personal field the profile no longer
+    #: holds (erased, or sealed with no key at hand)
+    recorded: Mapping[str, str] | None = None
 
 
 Verdict = tuple[bool, str | None]
@@ -36,15 +42,24 @@ def _text(profile: Mapping[str, Any], key: str) -> str | None:
 
 
 def not_ucp(g: GuardInput) -> Verdict:
-    """Unacceptable customer profile: these contacts never reach lead or mql."""
+    """Unacceptable customer profile: these contacts never reach lead or mql.
+
+    What it reads of the email and the job title it notes in `g.noted` (in policy words), and
+    where the profile no longer holds them it takes the verdict `g.recorded` kept."""
     c = g.policy.compiled
-    profile = g.profile
+    profile, noted, recorded = g.profile, g.noted, g.recorded
     if c.ucp_domains:
         email = _text(profile, "email")
-        if email and "@" in email:
-            domain = email.rsplit("@", 1)[1]
-            if domain in c.ucp_domains:
-                return False, f"UCP: email domain {domain} is unacceptable"
+        if email is not None:
+            noted["email"] = "given"
+            if "@" in email:
+                domain = email.rsplit("@", 1)[1]
+                if domain in c.ucp_domains:
+                    noted["ucp_domain"] = domain
+                    return False, f"UCP: email domain {domain} is unacceptable"
+        elif recorded is not None and "ucp_domain" in recorded:
+            noted["ucp_domain"] = domain = recorded["ucp_domain"]
+            return False, f"UCP: email domain {domain} is unacceptable"
     if c.ucp_industries:
         industry = _text(profile, "industry")
         if industry and industry in c.ucp_industries:
@@ -55,10 +70,15 @@ def not_ucp(g: GuardInput) -> Verdict:
             return False, f"UCP: country {country.upper()} is unacceptable"
     if c.ucp_titles:
         title = _text(profile, "job_title")
-        if title:
+        if title is not None:
+            noted["title"] = "given"
             for keyword in c.ucp_titles:
                 if keyword in title:
+                    noted["ucp_title"] = keyword
                     return False, f"UCP: job title {profile['job_title']!r} contains {keyword!r}"
+        elif recorded is not None and "ucp_title" in recorded:
+            noted["ucp_title"] = keyword = recorded["ucp_title"]
+            return False, f"UCP: job title (withheld) contains {keyword!r}"
     return True, None
 
 
@@ -102,20 +122,29 @@ def is_decision_maker(g: GuardInput) -> Verdict:
     c = g.policy.compiled
     if not c.dm_required:
         return True, None
-    profile = g.profile
+    profile, noted, recorded = g.profile, g.noted, g.recorded
     seniority = _text(profile, "seniority")
     if seniority and seniority in c.dm_seniorities:
         return True, f"decision maker ({seniority})"
     title = _text(profile, "job_title")
-    if title:
+    shown_title = repr(profile.get("job_title"))
+    if title is not None:
+        noted["title"] = "given"
         for keyword in c.dm_titles:
             if keyword in title:
+                noted["dm_title"] = keyword
                 return True, f"decision maker (title {profile['job_title']!r})"
+    elif recorded is not None and "title" in recorded:
+        noted["title"] = "given"
+        if "dm_title" in recorded:
+            noted["dm_title"] = recorded["dm_title"]
+            return True, "decision maker (title withheld)"
+        title, shown_title = "(withheld)", "job title (withheld)"
     if seniority is None and title is None:
         if c.dm_unknown_passes:
             return True, "role unknown"
         return False, "role unknown and this policy requires a decision maker"
-    shown = seniority or repr(profile.get("job_title"))
+    shown = seniority or shown_title
     return False, f"{shown} is not a decision maker or influencer"
 
 

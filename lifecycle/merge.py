@@ -33,6 +33,7 @@ from events.limits import MAX_ID
 from lifecycle.dedup import Seen
 from lifecycle.policy import Policy
 from lifecycle.records import Decision, Merged, Reason, StageChange
+from lifecycle.shredding import clear_profile
 from lifecycle.stages import NEW, RANK, higher, passed_through
 from lifecycle.state import PersonState
 from lifecycle.temperature import temperature
@@ -88,7 +89,13 @@ def _unchanged(state: PersonState, event: Event, version: str, note: Reason) -> 
 
 
 def snapshot(state: PersonState) -> Absorbed:
-    """The absorbed lifecycle as the hand-off carries it."""
+    """The absorbed lifecycle as the hand-off carries it.
+
+    Without personal fields (`lifecycle.shredding`): they are sealed with the absorbed
+    person's key, and the hand-off travels the events topic and the survivor's history, where
+    erasing the alias (its key destroyed) could not reach them. The survivor keeps its own
+    email, title and company; the clear firmographics are merged."""
+    profile = clear_profile(state.profile)
     return Absorbed(
         person_id=state.person_id,
         stage=state.current_stage,
@@ -100,7 +107,7 @@ def snapshot(state: PersonState) -> Absorbed:
         lead_source=state.lead_source,
         score=state.score,
         score_at=state.score_at,
-        profile=Profile(**state.profile) if state.profile else None,
+        profile=Profile(**profile) if profile else None,
         sla_breached=state.sla_breached,
         last_touch_source=state.last_touch_source,
         touches=state.touches,

@@ -36,7 +36,7 @@ from events.inbound import Event
 from lifecycle.funnel import Funnel, _Person
 from lifecycle.policy import Policy
 from lifecycle.records import Decision, Reason, StageChange
-from lifecycle.replay import Replayer, bulk_gc
+from lifecycle.replay import Recorded, Replayer, bulk_gc
 from lifecycle.simulate import Outcome, Simulation, simulate
 from lifecycle.verify import Mismatch, VerifyReport, verify
 
@@ -326,14 +326,28 @@ class _Aliases:
     aliases: tuple[str, ...]
 
 
+def recorded_of(records: Iterable[Any]) -> Recorded:
+    """The outcomes history records kept of sealed personal fields (crypto-shredding): what
+    their decisions depended on, for persons whose fields are unreadable (erased)."""
+    return {
+        (r.person_id, r.event.event_id): (r.policy_version, r.outcomes)
+        for r in records
+        if getattr(r, "outcomes", None)
+    }
+
+
 def funnel_facts(
-    view: Funnel, events: Sequence[Event], policy: Policy, merging: set[str]
+    view: Funnel,
+    events: Sequence[Event],
+    policy: Policy,
+    merging: set[str],
+    recorded: Recorded | None = None,
 ) -> dict[str, Any]:
     """One partition's funnel piece: the facts of the persons no merge touched, and the
     funnel inputs of those in `merging` (decided again: decisions are per person)."""
     ops: list[dict[str, Any]] = []
     if merging:
-        replayer = Replayer(policy, follow=False)
+        replayer = Replayer(policy, follow=False, recorded=recorded)
         for event in events:
             if event.person_id in merging:
                 decision = replayer.apply(event)
@@ -390,17 +404,19 @@ def _merging(decisions: Iterable[Decision], into: set[str]) -> Iterator[Decision
         yield decision
 
 
-def funnel_piece(events: Iterable[Event], policy: Policy) -> dict[str, Any]:
+def funnel_piece(
+    events: Iterable[Event], policy: Policy, recorded: Recorded | None = None
+) -> dict[str, Any]:
     """One partition's funnel under `policy`, from its history's events as recorded."""
     events = list(events)  # read twice: once for all, again for the persons a merge touched
     view = Funnel()
     conflicts: list[list[str]] = []
     merging: set[str] = set()
     with bulk_gc():
-        replayer = Replayer(policy, follow=False)
+        replayer = Replayer(policy, follow=False, recorded=recorded)
         for decision in _merging(_conflicts(map(replayer.apply, events), conflicts), merging):
             view.add_decision(decision)
-        facts = funnel_facts(view, events, policy, merging)
+        facts = funnel_facts(view, events, policy, merging, recorded)
     return {"funnel": facts, "conflicts": conflicts}
 
 
@@ -420,14 +436,21 @@ class _MergeAware(Funnel):
         super().add_decision(decision)
 
 
-def simulate_piece(events: Iterable[Event], policy_a: Policy, policy_b: Policy) -> dict[str, Any]:
+def simulate_piece(
+    events: Iterable[Event],
+    policy_a: Policy,
+    policy_b: Policy,
+    recorded: Recorded | None = None,
+) -> dict[str, Any]:
     """One partition's what-if, from its history's events as recorded."""
     events = list(events)  # read again for the persons a merge touched (`funnel_facts`)
     view_a, view_b = _MergeAware(), _MergeAware()
     with bulk_gc():
-        result = simulate(events, policy_a, policy_b, follow=False, funnels=(view_a, view_b))
-        facts_a = funnel_facts(view_a, events, policy_a, view_a.merging)
-        facts_b = funnel_facts(view_b, events, policy_b, view_b.merging)
+        result = simulate(
+            events, policy_a, policy_b, recorded, follow=False, funnels=(view_a, view_b)
+        )
+        facts_a = funnel_facts(view_a, events, policy_a, view_a.merging, recorded)
+        facts_b = funnel_facts(view_b, events, policy_b, view_b.merging, recorded)
     return {
         "events": result.events,
         "conflicts": result.conflicts,
@@ -472,7 +495,7 @@ def cohort_piece(records: Sequence[Any], policy: Policy) -> dict[str, Any]:
     """One partition's stage changes as reported (its history) and restated (`policy`)."""
     restated: list[dict[str, Any]] = []
     with bulk_gc():
-        replayer = Replayer(policy, follow=False)
+        replayer = Replayer(policy, follow=False, recorded=recorded_of(records))
         for record in records:
             decision = replayer.apply(record.event)
             if not decision.duplicate:
@@ -510,6 +533,8 @@ def verify_piece(records: Iterable[Any], policies: dict[str, Policy]) -> dict[st
             for m in report.mismatches
         ],
         "missing_policies": report.missing_policies,
+        "erased": sorted(report.erased),  # persons: one may be on one partition only
+        "withheld": report.withheld,
     }
 
 
@@ -523,6 +548,8 @@ def combine_verifications(pieces: Sequence[dict[str, Any]]) -> VerifyReport:
             )
         for version, count in piece["missing_policies"].items():
             report.missing_policies[version] = report.missing_policies.get(version, 0) + count
+        report.erased.update(piece["erased"])
+        report.withheld += piece["withheld"]
     return report
 
 
@@ -537,10 +564,11 @@ def replay_rows(
     cutoff: datetime | None = None,
     state: bool = False,
     conflicts: list[list[str]],
+    recorded: Recorded | None = None,
 ) -> list[Any]:
     """What `leadflow replay` prints for one partition's history, as recorded: its stage
     changes, or (`state`) its persons' final states, in order."""
-    replayer = Replayer(policy, follow=False)
+    replayer = Replayer(policy, follow=False, recorded=recorded)
     rows: list[Any] = []
     with bulk_gc():
         for event in events:

@@ -185,18 +185,25 @@ class Decision:
     last_touch_source: str | None = None
     touches: int = 0
     conflict: str | None = None
+    #: what the guards read of personal fields (`lifecycle.shredding.outcomes`)
+    outcomes: dict[str, str] | None = None
     first_touch_at: datetime | None = None
     merged_into: str | None = None
     merged: Merged | None = None
     follow_up: Event | None = None
 
-    def to_wire(self) -> dict[str, Any]:
-        """The history record as plain data for orjson (the `HistoryRecord` shape)."""
+    def to_wire(self, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The history record as plain data for orjson (the `HistoryRecord` shape).
+
+        `body` is the event as stored, when the caller has it (sealed personal fields).
+        """
         return {
             "person_id": self.person_id,
             "sequence": self.sequence,
             "policy_version": self.policy_version,
-            "event": self.event.model_dump(mode="json", exclude_none=True),
+            "event": self.event.model_dump(mode="json", exclude_none=True)
+            if body is None
+            else body,
             "changes": self.changes,
             "sla_breaches": self.sla_breaches,
             "note": self.note,
@@ -209,6 +216,7 @@ class Decision:
             "erased": self.erased,
             "last_touch_source": self.last_touch_source,
             "touches": self.touches,
+            "outcomes": self.outcomes,
             "first_touch_at": self.first_touch_at,
             "merged_into": self.merged_into,
             "merged": self.merged,

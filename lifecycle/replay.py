@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -15,6 +15,11 @@ from lifecycle.merge import ABSORBED
 from lifecycle.policy import Policy
 from lifecycle.records import Decision
 from lifecycle.state import PersonState
+
+#: (person, event id) -> (policy version, outcomes): what history records kept of the personal
+#: fields their decisions read (`lifecycle.shredding.outcomes`), for replaying persons whose
+#: personal fields are unreadable (erased, or no key at hand). Used only under that version.
+Recorded = dict[tuple[str, str], tuple[str, dict[str, str]]]
 
 #: Young-generation threshold while folding a large history (CPython's default is 700).
 BULK_GC_THRESHOLD = 100_000
@@ -60,17 +65,19 @@ class Replayer:
     live decisions exactly, in the interleaving the workers had (tests, audits).
     """
 
-    __slots__ = ("follow", "policy", "seen", "states")
+    __slots__ = ("follow", "policy", "recorded", "seen", "states")
 
     def __init__(
         self,
         policy: Policy,
         states: dict[str, PersonState] | None = None,
         seen: SeenIndex | None = None,
+        recorded: Recorded | None = None,
         *,
         follow: bool = True,
     ) -> None:
         self.policy = policy
+        self.recorded = recorded
         self.states: dict[str, PersonState] = {} if states is None else states
         self.seen = SeenIndex() if seen is None else seen
         self.follow = follow
@@ -93,25 +100,40 @@ class Replayer:
             decisions.append(decision)
         return decisions
 
-    def apply(self, event: Event) -> Decision:
+    def apply(self, event: Event, recorded: Mapping[str, str] | None = None) -> Decision:
+        """`recorded`: the outcomes a history record kept of the personal fields its decision
+        read, for an event whose personal fields are unreadable (erased); only meaningful
+        under the policy version that recorded them."""
         person = event.person_id
         state = self.states.get(person)
         if state is None:  # a first event is never a duplicate: keep the state decide() reads
             state = self.states[person] = PersonState(person)
-        decision = decide(state, event, self.policy, self.seen.get(person, event.event_id))
+        if recorded is None and self.recorded:
+            kept = self.recorded.get((person, event.event_id))
+            if kept is not None and kept[0] == self.policy.version:
+                recorded = kept[1]
+        decision = decide(
+            state, event, self.policy, self.seen.get(person, event.event_id), recorded=recorded
+        )
         if not decision.duplicate:
             evolve(state, decision)  # in place
             self.seen.remember(decision)
         return decision
 
 
-def replay(events: Iterable[Event], policy: Policy, *, follow: bool = True) -> Iterator[Decision]:
+def replay(
+    events: Iterable[Event],
+    policy: Policy,
+    recorded: Recorded | None = None,
+    *,
+    follow: bool = True,
+) -> Iterator[Decision]:
     """Every decision, in order. Duplicates come out with `duplicate=True` and their old changes;
     an event id reused with other content with `duplicate=True` and its `conflict`.
 
     `follow=False` reproduces a history's own decisions exactly (see `Replayer`).
     """
-    replayer = Replayer(policy, follow=follow)
+    replayer = Replayer(policy, recorded=recorded, follow=follow)
     with bulk_gc():  # while the caller consumes decisions too; restored when it finishes
         if not follow:
             for event in events:

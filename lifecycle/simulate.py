@@ -9,7 +9,7 @@ from typing import Any
 from events.inbound import Event
 from lifecycle.funnel import Funnel, FunnelReport
 from lifecycle.policy import Policy
-from lifecycle.replay import Replayer
+from lifecycle.replay import Recorded, Replayer
 
 
 @dataclass(slots=True)
@@ -61,6 +61,7 @@ def simulate(
     events: Iterable[Event],
     policy_a: Policy,
     policy_b: Policy,
+    recorded: Recorded | None = None,
     *,
     follow: bool = True,
     funnels: tuple[Funnel, Funnel] | None = None,
@@ -69,7 +70,8 @@ def simulate(
 
     `follow` as in `Replayer`; `funnels` are the views to feed (a partial result keeps them).
     """
-    a, b = Replayer(policy_a, follow=follow), Replayer(policy_b, follow=follow)
+    a = Replayer(policy_a, recorded=recorded, follow=follow)
+    b = Replayer(policy_b, recorded=recorded, follow=follow)
     funnel_a, funnel_b = funnels if funnels is not None else (Funnel(), Funnel())
     count = conflicts = 0
     for event in events:

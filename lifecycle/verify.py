@@ -2,6 +2,10 @@
 
 Each record is re-decided from the state folded from the records before it, then the
 *recorded* record is applied, so one mismatch is reported once instead of cascading.
+
+After an erasure (or without the person's key at hand) personal fields are unreadable: the
+decision is re-taken from the outcomes the record kept of them (`lifecycle.shredding`), and a
+reason sentence that was sealed is compared by its rule id only.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from lifecycle.decide import decide
 from lifecycle.dedup import SeenIndex
 from lifecycle.evolve import Applied, evolve
 from lifecycle.policy import Policy
+from lifecycle.shredding import SEALED, WITHHELD
 from lifecycle.state import PersonState
 
 
@@ -32,13 +37,17 @@ class VerifyReport:
     checked: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
     missing_policies: dict[str, int] = field(default_factory=dict)
+    #: persons whose history holds an erasure (checked like everyone, counted apart)
+    erased: set[str] = field(default_factory=set)
+    #: records with a sealed sentence no key could open (compared by rule id)
+    withheld: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.mismatches and not self.missing_policies
 
 
-def change_facts(change: Any) -> tuple[Any, ...]:
+def change_facts(change: Any, text: str | None = None) -> tuple[Any, ...]:
     return (
         change.change_id,
         change.from_stage,
@@ -46,7 +55,7 @@ def change_facts(change: Any) -> tuple[Any, ...]:
         tuple(change.passed_through),
         change.occurred_at,
         change.reason.rule,
-        change.reason.text,
+        change.reason.text if text is None else text,
         change.lead_source,
         change.first_touch_source,
         change.temperature,
@@ -70,12 +79,26 @@ def _merged_facts(merged: Any) -> tuple[Any, ...] | None:
     )
 
 
-def _facts(record: Any) -> dict[str, Any]:
-    """The parts of a decision that verify compares, from a Decision or a HistoryRecord."""
+def _unreadable(text: str) -> bool:
+    """A sentence that was sealed and could not be opened (erased, or no key at hand)."""
+    return text == WITHHELD or text.startswith(SEALED)
+
+
+def _facts(record: Any, withheld: Any = None) -> dict[str, Any]:
+    """The parts of a decision that verify compares, from a Decision or a HistoryRecord.
+
+    `withheld` is the recorded record: where its sentence is withheld, so is this one's."""
     note = record.note
+    texts: list[str | None] = [None] * len(record.changes)
+    if withheld is not None:
+        for index, change in enumerate(withheld.changes[: len(texts)]):
+            if _unreadable(change.reason.text):
+                texts[index] = change.reason.text
+        if withheld.note is not None and _unreadable(withheld.note.text) and note is not None:
+            note = type(note)(note.rule, withheld.note.text)
     return {
         "sequence": record.sequence,
-        "changes": [change_facts(c) for c in record.changes],
+        "changes": [change_facts(c, t) for c, t in zip(record.changes, texts, strict=True)],
         "sla_breaches": [_breach_facts(b) for b in record.sla_breaches],
         "note": None if note is None else (note.rule, note.text),
         "last_activity": record.last_activity,
@@ -109,7 +132,15 @@ def verify(records: Iterable[Applied], policies: Mapping[str, Policy]) -> Verify
         else:
             report.checked += 1
             event = record.event
-            recomputed = decide(state, event, policy, seen.get(record.person_id, event.event_id))
+            if record.erased:
+                report.erased.add(record.person_id)
+            recomputed = decide(
+                state,
+                event,
+                policy,
+                seen.get(record.person_id, event.event_id),
+                recorded=getattr(record, "outcomes", None),
+            )
             if recomputed.duplicate:
                 conflict = recomputed.conflict
                 report.mismatches.append(
@@ -124,7 +155,9 @@ def verify(records: Iterable[Applied], policies: Mapping[str, Policy]) -> Verify
                     )
                 )
             else:
-                want, got = _facts(record), _facts(recomputed)
+                want, got = _facts(record), _facts(recomputed, record)
+                if got != _facts(recomputed):
+                    report.withheld += 1
                 if want["first_touch_at"] is None:
                     got["first_touch_at"] = None  # history written before it was recorded
                 for name, value in want.items():

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
         description="file for the access log of personal-data reads (JSON lines); without "
         "it the lines go to the `leadflow.access` logger",
     )
+    master_key: SecretStr | None = Field(
+        default=None, description="kid:base64[,kid:base64…]: wraps per-person data keys"
+    )
+    master_key_file: Path | None = Field(default=None, description="file of kid:base64 lines")
     session_timeout: float = Field(default=10.0, description="consumer group session, seconds")
     sweep_interval: float = Field(default=60.0, gt=0, description="sweeper period, seconds")
     fetch_max_wait_ms: int = Field(
@@ -69,6 +73,17 @@ class Settings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+
+    def master_keys(self) -> Any:
+        """The master keys (`streams.kafka.keys.MasterKeys`), or None if none is configured."""
+        from streams.kafka.keys import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, MasterKeys
+
+        env = {}
+        if self.master_key is not None:
+            env[MASTER_KEY_ENV] = self.master_key.get_secret_value()
+        if self.master_key_file is not None:
+            env[MASTER_KEY_FILE_ENV] = str(self.master_key_file)
+        return MasterKeys.from_env(env)
 
     @property
     def topics(self) -> TopicNames:

@@ -161,7 +161,13 @@ async def _dev_session(stack: Any) -> None:
         f"  tail       leadflow tail {cli} --topic stage-changes\n"
         f"  send       leadflow send events.jsonl {cli}\n"
         f"  export     leadflow export-history {cli} --out history.jsonl\n"
-        f"  stop       Ctrl-C",
+        + (
+            f"  master key LEADFLOW_MASTER_KEY_FILE={stack.master_key_path}  (export, replay "
+            "and verify open personal fields with it; without it they stay sealed)\n"
+            if stack.master_key_generated
+            else ""
+        )
+        + "  stop       Ctrl-C",
         highlight=False,
     )
     demo_task = None

@@ -15,6 +15,7 @@ from streams.cli import (
     analytics,
     dev,
     imports,
+    keys,
     offline,
     partials,
     policy,
@@ -32,7 +33,7 @@ app = typer.Typer(
     help="Event-sourced lead lifecycle: one agreed lead definition, applied to every event.",
 )
 
-for group in (offline, policy, worker, send, tools, dev, imports, analytics, partials, token):
+for group in (offline, policy, worker, send, tools, dev, imports, analytics, keys, partials, token):
     group.register(app)
 
 

@@ -94,7 +94,7 @@ def replay(
             reader.conflicts = totals["conflicts"]
             reader.summary()
             return
-    replayer = Replayer(rules)
+    replayer = Replayer(rules, recorded=reader.recorded)
 
     def changes() -> Iterator[Any]:
         for event in reader.events(events, broker, topic_prefix):
@@ -196,7 +196,9 @@ def funnel_command(
         )
         return
     reader = EventReader(strict, mapping)
-    report = funnel_of(map(reader.check, run(reader.events(events, broker, topic_prefix), rules)))
+    report = funnel_of(
+        map(reader.check, run(reader.events(events, broker, topic_prefix), rules, reader.recorded))
+    )
     if by is not None:
         commands_analytics.attribution(report, by, format)
     elif format == "json":
@@ -229,7 +231,7 @@ def simulate(
         commands_partials.simulate_share(share, a, b, options)
         return
     reader = EventReader(strict, mapping)
-    result = run(reader.events(events, broker, topic_prefix), a, b)
+    result = run(reader.events(events, broker, topic_prefix), a, b, reader.recorded)
     print_simulation(result, a.name, b.name, limit, format)
     reader.summary()
 
@@ -343,7 +345,9 @@ def print_verification(report: Any) -> None:
         err.print(f"policy {version} unknown: {count} record(s) not checked (pass --policy FILE)")
     out.print(
         f"checked {report.checked} records: {len(report.mismatches)} mismatch(es), "
-        f"{sum(report.missing_policies.values())} unchecked"
+        f"{sum(report.missing_policies.values())} unchecked; {len(report.erased)} erased "
+        f"person(s), {report.withheld} record(s) with a withheld sentence compared by rule",
+        highlight=False,
     )
 
 

@@ -42,6 +42,7 @@ from lifecycle.partials import (
     combine_verifications,
     funnel_piece,
     pieces_in_order,
+    recorded_of,
     replay_rows,
     simulate_piece,
     spans,
@@ -113,6 +114,7 @@ def _share(
 async def _read_share(
     settings: Any, wanted: list[int] | None, compute: Compute
 ) -> tuple[str, int, dict[int, dict[str, Any]]]:
+    from streams.kafka.keys import opener, read_keys
     from streams.kafka.readers import iter_to_end
     from streams.kafka.topics import TopicNotFound
     from streams.tools.export import parse_history, topic_partitions, where
@@ -128,6 +130,16 @@ async def _read_share(
         raise fail(
             f"--partitions: {spans(absent)} not partitions of {topic} (it has {spans(present)})"
         )
+    # Sealed personal fields open with the keys topic and the environment's master key, as
+    # for a whole-history run (`streams.tools.export.read_history_topic`); erased persons' stay
+    # sealed and their decisions follow the outcomes history recorded (`recorded_of`).
+    ring = await read_keys(
+        settings.bootstrap,
+        settings.topics.keys,
+        settings.master_keys(),
+        client_options=settings.aiokafka_kwargs(),
+    )
+    key_of = opener(ring, _warn)
     pieces: dict[int, dict[str, Any]] = {}
     for partition in chosen:  # one partition in memory at a time
         records: list[HistoryRecord] = []
@@ -139,7 +151,7 @@ async def _read_share(
             client_options=settings.aiokafka_kwargs(),
         ):
             try:
-                records.append(parse_history(record))
+                records.append(parse_history(record, key_of))
             except ValueError as error:  # reported with the result (`render`, `_finish`)
                 invalid.append(f"{where(record)}: {error}")
         pieces[partition] = {**compute(records), "invalid": invalid}
@@ -207,7 +219,7 @@ def funnel_share(share: Share, policy: Policy, options: dict[str, Any]) -> None:
     _check_by(options["by"])
 
     def compute(records: list[HistoryRecord]) -> dict[str, Any]:
-        return funnel_piece((r.event for r in records), policy)
+        return funnel_piece((r.event for r in records), policy, recorded_of(records))
 
     share.run("funnel", [policy], options, compute)
 
@@ -229,7 +241,7 @@ def simulate_share(
     share: Share, policy_a: Policy, policy_b: Policy, options: dict[str, Any]
 ) -> None:
     def compute(records: list[HistoryRecord]) -> dict[str, Any]:
-        return simulate_piece((r.event for r in records), policy_a, policy_b)
+        return simulate_piece((r.event for r in records), policy_a, policy_b, recorded_of(records))
 
     share.run("simulate", [policy_a, policy_b], options, compute)
 
@@ -253,6 +265,7 @@ def replay_share(
             cutoff=cutoff,
             state=options["state"],
             conflicts=conflicts,
+            recorded=recorded_of(records),
         )
         return {"lines": [orjson.dumps(row).decode() for row in rows], "conflicts": conflicts}
 

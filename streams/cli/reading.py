@@ -15,6 +15,7 @@ import orjson
 
 from events.inbound import Event
 from lifecycle.policy import PRESETS, Policy, PolicyError, load_policy, load_preset, resolve_policy
+from lifecycle.replay import Recorded
 from streams.cli.common import (
     err,
 )
@@ -50,6 +51,8 @@ class EventReader:
         self.strict = strict
         self.mapping = mapping
         self.conflicts = 0
+        #: outcomes history kept of personal fields, for persons whose fields are unreadable
+        self.recorded: Recorded = {}
 
     def report(self, error: BadLine) -> None:
         err.print(str(error), highlight=False, markup=False)
@@ -70,6 +73,9 @@ class EventReader:
             raise _fail("--mapping reads a CSV file given with --events, not a topic")
         if broker:
             for record in history_from_broker(broker, prefix):
+                if record.outcomes:
+                    key = (record.person_id, record.event.event_id)
+                    self.recorded[key] = (record.policy_version, record.outcomes)
                 yield record.event
             return
         path = one_file(paths, self.mapping)
@@ -83,7 +89,12 @@ class EventReader:
             return
         try:
             yield from read_events(
-                path, stats=self.stats, on_error=self.report, strict=self.strict, progress=True
+                path,
+                stats=self.stats,
+                on_error=self.report,
+                strict=self.strict,
+                progress=True,
+                recorded=self.recorded,
             )
         except BadLine as error:
             raise _fail(str(error), 1) from None
@@ -155,7 +166,12 @@ async def checked(settings: Any, main: Any) -> Any:
     except BrokerAccessError as error:
         main.close()
         raise _fail(str(error), 1) from None
-    return await main
+    from streams.kafka.keys import MasterKeyError
+
+    try:
+        return await main
+    except MasterKeyError as error:  # a malformed LEADFLOW_MASTER_KEY: one line, no key in it
+        raise _fail(str(error), 2) from None
 
 
 def write_rows(rows: Iterable[Any]) -> int:

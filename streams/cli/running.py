@@ -101,6 +101,7 @@ def check_broker_or_exit(s: Settings) -> None:
 def run_against_broker(s: Settings, main: Coroutine[Any, Any, T]) -> tuple[T | None, bool]:
     """`run_until_signal`, with a missing topic or an unreachable broker as a one-line error
     (one connection first: wrong credentials or an untrusted certificate fail at once)."""
+    from streams.kafka.keys import MasterKeyError
     from streams.kafka.topics import TopicNotFound
 
     try:
@@ -113,5 +114,7 @@ def run_against_broker(s: Settings, main: Coroutine[Any, Any, T]) -> tuple[T | N
     except TopicNotFound as missing:
         hint = "(run `leadflow topics create`?)"
         raise fail(f"no topic {missing} on {s.bootstrap} {hint}") from None
+    except MasterKeyError as error:  # a malformed LEADFLOW_MASTER_KEY: one line, no key in it
+        raise fail(str(error), 2) from None
     except Exception as error:  # cannot reach the broker, topic authorisation, …
         raise fail(f"{s.bootstrap}: {problem(error)}", 1) from None

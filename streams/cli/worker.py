@@ -101,7 +101,16 @@ def worker(
         raise typer.Exit(2) from None
 
     from streams.kafka.exactly_once import TransactionsUnsupported
+    from streams.kafka.keys import MasterKeyError, MasterKeys
     from streams.worker.run import run
+
+    try:
+        master = settings.master_keys()
+        if master is None:
+            MasterKeys.required({})  # raises the one-line "no master key" error
+    except MasterKeyError as error:
+        typer.echo(f"leadflow worker: {error}", err=True)
+        raise typer.Exit(2) from None
 
     try:
         run(settings, lead_definition, loglevel=loglevel)

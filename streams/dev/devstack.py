@@ -222,12 +222,42 @@ class DevStack:
         command = command or worker_command(self.settings, self.options)
         dashboard = f"dashboard:{READ}:{token_hash(self.dashboard_token)}"
         tokens = ";".join(t for t in (os.environ.get("LEADFLOW_API_TOKENS"), dashboard) if t)
-        env = {"LEADFLOW_API_TOKEN": self.token, "LEADFLOW_API_TOKENS": tokens}
+        env = {
+            "LEADFLOW_API_TOKEN": self.token,
+            "LEADFLOW_API_TOKENS": tokens,
+            **self.master_key_env(),
+        }
         self.worker = ChildProcess(
             command, self.options.data_dir / "worker.log", env=env, die_with_parent=True
         )
         self.worker.start()
         return self.worker
+
+    def master_key_env(self) -> dict[str, str]:
+        """The user's master key, else one kept in the data dir (dev data only: personal
+        fields are sealed with per-person keys it wraps, as in production)."""
+        from streams.kafka.keys import MASTER_KEY_FILE_ENV, generate_master_key
+
+        if not self.master_key_generated:
+            return {}
+        path = self.master_key_path
+        if not path.exists():  # owner-only from the first byte (never printed or logged)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(generate_master_key("dev") + "\n")
+        return {MASTER_KEY_FILE_ENV: str(path)}
+
+    @property
+    def master_key_generated(self) -> bool:
+        """Whether the worker gets a dev master key (the environment names none)."""
+        from streams.kafka.keys import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV
+
+        return not (os.environ.get(MASTER_KEY_ENV) or os.environ.get(MASTER_KEY_FILE_ENV))
+
+    @property
+    def master_key_path(self) -> Path:
+        """Where the dev master key is kept when the environment names none."""
+        return self.options.data_dir / "master.key"
 
     @property
     def web_url(self) -> str:

@@ -36,6 +36,12 @@ DAY_MS = 24 * 60 * 60 * 1000
 DEAD_LETTER_RETENTION_MS = 90 * DAY_MS  # 7_776_000_000
 #: events and stage-changes: a week (Kafka's default, spelled out so every deployment agrees)
 STREAM_RETENTION_MS = 7 * DAY_MS
+#: keys: how soon after an erasure compaction must have removed the wrapped data key. The
+#: active segment is never compacted, so it rolls hourly; tombstones stay a day, so readers
+#: that were down see them.
+KEYS_MAX_COMPACTION_LAG_MS = DAY_MS
+KEYS_SEGMENT_MS = 60 * 60 * 1000
+KEYS_TOMBSTONE_RETENTION_MS = DAY_MS
 #: The person table (a Faust table named so) has this changelog after the app id.
 CHANGELOG_SUFFIX = "-persons-changelog"
 _TOPIC_ALREADY_EXISTS = 36
@@ -54,6 +60,7 @@ class TopicNames:
     dead_letters: str = "leadflow.dead-letters"  # rejected input, kept 90 days
     policies: str = "leadflow.policies"  # versioned lead definitions, compacted
     aliases: str = "leadflow.aliases"  # ids merged into another: the latest per alias, compacted
+    keys: str = "leadflow.keys"  # per-person data keys (wrapped), compacted; erasure = tombstone
 
     @classmethod
     def prefixed(cls, prefix: str) -> TopicNames:
@@ -97,6 +104,9 @@ def topic_specs(
       partition by default so every reader sees versions in one total order.
     * aliases: ``cleanup.policy=compact`` — per merged id, its survivor (the live funnel
       counts one person; stage changes alone miss merges that move nobody).
+    * keys: ``cleanup.policy=compact`` — each person's wrapped data key, the same partition
+      count as events; an erasure writes a tombstone, and compaction removes the key within
+      ``max.compaction.lag.ms`` (a day; segments roll hourly, tombstones stay a day).
     * events / stage-changes: a week.
     * with replication > 1, ``min.insync.replicas`` 2 (acks=all then survives one broker).
     """
@@ -129,6 +139,19 @@ def topic_specs(
             {"cleanup.policy": "compact", **common},
         ),
         TopicSpec(n.aliases, partitions, replication, {"cleanup.policy": "compact", **common}),
+        TopicSpec(
+            n.keys,
+            partitions,
+            replication,
+            {
+                "cleanup.policy": "compact",
+                "max.compaction.lag.ms": str(KEYS_MAX_COMPACTION_LAG_MS),
+                "segment.ms": str(KEYS_SEGMENT_MS),
+                "delete.retention.ms": str(KEYS_TOMBSTONE_RETENTION_MS),
+                "min.cleanable.dirty.ratio": "0.01",
+                **common,
+            },
+        ),
     ]
 
 

@@ -22,6 +22,8 @@ from pydantic import BaseModel, ValidationError
 from events.codec import decode_model, describe_validation_error
 from events.outbound import HistoryRecord
 from lifecycle.policy import Policy
+from lifecycle.shredding import DataKey, is_sealed, open_record
+from streams.kafka.keys import opener, read_keys
 from streams.kafka.readers import iter_to_end, partitions_of, read_to_end
 from streams.kafka.topics import TopicNotFound
 from streams.settings import Settings
@@ -50,9 +52,24 @@ def parse_value(model: type[M], value: bytes | None) -> M:
     return decode_model(model, value)
 
 
-def parse_history(record: ConsumerRecord[bytes, bytes]) -> HistoryRecord:
-    """Validate one history record; ValueError with a one-line reason if it is not one."""
-    return parse_value(HistoryRecord, record.value)
+def parse_history(
+    record: ConsumerRecord[bytes, bytes],
+    key_of: Callable[[str], DataKey | None] | None = None,
+) -> HistoryRecord:
+    """Validate one history record; ValueError with a one-line reason if it is not one.
+
+    With `key_of` (person -> data key), sealed personal fields and sentences are opened."""
+    if record.value is None:
+        raise ValueError("empty value (tombstone)")
+    try:
+        if key_of is not None and is_sealed(record.value):
+            data = orjson.loads(record.value)
+            person = data.get("person_id") if isinstance(data, dict) else None
+            if isinstance(person, str):
+                return HistoryRecord.model_validate(open_record(data, key_of(person)))
+        return HistoryRecord.model_validate_json(record.value)
+    except ValidationError as error:
+        raise ValueError(describe_validation_error(error)) from None
 
 
 def parse_policy(record: ConsumerRecord[bytes, bytes]) -> Policy:
@@ -110,6 +127,9 @@ async def read_history_topic(
 ) -> list[HistoryRecord]:
     """Every history record on the broker, in (partition, offset) order.
 
+    Sealed personal fields are opened with the keys topic and the master key of the
+    environment, where both are at hand; an erased person's stay unreadable (their records
+    keep the outcomes of their decisions, `lifecycle.shredding`).
     Per-person order is history order (key = person id). A record that is not a valid
     history record is reported through `on_error` as `topic/partition@offset: reason` and
     skipped. Raises `TopicNotFound` if there is no history topic.
@@ -118,10 +138,17 @@ async def read_history_topic(
     records = await read_to_end(
         settings.bootstrap, settings.topics.history, client_options=settings.aiokafka_kwargs()
     )
+    ring = await read_keys(
+        settings.bootstrap,
+        settings.topics.keys,
+        settings.master_keys(),
+        client_options=settings.aiokafka_kwargs(),
+    )
+    key_of = opener(ring, report)
     history: list[HistoryRecord] = []
     for record in records:
         try:
-            history.append(parse_history(record))
+            history.append(parse_history(record, key_of))
         except ValueError as error:
             report(f"{where(record)}: {error}")
     return history

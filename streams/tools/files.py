@@ -20,6 +20,7 @@ from events.fastcodec import fast_events
 from events.inbound import Event
 from events.limits import MAX_PAYLOAD_BYTES
 from events.outbound import HistoryRecord
+from lifecycle.replay import Recorded
 
 #: Files larger than this get a progress bar (about 100k lines of typical events).
 PROGRESS_BYTES = 15_000_000
@@ -86,12 +87,15 @@ def read_events(
     progress: bool = False,
     csv_columns: dict[str, str] | None = None,
     lines: Iterable[tuple[int, bytes]] | None = None,
+    recorded: Recorded | None = None,
 ) -> Iterator[Event]:
     """Events in file order from JSONL (inbound events or exported history) or CSV.
 
     History lines (with `sequence` and `event`) yield their event, so a history export can be
     replayed under another policy. `lines`: (line number, line) of the file to read instead
-    of all of them (a shard of a replay, `streams.tools.sharded`).
+    of all of them (a shard of a replay, `streams.tools.sharded`). An export holds personal
+    fields sealed: `recorded` collects the outcomes the records kept of them
+    (`lifecycle.replay.Recorded`).
     """
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
@@ -123,7 +127,7 @@ def read_events(
         if line.startswith(b'{"person_id"') or line.find(b'"sequence"', 0, 200) != -1:
             yield from flush()
             try:
-                event = _history_event(line)
+                event = _history_event(line, recorded)
                 if event is None:
                     event = decode_event(line)
                 else:
@@ -161,17 +165,27 @@ def _decode_batch(batch: list[tuple[int, bytes]]) -> list[Event] | None:
     return events if len(events) == len(batch) else None
 
 
-def _history_event(line: bytes) -> Event | None:
+def _history_event(line: bytes, recorded: Recorded | None = None) -> Event | None:
     try:
         data = orjson.loads(line)
     except orjson.JSONDecodeError as error:
         raise InvalidMessage(f"not JSON: {error}") from None
     if not (isinstance(data, dict) and "sequence" in data and "event" in data):
         return None
+    if recorded is not None:
+        remember_outcomes(recorded, data)
     try:
         return Event.model_validate(data["event"])
     except ValidationError as error:
         raise InvalidMessage(f"history record event: {describe_validation_error(error)}") from None
+
+
+def remember_outcomes(recorded: Recorded, data: dict[str, Any]) -> None:
+    """Keep a history record's outcomes (as JSON data) for a replay that cannot open it."""
+    outcomes = data.get("outcomes")
+    if outcomes:
+        event = data["event"]
+        recorded[(data["person_id"], event["event_id"])] = (data["policy_version"], outcomes)
 
 
 def read_history(

@@ -12,7 +12,8 @@ this module checks the guarantee directly:
   original's; an event forwarded from a merged id to its survivor keeps its id, so the pair
   names whose record it is);
 * the dead-letter topic: the (partition, offset) of every rejected inbound record, and the
-  raw bytes of each (a re-driven record that was rejected again names its new offset);
+  raw bytes of each (a re-driven record that was rejected again names its new offset;
+  bytes sealed for a person are opened with the keys topic and the master key);
 * the events topic, read to its true end: a record below the committed offset whose key and
   event id are not in history and that was not dead-lettered is a **gap**.
 
@@ -32,6 +33,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.kafka.keys import opener, read_keys
 from streams.kafka.publish import make_producer
 from streams.kafka.readers import iter_to_end
 from streams.kafka.topics import app_id
@@ -170,6 +172,12 @@ async def find_gaps(settings: Settings, group: str) -> ReconcileReport:
 
     rejected: set[tuple[int, int]] = set()
     rejected_values: set[tuple[int, bytes]] = set()
+    # A letter keyed by a person holds the bytes sealed with their data key (streams.
+    # deadletters): opened with the keys topic to compare them; unreadable once erased.
+    ring = await read_keys(
+        settings.bootstrap, names.keys, settings.master_keys(), client_options=options
+    )
+    key_of = opener(ring, lambda _: None)
     async for record in iter_to_end(settings.bootstrap, names.dead_letters, client_options=options):
         report.dead_letters += 1
         try:
@@ -177,7 +185,14 @@ async def find_gaps(settings: Settings, group: str) -> ReconcileReport:
             if letter["topic"] != names.events:
                 continue
             rejected.add((letter["partition"], letter["offset"]))
-            rejected_values.add((letter["partition"], _digest(base64.b64decode(letter["value"]))))
+            value = base64.b64decode(letter["value"])
+            if letter.get("sealed"):
+                person = base64.b64decode(letter["key"] or b"").decode()
+                data_key = key_of(person) if value else None
+                if data_key is None:
+                    continue
+                value = data_key.open(person, value.decode())
+            rejected_values.add((letter["partition"], _digest(value)))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
 

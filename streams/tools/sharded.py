@@ -36,7 +36,7 @@ import orjson
 from events.inbound import Event
 from lifecycle.merge import MERGED
 from lifecycle.policy import Policy
-from lifecycle.replay import Replayer, bulk_gc
+from lifecycle.replay import Recorded, Replayer, bulk_gc
 from streams.tools.files import BadLine, ReadStats, read_events
 
 #: Files at least this large are sharded by default (`--jobs 0`); below, forking costs more
@@ -199,13 +199,17 @@ def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
         out.record(b"E", numbers.popleft(), orjson.dumps(str(error)))
 
     stats = ReadStats()
-    replayer = Replayer(policy)
+    # Outcomes a history line kept of sealed fields (`streams.tools.files`), as the CLI path keeps.
+    recorded: Recorded = {}
+    replayer = Replayer(policy, recorded=recorded)
     states = replayer.states
     created: list[int] = []  # the line that created each state, in the states' order
     conflicts = 0
     record, dumps = out.record, orjson.dumps
     with bulk_gc():
-        for event in read_events(path, stats=stats, on_error=report, lines=lines()):
+        for event in read_events(
+            path, stats=stats, on_error=report, lines=lines(), recorded=recorded
+        ):
             number = numbers.popleft()
             if not keep(event):
                 continue

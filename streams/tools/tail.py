@@ -89,7 +89,10 @@ def show_history(record: Record) -> str:
 
 def show_dead_letter(record: Record) -> str:
     d: DeadLetter = parse_value(DeadLetter, record.value)
-    preview = d.value[:120].decode(errors="replace").replace("\n", " ")
+    if d.sealed:  # personal data possibly: sealed for the person the key names
+        preview = "(value sealed for the person)" if d.value else "(value not kept: erased)"
+    else:
+        preview = d.value[:120].decode(errors="replace").replace("\n", " ")
     return (
         f"{_time(_record_time(record))}  [red]{escape(d.error)}[/red]  "
         f"from {escape(d.topic)}/{d.partition}@{d.offset}  [dim]{escape(preview)}[/dim]"

@@ -8,9 +8,11 @@ Bearer tokens with scopes (`streams.web.access`): `read` for `/people/…` and `
 token, 403 for a token without the scope; every request to a reading route leaves an access
 log line (token name, route, person ids, status).
 
-Erasure: a person's reason sentences (which can quote a job title) are withheld wherever the
-API shows them, also in `/changes/recent`, whose changes come from every partition: the
-worker asks the others which of the listed persons they know to be erased.
+Erasure: what an erased person's data shows is the core's rule (`lifecycle.shredding`): no
+profile, reason sentences withheld wherever the API shows them, also in `/changes/recent`,
+whose changes come from every partition (the worker asks the others which of the listed
+persons they know to be erased). Sentences stored sealed are opened with the person's data
+key by the worker that owns them; `/changes/recent` shows them withheld.
 
 A person's requests are answered by the worker that owns their partition: if this worker
 does not hold the person, it asks the owner Faust's router names for the key, then any other
@@ -23,10 +25,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import orjson
 from faust.web import Request, Response, View
 
 from events.outbound import HistoryRecord
 from lifecycle.policy import Policy
+from lifecycle.shredding import is_sealed, open_record
 from lifecycle.state import PersonState
 from streams.internals import writing_for
 from streams.kafka.readers import iter_to_end
@@ -213,7 +217,13 @@ class Api:
             client_options=self.app.settings.aiokafka_kwargs(),
         ):
             if record.key == key:
-                records.append(HistoryRecord.model_validate_json(record.value))
+                if is_sealed(record.value):
+                    data = open_record(
+                        orjson.loads(record.value), self.app.lifecycle.keys.get(person)
+                    )
+                    records.append(HistoryRecord.model_validate(data))
+                else:
+                    records.append(HistoryRecord.model_validate_json(record.value))
         return records
 
 

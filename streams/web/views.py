@@ -17,9 +17,15 @@ from events.inbound import EventType
 from events.limits import MAX_PAYLOAD_BYTES
 from events.outbound import HistoryRecord, Reason
 from events.wire import parse_time
-from lifecycle.erasure import withheld
 from lifecycle.evolve import evolve
 from lifecycle.policy import Policy
+from lifecycle.shredding import (
+    SEALED,
+    DataKey,
+    erased_profile,
+    open_text,
+    shown_reason,
+)
 from lifecycle.state import PersonState
 from lifecycle.temperature import temperature
 from streams.web.access import ADMIN, INGEST, READ
@@ -35,11 +41,14 @@ from streams.web.responses import JSON, json_response, problem_response, read_bo
 _INTEGER = re.compile(r"^-?[0-9]{1,9}$")
 
 
-def person_view(state: PersonState, policy: Policy, now: datetime) -> dict[str, Any]:
+def person_view(
+    state: PersonState, policy: Policy, now: datetime, key: DataKey | None = None
+) -> dict[str, Any]:
     """What `GET /people/{id}` shows: stage facts, sources, temperature, the last reason.
 
-    For an alias (an id merged into another) only whom it was merged into: its lifecycle
-    continues as the survivor's, which lists its aliases.
+    `key` opens a last reason stored sealed (it quoted personal data). For an alias (an id
+    merged into another) only whom it was merged into: its lifecycle continues as the
+    survivor's, which lists its aliases.
     """
     if state.merged_into is not None:
         return {
@@ -50,6 +59,11 @@ def person_view(state: PersonState, policy: Policy, now: datetime) -> dict[str, 
             "policy_version": policy.version,
         }
     stage = state.current_stage
+    last_reason = state.last_reason
+    if last_reason is not None and not state.erased:
+        last_reason = Reason(
+            rule=last_reason.rule, text=open_text(last_reason.text, key, state.person_id)
+        )
     entered = state.entered_at.get(stage) if stage else None
     return {
         "person_id": state.person_id,
@@ -64,15 +78,13 @@ def person_view(state: PersonState, policy: Policy, now: datetime) -> dict[str, 
         "last_touch_source": state.last_touch_source,
         "touches": state.touches,
         "temperature": temperature(policy, state.lead_source) if stage else None,
-        "last_reason": withheld(state.last_reason)
-        if state.erased and state.last_reason
-        else state.last_reason,
+        "last_reason": shown_reason(last_reason, state.erased),
         "last_activity": state.last_activity,
         "score": round(state.score, 2),
         "sequence": state.sequence,
         "sla_breached": state.sla_breached,
         "erased": state.erased,
-        "profile": {} if state.erased else state.profile,
+        "profile": erased_profile(state.profile, state.erased),
         "aliases": state.aliases,
         "policy_version": policy.version,
     }
@@ -120,7 +132,8 @@ def install_person_views(app: LeadflowApp, api: Api) -> None:
             state = api.state_of(person_id, partition)
             if state is None:
                 return problem_response(self, 404, f"no person {person_id!r}")
-            return json_response(self, person_view(state, policy, datetime.now(UTC)))
+            key = app.lifecycle.keys.get(person_id)
+            return json_response(self, person_view(state, policy, datetime.now(UTC), key))
 
     @app.page("/people/{person_id}/history")
     class PersonHistory(View):
@@ -179,8 +192,12 @@ def install_change_views(app: LeadflowApp, api: Api) -> None:
                 b"["
                 + b",".join(
                     (
-                        c.model_copy(update={"reason": Reason(**withheld(c.reason))})
-                        if c.person_id in erased
+                        c.model_copy(
+                            update={
+                                "reason": Reason(**shown_reason(c.reason, c.person_id in erased))
+                            }
+                        )
+                        if c.person_id in erased or c.reason.text.startswith(SEALED)
                         else c
                     )
                     .model_dump_json()
@@ -294,14 +311,14 @@ def install_ingest(app: LeadflowApp, api: Api) -> None:
 
 def _record_view(record: HistoryRecord, erased: bool = False) -> dict[str, Any]:
     """One timeline entry. For an erased person, reason sentences (which can quote a job
-    title or a seniority) are withheld; the rule ids and stage facts stay."""
+    title or a seniority) are withheld; the rule ids and stage facts stay
+    (`lifecycle.shredding.shown_reason`)."""
     event = record.event
     changes = [c.model_dump(mode="json") for c in record.changes]
     note = record.note.model_dump() if record.note else None
-    if erased:
-        for change in changes:
-            change["reason"] = withheld(change["reason"])
-        note = withheld(record.note) if record.note else None
+    for change in changes:
+        change["reason"] = shown_reason(change["reason"], erased)
+    note = shown_reason(note, erased)
     return {
         "sequence": record.sequence,
         "policy_version": record.policy_version,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -46,12 +47,24 @@ from faust.types import TP, EventT
 from faust.types.tuples import Message
 
 from events.codec import InvalidMessage, decode_event
+from events.limits import MAX_ID
 from lifecycle.deadlines import next_deadline
 from lifecycle.decide import decide
+from lifecycle.dedup import body as event_body
 from lifecycle.dedup import key as dedup_key
 from lifecycle.dedup import stored
 from lifecycle.evolve import evolve
 from lifecycle.policy import Policy
+from lifecycle.shredding import (
+    PERSONAL_PROFILE,
+    open_state,
+    personal_part,
+    seal_merged,
+    seal_sentences,
+    seal_state,
+    stored_body,
+    without_personal,
+)
 from lifecycle.state import PersonState
 from streams.internals import (
     reset_current_event,
@@ -59,6 +72,7 @@ from streams.internals import (
     set_persisted_offset,
     write_store,
 )
+from streams.kafka.keys import KeyRing
 from streams.kafka.publish import KeyPartitions
 from streams.kafka.topics import TopicNames
 from streams.worker import metrics
@@ -109,6 +123,7 @@ class PartitionProcessor:
         *,
         cache_size: int = 100_000,
         seen: DedupStore | None = None,
+        keys: KeyRing | None = None,
         partitions: int | None = None,
     ) -> None:
         self.app = app
@@ -130,6 +145,9 @@ class PartitionProcessor:
             Shadow
         ] = []  # candidate policies run beside this one (streams.worker.shadow)
         self.seen = DedupStore(None) if seen is None else seen
+        #: data keys of the owned persons (`streams.kafka.keys`); their records go out first
+        self.keys = KeyRing(None) if keys is None else keys
+        self.key_outputs = Outputs(app, names.events)
         count = partitions or int(app.conf.topic_partitions)
         #: The events partition of a person id: where a merge's hand-off and an alias's
         #: forwarded events go (the default partitioner's murmur2, as `leadflow send` and
@@ -149,6 +167,7 @@ class PartitionProcessor:
             for person in self.persons.pop(p, {}):
                 self.cache.pop(person, None)
                 self.ticks.pop(person, None)
+                self.keys.destroy(person)  # here only: the key stays on the keys topic
             with contextlib.suppress(KeyError):
                 metrics.CONSUMER_LAG.remove(str(p))
 
@@ -169,7 +188,25 @@ class PartitionProcessor:
 
     def write_table(self, state: PersonState) -> None:
         """Through Faust: store write, changelog send, persisted offset (recovery uses it)."""
-        self.table[state.person_id.encode()] = to_json(state.to_wire())
+        self.table[state.person_id.encode()] = self.table_value(state)
+
+    def table_value(self, state: PersonState) -> bytes:
+        """The state as the table stores it: personal fields and sentences quoting them sealed
+        with the person's key (dropped once they are erased)."""
+        wire = state.to_wire()
+        profile = state.profile
+        if profile and not PERSONAL_PROFILE.isdisjoint(profile):
+            person, keys = state.person_id, self.keys
+            key = keys.get(person)
+            seal = None if key is None else (lambda part: keys.seal(person, part))
+            seal_state(wire, key, seal)
+        return to_json(wire)
+
+    def state_from_table(self, person: str, raw: bytes) -> PersonState:
+        data = orjson.loads(raw)
+        if "personal" in data or b'"sealed:' in raw:
+            data = open_state(data, self.keys.get(person))
+        return PersonState.from_wire(data)
 
     def write_batched(self, state: PersonState, partition: int) -> None:
         """The hot-path table write: the store now, the changelog record with the batch.
@@ -184,7 +221,7 @@ class PartitionProcessor:
         if self.app.in_transaction:
             self.write_table(state)
             return
-        key, value = state.person_id.encode(), to_json(state.to_wire())
+        key, value = state.person_id.encode(), self.table_value(state)
         write_store(self.table, key, value)
         self.outputs.add(self.changelog, key, value, partition)
 
@@ -202,7 +239,34 @@ class PartitionProcessor:
         raw = self.read_table(person)
         if raw is None:
             return None
-        return PersonState.from_wire(orjson.loads(raw))
+        return self.state_from_table(person, raw)
+
+    def rejected_bytes(self, message: Message, key_outputs: Outputs) -> tuple[bytes | None, bool]:
+        """A rejected message's value as its dead letter keeps it: sealed with the data key of
+        the person its key names (made if they have none), nothing once they are erased; as
+        received when the key names no one (`streams.worker.deadletters`)."""
+        person = _person_of(message.key)
+        if person is None or not message.value:
+            return message.value, False
+        partition, keys = message.partition, self.keys
+        try:
+            token = set_current_event(self.stand_ins[partition])
+            try:
+                state = self.state(person, partition)
+            finally:
+                reset_current_event(token)
+            if state is not None and state.erased:
+                return None, True
+            if keys.get(person) is None:
+                key_outputs.add(self.names.keys, message.key, keys.create(person), partition)
+            data_key = keys.get(person)
+            assert data_key is not None
+            return data_key.seal(person, message.value).encode(), True
+        except Exception:  # a key that cannot be unwrapped: keep nothing rather than plaintext
+            log.exception(
+                "dead letter at %s[%s]@%s: value not kept", message.topic, partition, message.offset
+            )
+            return None, True
 
     # -- the hot path --------------------------------------------------------------------------
     async def process(self, batch: Sequence[Message]) -> BatchStats:
@@ -212,7 +276,10 @@ class PartitionProcessor:
         commits) the inputs only once their effects are durable.
         """
         policy, names, outputs = self.policy, self.names, self.outputs
-        cache, seen = self.cache, self.seen
+        cache, seen, keys = self.cache, self.seen, self.keys
+        # Keys records go out (and are acked) before anything sealed with them; in a Kafka
+        # transaction they are part of the batch's transaction, which is all or nothing.
+        key_outputs = outputs if self.app.in_transaction else self.key_outputs
         stand_ins = self.stand_ins
         stats = BatchStats()
         types: Counter[str] = Counter()
@@ -241,9 +308,17 @@ class PartitionProcessor:
                     state = self.state(person, partition)
                 finally:
                     reset_current_event(token)
+                if state is not None and state.erased:
+                    event = without_personal(event)  # an erased person's data is not kept
+                part = personal_part(event)
+                content = None
+                if part is not None:  # sealed once; the digest is of the event as stored
+                    if keys.get(person) is None:
+                        key_outputs.add(names.keys, key, keys.create(person), partition)
+                    content = stored_body(event_body(event), keys.seal(person, part))
                 previous = seen.get(partition, person, event.event_id)
                 started = perf()
-                decision = decide(state, event, policy, previous)
+                decision = decide(state, event, policy, previous, content=content)
                 observe(perf() - started)
                 if decision.conflict is not None:
                     stats.conflicts += 1
@@ -255,6 +330,7 @@ class PartitionProcessor:
                     )
                     error = f"{type(error).__name__}: {error}"
                 stats.dead_letters += 1
+                value, sealed = self.rejected_bytes(message, key_outputs)
                 outputs.add(
                     names.dead_letters,
                     message.key,
@@ -264,14 +340,24 @@ class PartitionProcessor:
                         partition=partition,
                         offset=message.offset,
                         key=message.key,
-                        value=message.value,
+                        value=value,
+                        sealed=sealed,
                     ),
                     partition,
                 )
                 continue
             types[event.type] += 1
             for shadow in self.shadows:  # redeliveries re-emit the shadow's changes too
-                for change in shadow.apply(event, decision):
+                shadow_changes = shadow.apply(event, decision)
+                if shadow_changes and (
+                    part is not None
+                    or (state is not None and not PERSONAL_PROFILE.isdisjoint(state.profile))
+                ):
+                    profile = state.profile if state is not None else {}
+                    shadow_changes, _ = seal_sentences(
+                        shadow_changes, None, profile, event, keys.get(person)
+                    )
+                for change in shadow_changes:
                     outputs.add(shadow.topic, key, to_json(change), partition)
             follow_up = decision.follow_up
             if follow_up is not None:  # a merge's hand-off, an alias's event for its survivor
@@ -284,17 +370,41 @@ class PartitionProcessor:
                 for change in decision.changes:
                     outputs.add(stage_changes, key, to_json(change), partition)
                 continue
+            changes, note = decision.changes, decision.note
+            if (changes or note is not None) and (
+                part is not None
+                or (state is not None and not PERSONAL_PROFILE.isdisjoint(state.profile))
+            ):  # sentences that quote a personal value are sealed too
+                changes, note = seal_sentences(
+                    changes, note, state.profile if state else {}, event, keys.get(person)
+                )
             state = evolve(state, decision)
+            if changes is not decision.changes or note is not decision.note:
+                if changes:  # the state keeps the last sentence as stored (evolve's choice)
+                    state.last_reason = changes[-1].reason
+                elif note is not None and not decision.erased:
+                    state.last_reason = note
             cache[person] = state
             touched[person] = partition
-            wire = decision.to_wire()
+            wire = decision.to_wire(content)
+            merged = decision.merged
+            if merged is not None and not PERSONAL_PROFILE.isdisjoint(merged.profile):
+                if keys.get(person) is None:
+                    key_outputs.add(names.keys, key, keys.create(person), partition)
+                wire["merged"] = seal_merged(merged, functools.partial(keys.seal, person))
+            if changes is not decision.changes:
+                wire["changes"] = changes
+            wire["note"] = note
             outputs.add(history, key, to_json(wire), partition)
             seen.put(
                 partition,
                 dedup_key(person, event.event_id),
-                stored(decision.sequence, wire["event"], decision.changes),
+                stored(decision.sequence, wire["event"], changes),
             )
-            for change in decision.changes:
+            if decision.erased:  # the key goes; everything sealed with it is unreadable
+                keys.destroy(person)
+                key_outputs.add(names.keys, key, None, partition)  # type: ignore[arg-type]
+            for change in changes:
                 stages[change.to_stage] += 1
                 outputs.add(stage_changes, key, to_json(change), partition)
             if decision.merged is not None:  # a survivor's fold: its aliases, for every reader
@@ -311,6 +421,10 @@ class PartitionProcessor:
                 reset_current_event(token)
             self.remember(partition, state)
         seen.flush()  # before the first await: a rebalance may release a partition meanwhile
+        if key_outputs is not outputs and key_outputs.queued:
+            # New data keys must be durable before anything sealed with them.
+            await key_outputs.publish()
+            await key_outputs.settle()
         await outputs.publish()
         stats.deliveries = outputs.detach()
         self._trim_cache()
@@ -390,6 +504,16 @@ async def ack_when_delivered(
         ack(message)
 
 
+def _person_of(key: bytes | None) -> str | None:
+    """The person id a message key names (None for no key, or one no person id can be)."""
+    if not key or len(key) > MAX_ID:
+        return None
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        return None
+
+
 class Batcher:
     """Takes the events topic off the consumer's `Feed` and processes it a batch at a time.
 
@@ -399,9 +523,10 @@ class Batcher:
     waits for it, as for any Faust stream) and acked once the batch's outputs are acked,
     while the next batch is being decided.
 
-    Messages of partitions this worker no longer owns, fetched before a rebalance or taken
-    while flow is suspended, are dropped without an ack: Faust seeks back to the committed
-    offset after the rebalance and delivers them again to whoever owns them then.
+    Messages of partitions this worker no longer owns, or of an earlier generation, fetched
+    before a rebalance, are dropped without an ack: Faust seeks back to the committed offset
+    after the rebalance and delivers them again to whoever owns them then. Messages taken
+    while the app's flow is suspended wait for it (see `run`).
     """
 
     def __init__(
@@ -418,9 +543,18 @@ class Batcher:
         self.dropped = 0
 
     async def run(self) -> None:
-        get, size = self.feed.get, self.size
+        get, size, flow = self.feed.get, self.size, self.app.flow_control
         while True:
             messages = await get()
+            if not flow.is_active():
+                # After a rebalance Faust resumes the events partitions (the consumer's flow
+                # may already run, for the table restore), seeks them to the committed
+                # offsets, and only then resumes the app's flow: what the consumer fetched
+                # meanwhile belongs to the current assignment, and dropping it would skip it
+                # (nothing seeks back once the flow runs; Faust even takes the skipped offsets
+                # for a gap it may commit over). So wait for the flow; if a rebalance comes
+                # first, the generation changes and `_live` drops them.
+                await flow.acquire()
             live = self._live(messages)
             self.dropped += len(messages) - len(live)
             for start in range(0, len(live), size):

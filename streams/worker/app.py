@@ -25,6 +25,7 @@ from streams.internals import (
     forbid_auto_creation,
 )
 from streams.kafka import topics
+from streams.kafka.keys import KeyRing
 from streams.kafka.topics import TopicNames, TopicSpec
 from streams.settings import Settings
 from streams.web.api import Api, install_api
@@ -159,8 +160,10 @@ def make_app(
     # Applied event ids, beside the table (RocksDB with the rocksdb store); no changelog:
     # recovery rebuilds it from history at every assignment (streams.worker.dedup_store).
     seen = DedupStore(settings.data_dir / "dedup" if settings.store == "rocksdb" else None)
+    # Data keys of the owned persons (streams.kafka.keys), loaded from the keys topic by recovery.
+    keys = KeyRing(settings.master_keys(), cache_size=cache_size)
     app.lifecycle = PartitionProcessor(
-        app, policy, names, app.persons, cache_size=cache_size, seen=seen
+        app, policy, names, app.persons, cache_size=cache_size, seen=seen, keys=keys
     )
     app.feed = Feed({names.events})
     install_agent(app, batch_size)

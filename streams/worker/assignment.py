@@ -10,11 +10,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import faust
+import orjson
 from faust.types import TP
 
 from events.outbound import HistoryRecord
 from lifecycle.policy import named_policy
+from lifecycle.shredding import is_sealed, open_record
 from streams.internals import open_transactions, parse_transactional_id, set_fetch_max_wait
+from streams.kafka.keys import KeyRing
 from streams.kafka.readers import iter_to_end
 from streams.kafka.topics import TopicNames, TopicNotFound
 from streams.settings import Settings
@@ -66,7 +69,6 @@ def install_assignment(app: LeadflowApp) -> None:
         lifecycle.release(partitions)
 
 
-
 async def take_assignment(app: LeadflowApp) -> None:
     """Release what this worker no longer owns; recover what it newly owns."""
     settings, names, lifecycle = app.settings, app.names, app.lifecycle
@@ -88,7 +90,7 @@ async def take_assignment(app: LeadflowApp) -> None:
     metrics.REBUILT.inc(report.rebuilt)
     log.info("recovery: %s", report.summary())
     if lifecycle.shadows:
-        await rebuild_shadows(lifecycle.shadows, new, settings)
+        await rebuild_shadows(lifecycle.shadows, new, settings, lifecycle.keys)
 
 
 async def abort_uncommitted(app: faust.App, partitions: set[int]) -> None:
@@ -117,7 +119,9 @@ def shadows_of(settings: Settings, names: TopicNames) -> list[Shadow]:
     return [Shadow(p, shadow_topic(names, p)) for p in map(named_policy, settings.shadow)]
 
 
-async def rebuild_shadows(shadows: list[Shadow], partitions: set[int], settings: Settings) -> None:
+async def rebuild_shadows(
+    shadows: list[Shadow], partitions: set[int], settings: Settings, keys: KeyRing
+) -> None:
     """Shadow states are memory only: replay the newly owned history partitions into them."""
     started, count = time.monotonic(), 0
     async for record in iter_to_end(
@@ -126,7 +130,12 @@ async def rebuild_shadows(shadows: list[Shadow], partitions: set[int], settings:
         partitions=sorted(partitions),
         client_options=settings.aiokafka_kwargs(),
     ):
-        event = HistoryRecord.model_validate_json(record.value).event
+        if is_sealed(record.value):  # personal fields back, as the live shadows read them
+            data = orjson.loads(record.value)
+            data = open_record(data, keys.get(data["person_id"]), texts=False)
+            event = HistoryRecord.model_validate(data).event
+        else:
+            event = HistoryRecord.model_validate_json(record.value).event
         for shadow in shadows:
             shadow.apply(event)
         count += 1

@@ -2,6 +2,10 @@
 
 The worker never stops on a bad message: the raw bytes, where they came from and a one-line
 reason go to the dead-letter topic and processing continues with the next message.
+
+A rejected message can carry personal data. When its key names a person, its bytes are kept
+sealed with that person's data key (`DeadLetter.sealed`), so erasing them shreds their dead
+letters too; once they are erased nothing of a rejected message of theirs is kept.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ def dead_letter(
     offset: int,
     key: bytes | None,
     value: bytes | None,
+    sealed: bool = False,
 ) -> bytes:
-    """The `DeadLetter` JSON for one rejected message (raw key and value base64-encoded)."""
+    """The `DeadLetter` JSON for one rejected message (raw key and value base64-encoded;
+    `sealed`: `value` is already sealed for the person the key names, or withheld)."""
     letter = DeadLetter(
         error=one_line(error),
         topic=topic,
@@ -36,5 +42,6 @@ def dead_letter(
         offset=offset,
         key=None if key is None else base64.b64encode(key),
         value=base64.b64encode(value or b""),
+        sealed=sealed,
     )
     return letter.model_dump_json().encode()

@@ -19,7 +19,10 @@ exactly as before: only contiguous acked offsets are committed.
 Rebalances: Faust suspends flow, clears the agents' queues and waits for tracked messages
 to be acked; the feed is cleared with them (`Feed.clear`, on the revoked signal) and lists
 still queued from the old generation are dropped untracked when taken, never acked, and
-fetched again after Faust seeks to the committed offsets.
+fetched again after Faust seeks to the committed offsets. A partition the group never
+committed has no offset to seek to (aiokafka then leaves it where the fetcher got):
+`streams.internals.BatchingConsumer` sends it back to its beginning, or the dropped records
+would be skipped and the next commit would cover them.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ class Outputs:
         self._pending: list[Awaitable[Any]] = []
         #: (topic, partition, input partition) -> records; the input partition names the
         #: transaction (it differs from the partition only for merge follow-ups)
-        self._queued: dict[tuple[str, int, int], list[tuple[bytes | None, bytes]]] = {}
+        self._queued: dict[tuple[str, int, int], list[tuple[bytes | None, bytes | None]]] = {}
         #: topic -> called with (partition, offset of the last record) when a batch is acked
         self.on_sent: dict[str, Callable[[int, int], None]] = {}
 
@@ -87,7 +87,7 @@ class Outputs:
         self,
         topic: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         partition: int,
         source: int | None = None,
     ) -> None:
@@ -109,12 +109,13 @@ class Outputs:
         self,
         topic: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         partition: int,
         source: int | None = None,
     ) -> None:
-        """Queue one record for the next `publish()`; `source`: the input partition, when
-        the record goes to another partition (its transaction is the input's)."""
+        """Queue one record for the next `publish()` (value None: a tombstone); `source`: the
+        input partition, when the record goes to another partition (its transaction is the
+        input's)."""
         slot = (topic, partition, partition if source is None else source)
         queue = self._queued.get(slot)
         if queue is None:
@@ -169,6 +170,10 @@ class Outputs:
 
             future.add_done_callback(sent)
         self._pending.append(future)
+
+    @property
+    def queued(self) -> bool:
+        return bool(self._queued)
 
     @property
     def pending(self) -> int:

@@ -36,11 +36,12 @@ from lifecycle.deadlines import next_deadline
 from lifecycle.dedup import key as dedup_key
 from lifecycle.dedup import stored
 from lifecycle.evolve import evolve
+from lifecycle.shredding import is_sealed, open_record
 from lifecycle.state import PersonState
 from streams.internals import writing_for
 from streams.kafka.readers import iter_to_end
 from streams.worker.agent import PartitionProcessor, partition_event
-from streams.worker.outputs import to_json
+from streams.worker.outputs import Outputs, to_json
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class RecoveryReport:
     ahead: int = 0
     gaps: int = 0  # history records whose sequence does not follow the previous one
     seen: int = 0  # history records the dedup store was rebuilt from
+    keys: int = 0  # keys-topic records read
+    rewrapped: int = 0  # data keys rewrapped under the current master key
+    shredded: int = 0  # erased persons whose key was still there (tombstoned now)
     seconds: float = 0.0
     rebuilt_persons: list[str] = field(default_factory=list, repr=False)
 
@@ -69,7 +73,9 @@ class RecoveryReport:
             f"{self.persons} persons; table consistent for {self.consistent}, rebuilt "
             f"{self.rebuilt} (missing {self.missing}, behind {self.behind}, ahead {self.ahead})"
             f"{f'; {self.gaps} sequence gaps in history' if self.gaps else ''}; "
-            f"dedup store rebuilt from {self.seen} records "
+            f"dedup store rebuilt from {self.seen} records; {self.keys} key records"
+            f"{f', {self.rewrapped} rewrapped' if self.rewrapped else ''}"
+            f"{f', {self.shredded} erasures completed' if self.shredded else ''} "
             f"in {self.seconds:.2f}s"
         )
 
@@ -89,11 +95,31 @@ async def recover_partitions(
     # Our own records for these partitions must be in the topic before we read it.
     await lifecycle.app.producer.flush()
 
+    # Pass 0: the partitions' data keys (streams.kafka.keys); rewrap those under an old master key.
+    keys, keys_topic = lifecycle.keys, lifecycle.names.keys
+    key_partition: dict[str, int] = {}
+    async for record in iter_to_end(
+        bootstrap, keys_topic, partitions=report.partitions, client_options=client_options
+    ):
+        person = record.key.decode()
+        keys.load(person, record.value)
+        key_partition[person] = record.partition
+        report.keys += 1
+    # Its own sender: the agent's (`lifecycle.key_outputs`) may hold a batch's new keys
+    # meanwhile, and each must settle exactly what it sent.
+    key_outputs = Outputs(lifecycle.app, lifecycle.names.events)
+    for person in sorted(keys.stale):
+        value = keys.rewrapped(person)
+        if value is not None:
+            key_outputs.add(keys_topic, person.encode(), value, key_partition[person])
+            report.rewrapped += 1
+
     # Pass 1: last sequence per person (a light parse; no validation), and the dedup stores.
     seen = lifecycle.seen
     for partition in partitions:
         seen.reset(partition)
     last: dict[str, tuple[int, int]] = {}
+    erased: set[str] = set()
     async for record in iter_to_end(
         bootstrap, topic, partitions=report.partitions, client_options=client_options
     ):
@@ -105,6 +131,8 @@ async def recover_partitions(
             dedup_key(person, event["event_id"]),
             stored(sequence, event, data["changes"]),
         )
+        if data.get("erased"):
+            erased.add(person)
         previous = last.get(person)
         if sequence != (previous[1] if previous else 0) + 1:
             report.gaps += 1
@@ -114,6 +142,15 @@ async def recover_partitions(
     report.persons = len(last)
     seen.flush()
     report.seen = report.records
+    # An erasure whose tombstone never made it (a crash after its history record was acked):
+    # the key goes now.
+    for person in sorted(erased & keys.wrapped.keys()):
+        keys.destroy(person)
+        key_outputs.add(keys_topic, person.encode(), None, key_partition[person])
+        report.shredded += 1
+    if key_outputs.queued:
+        await key_outputs.publish()
+        await key_outputs.settle()
 
     persons: dict[int, dict[str, datetime | None]] = {p: {} for p in partitions}
     stand_ins = {p: partition_event(lifecycle.app, lifecycle.names.events, p) for p in partitions}
@@ -126,7 +163,7 @@ async def recover_partitions(
             stale.add(person.encode())
             continue
         data = orjson.loads(raw)
-        if data["sequence"] != sequence:
+        if data["sequence"] != sequence or (person in erased) != data.get("erased", False):
             if data["sequence"] < sequence:
                 report.behind += 1
             else:
@@ -134,7 +171,7 @@ async def recover_partitions(
             stale.add(person.encode())
             continue
         report.consistent += 1
-        state = PersonState.from_wire(data)
+        state = lifecycle.state_from_table(person, raw)
         persons[partition][person] = next_deadline(state, policy)
 
     if stale:
@@ -145,7 +182,12 @@ async def recover_partitions(
             bootstrap, topic, partitions=wanted, client_options=client_options
         ):
             if record.key in stale:
-                applied = HistoryRecord.model_validate_json(record.value)
+                if is_sealed(record.value):  # personal fields back, as the live state has them
+                    data = orjson.loads(record.value)
+                    key = keys.get(data["person_id"])
+                    applied = HistoryRecord.model_validate(open_record(data, key, texts=False))
+                else:
+                    applied = HistoryRecord.model_validate_json(record.value)
                 person = applied.person_id
                 states[person] = evolve(states.get(person), applied)
         for person, state in states.items():

@@ -24,7 +24,7 @@ from lifecycle.replay import Replayer, fold
 from lifecycle.verify import change_facts, verify
 from streams.dev.demo import synthetic_events
 from streams.kafka.readers import read_to_end
-from tests.fixtures.worker import Worker, caught_up, keyed, publish, wait_for
+from tests.fixtures.worker import Opened, Worker, caught_up, keyed, publish, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -79,10 +79,8 @@ async def settled(
     h2, c2 = await topic(bootstrap, names.history), await topic(bootstrap, names.stage_changes)
     assert (len(h2), len(c2)) == (len(h), len(c))
     assert len(h2) == history and (len(c2) == changes or not exact)
-    return (
-        [HistoryRecord.model_validate_json(v) for v in h2],
-        [StageChanged.model_validate_json(v) for v in c2],
-    )
+    opened = await Opened.load(bootstrap, names)  # personal fields are sealed per person
+    return [opened.history(v) for v in h2], [opened.change(v) for v in c2]
 
 
 def per_person(records: list[Any]) -> dict[str, list[Any]]:
@@ -187,7 +185,9 @@ async def test_redelivery_after_kill_9_and_restart_changes_nothing(
     letters = [
         DeadLetter.model_validate_json(v) for v in await topic(broker.bootstrap, names.dead_letters)
     ]
-    assert [orjson.loads(bytes(d.value)) for d in letters] == [reused]
+    opened = await Opened.load(broker.bootstrap, names)  # sealed with the person's data key
+    assert all(d.sealed for d in letters)
+    assert [orjson.loads(opened.letter_value(d) or b"") for d in letters] == [reused]
     first_sequence = next(
         d.sequence for d in plain_decisions if d.event.event_id == reused["event_id"]
     )
@@ -245,7 +245,9 @@ async def test_reused_event_id_with_other_content_lands_in_dead_letters_with_the
         letter.error
         == "event_id e1 reused with different content; first seen at history sequence 1"
     )
-    assert orjson.loads(bytes(letter.value)) == reused
+    assert letter.sealed, "kept sealed with the person's data key"
+    opened = await Opened.load(broker.bootstrap, names)
+    assert orjson.loads(opened.letter_value(letter) or b"") == reused
     assert letter.topic == names.events and letter.offset == 7
 
     async def history_done() -> list[bytes] | None:

@@ -12,7 +12,6 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from events.outbound import HistoryRecord, StageChanged
 from lifecycle.policy import load_preset
 from lifecycle.replay import replay
 from lifecycle.simulate import simulate
@@ -21,6 +20,7 @@ from streams.dev.demo import synthetic_events
 from streams.dev.process import ChildProcess
 from streams.kafka.readers import read_to_end
 from streams.worker.shadow import shadow_topic
+from tests.fixtures.worker import Opened
 
 pytestmark = pytest.mark.integration
 
@@ -85,16 +85,16 @@ async def test_shadow_topic_and_funnel_match_the_offline_simulation(broker, make
                 break
             await asyncio.sleep(1)
         assert len(history) == len(events), "the worker did not apply every event in time"
-        applied = [HistoryRecord.model_validate_json(v).event for v in history]
+        opened = await Opened.load(broker.bootstrap, names)  # personal fields are sealed
+        applied = [opened.history(v).event for v in history]
 
         predicted = simulate(applied, active, candidate)
         topic = shadow_topic(names, candidate)
         shadow = [
-            StageChanged.model_validate_json(v)
-            for v in await read_to_end(broker.bootstrap, topic, value_only=True)
+            opened.change(v) for v in await read_to_end(broker.bootstrap, topic, value_only=True)
         ]
         live = [
-            StageChanged.model_validate_json(v)
+            opened.change(v)
             for v in await read_to_end(broker.bootstrap, names.stage_changes, value_only=True)
         ]
 

@@ -93,12 +93,12 @@ def test_topics_create_is_idempotent_and_reports_a_spec_mismatch(
     names = new_topic_names()
     first = runner.invoke(app, cli(broker, names, "topics", "create"))
     assert first.exit_code == 0, first.output
-    assert "7 created, 0 already existed" in first.stdout  # with the table changelog
+    assert "8 created, 0 already existed" in first.stdout  # with the changelog, aliases, keys
     history = f"{names.history}  (4 partitions, cleanup.policy=delete, retention.ms=-1,"
     assert history in first.stdout
     again = runner.invoke(app, cli(broker, names, "topics", "create"))
     assert again.exit_code == 0, again.output
-    assert "0 created, 7 already existed" in again.stdout
+    assert "0 created, 8 already existed" in again.stdout
     different = runner.invoke(app, cli(broker, names, "topics", "create", "--partitions", "2"))
     assert different.exit_code == 1
     assert f"{names.events}: 4 partitions, spec says 2" in different.stderr

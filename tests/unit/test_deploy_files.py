@@ -45,6 +45,7 @@ TOPICS = {
     "leadflow.dead-letters",
     "leadflow.policies",
     "leadflow.aliases",
+    "leadflow.keys",
     "leadflow-persons-changelog",
 }
 POM = ROOT / "streams" / "dev" / "kafka" / "pom.xml"
@@ -185,6 +186,7 @@ def test_api_token_always_comes_from_the_host_environment() -> None:
                 assert required.fullmatch(value), f"{name}: {key}={value!r} is not ${{...:?...}}"
     for worker in worker_names():
         assert "LEADFLOW_API_TOKEN" in environment(services()[worker])
+        assert "LEADFLOW_MASTER_KEY" in environment(services()[worker])
 
 
 def test_published_ports_are_distinct_and_workers_publish_the_web_port() -> None:
@@ -384,8 +386,10 @@ def test_statefulset_takes_the_api_token_from_the_leadflow_api_secret() -> None:
     (secret,) = resources("Secret")
     assert secret["metadata"]["name"] == ref["name"] and ref["key"] in secret["stringData"]
     for item in worker_container()["env"]:
-        if "TOKEN" in item["name"]:
+        if "TOKEN" in item["name"] or "MASTER_KEY" in item["name"]:
             assert "value" not in item, f"{item['name']} is a literal"
+    master = container_env()["LEADFLOW_MASTER_KEY"]["valueFrom"]["secretKeyRef"]
+    assert master["name"] == ref["name"] and master["key"] in secret["stringData"]
 
 
 def test_policy_configmap_is_mounted_where_leadflow_policy_points() -> None:

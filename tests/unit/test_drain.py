@@ -11,8 +11,11 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+from faust.types import TP
 from faust.types.tuples import Message
+from mode.utils.queues import FlowControlEvent
 
+from streams.internals import BatchingConsumer, rewind_uncommitted
 from streams.worker.agent import AckAfterDelivery, Batcher
 from streams.worker.drain import Feed
 
@@ -176,3 +179,103 @@ async def test_in_a_transaction_each_batch_is_committed_with_its_outputs_before_
         "commit after ack of 3",
     ]
     assert b.acks.tasks == set()  # nothing acked in the background
+
+
+class ConsumerThread:
+    """Faust's consumer thread as the seek after a rebalance sees it: aiokafka's
+    `seek_to_committed` seeks only partitions with a committed offset above 0."""
+
+    def __init__(self, positions: dict[TP, int], committed: dict[TP, int | None]) -> None:
+        self.positions, self.committed = positions, committed
+
+    async def seek_to_committed(self) -> dict[TP, int | None]:
+        for tp, offset in self.committed.items():
+            if offset and offset > 0:  # aiokafka 0.14.0 AIOKafkaConsumer.seek_to_committed
+                self.positions[tp] = offset
+        return dict(self.committed)
+
+    async def position(self, tp: TP) -> int:
+        return self.positions[tp]
+
+    async def seek_to_beginning(self, *tps: TP) -> None:
+        for tp in tps:
+            self.positions[tp] = 0
+
+
+def batching_consumer(thread: ConsumerThread, feed_topics: set[str]) -> BatchingConsumer:
+    consumer = object.__new__(BatchingConsumer)  # only what the seek reads
+    consumer._thread = thread  # type: ignore[assignment]
+    consumer.app = SimpleNamespace(feed=Feed(feed_topics))  # type: ignore[assignment]
+    return consumer
+
+
+async def test_seek_back_rereads_a_never_committed_partition_from_its_beginning() -> None:
+    # Fetched to 1466 and dropped around a rebalance, never committed: the next acks would
+    # start at 1466 and Faust would commit over 0..1465, events never applied.
+    never, committed = TP("events", 1), TP("events", 0)
+    thread = ConsumerThread({never: 1466, committed: 1700}, {never: None, committed: 1531})
+    offsets = await batching_consumer(thread, {"events"}).seek_to_committed()
+    assert thread.positions == {never: 0, committed: 1531}
+    assert offsets == {never: None, committed: 1531}  # what Faust's perform_seek records
+
+
+async def test_seek_back_leaves_partitions_of_other_topics_where_faust_put_them() -> None:
+    changelog = TP("persons-changelog", 1)
+    thread = ConsumerThread({changelog: 90}, {changelog: None})
+    await batching_consumer(thread, {"events"}).seek_to_committed()
+    assert thread.positions == {changelog: 90}
+
+
+async def test_rewind_returns_the_partitions_sent_back_to_their_beginning() -> None:
+    tps = [TP("events", p) for p in range(3)]
+    thread = ConsumerThread(dict.fromkeys(tps, 5), {tps[0]: None, tps[1]: 0, tps[2]: 4})
+    rewound = await rewind_uncommitted(thread, thread.committed, {"events"})
+    assert rewound == tps[:2]
+    assert [thread.positions[tp] for tp in tps] == [0, 0, 5]
+
+
+class Recorder:
+    """A partition processor owning partition 0 that records the offsets it processes."""
+
+    def __init__(self, processed: list[int]) -> None:
+        self.owned, self.processed = {0}, processed
+
+    async def process(self, batch: list[Message]) -> Any:
+        self.processed.extend(m.offset for m in batch)
+        return SimpleNamespace(deliveries=[])
+
+
+async def test_messages_taken_before_the_flow_resumes_wait_for_it_rather_than_skipped() -> None:
+    # Fetched between Faust's seek to the committed offsets and the app's flow resuming:
+    # dropped, they would be skipped (nothing seeks back once the flow runs).
+    a = app()
+    a.flow_control = FlowControlEvent()  # suspended, as during a rebalance
+    processed: list[int] = []
+    b = Batcher(a, Feed({"events"}), Recorder(processed), size=10)  # type: ignore[arg-type]
+    b.feed.queue.put_nowait([message(0, n) for n in range(3)])
+    task = asyncio.ensure_future(b.run())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert processed == [] and a.consumer.unacked == set()  # waiting, not tracked yet
+    a.flow_control.resume()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(*b.acks.tasks)
+    assert processed == [0, 1, 2] and a.consumer.acked == [0, 1, 2] and b.dropped == 0
+
+
+async def test_messages_held_across_a_rebalance_are_dropped_for_the_next_seek() -> None:
+    a = app()
+    a.flow_control = FlowControlEvent()
+    processed: list[int] = []
+    b = Batcher(a, Feed({"events"}), Recorder(processed), size=10)  # type: ignore[arg-type]
+    b.feed.queue.put_nowait([message(0, n) for n in range(3)])
+    task = asyncio.ensure_future(b.run())
+    await asyncio.sleep(0)
+    a.consumer_generation_id = 2  # a rebalance came first: Faust seeks again for it
+    a.flow_control.resume()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    task.cancel()
+    assert processed == [] and a.consumer.acked == [] and b.dropped == 3

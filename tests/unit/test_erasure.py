@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from events.outbound import Reason
-from lifecycle.erasure import WITHHELD, withheld
 from lifecycle.policy import load_preset
+from lifecycle.shredding import WITHHELD, withheld
 from lifecycle.state import PersonState
 from streams.web.views import person_view
 

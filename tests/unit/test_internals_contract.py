@@ -115,6 +115,30 @@ MIRRORED = [
         "217d7f1399a4cd8e",
     ),
     Mirrored(
+        "BatchingConsumer.seek_to_committed wraps it (Faust's seek back after a rebalance)",
+        faust.transport.consumer.ThreadDelegateConsumer.seek_to_committed,
+        "(self) -> Mapping[faust.types.tuples.TP, int]",
+        "f1d483b861b0328b",
+    ),
+    Mirrored(
+        "rewind_uncommitted seeks what it skips (no seek without a committed offset > 0)",
+        aiokafka.consumer.consumer.AIOKafkaConsumer.seek_to_committed,
+        "(self, *partitions)",
+        "f6cd85c8b70a4ccf",
+    ),
+    Mirrored(
+        "rewind_uncommitted relies on it seeking through seek_to_committed and reading None",
+        faust.transport.consumer.Consumer.perform_seek,
+        "(self) -> None",
+        "0e8c130ff4b0afd8",
+    ),
+    Mirrored(
+        "rewind_uncommitted guards it: the first acked offset is checked only against a commit",
+        faust.transport.consumer.Consumer._new_offset,
+        "(self, tp: faust.types.tuples.TP) -> Optional[int]",
+        "1d2c7ea89a7ad4f1",
+    ),
+    Mirrored(
         "forbid_auto_creation swaps the MetadataRequest it builds",
         aiokafka.client.AIOKafkaClient._metadata_update,
         "(self, cluster_metadata, topics)",
@@ -191,6 +215,10 @@ SIGNATURES = [
      "(self, tp: faust.types.tuples.TP, offset_from: int, offset_to: int) -> None"),
     (faust.types.stores.StoreT.set_persisted_offset,
      "(self, tp: faust.types.tuples.TP, offset: int) -> None"),
+    (faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.position,
+     "(self, tp: faust.types.tuples.TP) -> Optional[int]"),
+    (faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.seek_to_beginning,
+     "(self, *partitions: aiokafka.structs.TopicPartition) -> None"),
     (aiokafka.client.AIOKafkaClient.fetch_all_metadata, "(self)"),
     (aiokafka.producer.transaction_manager.TransactionManager.is_in_transaction, "(self)"),
 ]  # fmt: skip

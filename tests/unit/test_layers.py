@@ -32,9 +32,11 @@ ALLOWED: dict[str, set[str]] = {
 EXCEPTIONS: dict[tuple[str, str], str] = {
     # the composition root installs the HTTP views on the app it builds
     ("streams.worker.app", "streams.web.api"): "composition root",
-    # the settings object hands out the typed topic names and the configured tokens
+    # the settings object hands out the typed topic names, the configured tokens and the master
+    # keys from the environment
     ("streams.settings", "streams.kafka.topics"): "topic names",
     ("streams.settings", "streams.web.access"): "tokens",
+    ("streams.settings", "streams.kafka.keys"): "master keys",
 }
 
 RUNTIME_LIBRARIES = {"faust", "aiokafka", "mode", "kafka", "rocksdict", "typer", "rich"}

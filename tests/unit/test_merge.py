@@ -211,7 +211,19 @@ def test_profiles_merge_with_the_survivor_winning_conflicts():
 
     assert profile["email"] == "b@x.example"
     assert profile["country"] == "FR"
-    assert profile["job_title"] == "VP Engineering"
+    assert "job_title" not in profile  # personal: the hand-off does not carry it
+
+
+def test_a_handoff_carries_no_personal_fields():
+    events = [
+        ev("page_viewed", "a", T0, "a-1", profile=fit_profile(email="a@x.example")),
+        merged("a", "b", days(1)),
+    ]
+    decisions = list(replay(events, preset("default")))
+    handoff = decisions[1].follow_up
+    assert handoff is not None and handoff.absorbed is not None
+    carried = handoff.absorbed.profile.model_dump(exclude_none=True)
+    assert carried and not {"email", "job_title", "company"} & carried.keys()
 
 
 def test_sla_clock_runs_from_the_earliest_entry_into_the_merged_stage():

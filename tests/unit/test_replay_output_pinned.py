@@ -24,9 +24,13 @@ runner = CliRunner()
 #: sha256 of stdout, per (preset, --state), from main before the fast core.
 PINNED = {
     ("default", False): "7e4f074669191e500fc5e916e9acb6f8cf3ff9f92347506ce3d0015ced537651",
-    ("default", True): "bd89f367753d8254e52ccc024890bb0404c7c918d735a0428016a507970f53bd",
+    # --state: crypto-shredding (issue 14) changed what a merge hands off: the absorbed
+    # person's personal fields stay with the alias, so two survivors without a job title no
+    # longer take the absorbed one's (and their profile keys come in another order). Every
+    # change line, and every other state, is byte for byte what main printed before.
+    ("default", True): "749e3d40cfd2346e7f42df73430e4f0752a2af98154b373453aeb03fd9035990",
     ("mature", False): "fc17030069c734ca020d257f7227f7d1c7ef356275d6ebcb93797ff5de8eccef",
-    ("seed", True): "12125ac6c32de143c5d3f08b3a2de5906b136a4cd28cc3eb7791072ab8941937",
+    ("seed", True): "084449ba8be968a477f03a7df4396b06c58b8bfb98d7ed9292da89970c70aab4",
 }
 
 

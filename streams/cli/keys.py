@@ -1,0 +1,85 @@
+"""`leadflow keys …`: master keys and the per-person data keys on the keys topic.
+
+* `keys new-master` prints a new master key entry (`kid:base64`) for `LEADFLOW_MASTER_KEY`.
+* `keys rewrap` rewraps every data key that an old master key wraps under the current one
+  (the first in `LEADFLOW_MASTER_KEY`), so the old master key can be retired. Workers also
+  rewrap the keys of the partitions they take over; this command does the whole topic.
+  Run it with the workers stopped: a key it rewrote just after a worker's erasure tombstone
+  would come back (the owning worker would destroy it again at its next assignment, since it
+  completes every erasure whose key is still there, but not before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from aiokafka import AIOKafkaProducer
+from rich.console import Console
+
+from streams.kafka.keys import MasterKeyError, MasterKeys, generate_master_key, read_keys
+from streams.kafka.readers import iter_to_end
+from streams.settings import Settings
+
+out = Console()
+err = Console(stderr=True)
+keys_app = typer.Typer(no_args_is_help=True, help="Master keys and per-person data keys.")
+
+
+@keys_app.command("new-master")
+def new_master(
+    kid: Annotated[str | None, typer.Option(help="key id (default: random)")] = None,
+) -> None:
+    """Print a new master key entry; put it first in LEADFLOW_MASTER_KEY, keep the old ones."""
+    print(generate_master_key(kid))
+
+
+@keys_app.command("rewrap")
+def rewrap(
+    broker: Annotated[str | None, typer.Option(help="kafka://host:port")] = None,
+    topic_prefix: Annotated[str, typer.Option(help="topic name prefix")] = "",
+) -> None:
+    """Rewrap every data key under the current master key (after a rotation)."""
+    settings = Settings(**({"broker": broker} if broker else {}), topic_prefix=topic_prefix)
+    try:
+        master = settings.master_keys() or MasterKeys.required({})
+        rewrapped, total = asyncio.run(_rewrap(settings, master))
+    except MasterKeyError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from None
+    out.print(
+        f"{total} data keys on {settings.topics.keys}: rewrapped {rewrapped} under master key "
+        f"{master.current!r}",
+        highlight=False,
+    )
+
+
+async def _rewrap(settings: Settings, master: MasterKeys) -> tuple[int, int]:
+    topic, options = settings.topics.keys, settings.aiokafka_kwargs()
+    ring = await read_keys(settings.bootstrap, topic, master, client_options=options)
+    partition_of: dict[str, int] = {}
+    async for record in iter_to_end(settings.bootstrap, topic, client_options=options):
+        if record.key is not None:
+            partition_of[record.key.decode()] = record.partition
+    stale = sorted(ring.stale)
+    producer = AIOKafkaProducer(**options, client_id="leadflow-keys", acks="all")
+    await producer.start()
+    try:
+        sent = []
+        for person in stale:
+            value = ring.rewrapped(person)
+            if value is not None:
+                sent.append(
+                    await producer.send(
+                        topic, value, key=person.encode(), partition=partition_of[person]
+                    )
+                )
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    return len(stale), len(ring.wrapped)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")
