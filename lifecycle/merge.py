@@ -28,6 +28,8 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
+import orjson
+
 from events.inbound import Absorbed, Event, EventType, Profile
 from events.limits import MAX_ID
 from lifecycle.dedup import Seen
@@ -407,3 +409,25 @@ def fold(
         first_touch_at=first_touch_at,
         merged=Merged(entered, highest, profile, breached, aliases),
     )
+
+
+def alias_records(decision: Decision) -> list[tuple[bytes, bytes]]:
+    """`events.outbound.PersonAliased` records (key, value) for every alias of a survivor's
+    fold: its new alias and the ones that alias already had (a chain resolves to the end).
+    What a fold publishes is the core's rule; the worker only sends it."""
+    event = decision.event
+    return [
+        (
+            alias.encode(),
+            orjson.dumps(
+                {
+                    "alias": alias,
+                    "survivor": decision.person_id,
+                    "merged_at": event.occurred_at,
+                    "event_id": event.event_id,
+                    "sequence": decision.sequence,
+                }
+            ),
+        )
+        for alias in (decision.merged.aliases if decision.merged is not None else ())
+    ]

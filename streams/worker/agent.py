@@ -29,7 +29,6 @@ from Faust's.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import itertools
@@ -42,26 +41,25 @@ from datetime import datetime
 from typing import Any
 
 import faust
-import orjson
 from faust.types import TP, EventT
 from faust.types.tuples import Message
 
 from events.codec import InvalidMessage, decode_event
-from events.limits import MAX_ID
+from events.inbound import Event
 from lifecycle.deadlines import next_deadline
 from lifecycle.decide import decide
 from lifecycle.dedup import body as event_body
 from lifecycle.dedup import key as dedup_key
 from lifecycle.dedup import stored
 from lifecycle.evolve import evolve
+from lifecycle.merge import alias_records
 from lifecycle.policy import Policy
+from lifecycle.records import Decision
 from lifecycle.shredding import (
     PERSONAL_PROFILE,
-    open_state,
     personal_part,
     seal_merged,
     seal_sentences,
-    seal_state,
     stored_body,
     without_personal,
 )
@@ -78,8 +76,13 @@ from streams.kafka.topics import TopicNames
 from streams.worker import metrics
 from streams.worker.deadletters import dead_letter
 from streams.worker.dedup_store import DedupStore
-from streams.worker.drain import Feed
 from streams.worker.outputs import Outputs, to_json
+from streams.worker.sealing import (
+    person_of_key,
+    rejected_value,
+    state_of_value,
+    state_value,
+)
 from streams.worker.shadow import Shadow
 
 log = logging.getLogger(__name__)
@@ -102,6 +105,31 @@ class BatchStats:
     conflicts: int = 0  # event ids reused with other content (dead-lettered)
     follow_ups: int = 0  # hand-offs and forwarded events published for other persons
     deliveries: list[Any] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Run:
+    """One batch's bookkeeping: counts, the touched persons, where new data keys go."""
+
+    key_outputs: Outputs
+    stats: BatchStats = field(default_factory=lambda: BatchStats())
+    types: Counter[str] = field(default_factory=Counter)
+    stages: Counter[str] = field(default_factory=Counter)
+    touched: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Decided:
+    """An event decided: what the publishing steps need of it."""
+
+    event: Event
+    person: str
+    key: bytes
+    partition: int
+    state: PersonState | None
+    part: Any
+    content: Any
+    decision: Decision
 
 
 class PartitionProcessor:
@@ -191,22 +219,10 @@ class PartitionProcessor:
         self.table[state.person_id.encode()] = self.table_value(state)
 
     def table_value(self, state: PersonState) -> bytes:
-        """The state as the table stores it: personal fields and sentences quoting them sealed
-        with the person's key (dropped once they are erased)."""
-        wire = state.to_wire()
-        profile = state.profile
-        if profile and not PERSONAL_PROFILE.isdisjoint(profile):
-            person, keys = state.person_id, self.keys
-            key = keys.get(person)
-            seal = None if key is None else (lambda part: keys.seal(person, part))
-            seal_state(wire, key, seal)
-        return to_json(wire)
+        return state_value(state, self.keys)
 
     def state_from_table(self, person: str, raw: bytes) -> PersonState:
-        data = orjson.loads(raw)
-        if "personal" in data or b'"sealed:' in raw:
-            data = open_state(data, self.keys.get(person))
-        return PersonState.from_wire(data)
+        return state_of_value(person, raw, self.keys)
 
     def write_batched(self, state: PersonState, partition: int) -> None:
         """The hot-path table write: the store now, the changelog record with the batch.
@@ -242,31 +258,24 @@ class PartitionProcessor:
         return self.state_from_table(person, raw)
 
     def rejected_bytes(self, message: Message, key_outputs: Outputs) -> tuple[bytes | None, bool]:
-        """A rejected message's value as its dead letter keeps it: sealed with the data key of
-        the person its key names (made if they have none), nothing once they are erased; as
-        received when the key names no one (`streams.worker.deadletters`)."""
-        person = _person_of(message.key)
+        """A rejected message's value as its dead letter keeps it (`rejected_value`)."""
+        person = person_of_key(message.key)
         if person is None or not message.value:
             return message.value, False
-        partition, keys = message.partition, self.keys
+        token = set_current_event(self.stand_ins[message.partition])
         try:
-            token = set_current_event(self.stand_ins[partition])
-            try:
-                state = self.state(person, partition)
-            finally:
-                reset_current_event(token)
-            if state is not None and state.erased:
-                return None, True
-            if keys.get(person) is None:
-                key_outputs.add(self.names.keys, message.key, keys.create(person), partition)
-            data_key = keys.get(person)
-            assert data_key is not None
-            return data_key.seal(person, message.value).encode(), True
+            state = self.state(person, message.partition)
         except Exception:  # a key that cannot be unwrapped: keep nothing rather than plaintext
             log.exception(
-                "dead letter at %s[%s]@%s: value not kept", message.topic, partition, message.offset
+                "dead letter at %s[%s]@%s: value not kept",
+                message.topic,
+                message.partition,
+                message.offset,
             )
             return None, True
+        finally:
+            reset_current_event(token)
+        return rejected_value(message, person, state, self.keys, key_outputs, self.names.keys)
 
     # -- the hot path --------------------------------------------------------------------------
     async def process(self, batch: Sequence[Message]) -> BatchStats:
@@ -275,164 +284,183 @@ class PartitionProcessor:
         Returns only after every record it published is acked, so Faust acks (and later
         commits) the inputs only once their effects are durable.
         """
-        policy, names, outputs = self.policy, self.names, self.outputs
-        cache, seen, keys = self.cache, self.seen, self.keys
+        outputs = self.outputs
         # Keys records go out (and are acked) before anything sealed with them; in a Kafka
         # transaction they are part of the batch's transaction, which is all or nothing.
         key_outputs = outputs if self.app.in_transaction else self.key_outputs
-        stand_ins = self.stand_ins
-        stats = BatchStats()
-        types: Counter[str] = Counter()
-        stages: Counter[str] = Counter()
-        touched: dict[str, int] = {}
-        observe = metrics.DECIDE_SECONDS.observe
-        perf = time.perf_counter
-        history, stage_changes = names.history, names.stage_changes
+        run = _Run(key_outputs)
         for message in batch:
-            partition = message.partition
-            self.offsets[partition] = message.offset
-            stats.events += 1
-            try:
-                if message.value is None:
-                    raise InvalidMessage("empty value (a tombstone is not an event)")
-                event = decode_event(message.value)
-                person = event.person_id
-                key = person.encode()
-                if message.key != key:
-                    raise InvalidMessage(
-                        f"key {message.key!r} is not the person_id {person!r}: events must be "
-                        "keyed by person id so one person's events stay in order"
-                    )
-                token = set_current_event(stand_ins[partition])
-                try:
-                    state = self.state(person, partition)
-                finally:
-                    reset_current_event(token)
-                if state is not None and state.erased:
-                    event = without_personal(event)  # an erased person's data is not kept
-                part = personal_part(event)
-                content = None
-                if part is not None:  # sealed once; the digest is of the event as stored
-                    if keys.get(person) is None:
-                        key_outputs.add(names.keys, key, keys.create(person), partition)
-                    content = stored_body(event_body(event), keys.seal(person, part))
-                previous = seen.get(partition, person, event.event_id)
-                started = perf()
-                decision = decide(state, event, policy, previous, content=content)
-                observe(perf() - started)
-                if decision.conflict is not None:
-                    stats.conflicts += 1
-                    raise InvalidMessage(decision.conflict)
-            except Exception as error:
-                if not isinstance(error, InvalidMessage):
-                    log.exception(
-                        "event at %s[%s]@%s failed", message.topic, partition, message.offset
-                    )
-                    error = f"{type(error).__name__}: {error}"
-                stats.dead_letters += 1
-                value, sealed = self.rejected_bytes(message, key_outputs)
-                outputs.add(
-                    names.dead_letters,
-                    message.key,
-                    dead_letter(
-                        error,
-                        topic=message.topic,
-                        partition=partition,
-                        offset=message.offset,
-                        key=message.key,
-                        value=value,
-                        sealed=sealed,
-                    ),
-                    partition,
-                )
-                continue
-            types[event.type] += 1
-            for shadow in self.shadows:  # redeliveries re-emit the shadow's changes too
-                shadow_changes = shadow.apply(event, decision)
-                if shadow_changes and (
-                    part is not None
-                    or (state is not None and not PERSONAL_PROFILE.isdisjoint(state.profile))
-                ):
-                    profile = state.profile if state is not None else {}
-                    shadow_changes, _ = seal_sentences(
-                        shadow_changes, None, profile, event, keys.get(person)
-                    )
-                for change in shadow_changes:
-                    outputs.add(shadow.topic, key, to_json(change), partition)
-            follow_up = decision.follow_up
-            if follow_up is not None:  # a merge's hand-off, an alias's event for its survivor
-                to = follow_up.person_id.encode()
-                body = follow_up.model_dump_json(exclude_none=True).encode()
-                outputs.add(names.events, to, body, self.partition_of(to), partition)
-                stats.follow_ups += 1
-            if decision.duplicate:
-                stats.duplicates += 1
-                for change in decision.changes:
-                    outputs.add(stage_changes, key, to_json(change), partition)
-                continue
-            changes, note = decision.changes, decision.note
-            if (changes or note is not None) and (
-                part is not None
-                or (state is not None and not PERSONAL_PROFILE.isdisjoint(state.profile))
-            ):  # sentences that quote a personal value are sealed too
-                changes, note = seal_sentences(
-                    changes, note, state.profile if state else {}, event, keys.get(person)
-                )
-            state = evolve(state, decision)
-            if changes is not decision.changes or note is not decision.note:
-                if changes:  # the state keeps the last sentence as stored (evolve's choice)
-                    state.last_reason = changes[-1].reason
-                elif note is not None and not decision.erased:
-                    state.last_reason = note
-            cache[person] = state
-            touched[person] = partition
-            wire = decision.to_wire(content)
-            merged = decision.merged
-            if merged is not None and not PERSONAL_PROFILE.isdisjoint(merged.profile):
-                if keys.get(person) is None:
-                    key_outputs.add(names.keys, key, keys.create(person), partition)
-                wire["merged"] = seal_merged(merged, functools.partial(keys.seal, person))
-            if changes is not decision.changes:
-                wire["changes"] = changes
-            wire["note"] = note
-            outputs.add(history, key, to_json(wire), partition)
-            seen.put(
-                partition,
-                dedup_key(person, event.event_id),
-                stored(decision.sequence, wire["event"], changes),
-            )
-            if decision.erased:  # the key goes; everything sealed with it is unreadable
-                keys.destroy(person)
-                key_outputs.add(names.keys, key, None, partition)  # type: ignore[arg-type]
-            for change in changes:
-                stages[change.to_stage] += 1
-                outputs.add(stage_changes, key, to_json(change), partition)
-            if decision.merged is not None:  # a survivor's fold: its aliases, for every reader
-                for alias, body in alias_records(decision):
-                    outputs.add(names.aliases, alias, body, self.partition_of(alias), partition)
-
-        for person, partition in touched.items():
-            state = cache.pop(person)
-            cache[person] = state  # most recently used last
-            token = set_current_event(stand_ins[partition])
-            try:
-                self.write_batched(state, partition)
-            finally:
-                reset_current_event(token)
-            self.remember(partition, state)
-        seen.flush()  # before the first await: a rebalance may release a partition meanwhile
+            self.offsets[message.partition] = message.offset
+            run.stats.events += 1
+            decided = self._decide(message, run)
+            if decided is not None:
+                self._publish(decided, run)
+        self._write_touched(run.touched)
+        self.seen.flush()  # before the first await: a rebalance may release a partition meanwhile
         if key_outputs is not outputs and key_outputs.queued:
             # New data keys must be durable before anything sealed with them.
             await key_outputs.publish()
             await key_outputs.settle()
         await outputs.publish()
+        stats = run.stats
         stats.deliveries = outputs.detach()
         self._trim_cache()
         self.processed += stats.events
-        metrics.count_batch(types, stages, stats.duplicates)
+        metrics.count_batch(run.types, run.stages, stats.duplicates)
         if stats.dead_letters:
             metrics.DEAD_LETTERS.inc(stats.dead_letters)
         return stats
+
+    def _decide(self, message: Message, run: _Run) -> _Decided | None:
+        """Decode, look up the state and what was seen, seal the personal part, decide; a
+        message that cannot be decided becomes a dead letter (and None)."""
+        partition, keys, names = message.partition, self.keys, self.names
+        try:
+            if message.value is None:
+                raise InvalidMessage("empty value (a tombstone is not an event)")
+            event = decode_event(message.value)
+            person = event.person_id
+            key = person.encode()
+            if message.key != key:
+                raise InvalidMessage(
+                    f"key {message.key!r} is not the person_id {person!r}: events must be "
+                    "keyed by person id so one person's events stay in order"
+                )
+            token = set_current_event(self.stand_ins[partition])
+            try:
+                state = self.state(person, partition)
+            finally:
+                reset_current_event(token)
+            if state is not None and state.erased:
+                event = without_personal(event)  # an erased person's data is not kept
+            part = personal_part(event)
+            content = None
+            if part is not None:  # sealed once; the digest is of the event as stored
+                if keys.get(person) is None:
+                    run.key_outputs.add(names.keys, key, keys.create(person), partition)
+                content = stored_body(event_body(event), keys.seal(person, part))
+            previous = self.seen.get(partition, person, event.event_id)
+            started = time.perf_counter()
+            decision = decide(state, event, self.policy, previous, content=content)
+            metrics.DECIDE_SECONDS.observe(time.perf_counter() - started)
+            if decision.conflict is not None:
+                run.stats.conflicts += 1
+                raise InvalidMessage(decision.conflict)
+        except Exception as error:
+            self._dead_letter(message, error, run)
+            return None
+        return _Decided(event, person, key, partition, state, part, content, decision)
+
+    def _dead_letter(self, message: Message, error: Exception, run: _Run) -> None:
+        reason: Exception | str = error
+        if not isinstance(error, InvalidMessage):
+            log.exception(
+                "event at %s[%s]@%s failed", message.topic, message.partition, message.offset
+            )
+            reason = f"{type(error).__name__}: {error}"
+        run.stats.dead_letters += 1
+        value, sealed = self.rejected_bytes(message, run.key_outputs)
+        letter = dead_letter(
+            reason,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=message.key,
+            value=value,
+            sealed=sealed,
+        )
+        self.outputs.add(self.names.dead_letters, message.key, letter, message.partition)
+
+    def _quotes_personal(self, d: _Decided) -> bool:
+        """Whether this event's sentences may quote a personal value (and are sealed)."""
+        return d.part is not None or (
+            d.state is not None and not PERSONAL_PROFILE.isdisjoint(d.state.profile)
+        )
+
+    def _publish(self, d: _Decided, run: _Run) -> None:
+        """Queue what a decision publishes: shadows' changes, a follow-up, and for an applied
+        event the new state, its history record and its stage changes."""
+        outputs, names, decision = self.outputs, self.names, d.decision
+        key, partition = d.key, d.partition
+        run.types[d.event.type] += 1
+        for shadow in self.shadows:  # redeliveries re-emit the shadow's changes too
+            shadow_changes = shadow.apply(d.event, decision)
+            if shadow_changes and self._quotes_personal(d):
+                profile = d.state.profile if d.state is not None else {}
+                shadow_changes, _ = seal_sentences(
+                    shadow_changes, None, profile, d.event, self.keys.get(d.person)
+                )
+            for change in shadow_changes:
+                outputs.add(shadow.topic, key, to_json(change), partition)
+        follow_up = decision.follow_up
+        if follow_up is not None:  # a merge's hand-off, an alias's event for its survivor
+            to = follow_up.person_id.encode()
+            body = follow_up.model_dump_json(exclude_none=True).encode()
+            outputs.add(names.events, to, body, self.partition_of(to), partition)
+            run.stats.follow_ups += 1
+        if decision.duplicate:
+            run.stats.duplicates += 1
+            for change in decision.changes:
+                outputs.add(names.stage_changes, key, to_json(change), partition)
+            return
+        self._apply(d, run)
+
+    def _apply(self, d: _Decided, run: _Run) -> None:
+        """An applied event: evolve the state, queue its history record (sealed where it
+        quotes personal data) and stage changes, remember its id, and on erasure drop the key."""
+        outputs, names, keys, decision = self.outputs, self.names, self.keys, d.decision
+        person, key, partition = d.person, d.key, d.partition
+        changes, note = decision.changes, decision.note
+        if (changes or note is not None) and self._quotes_personal(d):
+            changes, note = seal_sentences(
+                changes, note, d.state.profile if d.state else {}, d.event, keys.get(person)
+            )
+        state = evolve(d.state, decision)
+        if changes is not decision.changes or note is not decision.note:
+            if changes:  # the state keeps the last sentence as stored (evolve's choice)
+                state.last_reason = changes[-1].reason
+            elif note is not None and not decision.erased:
+                state.last_reason = note
+        self.cache[person] = state
+        run.touched[person] = partition
+        wire = decision.to_wire(d.content)
+        merged = decision.merged
+        if merged is not None and not PERSONAL_PROFILE.isdisjoint(merged.profile):
+            if keys.get(person) is None:
+                run.key_outputs.add(names.keys, key, keys.create(person), partition)
+            wire["merged"] = seal_merged(merged, functools.partial(keys.seal, person))
+        if changes is not decision.changes:
+            wire["changes"] = changes
+        wire["note"] = note
+        outputs.add(names.history, key, to_json(wire), partition)
+        self.seen.put(
+            partition,
+            dedup_key(person, d.event.event_id),
+            stored(decision.sequence, wire["event"], changes),
+        )
+        if decision.erased:  # the key goes; everything sealed with it is unreadable
+            keys.destroy(person)
+            run.key_outputs.add(names.keys, key, None, partition)  # type: ignore[arg-type]
+        for change in changes:
+            run.stages[change.to_stage] += 1
+            outputs.add(names.stage_changes, key, to_json(change), partition)
+        if merged is not None:  # a survivor's fold: its aliases, for every reader
+            for alias, body in alias_records(decision):
+                outputs.add(names.aliases, alias, body, self.partition_of(alias), partition)
+
+    def _write_touched(self, touched: dict[str, int]) -> None:
+        """Write each touched person's state once (the store now, the changelog with the
+        batch) and move it to the recently used end of the cache."""
+        cache = self.cache
+        for person, partition in touched.items():
+            state = cache.pop(person)
+            cache[person] = state  # most recently used last
+            token = set_current_event(self.stand_ins[partition])
+            try:
+                self.write_batched(state, partition)
+            finally:
+                reset_current_event(token)
+            self.remember(partition, state)
 
     def _trim_cache(self) -> None:
         """Drop the least recently written states beyond `cache_size`."""
@@ -441,158 +469,3 @@ class PartitionProcessor:
         if excess > 0:
             for person in list(itertools.islice(cache, excess)):
                 del cache[person]
-
-
-def alias_records(decision: Any) -> list[tuple[bytes, bytes]]:
-    """`events.outbound.PersonAliased` records (key, value) for every alias of a survivor's
-    fold: its new alias and the ones that alias already had (a chain resolves to the end)."""
-    event = decision.event
-    return [
-        (
-            alias.encode(),
-            orjson.dumps(
-                {
-                    "alias": alias,
-                    "survivor": decision.person_id,
-                    "merged_at": event.occurred_at,
-                    "event_id": event.event_id,
-                    "sequence": decision.sequence,
-                }
-            ),
-        )
-        for alias in decision.merged.aliases
-    ]
-
-
-class AckAfterDelivery:
-    """Acks a batch's input messages once every record it published is acked by the broker.
-
-    Without waiting in the agent: the next batch is decided while this one is in flight.
-    Faust commits only contiguous acked offsets, so an input is never committed before its
-    outputs are durable. A failed delivery stops the worker instead: a restart re-processes
-    the unacked inputs and recovery repairs the table from history.
-    """
-
-    def __init__(self, app: faust.App) -> None:
-        self.app = app
-        self.tasks: set[asyncio.Future[None]] = set()
-
-    def after(self, deliveries: list[Any], messages: list[Message]) -> None:
-        task = asyncio.ensure_future(self._ack(deliveries, messages))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _ack(self, deliveries: list[Any], messages: list[Message]) -> None:
-        with contextlib.suppress(Exception):  # a failed delivery already stopped the worker
-            await ack_when_delivered(self.app, deliveries, messages)
-
-
-async def ack_when_delivered(
-    app: faust.App, deliveries: list[Any], messages: list[Message]
-) -> None:
-    """Ack `messages` in the consumer once every delivery is acked by the broker; a failed
-    delivery stops the worker instead (and is raised): the inputs stay uncommitted."""
-    try:
-        if deliveries:
-            await asyncio.gather(*deliveries)
-    except Exception as error:
-        log.exception("publishing failed; stopping the worker (the inputs stay uncommitted)")
-        await app.crash(error)
-        raise
-    ack = app.consumer.ack
-    for message in messages:
-        ack(message)
-
-
-def _person_of(key: bytes | None) -> str | None:
-    """The person id a message key names (None for no key, or one no person id can be)."""
-    if not key or len(key) > MAX_ID:
-        return None
-    try:
-        return key.decode()
-    except UnicodeDecodeError:
-        return None
-
-
-class Batcher:
-    """Takes the events topic off the consumer's `Feed` and processes it a batch at a time.
-
-    A batch is whatever the consumer fetched since the agent last looked (lists queued while
-    it worked are joined), cut at `size` events: large when behind, small and immediate when
-    caught up. Each message is tracked in the consumer before processing (so a rebalance
-    waits for it, as for any Faust stream) and acked once the batch's outputs are acked,
-    while the next batch is being decided.
-
-    Messages of partitions this worker no longer owns, or of an earlier generation, fetched
-    before a rebalance, are dropped without an ack: Faust seeks back to the committed offset
-    after the rebalance and delivers them again to whoever owns them then. Messages taken
-    while the app's flow is suspended wait for it (see `run`).
-    """
-
-    def __init__(
-        self,
-        app: faust.App,
-        feed: Feed,
-        lifecycle: PartitionProcessor,
-        *,
-        size: int = BATCH_SIZE,
-    ) -> None:
-        self.app, self.feed, self.lifecycle = app, feed, lifecycle
-        self.size = size
-        self.acks = AckAfterDelivery(app)
-        self.dropped = 0
-
-    async def run(self) -> None:
-        get, size, flow = self.feed.get, self.size, self.app.flow_control
-        while True:
-            messages = await get()
-            if not flow.is_active():
-                # After a rebalance Faust resumes the events partitions (the consumer's flow
-                # may already run, for the table restore), seeks them to the committed
-                # offsets, and only then resumes the app's flow: what the consumer fetched
-                # meanwhile belongs to the current assignment, and dropping it would skip it
-                # (nothing seeks back once the flow runs; Faust even takes the skipped offsets
-                # for a gap it may commit over). So wait for the flow; if a rebalance comes
-                # first, the generation changes and `_live` drops them.
-                await flow.acquire()
-            live = self._live(messages)
-            self.dropped += len(messages) - len(live)
-            for start in range(0, len(live), size):
-                await self._process(live[start : start + size])
-
-    def _live(self, messages: list[Message]) -> list[Message]:
-        app = self.app
-        if not app.flow_control.is_active():
-            return []
-        generation, owned = app.consumer_generation_id, self.lifecycle.owned
-        live = [m for m in messages if m.generation_id == generation and m.partition in owned]
-        track = app.consumer.track_message
-        for message in live:
-            message.tracked = True  # what Faust's stream does before `track_message`
-            track(message)
-        return live
-
-    async def _process(self, batch: list[Message]) -> None:
-        try:
-            stats = await self.lifecycle.process(batch)
-        except Exception as error:
-            log.exception("lifecycle agent failed; stopping the worker")
-            await self.app.crash(error)
-            raise
-        if self.app.in_transaction:
-            await self._commit_with_outputs(stats.deliveries, batch)
-            return
-        self.acks.after(stats.deliveries, batch)
-
-    async def _commit_with_outputs(self, deliveries: list[Any], batch: list[Message]) -> None:
-        """`--exactly-once`: this batch's outputs and its input offsets in one transaction.
-
-        Faust commits a transaction with the offsets acked so far, on a timer: outputs of a
-        batch still in flight went into that commit without their offsets, and a crash then
-        re-processed the batch, re-emitting its stage changes as a redelivery does (found on
-        Kafka: 118 repeated change ids read_committed over 10 kill -9s). So in a transaction
-        the batch is delivered, acked and committed before the next one is decided, and
-        Faust's timed commits are off (`make_app`).
-        """
-        await ack_when_delivered(self.app, deliveries, batch)
-        await self.app.consumer.commit()

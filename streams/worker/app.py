@@ -30,8 +30,9 @@ from streams.kafka.topics import TopicNames, TopicSpec
 from streams.settings import Settings
 from streams.web.api import Api, install_api
 from streams.worker import metrics
-from streams.worker.agent import BATCH_SIZE, Batcher, PartitionProcessor
+from streams.worker.agent import BATCH_SIZE, PartitionProcessor
 from streams.worker.assignment import install_assignment, shadows_of
+from streams.worker.batcher import Batcher
 from streams.worker.dedup_store import DedupStore
 from streams.worker.drain import Feed
 from streams.worker.outputs import Outputs

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -89,98 +89,150 @@ async def recover_partitions(
 ) -> RecoveryReport:
     """Check and repair the table for `partitions`, then hand them to `lifecycle`."""
     started = time.monotonic()
-    report = RecoveryReport(tuple(sorted(partitions)))
-    topic = lifecycle.names.history
-    policy = lifecycle.policy
+    recovery = _Recovery(lifecycle, partitions, bootstrap, client_options)
     # Our own records for these partitions must be in the topic before we read it.
     await lifecycle.app.producer.flush()
-
-    # Pass 0: the partitions' data keys (streams.kafka.keys); rewrap those under an old master key.
-    keys, keys_topic = lifecycle.keys, lifecycle.names.keys
-    key_partition: dict[str, int] = {}
-    async for record in iter_to_end(
-        bootstrap, keys_topic, partitions=report.partitions, client_options=client_options
-    ):
-        person = record.key.decode()
-        keys.load(person, record.value)
-        key_partition[person] = record.partition
-        report.keys += 1
-    # Its own sender: the agent's (`lifecycle.key_outputs`) may hold a batch's new keys
-    # meanwhile, and each must settle exactly what it sent.
-    key_outputs = Outputs(lifecycle.app, lifecycle.names.events)
-    for person in sorted(keys.stale):
-        value = keys.rewrapped(person)
-        if value is not None:
-            key_outputs.add(keys_topic, person.encode(), value, key_partition[person])
-            report.rewrapped += 1
-
-    # Pass 1: last sequence per person (a light parse; no validation), and the dedup stores.
-    seen = lifecycle.seen
-    for partition in partitions:
-        seen.reset(partition)
-    last: dict[str, tuple[int, int]] = {}
-    erased: set[str] = set()
-    async for record in iter_to_end(
-        bootstrap, topic, partitions=report.partitions, client_options=client_options
-    ):
-        data = orjson.loads(record.value)
-        person, sequence = data["person_id"], data["sequence"]
-        event = data["event"]
-        seen.put_first(
-            record.partition,
-            dedup_key(person, event["event_id"]),
-            stored(sequence, event, data["changes"]),
-        )
-        if data.get("erased"):
-            erased.add(person)
-        previous = last.get(person)
-        if sequence != (previous[1] if previous else 0) + 1:
-            report.gaps += 1
-        if previous is None or sequence > previous[1]:
-            last[person] = (record.partition, sequence)
-        report.records += 1
-    report.persons = len(last)
-    seen.flush()
-    report.seen = report.records
-    # An erasure whose tombstone never made it (a crash after its history record was acked):
-    # the key goes now.
-    for person in sorted(erased & keys.wrapped.keys()):
-        keys.destroy(person)
-        key_outputs.add(keys_topic, person.encode(), None, key_partition[person])
-        report.shredded += 1
-    if key_outputs.queued:
-        await key_outputs.publish()
-        await key_outputs.settle()
-
-    persons: dict[int, dict[str, datetime | None]] = {p: {} for p in partitions}
-    stand_ins = {p: partition_event(lifecycle.app, lifecycle.names.events, p) for p in partitions}
-    stale: set[bytes] = set()
-    for person, (partition, sequence) in last.items():
-        with writing_for(stand_ins[partition]):
-            raw = lifecycle.read_table(person)
-        if raw is None:
-            report.missing += 1
-            stale.add(person.encode())
-            continue
-        data = orjson.loads(raw)
-        if data["sequence"] != sequence or (person in erased) != data.get("erased", False):
-            if data["sequence"] < sequence:
-                report.behind += 1
-            else:
-                report.ahead += 1
-            stale.add(person.encode())
-            continue
-        report.consistent += 1
-        state = lifecycle.state_from_table(person, raw)
-        persons[partition][person] = next_deadline(state, policy)
-
+    await recovery.load_keys()
+    last, erased = await recovery.scan_history()
+    await recovery.shred_missed(erased)
+    persons, stale = recovery.check_table(last, erased)
     if stale:
-        # Pass 2: fold the stale persons' records (full validation, as replay does).
+        await recovery.rebuild(stale, last, persons)
+    for partition in partitions:
+        lifecycle.adopt(partition, persons[partition])
+    report = recovery.report
+    report.seconds = time.monotonic() - started
+    return report
+
+
+class _Recovery:
+    """The passes of one recovery, over the newly assigned partitions."""
+
+    def __init__(
+        self,
+        lifecycle: PartitionProcessor,
+        partitions: set[int],
+        bootstrap: str,
+        client_options: Mapping[str, Any] | None,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.partitions = partitions
+        self.bootstrap = bootstrap
+        self.client_options = client_options
+        self.report = RecoveryReport(tuple(sorted(partitions)))
+        self.keys, self.keys_topic = lifecycle.keys, lifecycle.names.keys
+        self.key_partition: dict[str, int] = {}
+        # Its own sender: the agent's (`lifecycle.key_outputs`) may hold a batch's new keys
+        # meanwhile, and each must settle exactly what it sent.
+        self.key_outputs = Outputs(lifecycle.app, lifecycle.names.events)
+        self.stand_ins = {
+            p: partition_event(lifecycle.app, lifecycle.names.events, p) for p in partitions
+        }
+
+    def _read(self, topic: str, partitions: Sequence[int]) -> AsyncIterator[Any]:
+        return iter_to_end(
+            self.bootstrap, topic, partitions=partitions, client_options=self.client_options
+        )
+
+    async def load_keys(self) -> None:
+        """Pass 0: the partitions' data keys (streams.kafka.keys); rewrap those under an old
+        master key."""
+        keys, report = self.keys, self.report
+        async for record in self._read(self.keys_topic, report.partitions):
+            person = record.key.decode()
+            keys.load(person, record.value)
+            self.key_partition[person] = record.partition
+            report.keys += 1
+        for person in sorted(keys.stale):
+            value = keys.rewrapped(person)
+            if value is not None:
+                partition = self.key_partition[person]
+                self.key_outputs.add(self.keys_topic, person.encode(), value, partition)
+                report.rewrapped += 1
+
+    async def scan_history(self) -> tuple[dict[str, tuple[int, int]], set[str]]:
+        """Pass 1: last (partition, sequence) per person (a light parse; no validation), the
+        erased persons, and the dedup stores rebuilt."""
+        seen, report = self.lifecycle.seen, self.report
+        for partition in self.partitions:
+            seen.reset(partition)
+        last: dict[str, tuple[int, int]] = {}
+        erased: set[str] = set()
+        async for record in self._read(self.lifecycle.names.history, report.partitions):
+            data = orjson.loads(record.value)
+            person, sequence = data["person_id"], data["sequence"]
+            event = data["event"]
+            seen.put_first(
+                record.partition,
+                dedup_key(person, event["event_id"]),
+                stored(sequence, event, data["changes"]),
+            )
+            if data.get("erased"):
+                erased.add(person)
+            previous = last.get(person)
+            if sequence != (previous[1] if previous else 0) + 1:
+                report.gaps += 1
+            if previous is None or sequence > previous[1]:
+                last[person] = (record.partition, sequence)
+            report.records += 1
+        report.persons = len(last)
+        seen.flush()
+        report.seen = report.records
+        return last, erased
+
+    async def shred_missed(self, erased: set[str]) -> None:
+        """An erasure whose tombstone never made it (a crash after its history record was
+        acked): the key goes now; then the keys records (rewraps too) are made durable."""
+        keys = self.keys
+        for person in sorted(erased & keys.wrapped.keys()):
+            keys.destroy(person)
+            partition = self.key_partition[person]
+            self.key_outputs.add(self.keys_topic, person.encode(), None, partition)
+            self.report.shredded += 1
+        if self.key_outputs.queued:
+            await self.key_outputs.publish()
+            await self.key_outputs.settle()
+
+    def check_table(
+        self, last: dict[str, tuple[int, int]], erased: set[str]
+    ) -> tuple[dict[int, dict[str, datetime | None]], set[bytes]]:
+        """Each person's table value against history: consistent ones adopted with their
+        next deadline, the others (missing, behind, ahead, erased differently) stale."""
+        lifecycle, report, policy = self.lifecycle, self.report, self.lifecycle.policy
+        persons: dict[int, dict[str, datetime | None]] = {p: {} for p in self.partitions}
+        stale: set[bytes] = set()
+        for person, (partition, sequence) in last.items():
+            with writing_for(self.stand_ins[partition]):
+                raw = lifecycle.read_table(person)
+            if raw is None:
+                report.missing += 1
+                stale.add(person.encode())
+                continue
+            data = orjson.loads(raw)
+            if data["sequence"] != sequence or (person in erased) != data.get("erased", False):
+                if data["sequence"] < sequence:
+                    report.behind += 1
+                else:
+                    report.ahead += 1
+                stale.add(person.encode())
+                continue
+            report.consistent += 1
+            state = lifecycle.state_from_table(person, raw)
+            persons[partition][person] = next_deadline(state, policy)
+        return persons, stale
+
+    async def rebuild(
+        self,
+        stale: set[bytes],
+        last: dict[str, tuple[int, int]],
+        persons: dict[int, dict[str, datetime | None]],
+    ) -> None:
+        """Pass 2: fold the stale persons' records (full validation, as replay does) and
+        write their states."""
+        lifecycle, keys = self.lifecycle, self.keys
         states: dict[str, PersonState] = {}
         wanted = sorted({last[key.decode()][0] for key in stale})
-        async for record in iter_to_end(
-            bootstrap, topic, partitions=wanted, client_options=client_options
-        ):
+        async for record in self._read(lifecycle.names.history, wanted):
             if record.key in stale:
                 if is_sealed(record.value):  # personal fields back, as the live state has them
                     data = orjson.loads(record.value)
@@ -194,13 +246,8 @@ async def recover_partitions(
             # Back to plain lifecycle records (the fold holds pydantic ones).
             state = PersonState.from_wire(orjson.loads(to_json(state.to_wire())))
             partition = last[person][0]
-            with writing_for(stand_ins[partition]):
+            with writing_for(self.stand_ins[partition]):
                 lifecycle.write_table(state)
             lifecycle.cache.pop(person, None)
-            persons[partition][person] = next_deadline(state, policy)
-            report.rebuilt_persons.append(person)
-
-    for partition in partitions:
-        lifecycle.adopt(partition, persons[partition])
-    report.seconds = time.monotonic() - started
-    return report
+            persons[partition][person] = next_deadline(state, lifecycle.policy)
+            self.report.rebuilt_persons.append(person)

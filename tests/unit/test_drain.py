@@ -16,7 +16,7 @@ from faust.types.tuples import Message
 from mode.utils.queues import FlowControlEvent
 
 from streams.internals import BatchingConsumer, rewind_uncommitted
-from streams.worker.agent import AckAfterDelivery, Batcher
+from streams.worker.batcher import AckAfterDelivery, Batcher
 from streams.worker.drain import Feed
 
 

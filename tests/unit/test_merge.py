@@ -23,12 +23,11 @@ from lifecycle.decide import decide
 from lifecycle.dedup import SeenIndex
 from lifecycle.evolve import evolve
 from lifecycle.funnel import funnel, funnel_of
-from lifecycle.merge import handoff_id
+from lifecycle.merge import alias_records, handoff_id
 from lifecycle.replay import Replayer, fold, replay
 from lifecycle.state import PersonState
 from lifecycle.verify import verify
 from streams.web.views import person_view
-from streams.worker.agent import alias_records
 from tests.fixtures.core import T0, days, fit_profile, preset, run_events
 
 FIT = fit_profile()
@@ -95,7 +94,7 @@ def test_merge_that_does_not_advance_the_survivor_is_no_stage_change():
 
 
 def test_every_fold_publishes_its_aliases_as_person_aliased_records_a_chain_resolving():
-    """The aliases topic's records (`streams.worker.agent.alias_records`): a into b, then b into c
+    """The aliases topic's records (`lifecycle.merge.alias_records`): a into b, then b into c
     republishes a as c's alias, so a reader of the compacted topic resolves the chain."""
     result = run_events(
         [
