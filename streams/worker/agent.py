@@ -258,24 +258,19 @@ class PartitionProcessor:
         return self.state_from_table(person, raw)
 
     def rejected_bytes(self, message: Message, key_outputs: Outputs) -> tuple[bytes | None, bool]:
-        """A rejected message's value as its dead letter keeps it (`rejected_value`)."""
+        """A rejected message's value as its dead letter keeps it (`sealing.rejected_value`)."""
         person = person_of_key(message.key)
         if person is None or not message.value:
             return message.value, False
-        token = set_current_event(self.stand_ins[message.partition])
-        try:
-            state = self.state(person, message.partition)
-        except Exception:  # a key that cannot be unwrapped: keep nothing rather than plaintext
-            log.exception(
-                "dead letter at %s[%s]@%s: value not kept",
-                message.topic,
-                message.partition,
-                message.offset,
-            )
-            return None, True
-        finally:
-            reset_current_event(token)
-        return rejected_value(message, person, state, self.keys, key_outputs, self.names.keys)
+
+        def state_of() -> PersonState | None:
+            token = set_current_event(self.stand_ins[message.partition])
+            try:
+                return self.state(person, message.partition)
+            finally:
+                reset_current_event(token)
+
+        return rejected_value(message, person, state_of, self.keys, key_outputs, self.names.keys)
 
     # -- the hot path --------------------------------------------------------------------------
     async def process(self, batch: Sequence[Message]) -> BatchStats:

@@ -5,6 +5,7 @@ value opened back into a state, and what a dead letter keeps of a rejected messa
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import orjson
 from faust.types.tuples import Message
@@ -42,7 +43,7 @@ def state_of_value(person: str, raw: bytes, keys: KeyRing) -> PersonState:
 def rejected_value(
     message: Message,
     person: str,
-    state: PersonState | None,
+    state_of: Callable[[], PersonState | None],
     keys: KeyRing,
     key_outputs: Outputs,
     keys_topic: str,
@@ -50,9 +51,10 @@ def rejected_value(
     """A rejected message's value as its dead letter keeps it, and whether it is sealed:
     sealed with the data key of the person its key names (made if they have none), nothing
     once they are erased (`streams.worker.deadletters`)."""
-    if state is not None and state.erased:
-        return None, True
     try:
+        state = state_of()
+        if state is not None and state.erased:
+            return None, True
         if keys.get(person) is None:
             key_outputs.add(keys_topic, message.key, keys.create(person), message.partition)
         data_key = keys.get(person)
