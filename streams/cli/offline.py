@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +13,7 @@ import orjson
 import typer
 from rich.table import Table
 
+from events.inbound import Event
 from lifecycle.funnel import FunnelReport, funnel_of
 from lifecycle.policy import PRESETS, Policy, PolicyError, load_policy, load_preset
 from streams.cli import analytics as commands_analytics
@@ -97,14 +98,17 @@ def replay(
     replayer = Replayer(rules, recorded=reader.recorded)
 
     def changes() -> Iterator[Any]:
-        for event in reader.events(events, broker, topic_prefix):
-            if person is not None and event.person_id != person:
-                continue
-            if cutoff is not None and event.occurred_at > cutoff:
-                continue
-            for decision in replayer.apply_all(event):
-                reader.check(decision)
-                if not state:
+        read: Iterable[Event] = reader.events(events, broker, topic_prefix)
+        if person is not None:
+            read = (event for event in read if event.person_id == person)
+        if cutoff is not None:
+            read = (event for event in read if not event.occurred_at > cutoff)
+        apply_all, check = replayer.apply_all, reader.check
+        for event in read:  # once per event: the checks most events skip come first
+            for decision in apply_all(event):
+                if decision.conflict is not None:
+                    check(decision)
+                if decision.changes and not state:
                     yield from decision.changes
 
     with bulk_gc():
