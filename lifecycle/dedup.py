@@ -251,9 +251,11 @@ class SeenIndex:
             index[named] = len(entries)
         entries += named + digest + decision.sequence.to_bytes(_SEQUENCE_SIZE, "big")
         self.count += 1
-        if decision.changes:
-            k = key(person, event.event_id)
-            self.changes[k] = tuple(StageChange.of(c) for c in decision.changes)
+        changes = decision.changes
+        if changes:
+            if type(changes) is not tuple or any(type(c) is not StageChange for c in changes):
+                changes = tuple(StageChange.of(c) for c in changes)  # from history records
+            self.changes[key(person, event.event_id)] = changes
 
     def __len__(self) -> int:
         return self.count

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -97,27 +97,25 @@ def replay(
             return
     replayer = Replayer(rules, recorded=reader.recorded)
 
-    def changes() -> Iterator[Any]:
-        read: Iterable[Event] = reader.events(events, broker, topic_prefix)
-        if person is not None:
-            read = (event for event in read if event.person_id == person)
-        if cutoff is not None:
-            read = (event for event in read if not event.occurred_at > cutoff)
-        apply_all, check = replayer.apply_all, reader.check
+    read: Iterable[Event] = reader.events(events, broker, topic_prefix)
+    if person is not None:
+        read = (event for event in read if event.person_id == person)
+    if cutoff is not None:
+        read = (event for event in read if not event.occurred_at > cutoff)
+    apply_all, check = replayer.apply_all, reader.check
+    # each change as `write_rows` writes it (its JSON, then a newline), in one call
+    write, dumps, newline = sys.stdout.buffer.write, orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    with bulk_gc():
         for event in read:  # once per event: the checks most events skip come first
             for decision in apply_all(event):
                 if decision.conflict is not None:
                     check(decision)
                 if decision.changes and not state:
-                    yield from decision.changes
-
-    with bulk_gc():
+                    for change in decision.changes:
+                        write(dumps(change, option=newline))
         if state:
-            for _ in changes():
-                pass
             write_rows(s.to_wire() for s in replayer.states.values())
-        else:
-            write_rows(changes())
+        sys.stdout.buffer.flush()
     reader.summary()
 
 
