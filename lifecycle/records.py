@@ -20,14 +20,16 @@ from events.outbound import CLOUDEVENTS_SOURCE, STAGE_CHANGED_TYPE
 class Reason:
     """Why a person moved or did not: the rule's name and a sentence.
 
-    The sentence is interned: the same few sentences recur for every person, and a replay
-    keeps one in each state (`last_reason`) and each change it may re-emit (~100 bytes each).
+    Rule and sentence are interned: the same few recur for every person, and a replay keeps
+    one in each state (`last_reason`) and each change it may re-emit (~100 bytes each).
     """
 
     rule: str
     text: str
 
     def __post_init__(self) -> None:
+        if type(self.rule) is str:  # e.g. f"blocked.{guard}", built per decision
+            self.rule = intern(self.rule)
         if type(self.text) is str:
             self.text = intern(self.text)
 
