@@ -100,7 +100,9 @@ def digest_of(event: Event) -> bytes:
         del content["occurred_at"]
     else:
         content.pop("forwarded_via", None)
-    return _blake2b(orjson.dumps(content, option=_DIGEST_OPTIONS))
+    h = _BLAKE2B.copy()  # `_blake2b`, inline: once per applied event
+    h.update(orjson.dumps(content, option=_DIGEST_OPTIONS))
+    return h.digest()
 
 
 @dataclass(slots=True, frozen=True)
@@ -185,7 +187,9 @@ def _id_digest(event_id: str) -> bytes:
         raw = event_id.encode()  # the same bytes as below for any id without a lone surrogate
     except UnicodeEncodeError:
         raw = event_id.encode("utf-8", "surrogatepass")
-    return _blake2b(raw)
+    h = _BLAKE2B.copy()  # `_blake2b`, inline: once per event
+    h.update(raw)
+    return h.digest()
 
 
 class SeenIndex:
@@ -239,8 +243,11 @@ class SeenIndex:
             at = -1
         elif len(entries) > _SCANNED:
             at = self._find(person_id, entries, self._id(event_id))
-        else:  # `_find`, inline: once per event
-            named = self._id(event_id)
+        else:  # `_find` and `_id`, inline: once per event
+            last, named = self._named
+            if event_id != last:
+                named = _id_digest(event_id)
+                self._named = (event_id, named)
             at = entries.find(named)
             while at != -1 and at % _ENTRY:
                 at = entries.find(named, at + 1)
