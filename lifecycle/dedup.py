@@ -180,6 +180,8 @@ _ENTRY = 2 * DIGEST_SIZE + _SEQUENCE_SIZE
 #: Events of one person beyond which `SeenIndex` finds an id through a dict, not a scan.
 INDEXED_AFTER = 256
 _SCANNED = INDEXED_AFTER * _ENTRY
+#: Bytes of entries (64 events) from which a person's grow in place (a bytearray), not by copy.
+_GROWN = 64 * _ENTRY
 
 
 def _id_digest(event_id: str) -> bytes:
@@ -206,7 +208,7 @@ class SeenIndex:
     __slots__ = ("_missed", "_named", "changes", "count", "indexed", "persons")
 
     def __init__(self) -> None:
-        self.persons: dict[str, bytearray] = {}
+        self.persons: dict[str, bytes | bytearray] = {}
         self.changes: dict[bytes, tuple[StageChange, ...]] = {}
         #: persons with more than INDEXED_AFTER events: id digest -> offset (a scan of their
         #: entries per event would make a long history quadratic)
@@ -222,7 +224,7 @@ class SeenIndex:
             self._named = (event_id, named)
         return named
 
-    def _find(self, person_id: str, entries: bytearray, named: bytes) -> int:
+    def _find(self, person_id: str, entries: bytes | bytearray, named: bytes) -> int:
         """The offset of the entry for the id digest `named`, or -1 (a hit must be aligned)."""
         if len(entries) > _SCANNED:
             index = self.indexed.get(person_id)
@@ -268,19 +270,31 @@ class SeenIndex:
         event_id = event.event_id
         named = self._id(event_id)
         entries = self.persons.get(person)
-        if entries is None:
-            entries = self.persons[person] = bytearray()
-        elif self._missed != (person, event_id) and self._find(person, entries, named) != -1:
+        if (
+            entries is not None
+            and self._missed != (person, event_id)
+            and self._find(person, entries, named) != -1
+        ):
             return
         self._missed = None
         digest = digest_of(event) if content is None else fingerprint(content)
-        if self.indexed:
-            index = self.indexed.get(person)
-            if index is not None:
-                index[named] = len(entries)
-        entries += named
-        entries += digest
-        entries += decision.sequence.to_bytes(_SEQUENCE_SIZE, "big")
+        sequence = decision.sequence.to_bytes(_SEQUENCE_SIZE, "big")
+        if entries is None:
+            self.persons[person] = b"".join((named, digest, sequence))
+        elif len(entries) < _GROWN:
+            # bytes, one block of the exact size, while short: ~60 bytes a person less than a
+            # bytearray (its object, its buffer and the buffer's spare room); copied per event
+            self.persons[person] = b"".join((entries, named, digest, sequence))
+        else:
+            if type(entries) is bytes:  # a long history: grown in place from now on
+                entries = self.persons[person] = bytearray(entries)
+            if self.indexed:
+                index = self.indexed.get(person)
+                if index is not None:
+                    index[named] = len(entries)
+            entries += named
+            entries += digest
+            entries += sequence
         self.count += 1
         changes = decision.changes
         if changes:
