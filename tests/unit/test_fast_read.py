@@ -112,3 +112,17 @@ def test_a_file_of_several_chunks_reads_as_line_by_line(tmp_path: Path, monkeypa
     assert _read(path) == fast
     assert len(fast[1]) == 1 and fast[1][0].startswith(f"{path}:1501: not valid JSON")
     assert fast[2] == len(lines) - 1
+
+
+def test_decide_builds_its_decision_in_the_field_order_it_passes():
+    """decide() passes every field of its Decision by position (a cheaper call)."""
+    from dataclasses import fields
+
+    from lifecycle.records import Decision
+
+    assert [f.name for f in fields(Decision)][:20] == [
+        "person_id", "sequence", "policy_version", "event", "changes", "sla_breaches", "note",
+        "activity", "last_activity", "score", "score_at", "first_touch_source", "lead_source",
+        "erased", "duplicate", "last_touch_source", "touches", "conflict", "outcomes",
+        "first_touch_at",
+    ]  # fmt: skip
