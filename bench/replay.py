@@ -5,7 +5,8 @@ Measures in turn for --rounds, each in its own process (so peak RSS is per run):
   leadflow   the CLI path, `leadflow replay --events F > /dev/null`, as a subprocess, for each
              --jobs value (0: the plain command; its peak RSS is the largest of its processes,
              and the sum over them is printed too), CPU seconds from wait4
-  reference  with --reference, another build's CLI (main before a change) in the same rounds
+  reference  with --reference, another build's CLI (main before a change) in the same rounds,
+             with each --jobs value, run just before leadflow's
   baseline   with --baseline, the same rules as a plain dict-and-if fold (parsed by
              decode_event), no transitions, no guard table; with --digest its stage changes
              per stage must equal those leadflow printed
@@ -392,10 +393,11 @@ def main() -> int:
     best: dict[str, dict] = {}
     for n in range(1, args.rounds + 1):
         runs = {"floor": _child("floor", path, args.preset)}
-        if args.reference:
-            program = shlex.split(args.reference)
-            runs["reference"] = leadflow_cli(path, args.preset, 0, args.digest, program)
         for j in jobs:
+            if args.reference:  # the same --jobs, just before: a busy moment hits both
+                program = shlex.split(args.reference)
+                label = "reference" + _label(j).removeprefix("leadflow replay")
+                runs[label] = leadflow_cli(path, args.preset, j, args.digest, program)
             runs[_label(j)] = leadflow_cli(path, args.preset, j, args.digest)
         events = runs["floor"]["events"]
         ratios = ", ".join(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from sys import intern
 from typing import Any
 
 from events.inbound import Event
@@ -17,8 +18,20 @@ from events.outbound import CLOUDEVENTS_SOURCE, STAGE_CHANGED_TYPE
 
 @dataclass(slots=True)
 class Reason:
+    """Why a person moved or did not: the rule's name and a sentence.
+
+    Rule and sentence are interned: the same few recur for every person, and a replay keeps
+    one in each state (`last_reason`) and each change it may re-emit (~100 bytes each).
+    """
+
     rule: str
     text: str
+
+    def __post_init__(self) -> None:
+        if type(self.rule) is str:  # e.g. f"blocked.{guard}", built per decision
+            self.rule = intern(self.rule)
+        if type(self.text) is str:
+            self.text = intern(self.text)
 
     @classmethod
     def of(cls, reason: Any) -> Reason:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +13,7 @@ import orjson
 import typer
 from rich.table import Table
 
+from events.inbound import Event
 from lifecycle.funnel import FunnelReport, funnel_of
 from lifecycle.policy import PRESETS, Policy, PolicyError, load_policy, load_preset
 from streams.cli import analytics as commands_analytics
@@ -96,24 +97,25 @@ def replay(
             return
     replayer = Replayer(rules, recorded=reader.recorded)
 
-    def changes() -> Iterator[Any]:
-        for event in reader.events(events, broker, topic_prefix):
-            if person is not None and event.person_id != person:
-                continue
-            if cutoff is not None and event.occurred_at > cutoff:
-                continue
-            for decision in replayer.apply_all(event):
-                reader.check(decision)
-                if not state:
-                    yield from decision.changes
-
+    read: Iterable[Event] = reader.events(events, broker, topic_prefix)
+    if person is not None:
+        read = (event for event in read if event.person_id == person)
+    if cutoff is not None:
+        read = (event for event in read if not event.occurred_at > cutoff)
+    apply_all, check = replayer.apply_all, reader.check
+    # each change as `write_rows` writes it (its JSON, then a newline), in one call
+    write, dumps, newline = sys.stdout.buffer.write, orjson.dumps, orjson.OPT_APPEND_NEWLINE
     with bulk_gc():
+        for event in read:  # once per event: the checks most events skip come first
+            for decision in apply_all(event):
+                if decision.conflict is not None:
+                    check(decision)
+                if decision.changes and not state:
+                    for change in decision.changes:
+                        write(dumps(change, option=newline))
         if state:
-            for _ in changes():
-                pass
             write_rows(s.to_wire() for s in replayer.states.values())
-        else:
-            write_rows(changes())
+        sys.stdout.buffer.flush()
     reader.summary()
 
 

@@ -1,0 +1,128 @@
+"""The bulk read's shortcuts (issue 13) take exactly what the contract's checks take.
+
+`events.fastcodec._instant` checks the usual shape of `occurred_at` without the pattern;
+`lifecycle.dedup.digest_of` drops None fields without a comprehension; the JSONL reader
+decodes a chunk of plain events in one call.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from events.fastcodec import _TIME_PATTERN, _instant
+from events.inbound import Event
+from lifecycle.dedup import body, digest_of, fingerprint
+from streams.dev.demo import synthetic_events
+from streams.tools import files
+from streams.tools.files import ReadStats, read_events
+
+PROPERTY = settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_PATTERN = re.compile(_TIME_PATTERN)
+
+
+def _digits(low: int, high: int, width: int) -> st.SearchStrategy[str]:
+    return st.integers(low, high).map(lambda n: str(n).zfill(width))
+
+
+@st.composite
+def times(draw: st.DrawFn) -> str:
+    """Near-RFC 3339 text: every field at and past its limits, odd separators and offsets."""
+    year = draw(st.one_of(_digits(1890, 3010, 4), _digits(0, 9999, 4), st.just("٢٠٢٦")))
+    parts = [
+        year,
+        draw(st.sampled_from(["-", "/"])),
+        draw(_digits(0, 13, 2)),
+        "-",
+        draw(_digits(0, 32, 2)),
+        draw(st.sampled_from(["T", "t", " "])),
+        draw(_digits(0, 25, 2)),
+        ":",
+        draw(_digits(0, 61, 2)),
+        ":",
+        draw(_digits(0, 61, 2)),
+        draw(st.sampled_from(["", ".1", ".123456", ".1234567", ".", ".12"])),
+    ]
+    offset = draw(
+        st.one_of(
+            st.sampled_from(["Z", "z", "", "+00:00", "-00:00", "+0000", "\n", "Z\n"]),
+            st.tuples(
+                st.sampled_from("+-"),
+                _digits(0, 30, 2),
+                st.sampled_from([":", ""]),
+                _digits(0, 99, 2),
+            ).map("".join),
+        )
+    )
+    return "".join(parts) + offset
+
+
+def _by_contract(text: str) -> datetime | None:
+    """What the struct with the pattern, then `fromisoformat`, made of it before."""
+    if _PATTERN.search(text) is None:
+        return None
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+@PROPERTY
+@given(st.one_of(times(), st.text(max_size=40)))
+@example("2026-01-01T00:00:00+05:60")
+@example("1900-06-01T00:00:00Z")
+@example("2999-12-31T00:00:00+01:00")
+@example("2998-12-31T23:59:59.999999-23:59")
+@example("1901-01-01T00:00:00.1234567Z")
+def test_a_time_is_taken_exactly_when_the_pattern_and_python_take_it(text: str):
+    got, want = _instant(text), _by_contract(text)
+    assert got == want
+    if got is not None:
+        assert got.tzinfo is UTC
+
+
+def test_digest_of_drops_the_none_fields_as_the_body_does():
+    for raw in synthetic_events(200, 3_000, seed=3, duplicates=0.01):
+        event = Event.model_validate(raw)
+        assert digest_of(event) == fingerprint(body(event))
+
+
+def _read(path: Path) -> tuple[list[Event], list[str], int]:
+    stats = ReadStats()
+    read = list(read_events(path, stats=stats))
+    return read, [str(error) for error in stats.errors], stats.lines
+
+
+def test_a_file_of_several_chunks_reads_as_line_by_line(tmp_path: Path, monkeypatch):
+    lines = [orjson.dumps(e) for e in synthetic_events(300, 6_000, seed=7, duplicates=0.01)]
+    lines[1500] = b"not json"
+    lines[4000] = b"   " + lines[4000]
+    lines.insert(2500, b"")
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\r\n".join(lines) + b"\n")
+    fast = _read(path)
+    monkeypatch.setattr(files, "CHUNK_BYTES", 1)  # a chunk per line
+    assert _read(path) == fast
+    monkeypatch.setattr(files, "fast_events", lambda lines: None)  # pydantic alone
+    assert _read(path) == fast
+    assert len(fast[1]) == 1 and fast[1][0].startswith(f"{path}:1501: not valid JSON")
+    assert fast[2] == len(lines) - 1
+
+
+def test_decide_builds_its_decision_in_the_field_order_it_passes():
+    """decide() passes every field of its Decision by position (a cheaper call)."""
+    from dataclasses import fields
+
+    from lifecycle.records import Decision
+
+    assert [f.name for f in fields(Decision)][:20] == [
+        "person_id", "sequence", "policy_version", "event", "changes", "sla_breaches", "note",
+        "activity", "last_activity", "score", "score_at", "first_touch_source", "lead_source",
+        "erased", "duplicate", "last_touch_source", "touches", "conflict", "outcomes",
+        "first_touch_at",
+    ]  # fmt: skip
