@@ -296,8 +296,28 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             self.diag.unset_flag(CONSUMER_FETCHING)
 
 
+# -- the producer's settings --------------------------------------------------------------
+class IdempotentProducer(faust_aiokafka.Producer):
+    """Faust's aiokafka producer, idempotent also outside transactions when the app says so
+    (`app.idempotent_producer`, set where the broker supports it: genuine Kafka, not Tansu).
+
+    Overrides `faust.transport.drivers.aiokafka.Producer._settings_extra` (faust-streaming
+    0.15.3), which returns `{"acks": "all", "enable_idempotence": True}` only for
+    `processing_guarantee="exactly_once"` and `{}` otherwise. Without idempotence a produce
+    request whose first attempt reached the log before the broker died is appended again on
+    retry: seen on Kafka after a broker kill -9, 100 history records written twice.
+    """
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        extra = super()._settings_extra()
+        if not extra and getattr(self.app, "idempotent_producer", False):
+            return {"acks": "all", "enable_idempotence": True}
+        return extra
+
+
 class BatchingTransport(faust_aiokafka.Transport):
     Consumer = BatchingConsumer
+    Producer = IdempotentProducer
 
 
 class BatchingApp(faust.App):

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         "hold a fetch that long, like Tansu, add it to every event's latency)",
     )
     exactly_once: bool = False
+    idempotent_producer: bool = Field(
+        default=True,
+        description="an idempotent producer where the broker supports one (Kafka; not "
+        "Tansu): a produce retry after a broker failure never writes a record twice",
+    )
     shadow: list[str] = Field(
         default_factory=list, description="candidate policies (files or presets) run in shadow"
     )

@@ -93,6 +93,8 @@ class LeadflowApp(BatchingApp):
     lifecycle: PartitionProcessor
     api: Api
     feed: Feed
+    #: the producer is idempotent outside transactions too (`internals.IdempotentProducer`)
+    idempotent_producer: bool = False
 
 
 def faust_options(settings: Settings) -> dict[str, Any]:
@@ -142,13 +144,16 @@ def make_app(
     *,
     cache_size: int = 100_000,
     batch_size: int = BATCH_SIZE,
+    idempotent_producer: bool = False,
 ) -> LeadflowApp:
     """The composition root: the app, its topics and table, the processor, the agent, the
-    assignment handlers, the timers, the pages and the HTTP API."""
+    assignment handlers, the timers, the pages and the HTTP API. `idempotent_producer`:
+    where the broker takes one (`streams.worker.run.prepare` finds out)."""
     forbid_auto_creation()
     names = settings.topics
     app = LeadflowApp(app_id(settings), **faust_options(settings))
     app.settings, app.policy, app.names = settings, policy, names
+    app.idempotent_producer = idempotent_producer
     app.events_topic = app.topic(names.events, partitions=settings.partitions, **RAW)
     app.persons = app.Table(
         PERSON_TABLE,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import sys
 import time
 from typing import NoReturn
@@ -25,6 +26,8 @@ from streams.kafka.topics import EnsureResult, ensure_topics, topic_specs
 from streams.settings import Settings
 from streams.worker.app import LeadflowApp, changelog_spec, make_app, shadows_of
 
+log = logging.getLogger(__name__)
+
 
 def policy_record(policy: Policy) -> tuple[bytes, bytes]:
     """(key, value) of the policy on the policies topic: keyed by its version."""
@@ -36,19 +39,40 @@ def policy_record(policy: Policy) -> tuple[bytes, bytes]:
     return policy.version.encode(), orjson.dumps(value)
 
 
-async def publish_policy(settings: Settings, policy: Policy) -> None:
-    producer = AIOKafkaProducer(**settings.aiokafka_kwargs(), client_id="leadflow-policy")
-    await producer.start()
+async def publish_policy(
+    settings: Settings, policy: Policy, *, idempotent: bool = False, timeout: float = 10.0
+) -> None:
+    producer = AIOKafkaProducer(
+        **settings.aiokafka_kwargs(), client_id="leadflow-policy", enable_idempotence=idempotent
+    )
     try:
+        await asyncio.wait_for(producer.start(), timeout)
         key, value = policy_record(policy)
-        await producer.send_and_wait(settings.topics.policies, value, key=key)
+        await asyncio.wait_for(
+            producer.send_and_wait(settings.topics.policies, value, key=key), timeout
+        )
     finally:
         await producer.stop()
 
 
-async def prepare(settings: Settings, policy: Policy) -> EnsureResult:
-    """What must hold before Faust touches the broker. Raises TransactionsUnsupported, and
-    BrokerAccessError (one line) when the settings' credentials or CA do not work."""
+async def idempotence_supported(settings: Settings, policy: Policy) -> bool:
+    """Publish the policy with an idempotent producer: whether the broker takes one (Kafka
+    does; Tansu answers aiokafka's InitProducerId v0 with an error). The worker's producer
+    is idempotent only then (`internals.IdempotentProducer`)."""
+    if not settings.idempotent_producer:
+        return False
+    try:
+        await publish_policy(settings, policy, idempotent=True)
+    except Exception as error:
+        log.warning("the broker takes no idempotent producer (%s): retries may repeat", error)
+        return False
+    return True
+
+
+async def prepare(settings: Settings, policy: Policy) -> tuple[EnsureResult, bool]:
+    """What must hold before Faust touches the broker: (the topics, whether the producer can
+    be idempotent). Raises TransactionsUnsupported, and BrokerAccessError (one line) when the
+    settings' credentials or CA do not work."""
     await check_broker(settings)
     if settings.exactly_once:
         await probe_transactions(settings)
@@ -66,9 +90,10 @@ async def prepare(settings: Settings, policy: Policy) -> EnsureResult:
     result = await ensure_topics(
         settings.bootstrap, specs, client_options=settings.aiokafka_kwargs()
     )
+    idempotent = await idempotence_supported(settings, policy)
     for candidate in (policy, *(shadow.policy for shadow in shadows)):
-        await publish_policy(settings, candidate)
-    return result
+        await publish_policy(settings, candidate, idempotent=idempotent)
+    return result, idempotent
 
 
 def banner(app: LeadflowApp, result: EnsureResult, seconds: float) -> str:
@@ -78,7 +103,8 @@ def banner(app: LeadflowApp, result: EnsureResult, seconds: float) -> str:
     return (
         f"leadflow worker {app.conf.id}: broker {settings.broker}, events {names.events} "
         f"({settings.partitions} partitions{created}), policy {app.policy.name} "
-        f"{app.policy.version}, store {settings.store} in {settings.data_dir}\n"
+        f"{app.policy.version}, store {settings.store} in {settings.data_dir}, producer "
+        f"{'idempotent' if app.idempotent_producer else 'not idempotent (the broker takes none)'}\n"
         f"leadflow worker: web on http://{host}:{settings.web_port} "
         f"(/healthz, /metrics; after the first assignment), prepared in {seconds:.2f}s"
     )
@@ -97,8 +123,8 @@ def run(settings: Settings, policy: Policy, *, loglevel: str = "info") -> NoRetu
     started = time.monotonic()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    result = loop.run_until_complete(prepare(settings, policy))
-    app = make_app(settings, policy)
+    result, idempotent = loop.run_until_complete(prepare(settings, policy))
+    app = make_app(settings, policy, idempotent_producer=idempotent)
     tune_gc()
     print(banner(app, result, time.monotonic() - started), file=sys.stderr, flush=True)
     worker = faust.Worker(

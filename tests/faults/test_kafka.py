@@ -252,11 +252,6 @@ async def _count(bootstrap: str, topic: str, *, at_least: int) -> bool:
         await consumer.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open defect (issue 10 note): once in five runs the worker committed nothing "
-    "after the broker came back (45 events not applied after 120 s)",
-)
 async def test_broker_kill_9_and_restart_with_its_data_worker_rides_it_out(
     private_broker, new_topic_names, tmp_path, fault_report
 ):
@@ -282,9 +277,17 @@ async def test_broker_kill_9_and_restart_with_its_data_worker_rides_it_out(
     rest = Publisher(broker.bootstrap, names.events, records[6_000:])
     rest.start(rate=3_000)
     await rest.wait(timeout=120)
-    gaps, repaired, outcome = await settled_check_repaired(
-        settings, "broker restart", alive=lambda: worker.alive
-    )
+    try:
+        gaps, repaired, outcome = await settled_check_repaired(
+            settings, "broker restart", alive=lambda: worker.alive
+        )
+    except AssertionError as error:
+        if "not in history after" not in str(error):
+            raise
+        # Seen once (issue 10 note), not reproduced since: after the broker came back the
+        # worker applied nothing more. Only that symptom is expected to fail; a record
+        # written twice (a produce retry without idempotence) fails below as it should.
+        pytest.xfail(f"open defect: nothing applied after the broker came back: {error}")
     fault_report.add(
         "broker kill -9, data kept",
         f"broker kill -9 mid-stream, back after {back - down:.0f}s (4 s down + restart)",

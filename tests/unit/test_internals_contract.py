@@ -139,6 +139,12 @@ MIRRORED = [
         "1d2c7ea89a7ad4f1",
     ),
     Mirrored(
+        "IdempotentProducer overrides it (idempotence only under transactions upstream)",
+        faust.transport.drivers.aiokafka.Producer._settings_extra,
+        "(self) -> Mapping[str, Any]",
+        "a4c7bc41b6382223",
+    ),
+    Mirrored(
         "forbid_auto_creation swaps the MetadataRequest it builds",
         aiokafka.client.AIOKafkaClient._metadata_update,
         "(self, cluster_metadata, topics)",
@@ -269,6 +275,15 @@ def test_the_batching_app_builds_the_batching_consumer() -> None:
     app = internals.BatchingApp("internals-contract-transport", broker="kafka://localhost:1")
     assert isinstance(app.transport, internals.BatchingTransport)
     assert app.transport.Consumer is internals.BatchingConsumer
+
+
+def test_the_producer_is_idempotent_outside_transactions_only_when_the_app_says_so() -> None:
+    app = internals.BatchingApp("internals-contract-producer", broker="kafka://localhost:1")
+    producer = app.transport.create_producer()
+    assert isinstance(producer, internals.IdempotentProducer)
+    assert producer._settings_extra() == {}  # Tansu: no idempotent producer
+    app.idempotent_producer = True
+    assert producer._settings_extra() == {"acks": "all", "enable_idempotence": True}
 
 
 def test_installed_versions_are_within_the_pins_checked() -> None:
