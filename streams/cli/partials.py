@@ -114,7 +114,7 @@ def _share(
 async def _read_share(
     settings: Any, wanted: list[int] | None, compute: Compute
 ) -> tuple[str, int, dict[int, dict[str, Any]]]:
-    from streams.kafka.keys import opener, read_keys
+    from streams.kafka.keys import opener_of
     from streams.kafka.readers import iter_to_end
     from streams.kafka.topics import TopicNotFound
     from streams.tools.export import parse_history, topic_partitions, where
@@ -133,13 +133,7 @@ async def _read_share(
     # Sealed personal fields open with the keys topic and the environment's master key, as
     # for a whole-history run (`streams.tools.export.read_history_topic`); erased persons' stay
     # sealed and their decisions follow the outcomes history recorded (`recorded_of`).
-    ring = await read_keys(
-        settings.bootstrap,
-        settings.topics.keys,
-        settings.master_keys(),
-        client_options=settings.aiokafka_kwargs(),
-    )
-    key_of = opener(ring, _warn)
+    key_of = await opener_of(settings, _warn)
     pieces: dict[int, dict[str, Any]] = {}
     for partition in chosen:  # one partition in memory at a time
         records: list[HistoryRecord] = []

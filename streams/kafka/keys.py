@@ -266,3 +266,17 @@ class KeyRing:
 
     def __contains__(self, person: str) -> bool:
         return person in self.wrapped
+
+
+async def opener_of(
+    settings: Any, on_error: Callable[[str], None]
+) -> Callable[[str], DataKey | None]:
+    """The keys topic of `settings` read with its master key, as an `opener` for offline
+    readers (export, reconcile, the shares of `--partitions`)."""
+    ring = await read_keys(
+        settings.bootstrap,
+        settings.topics.keys,
+        settings.master_keys(),
+        client_options=settings.aiokafka_kwargs(),
+    )
+    return opener(ring, on_error)

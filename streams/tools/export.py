@@ -23,7 +23,7 @@ from events.codec import decode_model, describe_validation_error
 from events.outbound import HistoryRecord
 from lifecycle.policy import Policy
 from lifecycle.shredding import DataKey, is_sealed, open_record
-from streams.kafka.keys import opener, read_keys
+from streams.kafka.keys import opener_of
 from streams.kafka.readers import iter_to_end, partitions_of, read_to_end
 from streams.kafka.topics import TopicNotFound
 from streams.settings import Settings
@@ -138,13 +138,7 @@ async def read_history_topic(
     records = await read_to_end(
         settings.bootstrap, settings.topics.history, client_options=settings.aiokafka_kwargs()
     )
-    ring = await read_keys(
-        settings.bootstrap,
-        settings.topics.keys,
-        settings.master_keys(),
-        client_options=settings.aiokafka_kwargs(),
-    )
-    key_of = opener(ring, report)
+    key_of = await opener_of(settings, report)
     history: list[HistoryRecord] = []
     for record in records:
         try:

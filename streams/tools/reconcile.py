@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.kafka.keys import opener, read_keys
+from streams.kafka.keys import opener_of
 from streams.kafka.publish import make_producer
 from streams.kafka.readers import iter_to_end
 from streams.kafka.topics import app_id
@@ -174,10 +174,7 @@ async def find_gaps(settings: Settings, group: str) -> ReconcileReport:
     rejected_values: set[tuple[int, bytes]] = set()
     # A letter keyed by a person holds the bytes sealed with their data key (streams.
     # deadletters): opened with the keys topic to compare them; unreadable once erased.
-    ring = await read_keys(
-        settings.bootstrap, names.keys, settings.master_keys(), client_options=options
-    )
-    key_of = opener(ring, lambda _: None)
+    key_of = await opener_of(settings, lambda _: None)
     async for record in iter_to_end(settings.bootstrap, names.dead_letters, client_options=options):
         report.dead_letters += 1
         try:
