@@ -130,6 +130,9 @@ class _Decided:
     part: Any
     content: Any
     decision: Decision
+    #: its sentences may quote a personal value (and are sealed): a personal part in the
+    #: event, or a personal field in the state it was decided from
+    quotes_personal: bool
 
 
 class PartitionProcessor:
@@ -344,7 +347,10 @@ class PartitionProcessor:
         except Exception as error:
             self._dead_letter(message, error, run)
             return None
-        return _Decided(event, person, key, partition, state, part, content, decision)
+        quotes = part is not None or (
+            state is not None and not PERSONAL_PROFILE.isdisjoint(state.profile)
+        )
+        return _Decided(event, person, key, partition, state, part, content, decision, quotes)
 
     def _dead_letter(self, message: Message, error: Exception, run: _Run) -> None:
         reason: Exception | str = error
@@ -366,12 +372,6 @@ class PartitionProcessor:
         )
         self.outputs.add(self.names.dead_letters, message.key, letter, message.partition)
 
-    def _quotes_personal(self, d: _Decided) -> bool:
-        """Whether this event's sentences may quote a personal value (and are sealed)."""
-        return d.part is not None or (
-            d.state is not None and not PERSONAL_PROFILE.isdisjoint(d.state.profile)
-        )
-
     def _publish(self, d: _Decided, run: _Run) -> None:
         """Queue what a decision publishes: shadows' changes, a follow-up, and for an applied
         event the new state, its history record and its stage changes."""
@@ -380,7 +380,7 @@ class PartitionProcessor:
         run.types[d.event.type] += 1
         for shadow in self.shadows:  # redeliveries re-emit the shadow's changes too
             shadow_changes = shadow.apply(d.event, decision)
-            if shadow_changes and self._quotes_personal(d):
+            if shadow_changes and d.quotes_personal:
                 profile = d.state.profile if d.state is not None else {}
                 shadow_changes, _ = seal_sentences(
                     shadow_changes, None, profile, d.event, self.keys.get(d.person)
@@ -406,7 +406,7 @@ class PartitionProcessor:
         outputs, names, keys, decision = self.outputs, self.names, self.keys, d.decision
         person, key, partition = d.person, d.key, d.partition
         changes, note = decision.changes, decision.note
-        if (changes or note is not None) and self._quotes_personal(d):
+        if (changes or note is not None) and d.quotes_personal:
             changes, note = seal_sentences(
                 changes, note, d.state.profile if d.state else {}, d.event, keys.get(person)
             )
