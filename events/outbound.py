@@ -158,7 +158,9 @@ class PersonAliased(BaseModel):
 
 
 class DeadLetter(BaseModel):
-    """Anything rejected, with enough to find and replay it: raw bytes and where they came from.
+    """Anything rejected, with enough to find and replay it: the bytes (sealed for the person
+    the message key names; for a message whose key names no person, their SHA-256 and where
+    they are) and where they came from.
 
     `error` is one line: why the message is not a valid event, or, for a valid one whose
     `event_id` the person already applied with other content, "event_id e1 reused with
@@ -178,4 +180,11 @@ class DeadLetter(BaseModel):
         description="`value` is the rejected bytes sealed (`v1.…`) with the data key of the "
         "person the message key names, so their erasure shreds it too; empty once that person "
         "is erased (the rejected bytes are then not kept)",
+    )
+    value_sha256: str | None = Field(
+        default=None,
+        description="for a message whose key names no person (none, not UTF-8, too long): "
+        "`value` is empty, as nobody's key can seal the bytes and an erasure could never "
+        "reach them; this is the SHA-256 (hex) of the rejected bytes, which stay in `topic` "
+        "at `partition`/`offset` as long as that topic retains them",
     )

@@ -91,6 +91,8 @@ def show_dead_letter(record: Record) -> str:
     d: DeadLetter = parse_value(DeadLetter, record.value)
     if d.sealed:  # personal data possibly: sealed for the person the key names
         preview = "(value sealed for the person)" if d.value else "(value not kept: erased)"
+    elif d.value_sha256 is not None:  # no person key: the original is where it came from
+        preview = f"(value not kept: no person key; sha256 {d.value_sha256[:12]}…)"
     else:
         preview = d.value[:120].decode(errors="replace").replace("\n", " ")
     return (

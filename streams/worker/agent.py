@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import itertools
 import logging
 import time
@@ -261,10 +262,13 @@ class PartitionProcessor:
         return self.state_from_table(person, raw)
 
     def rejected_bytes(self, message: Message, key_outputs: Outputs) -> tuple[bytes | None, bool]:
-        """A rejected message's value as its dead letter keeps it (`sealing.rejected_value`)."""
+        """A rejected message's value as its dead letter keeps it (`sealing.rejected_value`);
+        nothing when its key names no person (`streams.worker.deadletters`)."""
         person = person_of_key(message.key)
-        if person is None or not message.value:
+        if not message.value:
             return message.value, False
+        if person is None:
+            return None, False
 
         def state_of() -> PersonState | None:
             token = set_current_event(self.stand_ins[message.partition])
@@ -361,6 +365,7 @@ class PartitionProcessor:
             reason = f"{type(error).__name__}: {error}"
         run.stats.dead_letters += 1
         value, sealed = self.rejected_bytes(message, run.key_outputs)
+        withheld = value is None and not sealed and bool(message.value)
         letter = dead_letter(
             reason,
             topic=message.topic,
@@ -369,6 +374,7 @@ class PartitionProcessor:
             key=message.key,
             value=value,
             sealed=sealed,
+            value_sha256=hashlib.sha256(message.value).hexdigest() if withheld else None,
         )
         self.outputs.add(self.names.dead_letters, message.key, letter, message.partition)
 

@@ -5,7 +5,11 @@ reason go to the dead-letter topic and processing continues with the next messag
 
 A rejected message can carry personal data. When its key names a person, its bytes are kept
 sealed with that person's data key (`DeadLetter.sealed`), so erasing them shreds their dead
-letters too; once they are erased nothing of a rejected message of theirs is kept.
+letters too; once they are erased nothing of a rejected message of theirs is kept. A message
+whose key names no person (none, not UTF-8, too long) cannot be sealed for anybody, and no
+erasure could reach a copy of it: its letter keeps the SHA-256 of its bytes instead of the
+bytes, which stay where they came from (`topic`, `partition`, `offset`) for that topic's
+retention, so the worker adds no copy of them that outlives the original.
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ def dead_letter(
     key: bytes | None,
     value: bytes | None,
     sealed: bool = False,
+    value_sha256: str | None = None,
 ) -> bytes:
     """The `DeadLetter` JSON for one rejected message (raw key and value base64-encoded;
-    `sealed`: `value` is already sealed for the person the key names, or withheld)."""
+    `sealed`: `value` is already sealed for the person the key names, or withheld;
+    `value_sha256`: the bytes were not kept, as their key names no person)."""
     letter = DeadLetter(
         error=one_line(error),
         topic=topic,
@@ -43,5 +49,6 @@ def dead_letter(
         key=None if key is None else base64.b64encode(key),
         value=base64.b64encode(value or b""),
         sealed=sealed,
+        value_sha256=value_sha256,
     )
     return letter.model_dump_json().encode()

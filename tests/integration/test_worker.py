@@ -38,6 +38,7 @@ pytestmark = pytest.mark.integration
 
 LEADFLOW = str(Path(sys.executable).with_name("leadflow"))
 VP = {"seniority": "vp", "industry": "software", "employees": 300, "country": "DE"}
+WITH_EMAIL = {**VP, "email": "k2@example.com", "job_title": "VP Sales"}
 
 
 def prefix_of(names: TopicNames) -> str:
@@ -190,18 +191,21 @@ async def test_garbage_goes_to_dead_letters_and_the_next_event_is_processed(
             b' "occurred_at": "2026-01-01T00:00:00"}',
         ),
         (b"other", orjson.dumps(ev("k1", "zed", "page_viewed", 0))),  # key is not the person
+        # No key: nobody's data key can seal it, so its letter keeps a digest, not the bytes
+        (None, orjson.dumps(ev("k2", "zed", "form_submitted", 0, profile=WITH_EMAIL))),
     ]
     await publish(
         broker.bootstrap,
         names.events,
         [*garbage, keyed(ev("ok1", "zed", "webinar_attended", 1, profile=VP))],
     )
-    letters = [
-        DeadLetter.model_validate_json(v)
-        for v in await records(broker.bootstrap, names.dead_letters, 3)
-    ]
+    raw_letters = await records(broker.bootstrap, names.dead_letters, 4)
+    assert not any(b"k2@example.com" in v or b"VP Sales" in v for v in raw_letters)
+    letters = [DeadLetter.model_validate_json(v) for v in raw_letters]
     opened = await Opened.load(broker.bootstrap, names)  # keyed ones are sealed for the key
     assert all(d.sealed for d in letters if d.key is not None)
+    (keyless,) = [d for d in letters if d.key is None]
+    assert not keyless.sealed and keyless.value == b"" and keyless.value_sha256
     assert sorted(opened.letter_value(d) for d in letters) == sorted(v for _, v in garbage)
     reasons = " | ".join(d.error for d in letters)
     assert "not valid UTF-8" in reasons and "timezone" in reasons and "person_id" in reasons
