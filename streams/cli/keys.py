@@ -7,6 +7,9 @@
   Run it with the workers stopped: a key it rewrote just after a worker's erasure tombstone
   would come back (the owning worker would destroy it again at its next assignment, since it
   completes every erasure whose key is still there, but not before).
+* `keys seal-history` seals a history written before crypto-shredding (plaintext personal
+  fields) in place: copied sealed to a staging topic, then swapped in
+  (`streams.tools.seal_history`). It refuses to run while a worker is in the group.
 """
 
 from __future__ import annotations
@@ -79,6 +82,42 @@ async def _rewrap(settings: Settings, master: MasterKeys) -> tuple[int, int]:
     finally:
         await producer.stop()
     return len(stale), len(ring.wrapped)
+
+
+@keys_app.command("seal-history")
+def seal_history_command(
+    broker: Annotated[str | None, typer.Option(help="kafka://host:port")] = None,
+    topic_prefix: Annotated[str, typer.Option(help="topic name prefix")] = "",
+) -> None:
+    """Seal a history written before crypto-shredding (run once, with the workers stopped)."""
+    from streams.tools.seal_history import SealHistoryError, seal_history
+
+    settings = Settings(**({"broker": broker} if broker else {}), topic_prefix=topic_prefix)
+    try:
+        master = settings.master_keys() or MasterKeys.required({})
+        report = asyncio.run(
+            seal_history(settings, master, on_progress=lambda line: err.print(line, markup=False))
+        )
+    except (MasterKeyError, SealHistoryError) as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from None
+    history = settings.topics.history
+    if report.resumed:
+        out.print(f"resumed an earlier run at its {report.resumed} step", highlight=False)
+    out.print(
+        f"{history}: {report.records} records, {report.rewritten} rewritten sealed; "
+        f"{report.keys_created} data keys made; {len(report.erased)} erased persons' personal "
+        f"fields dropped; outcomes recorded on {report.outcomes_recorded} records; "
+        f"{report.changelog_tombstones} table entries tombstoned (the workers rebuild them "
+        "sealed from history at their next start)",
+        highlight=False,
+    )
+    for version, count in sorted(report.missing_policy.items()):
+        err.print(
+            f"warning: {count} records of policy {version} not on {settings.topics.policies}: "
+            "sealed without outcomes (verify cannot re-decide them either)",
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:
