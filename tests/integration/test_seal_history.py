@@ -228,3 +228,35 @@ async def test_seal_history_of_an_earlier_version_then_a_worker_carries_on(
     report = verify(await read_history_topic(settings), await read_policies_topic(settings))
     assert report.ok, report.mismatches[:3]
     assert pid(ERASED_AFTER) in report.erased
+
+
+async def test_a_run_that_died_after_deleting_the_history_is_resumed(broker, make_topics):
+    """The crash point that matters: the sealed copy complete, the history topic deleted."""
+    from aiokafka import AIOKafkaProducer as Producer
+
+    from streams.tools import seal_history as sh
+
+    names = await make_topics(partitions=4)
+    prefix = names.events.removesuffix(".leadflow.events")
+    settings = Settings(broker=broker.url, topic_prefix=prefix)
+    old = await write_old_version(broker.bootstrap, names, prefix)
+    master = MasterKeys.from_env()
+    assert master is not None
+    producer = Producer(bootstrap_servers=broker.bootstrap, acks="all")
+    await producer.start()
+    try:
+        layout = await sh._topic_layout(settings, names.history)
+        await sh._seal_to_staging(settings, master, producer, sh.SealReport(), layout, print)
+    finally:
+        await producer.stop()
+    staged = [r.value for r in await read_to_end(broker.bootstrap, names.history + ".sealing")]
+    assert len(staged) == len(old)
+    await sh._delete(settings, names.history)
+
+    done = seal(broker, prefix)
+    assert done.returncode == 0, done.stderr
+    assert "resumed an earlier run at its swap step" in done.stdout, done.stdout
+    assert [r.value for r in await read_to_end(broker.bootstrap, names.history)] == staged
+    assert await sh._gone(settings, names.history + ".sealing")
+    report = verify(await read_history_topic(settings), await read_policies_topic(settings))
+    assert report.ok and report.checked == len(old), report.mismatches[:3]
