@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from rich.console import Console
 
 from streams.kafka.keys import MasterKeyError, MasterKeys, generate_master_key, read_keys
@@ -101,6 +102,9 @@ def seal_history_command(
     except (MasterKeyError, SealHistoryError) as error:
         err.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(2) from None
+    except KafkaError as error:
+        err.print(f"[red]error:[/red] {settings.bootstrap}: {error}", highlight=False)
+        raise typer.Exit(1) from None
     history = settings.topics.history
     if report.resumed:
         out.print(f"resumed an earlier run at its {report.resumed} step", highlight=False)

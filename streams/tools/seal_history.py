@@ -47,6 +47,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 from events.outbound import HistoryRecord
 from lifecycle.decide import decide
@@ -84,6 +85,8 @@ log = logging.getLogger(__name__)
 STAGING_SUFFIX = ".sealing"
 #: Records in flight per partition before the producer is awaited.
 _WINDOW = 2_000
+#: Data keys kept unwrapped while sealing (each holds an AES context).
+_OPEN_KEYS = 10_000
 
 
 class SealHistoryError(RuntimeError):
@@ -171,6 +174,11 @@ class _Sealer:
         #: (person, wrapped key) of keys made here, to publish before the swap
         self.new_keys: list[tuple[str, bytes, int]] = []
 
+    def next_partition(self) -> None:
+        """Forget the states of a partition done (memory stays that of one partition)."""
+        self.states.clear()
+        self.seen = SeenIndex()
+
     def key_of(self, person: str, partition: int) -> DataKey | None:
         if person in self.erased:
             return None
@@ -236,9 +244,11 @@ async def _counts(settings: Settings, topic: str) -> dict[int, int] | None:
     return dict(counts)
 
 
-async def _records(settings: Settings, topic: str) -> AsyncIterator[Any]:
+async def _records(
+    settings: Settings, topic: str, partitions: list[int] | None = None
+) -> AsyncIterator[Any]:
     async for record in iter_to_end(
-        settings.bootstrap, topic, client_options=settings.aiokafka_kwargs()
+        settings.bootstrap, topic, partitions=partitions, client_options=settings.aiokafka_kwargs()
     ):
         yield record
 
@@ -248,7 +258,17 @@ async def _workers_stopped(settings: Settings) -> None:
     admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs(), client_id="leadflow-seal-history")
     await admin.start()
     try:
-        for response in await admin.describe_consumer_groups([group]):
+        for attempt in range(50):
+            try:
+                responses = await admin.describe_consumer_groups([group])
+                break
+            except GroupCoordinatorNotAvailableError:
+                # A broker where no group ever ran creates its offsets topic on this first
+                # request: the coordinator answers once that topic has a leader
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.3)
+        for response in responses:
             for described in response.groups:
                 state, members = described[2], described[5]
                 if members or state not in ("Empty", "Dead", ""):
@@ -425,9 +445,13 @@ async def _seal_to_staging(
         client_options=options,
         check_existing=False,
     )
+    ring.cache_size = _OPEN_KEYS  # a person's records are together: a small LRU does
     sealer = _Sealer(ring, policies, report.erased, report)
-    on_progress(f"sealing {history} into {staging}")
-    await _copy(settings, producer, _records(settings, history), staging, sealer.seal)
+    for partition in range(partitions):  # a person's records are all in one partition
+        on_progress(f"sealing {history}[{partition}] into {staging}")
+        source = _records(settings, history, [partition])
+        await _copy(settings, producer, source, staging, sealer.seal)
+        sealer.next_partition()
     # New data keys are durable before the sealed copy becomes the history.
     sent = [
         await producer.send(names.keys, value, key=person.encode(), partition=partition)

@@ -197,6 +197,23 @@ def test_a_tombstone_destroys_the_key_and_the_unwrapped_cache_is_bounded():
     assert ring.get("p1") is None and "p1" not in ring
 
 
+def test_keys_made_stay_open_within_the_cache_bound_too():
+    ring = KeyRing(MasterKeys.parse(generate_master_key("m1")), cache_size=3)
+    values = {f"p{n}": ring.create(f"p{n}") for n in range(10)}
+    assert list(ring.open) == ["p7", "p8", "p9"] and len(ring.wrapped) == 10
+    assert ring.get("p0") is not None  # unwrapped again from its value
+    assert ring.master is not None and ring.master.unwrap("p0", values["p0"])[1] == "m1"
+
+
+def test_a_wrapped_key_is_the_json_of_its_master_key_id_and_ciphertext():
+    master = MasterKeys.parse(generate_master_key('k"1'))  # an id JSON must escape
+    value = master.wrap("p1", key_of(1))
+    data = orjson.loads(value)
+    assert sorted(data) == ["key", "kid"] and data["kid"] == 'k"1'
+    assert value == orjson.dumps({"kid": data["kid"], "key": data["key"]})
+    assert master.unwrap("p1", value)[0].raw == key_of(1).raw
+
+
 # -- sealing round trips ----------------------------------------------------------------------
 
 
