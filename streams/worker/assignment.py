@@ -89,6 +89,9 @@ async def take_assignment(app: LeadflowApp) -> None:
         topics_lost([str(missing)])
     metrics.REBUILT.inc(report.rebuilt)
     log.info("recovery: %s", report.summary())
+    warning = report.plaintext_warning()
+    if warning is not None:
+        log.warning("recovery: %s", warning)
     if lifecycle.shadows:
         await rebuild_shadows(lifecycle.shadows, new, settings, lifecycle.keys)
 

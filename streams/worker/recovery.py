@@ -36,7 +36,7 @@ from lifecycle.deadlines import next_deadline
 from lifecycle.dedup import key as dedup_key
 from lifecycle.dedup import stored
 from lifecycle.evolve import evolve
-from lifecycle.shredding import is_sealed, open_record
+from lifecycle.shredding import PERSONAL_PROFILE, is_sealed, open_record
 from lifecycle.state import PersonState
 from streams.internals import writing_for
 from streams.kafka.readers import iter_to_end
@@ -60,6 +60,8 @@ class RecoveryReport:
     keys: int = 0  # keys-topic records read
     rewrapped: int = 0  # data keys rewrapped under the current master key
     shredded: int = 0  # erased persons whose key was still there (tombstoned now)
+    #: records holding personal fields in the clear: written before crypto-shredding
+    plaintext: int = 0
     seconds: float = 0.0
     rebuilt_persons: list[str] = field(default_factory=list, repr=False)
 
@@ -77,6 +79,17 @@ class RecoveryReport:
             f"{f', {self.rewrapped} rewrapped' if self.rewrapped else ''}"
             f"{f', {self.shredded} erasures completed' if self.shredded else ''} "
             f"in {self.seconds:.2f}s"
+        )
+
+    def plaintext_warning(self) -> str | None:
+        """What to do about a history written before crypto-shredding (None: nothing)."""
+        if not self.plaintext:
+            return None
+        return (
+            f"partitions {list(self.partitions)}: {self.plaintext} history records hold "
+            "personal fields in the clear (written before crypto-shredding): no erasure can "
+            "reach them, and the table keeps only the personal fields of persons with a data "
+            "key; stop every worker and run `leadflow keys seal-history` once"
         )
 
 
@@ -103,6 +116,12 @@ async def recover_partitions(
     report = recovery.report
     report.seconds = time.monotonic() - started
     return report
+
+
+def _clear_personal(event: dict[str, Any]) -> bool:
+    """Whether a stored event holds personal fields in the clear (`lifecycle.shredding`)."""
+    profile = event.get("profile")
+    return event.get("reason") is not None or bool(profile and PERSONAL_PROFILE & profile.keys())
 
 
 class _Recovery:
@@ -169,6 +188,8 @@ class _Recovery:
             )
             if data.get("erased"):
                 erased.add(person)
+            if "personal" not in event and _clear_personal(event):
+                report.plaintext += 1
             previous = last.get(person)
             if sequence != (previous[1] if previous else 0) + 1:
                 report.gaps += 1

@@ -138,6 +138,8 @@ async def test_seal_history_of_an_earlier_version_then_a_worker_carries_on(
     assert refused.returncode == 2 and "stop every worker first" in refused.stderr, refused
     worker.terminate()
     # (its start rebuilt the table from the plaintext history: the tombstones must cover it)
+    assert "run `leadflow keys seal-history` once" in worker.log.read_text()
+    logged = len(worker.log.read_text())
 
     async def sealed() -> subprocess.CompletedProcess[str] | None:
         done = seal(broker, prefix)  # refused until the group has seen the worker leave
@@ -216,6 +218,7 @@ async def test_seal_history_of_an_earlier_version_then_a_worker_carries_on(
 
     await wait_for(erased_applied, 120, "the erasure in history")
     worker.terminate()
+    assert "in the clear" not in worker.log.read_text()[logged:]  # nothing left to seal
     ring = await read_keys(broker.bootstrap, names.keys, MasterKeys.from_env())
     assert pid(ERASED_AFTER) not in ring.wrapped
     # What the table restores from (the superseded plaintext records stay in the changelog's
