@@ -136,6 +136,12 @@ class _Decided:
     quotes_personal: bool
 
 
+def _clear_profile(state: PersonState | None) -> bool:
+    """A state with personal fields and no data key yet: folded from history written before
+    crypto-shredding (its table value would drop them without a key)."""
+    return state is not None and not state.erased and not PERSONAL_PROFILE.isdisjoint(state.profile)
+
+
 class PartitionProcessor:
     """What one worker holds for the partitions it owns, and the per-batch processing.
 
@@ -337,9 +343,9 @@ class PartitionProcessor:
                 event = without_personal(event)  # an erased person's data is not kept
             part = personal_part(event)
             content = None
+            if keys.get(person) is None and (part is not None or _clear_profile(state)):
+                run.key_outputs.add(names.keys, key, keys.create(person), partition)
             if part is not None:  # sealed once; the digest is of the event as stored
-                if keys.get(person) is None:
-                    run.key_outputs.add(names.keys, key, keys.create(person), partition)
                 content = stored_body(event_body(event), keys.seal(person, part))
             previous = self.seen.get(partition, person, event.event_id)
             started = time.perf_counter()

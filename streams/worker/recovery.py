@@ -263,6 +263,19 @@ class _Recovery:
                     applied = HistoryRecord.model_validate_json(record.value)
                 person = applied.person_id
                 states[person] = evolve(states.get(person), applied)
+        # A person folded from records written before crypto-shredding has personal fields
+        # in the clear and maybe no key yet: one is made (durable before the sealed state is
+        # written), or the table would drop those fields.
+        for person, state in states.items():
+            clear = not state.erased and not PERSONAL_PROFILE.isdisjoint(state.profile)
+            if clear and keys.get(person) is None:
+                partition = last[person][0]
+                self.key_outputs.add(
+                    self.keys_topic, person.encode(), keys.create(person), partition
+                )
+        if self.key_outputs.queued:
+            await self.key_outputs.publish()
+            await self.key_outputs.settle()
         for person, state in states.items():
             # Back to plain lifecycle records (the fold holds pydantic ones).
             state = PersonState.from_wire(orjson.loads(to_json(state.to_wire())))
