@@ -30,7 +30,7 @@ from msgspec import Meta, Struct
 from pydantic import BaseModel
 
 from events.inbound import Event, Profile
-from events.limits import MAX_ID, MAX_NAME, MAX_PAYLOAD_BYTES, MAX_TEXT
+from events.limits import MAX_ID, MAX_NAME, MAX_PAYLOAD_BYTES, MAX_SEALED, MAX_TEXT
 from events.wire import OCCURRED_AT
 
 _Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID)]
@@ -66,6 +66,7 @@ class _Event(Struct, frozen=True):
     #: a hand-off's absorbed lifecycle: decoded by pydantic (rare, and many more rules)
     absorbed: msgspec.Raw = _NO_ABSORBED
     forwarded_via: tuple[_Id, ...] | None = None
+    forwarded_personal: Annotated[str, Meta(max_length=MAX_SEALED)] | None = None
 
 
 class _Read(_Event, frozen=True):
@@ -189,6 +190,7 @@ def event_of(s: _Event) -> Event | None:
         "merged_into": s.merged_into,
         "absorbed": None,
         "forwarded_via": s.forwarded_via,
+        "forwarded_personal": s.forwarded_personal,
     }
     # `_model(Event, values)`, inline: it runs once per event
     model = _new(Event)

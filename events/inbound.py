@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
 
-from events.limits import FIRST_YEAR, LAST_YEAR, MAX_ID, MAX_NAME, MAX_TEXT
+from events.limits import FIRST_YEAR, LAST_YEAR, MAX_ID, MAX_NAME, MAX_SEALED, MAX_TEXT
 from events.wire import OCCURRED_AT, YEARS_PROBLEM, JsonInt, JsonTime
 
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID)]
@@ -188,5 +188,14 @@ class Event(BaseModel):
         description=(
             "set by leadflow on an event for an alias (a merged id) re-keyed to its survivor: "
             "the aliases it was sent for, in order"
+        ),
+    )
+    forwarded_personal: Annotated[str, Field(max_length=MAX_SEALED)] | None = Field(
+        default=None,
+        description=(
+            "set by leadflow on an alias's event forwarded to its survivor: the event's "
+            "personal fields (profile email, job title, company; reason), sealed with the "
+            "key of that alias and survivor on leadflow.keys (destroyed with the survivor's "
+            "erasure) instead of in the clear"
         ),
     )

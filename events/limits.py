@@ -3,6 +3,8 @@
 MAX_ID = 256
 MAX_NAME = 64
 MAX_TEXT = 1024
+#: A sealed personal part (`forwarded_personal`): base64 of its fields (each at most MAX_TEXT)
+MAX_SEALED = 8 * 1024
 MAX_PAYLOAD_BYTES = 64 * 1024
 
 #: The years of `occurred_at` accepted, as written (in the event's own offset, so the JSON

@@ -34,7 +34,7 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from events.inbound import Event
+from events.inbound import Event, Profile
 from lifecycle.records import Reason, StageChange
 
 #: Profile fields sealed per person. Everything else in a profile stays in the clear.
@@ -93,6 +93,45 @@ def personal_part(event: Event) -> dict[str, str] | None:
     if event.reason is not None:
         out["reason"] = event.reason
     return out or None
+
+
+def transit_key(alias_key: DataKey, survivor: str) -> DataKey:
+    """The key an alias's forwarded events to `survivor` are sealed with: derived from the
+    alias's data key (the same every time, so a re-forwarded event seals to the same bytes),
+    published on the keys topic at the survivor's partition, destroyed with their erasure."""
+    raw = hmac.new(alias_key.raw, b"leadflow transit\0" + survivor.encode(), hashlib.sha256)
+    return DataKey(raw.digest())
+
+
+def sealed_forward(event: Event, key: DataKey) -> Event:
+    """A forwarded event (`lifecycle.merge.forwarded`) with its personal fields sealed into
+    `forwarded_personal` for the person it is now keyed by."""
+    part = personal_part(event)
+    if part is None:
+        return event
+    token = seal_personal(key, event.person_id, part)
+    return without_personal(event).model_copy(update={"forwarded_personal": token})
+
+
+def opened_forward(event: Event, key: DataKey | None) -> Event:
+    """A forwarded event with its sealed personal fields back in place (dropped when `key`
+    is None: the survivor was erased). ValueError if `key` does not open them."""
+    token = event.forwarded_personal
+    if token is None:
+        return event
+    if key is None:
+        return event.model_copy(update={"forwarded_personal": None})
+    part = orjson.loads(key.open(event.person_id, token))
+    update: dict[str, Any] = {"forwarded_personal": None}
+    reason = part.pop("reason", None)
+    if reason is not None:
+        update["reason"] = reason
+    if part:
+        profile = event.profile
+        update["profile"] = (
+            Profile.model_validate(part) if profile is None else profile.model_copy(update=part)
+        )
+    return event.model_copy(update=update)
 
 
 def clear_profile(profile: Mapping[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,9 @@
   rewrap the keys of the partitions they take over; this command does the whole topic.
   Run it with the workers stopped: a key it rewrote just after a worker's erasure tombstone
   would come back (the owning worker would destroy it again at its next assignment, since it
-  completes every erasure whose key is still there, but not before).
+  completes every erasure whose key is still there, but not before). Transit keys (an
+  alias's forwarded events) are not rewrapped: the alias's worker publishes its transit key
+  again, under the current master key, at its first forward after a restart.
 * `keys seal-history` seals a history written before crypto-shredding (plaintext personal
   fields) in place: copied sealed to a staging topic, then swapped in
   (`streams.tools.seal_history`). It refuses to run while a worker is in the group.
@@ -22,7 +24,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from rich.console import Console
 
-from streams.kafka.keys import MasterKeyError, MasterKeys, generate_master_key, read_keys
+from streams.kafka.keys import (
+    TRANSIT_PREFIX,
+    MasterKeyError,
+    MasterKeys,
+    generate_master_key,
+    read_keys,
+)
 from streams.kafka.readers import iter_to_end
 from streams.settings import Settings
 
@@ -64,7 +72,7 @@ async def _rewrap(settings: Settings, master: MasterKeys) -> tuple[int, int]:
     ring = await read_keys(settings.bootstrap, topic, master, client_options=options)
     partition_of: dict[str, int] = {}
     async for record in iter_to_end(settings.bootstrap, topic, client_options=options):
-        if record.key is not None:
+        if record.key is not None and not record.key.startswith(TRANSIT_PREFIX):
             partition_of[record.key.decode()] = record.partition
     stale = sorted(ring.stale)
     producer = AIOKafkaProducer(**options, client_id="leadflow-keys", acks="all")

@@ -37,6 +37,22 @@ MASTER_KEY_ENV = "LEADFLOW_MASTER_KEY"
 MASTER_KEY_FILE_ENV = "LEADFLOW_MASTER_KEY_FILE"
 
 
+#: Keys-topic records of transit keys (an alias's forwarded events to its survivor) start
+#: with this: 0xff never occurs in UTF-8, so no person id's record can look like one.
+TRANSIT_PREFIX = b"\xfftransit\x00"
+
+
+def transit_record(survivor: str, alias: str) -> bytes:
+    """The keys-topic key of the transit key of `alias`'s events forwarded to `survivor`
+    (at the survivor's partition)."""
+    return TRANSIT_PREFIX + survivor.encode() + b"\x00" + alias.encode()
+
+
+def _transit_aad(record: bytes) -> str:
+    """What a transit key's wrapping is bound to (as a person id binds a data key's)."""
+    return "transit:" + record[len(TRANSIT_PREFIX) :].decode().replace("\x00", ":", 1)
+
+
 class MasterKeyError(ValueError):
     """The master key configuration is missing or malformed; the message says what to do."""
 
@@ -152,7 +168,7 @@ async def read_keys(
             bootstrap, topic, partitions=partitions, client_options=client_options
         ):
             if record.key is not None:
-                ring.load(record.key.decode(), record.value)
+                ring.load_record(record.key, record.value)
     except TopicNotFound:
         pass
     return ring
@@ -183,7 +199,7 @@ class KeyRing:
     """The data keys of the persons a process reads: wrapped values as loaded from the keys
     topic, unwrapped on first use and kept in a bounded LRU."""
 
-    __slots__ = ("cache_size", "master", "open", "sealed", "stale", "wrapped")
+    __slots__ = ("cache_size", "master", "open", "sealed", "stale", "transit", "wrapped")
 
     def __init__(self, master: MasterKeys | None, *, cache_size: int = 100_000) -> None:
         self.master = master
@@ -196,6 +212,8 @@ class KeyRing:
         #: deterministic, and upstream resends the same profile with most events, so most
         #: seals are a comparison (bounded with `open`)
         self.sealed: dict[str, tuple[Mapping[str, str], str]] = {}
+        #: transit records (`transit_record`) -> wrapped value: few (one per merged pair)
+        self.transit: dict[bytes, bytes] = {}
 
     def seal(self, person: str, part: Mapping[str, str]) -> str:
         """`part` sealed with the person's key (which must exist: `create` first)."""
@@ -210,6 +228,43 @@ class KeyRing:
         if len(self.sealed) > self.cache_size:
             del self.sealed[next(iter(self.sealed))]
         return token
+
+    def load_record(self, key: bytes, value: bytes | None) -> str | None:
+        """One keys-topic record as read (a person's key, or a transit key); returns the
+        person it is the key of, None for a transit key."""
+        if key.startswith(TRANSIT_PREFIX):
+            if value is None:
+                self.transit.pop(key, None)
+            else:
+                self.transit[key] = value
+            return None
+        person = key.decode()
+        self.load(person, value)
+        return person
+
+    def get_transit(self, record: bytes) -> DataKey | None:
+        """The transit key of `record` (None: not loaded, or wrapped by a master key that is
+        not at hand any more: its alias's worker publishes it again)."""
+        value = self.transit.get(record)
+        if value is None or self.master is None:
+            return None
+        try:
+            return self.master.unwrap(_transit_aad(record), value)[0]
+        except MasterKeyError:
+            return None
+
+    def add_transit(self, record: bytes, key: DataKey) -> bytes:
+        """Keep a transit key made here; returns the keys-topic value to publish."""
+        if self.master is None:
+            raise MasterKeyError(f"no master key to wrap a transit key with ({MASTER_KEY_ENV})")
+        value = self.master.wrap(_transit_aad(record), key)
+        self.transit[record] = value
+        return value
+
+    def transits_of(self, survivor: str) -> list[bytes]:
+        """The transit records of the aliases forwarding to `survivor` (erased with them)."""
+        prefix = TRANSIT_PREFIX + survivor.encode() + b"\x00"
+        return [record for record in self.transit if record.startswith(prefix)]
 
     def load(self, person: str, value: bytes | None) -> None:
         """One keys-topic record, in topic order (None: a tombstone, the person was erased)."""

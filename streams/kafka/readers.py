@@ -64,8 +64,10 @@ async def iter_to_end(
     poll_ms: int = 100,
     client_options: Mapping[str, Any] | None = None,
     committed_only: bool = True,
+    start: Mapping[int, int] | None = None,
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
-    """Yield every record of ``topic`` from the beginning up to the end as of the call.
+    """Yield every record of ``topic`` from the beginning (or the offsets in ``start``, by
+    partition) up to the end as of the call.
 
     Uses manual ``assign`` (no consumer group, nothing committed) and, by default, reads as a
     ``read_committed`` consumer: records of aborted transactions (a `--exactly-once` worker
@@ -98,6 +100,9 @@ async def iter_to_end(
         ends = _Ends(consumer, await consumer.end_offsets(tps), committed_only)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        for tp in tps:
+            if start and start.get(tp.partition):
+                consumer.seek(tp, start[tp.partition])
         remaining = set(tps)
         last_progress = time.monotonic()
         while remaining:

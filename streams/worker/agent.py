@@ -36,12 +36,13 @@ import itertools
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import faust
+import orjson
 from faust.types import TP, EventT
 from faust.types.tuples import Message
 
@@ -58,10 +59,13 @@ from lifecycle.policy import Policy
 from lifecycle.records import Decision
 from lifecycle.shredding import (
     PERSONAL_PROFILE,
+    opened_forward,
     personal_part,
     seal_merged,
     seal_sentences,
+    sealed_forward,
     stored_body,
+    transit_key,
     without_personal,
 )
 from lifecycle.state import PersonState
@@ -71,7 +75,7 @@ from streams.internals import (
     set_persisted_offset,
     write_store,
 )
-from streams.kafka.keys import KeyRing
+from streams.kafka.keys import TRANSIT_PREFIX, KeyRing, transit_record
 from streams.kafka.publish import KeyPartitions
 from streams.kafka.topics import TopicNames
 from streams.worker import metrics
@@ -186,6 +190,12 @@ class PartitionProcessor:
         #: data keys of the owned persons (`streams.kafka.keys`); their records go out first
         self.keys = KeyRing(None) if keys is None else keys
         self.key_outputs = Outputs(app, names.events)
+        #: keys-topic position read to, per owned partition (recovery, then `_catch_up_keys`)
+        self.key_positions: dict[int, int] = {}
+        #: reads the keys topic from positions to its end (set by the composition root)
+        self.key_reader: Callable[[Mapping[int, int]], AsyncIterator[Any]] | None = None
+        #: transit records this worker published since it started (`_seal_forward`)
+        self.transits_sent: set[bytes] = set()
         count = partitions or int(app.conf.topic_partitions)
         #: The events partition of a person id: where a merge's hand-off and an alias's
         #: forwarded events go (the default partitioner's murmur2, as `leadflow send` and
@@ -199,6 +209,7 @@ class PartitionProcessor:
             self.owned.discard(p)
             self.stand_ins.pop(p, None)
             self.offsets.pop(p, None)
+            self.key_positions.pop(p, None)
             self.seen.release(p)
             for shadow in self.shadows:
                 shadow.forget(self.persons.get(p, ()))
@@ -297,6 +308,8 @@ class PartitionProcessor:
         # transaction they are part of the batch's transaction, which is all or nothing.
         key_outputs = outputs if self.app.in_transaction else self.key_outputs
         run = _Run(key_outputs)
+        if self._missing_transit(batch):
+            await self._catch_up_keys()
         for message in batch:
             self.offsets[message.partition] = message.offset
             run.stats.events += 1
@@ -339,6 +352,8 @@ class PartitionProcessor:
                 state = self.state(person, partition)
             finally:
                 reset_current_event(token)
+            if event.forwarded_personal is not None:
+                event = self._open_forward(event, state, partition, run)
             if state is not None and state.erased:
                 event = without_personal(event)  # an erased person's data is not kept
             part = personal_part(event)
@@ -361,6 +376,74 @@ class PartitionProcessor:
             state is not None and not PERSONAL_PROFILE.isdisjoint(state.profile)
         )
         return _Decided(event, person, key, partition, state, part, content, decision, quotes)
+
+    # -- an alias's forwarded events: sealed in transit -------------------------------------------
+    def _seal_forward(self, follow_up: Event, d: _Decided, to_partition: int, run: _Run) -> Event:
+        """An alias's event for its survivor, its personal fields sealed with the transit key
+        of (survivor, alias), which goes to the keys topic at the survivor's partition first
+        (once per pair since this worker started; again after a restart, so a rotated master
+        key wraps it)."""
+        if not follow_up.forwarded_via or personal_part(follow_up) is None:
+            return follow_up
+        alias_key = self.keys.get(d.person)
+        assert alias_key is not None  # made in _decide for the event's personal part
+        survivor = follow_up.person_id
+        transit = transit_key(alias_key, survivor)
+        record = transit_record(survivor, follow_up.forwarded_via[-1])
+        if record not in self.transits_sent:
+            value = self.keys.add_transit(record, transit)
+            run.key_outputs.add(self.names.keys, record, value, to_partition, d.partition)
+            self.transits_sent.add(record)
+        return sealed_forward(follow_up, transit)
+
+    def _missing_transit(self, batch: Sequence[Message]) -> bool:
+        """Whether a forwarded event of the batch needs a transit key not at hand."""
+        for message in batch:
+            value = message.value
+            if value and b'"forwarded_personal"' in value:
+                try:
+                    data = orjson.loads(value)
+                    record = transit_record(data["person_id"], data["forwarded_via"][-1])
+                except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+                    continue  # _decide dead-letters it
+                if self.keys.get_transit(record) is None:
+                    return True
+        return False
+
+    async def _catch_up_keys(self) -> None:
+        """Read the owned keys partitions on from where recovery (or the last catch-up) left
+        them: the transit keys other workers published for this worker's survivors."""
+        if self.key_reader is None:
+            return
+        positions = self.key_positions
+        async for record in self.key_reader(dict(positions)):
+            if record.key is not None and record.key.startswith(TRANSIT_PREFIX):
+                self.keys.load_record(record.key, record.value)
+            positions[record.partition] = record.offset + 1
+
+    def _open_forward(
+        self, event: Event, state: PersonState | None, partition: int, run: _Run
+    ) -> Event:
+        """A forwarded event with its personal fields opened (dropped for an erased survivor,
+        whose transit keys are tombstoned again if a forward brought one back)."""
+        record = transit_record(event.person_id, (event.forwarded_via or ("",))[-1])
+        if state is not None and state.erased:
+            if self.keys.transit.pop(record, None) is not None:
+                run.key_outputs.add(self.names.keys, record, None, partition)  # type: ignore[arg-type]
+            return opened_forward(event, None)
+        transit = self.keys.get_transit(record)
+        if transit is None:
+            raise InvalidMessage(
+                "forwarded_personal: no transit key of this survivor and alias on the keys "
+                "topic (only leadflow sets forwarded_personal)"
+            )
+        try:
+            return opened_forward(event, transit)
+        except ValueError:
+            raise InvalidMessage(
+                "forwarded_personal: does not open with the transit key of this survivor and "
+                "alias (only leadflow sets forwarded_personal)"
+            ) from None
 
     def _dead_letter(self, message: Message, error: Exception, run: _Run) -> None:
         reason: Exception | str = error
@@ -402,8 +485,11 @@ class PartitionProcessor:
         follow_up = decision.follow_up
         if follow_up is not None:  # a merge's hand-off, an alias's event for its survivor
             to = follow_up.person_id.encode()
+            to_partition = self.partition_of(to)
+            if d.part is not None:  # never in the clear: sealed for the survivor
+                follow_up = self._seal_forward(follow_up, d, to_partition, run)
             body = follow_up.model_dump_json(exclude_none=True).encode()
-            outputs.add(names.events, to, body, self.partition_of(to), partition)
+            outputs.add(names.events, to, body, to_partition, partition)
             run.stats.follow_ups += 1
         if decision.duplicate:
             run.stats.duplicates += 1
@@ -448,6 +534,9 @@ class PartitionProcessor:
         if decision.erased:  # the key goes; everything sealed with it is unreadable
             keys.destroy(person)
             run.key_outputs.add(names.keys, key, None, partition)  # type: ignore[arg-type]
+            for record in keys.transits_of(person):  # and what its aliases forwarded
+                del keys.transit[record]
+                run.key_outputs.add(names.keys, record, None, partition)  # type: ignore[arg-type]
         for change in changes:
             run.stages[change.to_stage] += 1
             outputs.add(names.stage_changes, key, to_json(change), partition)

@@ -12,7 +12,9 @@ Topics are raw bytes: pydantic is not a Faust codec, so the agent decodes with
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import faust
@@ -26,6 +28,7 @@ from streams.internals import (
 )
 from streams.kafka import topics
 from streams.kafka.keys import KeyRing
+from streams.kafka.readers import iter_to_end
 from streams.kafka.topics import TopicNames, TopicSpec
 from streams.settings import Settings
 from streams.web.api import Api, install_api
@@ -138,6 +141,21 @@ def faust_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+async def _keys_from(
+    settings: Settings, lifecycle: PartitionProcessor, positions: Mapping[int, int]
+) -> AsyncIterator[Any]:
+    """The owned keys partitions from `positions` (0 where none) to their end."""
+    owned = sorted(lifecycle.owned)
+    async for record in iter_to_end(
+        settings.bootstrap,
+        settings.topics.keys,
+        partitions=owned,
+        start={p: positions.get(p, 0) for p in owned},
+        client_options=settings.aiokafka_kwargs(),
+    ):
+        yield record
+
+
 def make_app(
     settings: Settings,
     policy: Policy,
@@ -171,6 +189,7 @@ def make_app(
     app.lifecycle = PartitionProcessor(
         app, policy, names, app.persons, cache_size=cache_size, seen=seen, keys=keys
     )
+    app.lifecycle.key_reader = functools.partial(_keys_from, settings, app.lifecycle)
     app.feed = Feed({names.events})
     install_agent(app, batch_size)
     install_assignment(app)

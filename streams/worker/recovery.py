@@ -157,10 +157,12 @@ class _Recovery:
         """Pass 0: the partitions' data keys (streams.kafka.keys); rewrap those under an old
         master key."""
         keys, report = self.keys, self.report
+        positions = self.lifecycle.key_positions
         async for record in self._read(self.keys_topic, report.partitions):
-            person = record.key.decode()
-            keys.load(person, record.value)
-            self.key_partition[person] = record.partition
+            person = keys.load_record(record.key, record.value)
+            if person is not None:
+                self.key_partition[person] = record.partition
+            positions[record.partition] = record.offset + 1
             report.keys += 1
         for person in sorted(keys.stale):
             value = keys.rewrapped(person)
@@ -210,6 +212,11 @@ class _Recovery:
             partition = self.key_partition[person]
             self.key_outputs.add(self.keys_topic, person.encode(), None, partition)
             self.report.shredded += 1
+        for person in sorted(erased):  # their aliases' transit keys (re-published meanwhile)
+            for record in keys.transits_of(person):
+                del keys.transit[record]
+                partition = self.lifecycle.partition_of(person.encode())
+                self.key_outputs.add(self.keys_topic, record, None, partition)
         if self.key_outputs.queued:
             await self.key_outputs.publish()
             await self.key_outputs.settle()
