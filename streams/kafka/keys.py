@@ -199,7 +199,16 @@ class KeyRing:
     """The data keys of the persons a process reads: wrapped values as loaded from the keys
     topic, unwrapped on first use and kept in a bounded LRU."""
 
-    __slots__ = ("cache_size", "master", "open", "sealed", "stale", "transit", "wrapped")
+    __slots__ = (
+        "cache_size",
+        "master",
+        "open",
+        "sealed",
+        "stale",
+        "transit",
+        "transit_open",
+        "wrapped",
+    )
 
     def __init__(self, master: MasterKeys | None, *, cache_size: int = 100_000) -> None:
         self.master = master
@@ -214,6 +223,7 @@ class KeyRing:
         self.sealed: dict[str, tuple[Mapping[str, str], str]] = {}
         #: transit records (`transit_record`) -> wrapped value: few (one per merged pair)
         self.transit: dict[bytes, bytes] = {}
+        self.transit_open: dict[bytes, DataKey] = {}
 
     def seal(self, person: str, part: Mapping[str, str]) -> str:
         """`part` sealed with the person's key (which must exist: `create` first)."""
@@ -233,6 +243,7 @@ class KeyRing:
         """One keys-topic record as read (a person's key, or a transit key); returns the
         person it is the key of, None for a transit key."""
         if key.startswith(TRANSIT_PREFIX):
+            self.transit_open.pop(key, None)
             if value is None:
                 self.transit.pop(key, None)
             else:
@@ -248,10 +259,14 @@ class KeyRing:
         value = self.transit.get(record)
         if value is None or self.master is None:
             return None
-        try:
-            return self.master.unwrap(_transit_aad(record), value)[0]
-        except MasterKeyError:
-            return None
+        key = self.transit_open.get(record)
+        if key is None:
+            try:
+                key = self.master.unwrap(_transit_aad(record), value)[0]
+            except MasterKeyError:
+                return None
+            self.transit_open[record] = key
+        return key
 
     def add_transit(self, record: bytes, key: DataKey) -> bytes:
         """Keep a transit key made here; returns the keys-topic value to publish."""
@@ -259,7 +274,13 @@ class KeyRing:
             raise MasterKeyError(f"no master key to wrap a transit key with ({MASTER_KEY_ENV})")
         value = self.master.wrap(_transit_aad(record), key)
         self.transit[record] = value
+        self.transit_open[record] = key
         return value
+
+    def drop_transit(self, record: bytes) -> bool:
+        """Forget a transit key (its tombstone is the caller's); whether it was there."""
+        self.transit_open.pop(record, None)
+        return self.transit.pop(record, None) is not None
 
     def transits_of(self, survivor: str) -> list[bytes]:
         """The transit records of the aliases forwarding to `survivor` (erased with them)."""

@@ -428,7 +428,7 @@ class PartitionProcessor:
         whose transit keys are tombstoned again if a forward brought one back)."""
         record = transit_record(event.person_id, (event.forwarded_via or ("",))[-1])
         if state is not None and state.erased:
-            if self.keys.transit.pop(record, None) is not None:
+            if self.keys.drop_transit(record):
                 run.key_outputs.add(self.names.keys, record, None, partition)  # type: ignore[arg-type]
             return opened_forward(event, None)
         transit = self.keys.get_transit(record)
@@ -535,7 +535,7 @@ class PartitionProcessor:
             keys.destroy(person)
             run.key_outputs.add(names.keys, key, None, partition)  # type: ignore[arg-type]
             for record in keys.transits_of(person):  # and what its aliases forwarded
-                del keys.transit[record]
+                keys.drop_transit(record)
                 run.key_outputs.add(names.keys, record, None, partition)  # type: ignore[arg-type]
         for change in changes:
             run.stages[change.to_stage] += 1

@@ -214,7 +214,7 @@ class _Recovery:
             self.report.shredded += 1
         for person in sorted(erased):  # their aliases' transit keys (re-published meanwhile)
             for record in keys.transits_of(person):
-                del keys.transit[record]
+                keys.drop_transit(record)
                 partition = self.lifecycle.partition_of(person.encode())
                 self.key_outputs.add(self.keys_topic, record, None, partition)
         if self.key_outputs.queued:

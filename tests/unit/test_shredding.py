@@ -29,18 +29,28 @@ from lifecycle.shredding import (
     open_record,
     open_state,
     open_text,
+    opened_forward,
     personal_part,
     seal_merged,
     seal_personal,
     seal_sentences,
     seal_state,
+    sealed_forward,
     shown_reason,
     stored_body,
+    transit_key,
     without_personal,
 )
 from lifecycle.state import PersonState
 from lifecycle.verify import verify
-from streams.kafka.keys import KeyRing, MasterKeyError, MasterKeys, generate_master_key
+from streams.kafka.keys import (
+    TRANSIT_PREFIX,
+    KeyRing,
+    MasterKeyError,
+    MasterKeys,
+    generate_master_key,
+    transit_record,
+)
 from streams.worker.outputs import to_json
 from tests.fixtures.core import custom_policy, fit_profile, preset
 
@@ -423,3 +433,50 @@ def test_leadflow_dev_keeps_an_owner_only_master_key_unless_the_environment_name
     assert stack.master_key_env() == env and MasterKeys.from_env(env) == first  # kept
     monkeypatch.setenv("LEADFLOW_MASTER_KEY", generate_master_key("mine"))
     assert stack.master_key_env() == {} and not stack.master_key_generated
+
+
+def test_a_transit_key_is_the_same_for_a_pair_and_opens_only_its_forwarded_event():
+    alias_key = key_of(1)
+    transit = transit_key(alias_key, "s1")
+    assert transit.raw == transit_key(key_of(1), "s1").raw != transit_key(alias_key, "s2").raw
+    forwarded = Event.model_validate(
+        {
+            "event_id": "e1",
+            "type": "demo_requested",
+            "person_id": "s1",
+            "occurred_at": "2026-01-01T00:00:00Z",
+            "profile": {"email": "a@b.example", "job_title": "VP Sales", "industry": "software"},
+            "reason": "call back",
+            "forwarded_via": ["a1"],
+        }
+    )
+    sealed = sealed_forward(forwarded, transit)
+    wire = sealed.model_dump_json()
+    assert "a@b.example" not in wire and "VP Sales" not in wire and "call back" not in wire
+    assert sealed.profile is not None and sealed.profile.industry == "software"
+    assert sealed_forward(forwarded, transit) == sealed  # deterministic: a re-forward dedups
+    assert opened_forward(sealed, transit) == forwarded
+    assert opened_forward(sealed, None).forwarded_personal is None  # an erased survivor
+    with pytest.raises(ValueError):
+        opened_forward(sealed, transit_key(alias_key, "s2"))
+    record = transit_record("s1", "a1")
+    assert record.startswith(TRANSIT_PREFIX)
+    assert not "\u00fftransit".encode().startswith(TRANSIT_PREFIX)  # no person id's record
+
+
+def test_the_ring_keeps_transit_records_apart_from_persons_and_drops_them_on_tombstones():
+    master = MasterKeys.parse(generate_master_key("m1"))
+    ring = KeyRing(master)
+    record = transit_record("s1", "a1")
+    value = ring.add_transit(record, key_of(2))
+    other = KeyRing(master)
+    assert (
+        other.load_record(record, value) is None and other.get_transit(record).raw == key_of(2).raw
+    )
+    assert other.load_record(b"s1", master.wrap("s1", key_of(3))) == "s1" and "s1" in other
+    assert other.transits_of("s1") == [record] and other.transits_of("a1") == []
+    other.load_record(record, None)
+    assert other.get_transit(record) is None and other.transits_of("s1") == []
+    stranger = KeyRing(MasterKeys.parse(generate_master_key("m2")))
+    stranger.load_record(record, value)
+    assert stranger.get_transit(record) is None  # wrapped by a master key it does not have
