@@ -39,6 +39,16 @@ err = Console(stderr=True)
 keys_app = typer.Typer(no_args_is_help=True, help="Master keys and per-person data keys.")
 
 
+def _settings(broker: str | None, topic_prefix: str) -> tuple[Settings, MasterKeys]:
+    """The settings and master keys of a command; a missing master key is one error line."""
+    settings = Settings(**({"broker": broker} if broker else {}), topic_prefix=topic_prefix)
+    try:
+        return settings, settings.master_keys() or MasterKeys.required({})
+    except MasterKeyError as error:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 @keys_app.command("new-master")
 def new_master(
     kid: Annotated[str | None, typer.Option(help="key id (default: random)")] = None,
@@ -53,11 +63,10 @@ def rewrap(
     topic_prefix: Annotated[str, typer.Option(help="topic name prefix")] = "",
 ) -> None:
     """Rewrap every data key under the current master key (after a rotation)."""
-    settings = Settings(**({"broker": broker} if broker else {}), topic_prefix=topic_prefix)
+    settings, master = _settings(broker, topic_prefix)
     try:
-        master = settings.master_keys() or MasterKeys.required({})
         rewrapped, total = asyncio.run(_rewrap(settings, master))
-    except MasterKeyError as error:
+    except MasterKeyError as error:  # a key wrapped by a master key not in the environment
         err.print(f"[red]error:[/red] {error}", highlight=False)
         raise typer.Exit(2) from None
     out.print(
@@ -101,9 +110,8 @@ def seal_history_command(
     """Seal a history written before crypto-shredding (run once, with the workers stopped)."""
     from streams.tools.seal_history import SealHistoryError, seal_history
 
-    settings = Settings(**({"broker": broker} if broker else {}), topic_prefix=topic_prefix)
+    settings, master = _settings(broker, topic_prefix)
     try:
-        master = settings.master_keys() or MasterKeys.required({})
         report = asyncio.run(
             seal_history(settings, master, on_progress=lambda line: err.print(line, markup=False))
         )

@@ -38,6 +38,7 @@ overwrites them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -255,9 +256,7 @@ async def _records(
 
 async def _workers_stopped(settings: Settings) -> None:
     group = app_id(settings.topic_prefix)
-    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs(), client_id="leadflow-seal-history")
-    await admin.start()
-    try:
+    async with _admin(settings) as admin:
         for attempt in range(50):
             try:
                 responses = await admin.describe_consumer_groups([group])
@@ -277,8 +276,6 @@ async def _workers_stopped(settings: Settings) -> None:
                         f"({state}): stop every worker first (a worker would make data keys "
                         "of its own, and write history the copy misses)"
                     )
-    finally:
-        await admin.close()
 
 
 async def _topic_layout(settings: Settings, topic: str) -> tuple[int, int, dict[str, str]]:
@@ -288,9 +285,7 @@ async def _topic_layout(settings: Settings, topic: str) -> tuple[int, int, dict[
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     (spec,) = [s for s in topic_specs(settings.topics) if s.name == settings.topics.history]
-    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs(), client_id="leadflow-seal-history")
-    await admin.start()
-    try:
+    async with _admin(settings) as admin:
         (described,) = await admin.describe_topics([topic])
         partitions = described["partitions"]
         replication = len(partitions[0]["replicas"]) if partitions else 1
@@ -303,17 +298,31 @@ async def _topic_layout(settings: Settings, topic: str) -> tuple[int, int, dict[
                     actual.update({e[0]: e[1] for e in entries})
         configs = {k: actual.get(k) or v for k, v in spec.configs.items()}
         return len(partitions), replication, configs
+
+
+async def _create(settings: Settings, topic: str, layout: tuple[int, int, dict[str, str]]) -> None:
+    partitions, replication, configs = layout
+    await ensure_topics(
+        settings.bootstrap,
+        [(topic, partitions, replication, configs)],
+        client_options=settings.aiokafka_kwargs(),
+        check_existing=False,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs(), client_id="leadflow-seal-history")
+    await admin.start()
+    try:
+        yield admin
     finally:
         await admin.close()
 
 
 async def _delete(settings: Settings, topic: str) -> None:
-    admin = AIOKafkaAdminClient(**settings.aiokafka_kwargs(), client_id="leadflow-seal-history")
-    await admin.start()
-    try:
+    async with _admin(settings) as admin:
         await admin.delete_topics([topic])
-    finally:
-        await admin.close()
     for _ in range(300):  # deletion is asynchronous on Kafka
         consumer_gone = await _gone(settings, topic)
         if consumer_gone:
@@ -400,13 +409,7 @@ async def seal_history(
         on_progress(f"swapping {staging} in as {history}")
         if history_counts is not None:
             await _delete(settings, history)
-        partitions, replication, configs = layout
-        await ensure_topics(
-            settings.bootstrap,
-            [(history, partitions, replication, configs)],
-            client_options=options,
-            check_existing=False,
-        )
+        await _create(settings, history, layout)
         report.partitions = await _copy(settings, producer, _records(settings, staging), history)
         if report.partitions != staging_counts:
             raise SealHistoryError(
@@ -438,13 +441,8 @@ async def _seal_to_staging(
         data = orjson.loads(record.value) if record.value else None
         if isinstance(data, dict) and data.get("erased"):
             report.erased.add(data["person_id"])
-    partitions, replication, configs = layout
-    await ensure_topics(
-        settings.bootstrap,
-        [(staging, partitions, replication, configs)],
-        client_options=options,
-        check_existing=False,
-    )
+    await _create(settings, staging, layout)
+    partitions = layout[0]
     ring.cache_size = _OPEN_KEYS  # a person's records are together: a small LRU does
     sealer = _Sealer(ring, policies, report.erased, report)
     for partition in range(partitions):  # a person's records are all in one partition
