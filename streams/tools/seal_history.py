@@ -274,7 +274,8 @@ async def _workers_stopped(settings: Settings) -> None:
                     raise SealHistoryError(
                         f"the worker group {group!r} has {len(members)} active members "
                         f"({state}): stop every worker first (a worker would make data keys "
-                        "of its own, and write history the copy misses)"
+                        "of its own, and write history the copy misses; on Tansu, the dev "
+                        "broker, a member that left stays listed: seal a Kafka history)"
                     )
 
 

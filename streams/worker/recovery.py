@@ -88,8 +88,7 @@ class RecoveryReport:
         return (
             f"partitions {list(self.partitions)}: {self.plaintext} history records hold "
             "personal fields in the clear (written before crypto-shredding): no erasure can "
-            "reach them, and the table keeps only the personal fields of persons with a data "
-            "key; stop every worker and run `leadflow keys seal-history` once"
+            "reach them; stop every worker and run `leadflow keys seal-history` once"
         )
 
 
