@@ -15,11 +15,9 @@ import asyncio
 from typing import Annotated
 
 import typer
-from aiokafka import AIOKafkaProducer
 from rich.console import Console
 
 from streams.kafka.keys import MasterKeyError, MasterKeys, generate_master_key, read_keys
-from streams.kafka.readers import iter_to_end
 from streams.settings import Settings
 
 out = Console()
@@ -56,6 +54,10 @@ def rewrap(
 
 
 async def _rewrap(settings: Settings, master: MasterKeys) -> tuple[int, int]:
+    from aiokafka import AIOKafkaProducer
+
+    from streams.kafka.readers import iter_to_end
+
     topic, options = settings.topics.keys, settings.aiokafka_kwargs()
     ring = await read_keys(settings.bootstrap, topic, master, client_options=options)
     partition_of: dict[str, int] = {}
