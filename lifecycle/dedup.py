@@ -27,13 +27,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
 
 from events.inbound import Event, EventType
 from lifecycle.evolve import Applied
-from lifecycle.records import Decision, StageChange
+from lifecycle.records import Decision, Reason, StageChange
 
 #: Bytes of BLAKE2b kept per applied event (a collision needs ~2^64 events of one person).
 DIGEST_SIZE = 16
@@ -194,22 +195,109 @@ def _id_digest(event_id: str) -> bytes:
     return h.digest()
 
 
+class KeptChanges:
+    """The changes of the events that moved someone, packed to re-emit on a redelivery.
+
+    One byte string per event (~100 bytes a change, where the records cost ~500): the
+    values of each change in field order, as JSON, with the strings that recur (stages, rule
+    names and sentences, sources, temperatures, the policy version) as numbers into one table
+    of words, and a change id, person id or event id that the store key and the change's
+    place imply left out. `get` builds records equal, field by field, to the ones kept, so a
+    duplicate prints the very same bytes (`tests/unit/test_seen_index.py`).
+    """
+
+    __slots__ = ("_number", "_packed", "_words")
+
+    def __init__(self) -> None:
+        self._packed: dict[bytes, bytes] = {}
+        self._words: list[str | None] = []
+        self._number: dict[str | None, int] = {}
+
+    def _word(self, text: str | None) -> int:
+        number = self._number.get(text)
+        if number is None:
+            number = self._number[text] = len(self._words)
+            self._words.append(text)
+        return number
+
+    def put(self, person_id: str, event_id: str, changes: tuple[StageChange, ...]) -> None:
+        word = self._word
+        rows = []
+        for n, c in enumerate(changes):
+            derived = c.change_id == f"{c.person_id}:{c.sequence}:{n}"
+            rows.append(
+                (
+                    None if derived else c.change_id,
+                    None if c.person_id == person_id else c.person_id,
+                    c.sequence,
+                    word(c.from_stage),
+                    word(c.to_stage),
+                    [word(stage) for stage in c.passed_through],
+                    c.occurred_at,
+                    None if c.event_id == event_id else c.event_id,
+                    word(c.reason.rule),
+                    word(c.reason.text),
+                    word(c.lead_source),
+                    word(c.first_touch_source),
+                    word(c.temperature),
+                    word(c.policy_version),
+                    word(c.last_touch_source),
+                    c.touches,
+                    c.merged,
+                )
+            )
+        # copied: orjson's bytes keep the room of its output buffer (~4 KB), not their size
+        self._packed[key(person_id, event_id)] = bytes(memoryview(orjson.dumps(rows)))
+
+    def get(self, person_id: str, event_id: str) -> tuple[StageChange, ...]:
+        packed = self._packed.get(key(person_id, event_id))
+        if packed is None:
+            return ()
+        words, parse = self._words, datetime.fromisoformat
+        changes = []
+        for n, row in enumerate(orjson.loads(packed)):
+            (change_id, person, sequence, before, after, passed, at, event, rule, text) = row[:10]
+            person = person_id if person is None else person
+            changes.append(
+                StageChange(
+                    f"{person}:{sequence}:{n}" if change_id is None else change_id,
+                    person,
+                    sequence,
+                    words[before],
+                    words[after],
+                    tuple(words[stage] for stage in passed),
+                    parse(at),
+                    event_id if event is None else event,
+                    Reason(words[rule], words[text]),
+                    *(words[w] for w in row[10:13]),
+                    words[row[13]],
+                    words[row[14]],
+                    row[15],
+                    merged=tuple(row[16]),
+                )
+            )
+        return tuple(changes)
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+
 class SeenIndex:
-    """Every applied event of a replay, in memory: 40 bytes per event, ~460 more per change.
+    """Every applied event of a replay, in memory: 40 bytes per event, ~200 more per change.
 
     Per person, one growing byte string of fixed-size entries (the event id's BLAKE2b, the
     content digest, the sequence): no Python object per event, where a dict entry of packed
     bytes cost ~145 bytes. An event id is told from another of the same person by its 16-byte
     BLAKE2b, as content is (a false match needs a 128-bit collision, ~2^64 ids of one person);
     nothing is forgotten, however old. The changes of the few events that moved someone are
-    kept as records beside, so a duplicate re-emits the very same objects.
+    packed beside (`KeptChanges`), so a duplicate re-emits the same changes.
     """
 
     __slots__ = ("_missed", "_named", "changes", "count", "indexed", "persons")
 
     def __init__(self) -> None:
         self.persons: dict[str, bytes | bytearray] = {}
-        self.changes: dict[bytes, tuple[StageChange, ...]] = {}
+        self.changes = KeptChanges()
         #: persons with more than INDEXED_AFTER events: id digest -> offset (a scan of their
         #: entries per event would make a long history quadratic)
         self.indexed: dict[str, dict[bytes, int]] = {}
@@ -258,7 +346,7 @@ class SeenIndex:
             return None
         digest = bytes(entries[at + DIGEST_SIZE : at + 2 * DIGEST_SIZE])
         sequence = int.from_bytes(entries[at + 2 * DIGEST_SIZE : at + _ENTRY], "big")
-        return Seen(digest, sequence, self.changes.get(key(person_id, event_id), ()))
+        return Seen(digest, sequence, self.changes.get(person_id, event_id))
 
     def remember(self, decision: Applied, content: Mapping[str, Any] | None = None) -> None:
         """Record an applied decision (never a duplicate); the first application wins.
@@ -300,7 +388,7 @@ class SeenIndex:
         if changes:
             if type(changes) is not tuple or any(type(c) is not StageChange for c in changes):
                 changes = tuple(StageChange.of(c) for c in changes)  # from history records
-            self.changes[key(person, event.event_id)] = changes
+            self.changes.put(person, event.event_id, changes)
 
     def __len__(self) -> int:
         return self.count

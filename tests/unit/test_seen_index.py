@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+
+import orjson
 import pytest
 
-from lifecycle.dedup import INDEXED_AFTER, SeenIndex, body, fingerprint
+from lifecycle.dedup import INDEXED_AFTER, KeptChanges, SeenIndex, body, fingerprint
+from lifecycle.records import Reason, StageChange
 from lifecycle.replay import Replayer
 from tests.fixtures.core import T0, preset
 
@@ -59,3 +63,65 @@ def test_changes_of_a_moving_event_are_kept_to_re_emit(make_event, fit_profile):
     assert first.changes
     assert replayer.seen.get("p1", move.event_id).changes == first.changes
     assert replayer.apply(move).changes == first.changes
+
+
+def test_a_kept_change_comes_back_equal_and_prints_the_same_bytes(make_event, fit_profile):
+    replayer = Replayer(preset("default"))
+    move = make_event("demo_requested", profile=fit_profile())
+    first = replayer.apply(move)
+    again = replayer.apply(move)
+    assert again.duplicate and again.changes == first.changes
+    assert orjson.dumps(again.changes) == orjson.dumps(first.changes)
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(2026, 3, 1, 9, 30, tzinfo=UTC),  # no microseconds: printed without them
+        datetime(2026, 3, 1, 9, 30, 0, 250, tzinfo=timezone(timedelta(hours=2))),
+    ],
+)
+def test_packed_changes_keep_every_field_even_those_not_implied(at: datetime):
+    """Ids that the key and the change's place do not imply, None sources, skipped stages,
+    merged ids and times of any form come back as they were kept."""
+    kept = KeptChanges()
+    changes = (
+        StageChange(
+            "p1:4:0",
+            "p1",
+            4,
+            None,
+            "lead",
+            (),
+            at,
+            "e1",
+            Reason("interest", "a sentence"),
+            None,
+            None,
+            None,
+            "v1",
+        ),
+        StageChange(
+            "custom-id",
+            "p9",
+            4,
+            "lead",
+            "customer",
+            ("mql", "sql", "opportunity"),
+            at,
+            "other-event",
+            Reason("sales.deal_won", "won"),
+            "webinar",
+            "form",
+            "hot",
+            "v1",
+            "paid_search",
+            3,
+            merged=("p2", "p3"),
+        ),
+    )
+    kept.put("p1", "e1", changes)
+    back = kept.get("p1", "e1")
+    assert back == changes
+    assert orjson.dumps(back) == orjson.dumps(changes)
+    assert kept.get("p1", "e2") == () and kept.get("p2", "e1") == ()
