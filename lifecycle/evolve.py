@@ -59,9 +59,9 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
             state.highest = higher(state.highest, change.to_stage)
             if change.to_stage in state.sla_breached:
                 state.sla_breached = tuple(s for s in state.sla_breached if s != change.to_stage)
-            state.last_reason = Reason.of(change.reason)
+            state.last_reason = Reason.shared(change.reason)
     elif decision.note is not None:
-        state.last_reason = Reason.of(decision.note)
+        state.last_reason = Reason.shared(decision.note)
     if decision.sla_breaches:
         state.sla_breached += tuple(b.stage for b in decision.sla_breaches)
     state.last_activity = decision.last_activity

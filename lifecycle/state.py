@@ -4,6 +4,10 @@ Never a Machine per person (a Machine costs ~26 KB; this record a few hundred by
 event ids a person applied are not in it: they are kept per event beside it (`lifecycle.dedup`),
 so a state stays small however long the person's history. Table values written before that
 still carry a `recent` window, which `from_wire` ignores.
+
+The profile is held packed (`pack_profile`): a replay keeps a state per person, and a dict
+of seven fields with its unique email cost ~350 bytes, packed ~140. `state.profile` reads
+and assigns a plain dict as ever (a fresh one per read: change it by assigning).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from lifecycle.records import Reason
 from lifecycle.stages import NEW
@@ -125,3 +131,52 @@ class PersonState:
             merged_sequence=data.get("merged_sequence", 0),
             aliases=tuple(data.get("aliases", ())),
         )
+
+
+# -- the profile, packed -------------------------------------------------------------------
+#: Each order of profile keys seen, numbered: a packed profile names its keys by number.
+_ORDERS: list[tuple[str, ...]] = []
+_ORDER: dict[tuple[str, ...], int] = {}
+#: Orders numbered at most; a profile with another order is packed with its keys (as JSON).
+MAX_ORDERS = 1024
+_EMPTY = b""
+
+
+def pack_profile(profile: dict[str, Any]) -> bytes:
+    """The profile as bytes: its values as a JSON list after the number of its key order (or
+    the dict as JSON, past `MAX_ORDERS`); equal to the dict again through `unpack_profile`,
+    key order included (a state's JSON lists the profile keys as they came)."""
+    if not profile:
+        return _EMPTY
+    keys = tuple(profile)
+    number = _ORDER.get(keys)
+    if number is None and len(_ORDERS) < MAX_ORDERS:
+        number = _ORDER[keys] = len(_ORDERS)
+        _ORDERS.append(keys)
+    packed = orjson.dumps(profile if number is None else [number, *profile.values()])
+    return bytes(memoryview(packed))  # exact size: orjson's bytes keep a ~4 KB buffer
+
+
+def unpack_profile(packed: bytes) -> dict[str, Any]:
+    if not packed:
+        return {}
+    data = orjson.loads(packed)
+    if type(data) is dict:
+        return data
+    return dict(zip(_ORDERS[data[0]], data[1:], strict=True))
+
+
+# The dataclass's `profile` slot holds the packed bytes; the attribute reads and assigns a dict
+# (the generated __init__, __eq__ and __repr__ go through it too).
+_profile_slot = PersonState.profile  # type: ignore[attr-defined]
+
+
+def _get_profile(state: PersonState) -> dict[str, Any]:
+    return unpack_profile(_profile_slot.__get__(state, PersonState))
+
+
+def _set_profile(state: PersonState, profile: dict[str, Any]) -> None:
+    _profile_slot.__set__(state, pack_profile(profile))
+
+
+PersonState.profile = property(_get_profile, _set_profile)  # type: ignore[assignment,method-assign]
