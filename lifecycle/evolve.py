@@ -50,16 +50,18 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
     state.sequence = decision.sequence
     changes = decision.changes
     if changes:  # most events move no one: skip the loop and its checks
+        entered = state.entered_at  # a fresh dict (held packed): assigned back once
         for change in changes:
             state.stage = change.to_stage
             for stage in change.passed_through:
-                state.entered_at[stage] = change.occurred_at
+                entered[stage] = change.occurred_at
                 state.highest = higher(state.highest, stage)
-            state.entered_at[change.to_stage] = change.occurred_at
+            entered[change.to_stage] = change.occurred_at
             state.highest = higher(state.highest, change.to_stage)
             if change.to_stage in state.sla_breached:
                 state.sla_breached = tuple(s for s in state.sla_breached if s != change.to_stage)
             state.last_reason = Reason.shared(change.reason)
+        state.entered_at = entered
     elif decision.note is not None:
         state.last_reason = Reason.shared(decision.note)
     if decision.sla_breaches:

@@ -1,16 +1,26 @@
-"""A state's profile is held packed (`lifecycle.state.pack_profile`) and reads back as the
-same dict, its key order included (a state's JSON lists the keys as they came)."""
+"""A state's profile and stage entry times are held packed (`lifecycle.state.pack_profile`,
+`pack_entered`) and read back as the same dicts, key order included (a state's JSON lists
+the keys as they came), and every time as it was."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from lifecycle import state as state_module
-from lifecycle.state import PersonState, pack_profile, unpack_profile
+from lifecycle.stages import STAGES
+from lifecycle.state import (
+    PersonState,
+    pack_entered,
+    pack_profile,
+    unpack_entered,
+    unpack_profile,
+)
 
 FIELDS = ("email", "job_title", "seniority", "company", "industry", "employees", "country")
 values = st.one_of(st.text(max_size=30), st.integers(0, 10_000_000))
@@ -45,3 +55,37 @@ def test_past_the_numbered_key_orders_a_profile_is_packed_with_its_keys(monkeypa
     packed = pack_profile(profile)
     assert packed.startswith(b"{")
     assert unpack_profile(packed) == profile
+
+
+instants = st.datetimes(
+    min_value=datetime(1900, 1, 1), max_value=datetime(2999, 12, 31), timezones=st.just(UTC)
+)
+
+
+@given(st.lists(st.tuples(st.sampled_from(STAGES), instants), max_size=7).map(dict))
+def test_packed_entry_times_read_back_as_the_same_times_in_the_same_order(
+    entered: dict[str, datetime],
+) -> None:
+    back = unpack_entered(pack_entered(entered))
+    assert back == entered and list(back) == list(entered)
+    assert all(at.tzinfo is UTC for at in back.values())
+    assert orjson.dumps(back) == orjson.dumps(entered)
+
+
+@pytest.mark.parametrize(
+    "entered",
+    [
+        {"lead": datetime(2026, 1, 1, 9, tzinfo=timezone(timedelta(hours=2)))},  # an offset
+        {"lead": datetime(2026, 1, 1, 9)},  # naive
+        {"no-such-stage": datetime(2026, 1, 1, 9, tzinfo=UTC)},
+    ],
+)
+def test_entry_times_of_another_kind_are_packed_as_json_and_read_back_exactly(
+    entered: dict[str, datetime],
+) -> None:
+    packed = pack_entered(entered)
+    assert packed.startswith(b"{")
+    back = unpack_entered(packed)
+    assert back == entered and orjson.dumps(back) == orjson.dumps(entered)
+    state = PersonState("p1", entered_at=entered)
+    assert state.entered_at == entered
