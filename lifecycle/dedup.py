@@ -176,13 +176,15 @@ def unpack(value: bytes) -> Seen:
 
 
 #: One applied event in `SeenIndex`: 16 bytes naming the event id, the content digest, the
-#: history sequence (8 bytes, big-endian).
+#: history sequence (8 bytes, big-endian) ...
 _ENTRY = 2 * DIGEST_SIZE + _SEQUENCE_SIZE
+#: ... or, for a person whose n-th applied event got sequence n (nearly everyone: only a
+#: replay started from given states or an odd history breaks it), the two digests alone.
+_NUMBERED = 2 * DIGEST_SIZE
 #: Events of one person beyond which `SeenIndex` finds an id through a dict, not a scan.
 INDEXED_AFTER = 256
-_SCANNED = INDEXED_AFTER * _ENTRY
-#: Bytes of entries (64 events) from which a person's grow in place (a bytearray), not by copy.
-_GROWN = 64 * _ENTRY
+#: Events of one person from which their entries grow in place (a bytearray), not by copy.
+_GROWN_AFTER = 64
 
 
 def _id_digest(event_id: str) -> bytes:
@@ -283,20 +285,25 @@ class KeptChanges:
 
 
 class SeenIndex:
-    """Every applied event of a replay, in memory: 40 bytes per event, ~200 more per change.
+    """Every applied event of a replay, in memory: 32 bytes per event, ~200 more per change.
 
-    Per person, one growing byte string of fixed-size entries (the event id's BLAKE2b, the
-    content digest, the sequence): no Python object per event, where a dict entry of packed
-    bytes cost ~145 bytes. An event id is told from another of the same person by its 16-byte
-    BLAKE2b, as content is (a false match needs a 128-bit collision, ~2^64 ids of one person);
-    nothing is forgotten, however old. The changes of the few events that moved someone are
-    packed beside (`KeptChanges`), so a duplicate re-emits the same changes.
+    Per person, one growing byte string of fixed-size entries (the event id's BLAKE2b and the
+    content digest; the sequence is the entry's place, or for the rare person whose
+    sequences do not count 1, 2, 3 … a third field, in `sequenced`): no Python object per
+    event, where a dict entry of packed bytes cost ~145 bytes. An event id is told from
+    another of the same person by its 16-byte BLAKE2b, as content is (a false match needs a
+    128-bit collision, ~2^64 ids of one person); nothing is forgotten, however old. The
+    changes of the few events that moved someone are packed beside (`KeptChanges`), so a
+    duplicate re-emits the same changes.
     """
 
-    __slots__ = ("_missed", "_named", "changes", "count", "indexed", "persons")
+    __slots__ = ("_missed", "_named", "changes", "count", "indexed", "persons", "sequenced")
 
     def __init__(self) -> None:
+        #: person -> entries of `_NUMBERED` bytes, the n-th with sequence n
         self.persons: dict[str, bytes | bytearray] = {}
+        #: person -> entries of `_ENTRY` bytes, with their sequence
+        self.sequenced: dict[str, bytes | bytearray] = {}
         self.changes = KeptChanges()
         #: persons with more than INDEXED_AFTER events: id digest -> offset (a scan of their
         #: entries per event would make a long history quadratic)
@@ -312,40 +319,46 @@ class SeenIndex:
             self._named = (event_id, named)
         return named
 
-    def _find(self, person_id: str, entries: bytes | bytearray, named: bytes) -> int:
+    def _find(self, person_id: str, entries: bytes | bytearray, named: bytes, size: int) -> int:
         """The offset of the entry for the id digest `named`, or -1 (a hit must be aligned)."""
-        if len(entries) > _SCANNED:
+        if len(entries) > INDEXED_AFTER * size:
             index = self.indexed.get(person_id)
             if index is None:
                 index = self.indexed[person_id] = {
-                    bytes(entries[at : at + DIGEST_SIZE]): at
-                    for at in range(0, len(entries), _ENTRY)
+                    bytes(entries[at : at + DIGEST_SIZE]): at for at in range(0, len(entries), size)
                 }
             return index.get(named, -1)
         at = entries.find(named)
-        while at != -1 and at % _ENTRY:
+        while at != -1 and at % size:
             at = entries.find(named, at + 1)
         return at
 
     def get(self, person_id: str, event_id: str) -> Seen | None:
         entries = self.persons.get(person_id)
+        size = _NUMBERED
+        if entries is None:
+            entries = self.sequenced.get(person_id) if self.sequenced else None
+            size = _ENTRY
         if entries is None:
             at = -1
-        elif len(entries) > _SCANNED:
-            at = self._find(person_id, entries, self._id(event_id))
+        elif size == _ENTRY or len(entries) > INDEXED_AFTER * _NUMBERED:
+            at = self._find(person_id, entries, self._id(event_id), size)
         else:  # `_find` and `_id`, inline: once per event
             last, named = self._named
             if event_id != last:
                 named = _id_digest(event_id)
                 self._named = (event_id, named)
             at = entries.find(named)
-            while at != -1 and at % _ENTRY:
+            while at != -1 and at % _NUMBERED:
                 at = entries.find(named, at + 1)
         if at == -1:
             self._missed = (person_id, event_id)
             return None
         digest = bytes(entries[at + DIGEST_SIZE : at + 2 * DIGEST_SIZE])
-        sequence = int.from_bytes(entries[at + 2 * DIGEST_SIZE : at + _ENTRY], "big")
+        if size == _NUMBERED:
+            sequence = at // _NUMBERED + 1
+        else:
+            sequence = int.from_bytes(entries[at + 2 * DIGEST_SIZE : at + _ENTRY], "big")
         return Seen(digest, sequence, self.changes.get(person_id, event_id))
 
     def remember(self, decision: Applied, content: Mapping[str, Any] | None = None) -> None:
@@ -358,37 +371,66 @@ class SeenIndex:
         event_id = event.event_id
         named = self._id(event_id)
         entries = self.persons.get(person)
+        size = _NUMBERED
+        if entries is None and self.sequenced:
+            entries = self.sequenced.get(person)
+            size = _NUMBERED if entries is None else _ENTRY
         if (
             entries is not None
             and self._missed != (person, event_id)
-            and self._find(person, entries, named) != -1
+            and self._find(person, entries, named, size) != -1
         ):
             return
         self._missed = None
         digest = digest_of(event) if content is None else fingerprint(content)
-        sequence = decision.sequence.to_bytes(_SEQUENCE_SIZE, "big")
+        sequence = decision.sequence
+        if size == _NUMBERED:
+            if sequence == (0 if entries is None else len(entries) // _NUMBERED) + 1:
+                self.persons[person] = self._grown(person, entries, named + digest, size)
+                self._kept(decision, person, event_id)
+                return
+            entries = self._sequence(person, entries)  # the rare person: sequences kept
+        entry = named + digest + sequence.to_bytes(_SEQUENCE_SIZE, "big")
+        self.sequenced[person] = self._grown(person, entries, entry, _ENTRY)
+        self._kept(decision, person, event_id)
+
+    def _grown(
+        self, person: str, entries: bytes | bytearray | None, entry: bytes, size: int
+    ) -> bytes | bytearray:
+        """`entries` with `entry` at the end."""
         if entries is None:
-            self.persons[person] = b"".join((named, digest, sequence))
-        elif len(entries) < _GROWN:
+            return entry
+        if len(entries) < _GROWN_AFTER * size:
             # bytes, one block of the exact size, while short: ~60 bytes a person less than a
             # bytearray (its object, its buffer and the buffer's spare room); copied per event
-            self.persons[person] = b"".join((entries, named, digest, sequence))
-        else:
-            if type(entries) is bytes:  # a long history: grown in place from now on
-                entries = self.persons[person] = bytearray(entries)
-            if self.indexed:
-                index = self.indexed.get(person)
-                if index is not None:
-                    index[named] = len(entries)
-            entries += named
-            entries += digest
-            entries += sequence
+            return entries + entry
+        if type(entries) is bytes:  # a long history: grown in place from now on
+            entries = bytearray(entries)
+        if self.indexed:
+            index = self.indexed.get(person)
+            if index is not None:
+                index[entry[:DIGEST_SIZE]] = len(entries)
+        entries += entry
+        return entries
+
+    def _sequence(self, person: str, entries: bytes | bytearray | None) -> bytes | None:
+        """Move a person's entries to `sequenced`, each with the sequence its place implied."""
+        if entries is None:
+            return None
+        del self.persons[person]
+        self.indexed.pop(person, None)  # offsets of the old layout
+        return b"".join(
+            entries[at : at + _NUMBERED] + (at // _NUMBERED + 1).to_bytes(_SEQUENCE_SIZE, "big")
+            for at in range(0, len(entries), _NUMBERED)
+        )
+
+    def _kept(self, decision: Applied, person: str, event_id: str) -> None:
         self.count += 1
         changes = decision.changes
         if changes:
             if type(changes) is not tuple or any(type(c) is not StageChange for c in changes):
                 changes = tuple(StageChange.of(c) for c in changes)  # from history records
-            self.changes.put(person, event.event_id, changes)
+            self.changes.put(person, event_id, changes)
 
     def __len__(self) -> int:
         return self.count

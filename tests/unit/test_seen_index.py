@@ -7,8 +7,15 @@ from datetime import UTC, datetime, timedelta, timezone
 import orjson
 import pytest
 
-from lifecycle.dedup import INDEXED_AFTER, KeptChanges, SeenIndex, body, fingerprint
-from lifecycle.records import Reason, StageChange
+from lifecycle.dedup import (
+    DIGEST_SIZE,
+    INDEXED_AFTER,
+    KeptChanges,
+    SeenIndex,
+    body,
+    fingerprint,
+)
+from lifecycle.records import Decision, Reason, StageChange
 from lifecycle.replay import Replayer
 from tests.fixtures.core import T0, preset
 
@@ -125,3 +132,32 @@ def test_packed_changes_keep_every_field_even_those_not_implied(at: datetime):
     assert back == changes
     assert orjson.dumps(back) == orjson.dumps(changes)
     assert kept.get("p1", "e2") == () and kept.get("p2", "e1") == ()
+
+
+@pytest.mark.parametrize("count", [3, INDEXED_AFTER + 5])
+@pytest.mark.parametrize("jump_at", [0, 2])
+def test_a_person_whose_sequences_skip_keeps_each_entry_s_own_sequence(
+    make_event, count: int, jump_at: int
+):
+    """Entries hold no sequence while a person's n-th event got sequence n; from the first
+    that did not (a replay from given states, an odd history) they are kept with theirs."""
+    seen = SeenIndex()
+    events = [make_event("page_viewed") for _ in range(count)]
+    sequences = [n + 1 if n < jump_at else n + 10 for n in range(count)]
+    for event, sequence in zip(events, sequences, strict=True):
+        seen.remember(Decision("p1", sequence, "v1", event))
+        seen.remember(Decision("p1", sequence + 100, "v1", event))  # the first one wins
+    assert len(seen) == count
+    assert "p1" in seen.sequenced and "p1" not in seen.persons
+    for event, sequence in zip(events, sequences, strict=True):
+        entry = seen.get("p1", event.event_id)
+        assert entry is not None and entry.sequence == sequence
+        assert entry.digest == fingerprint(body(event))
+    assert seen.get("p1", "never") is None
+
+
+def test_a_person_whose_sequences_count_up_keeps_two_digests_an_event(make_event):
+    seen = SeenIndex()
+    for n in range(1, 6):
+        seen.remember(Decision("p1", n, "v1", make_event("page_viewed")))
+    assert len(seen.persons["p1"]) == 5 * 2 * DIGEST_SIZE and not seen.sequenced
