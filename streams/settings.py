@@ -2,6 +2,10 @@
 
 Secrets (the API tokens, SASL password) come only from the environment and are never printed:
 they are `SecretStr`, so a logged settings object shows `**********`.
+
+May import (one arrow each, `tests/unit/test_layers.py`): `streams.kafka.topics` (the topic
+names), `streams.web.access` (tokens), `streams.kafka.keys` (master keys) and, lazily,
+`streams.internals` (client options forbid topic auto-creation first).
 """
 
 from __future__ import annotations
