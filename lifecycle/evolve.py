@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from lifecycle.records import Merged, Reason
 from lifecycle.shredding import WITHHELD
 from lifecycle.stages import higher
-from lifecycle.state import PersonState
+from lifecycle.state import PersonState, enter
 
 
 class Applied(Protocol):
@@ -50,18 +50,16 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
     state.sequence = decision.sequence
     changes = decision.changes
     if changes:  # most events move no one: skip the loop and its checks
-        entered = state.entered_at  # a fresh dict (held packed): assigned back once
         for change in changes:
             state.stage = change.to_stage
             for stage in change.passed_through:
-                entered[stage] = change.occurred_at
+                enter(state, stage, change.occurred_at)  # entered_at[stage] = …, held packed
                 state.highest = higher(state.highest, stage)
-            entered[change.to_stage] = change.occurred_at
+            enter(state, change.to_stage, change.occurred_at)
             state.highest = higher(state.highest, change.to_stage)
             if change.to_stage in state.sla_breached:
                 state.sla_breached = tuple(s for s in state.sla_breached if s != change.to_stage)
             state.last_reason = Reason.shared(change.reason)
-        state.entered_at = entered
     elif decision.note is not None:
         state.last_reason = Reason.shared(decision.note)
     if decision.sla_breaches:

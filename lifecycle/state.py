@@ -146,7 +146,7 @@ _EMPTY = b""
 
 
 def pack_profile(profile: dict[str, Any]) -> bytes:
-    """The profile as bytes: its values as a JSON list after the number of its key order (or
+    """The profile as bytes: its values as a JSON list, then the number of its key order (or
     the dict as JSON, past `MAX_ORDERS`); equal to the dict again through `unpack_profile`,
     key order included (a state's JSON lists the profile keys as they came)."""
     if not profile:
@@ -156,7 +156,7 @@ def pack_profile(profile: dict[str, Any]) -> bytes:
     if number is None and len(_ORDERS) < MAX_ORDERS:
         number = _ORDER[keys] = len(_ORDERS)
         _ORDERS.append(keys)
-    packed = orjson.dumps(profile if number is None else [number, *profile.values()])
+    packed = orjson.dumps(profile if number is None else [*profile.values(), number])
     return bytes(memoryview(packed))  # exact size: orjson's bytes keep a ~4 KB buffer
 
 
@@ -166,7 +166,7 @@ def unpack_profile(packed: bytes) -> dict[str, Any]:
     data = orjson.loads(packed)
     if type(data) is dict:
         return data
-    return dict(zip(_ORDERS[data[0]], data[1:], strict=True))
+    return dict(zip(_ORDERS[data.pop()], data, strict=True))
 
 
 # -- the stage entry times, packed --------------------------------------------------------
@@ -201,8 +201,51 @@ def unpack_entered(packed: bytes) -> dict[str, datetime]:
     return {STAGES[n]: _EPOCH + micros * _MICROSECOND for n, micros in _ENTRY.iter_unpack(packed)}
 
 
+def _entry_at(packed: bytes, stage: str) -> int:
+    """The offset of `stage`'s entry in packed entry times, or -1."""
+    number = _STAGE_NUMBER.get(stage)
+    if number is None:
+        return -1
+    size = _ENTRY.size
+    for at in range(0, len(packed), size):
+        if packed[at] == number:
+            return at
+    return -1
+
+
+def entered(state: PersonState, stage: str) -> datetime | None:
+    """`state.entered_at.get(stage)` without building the dict (the SLA check, per event)."""
+    packed = _entered_slot.__get__(state, PersonState)
+    if packed[:1] == b"{":
+        return unpack_entered(packed).get(stage)
+    at = _entry_at(packed, stage)
+    if at == -1:
+        return None
+    return _EPOCH + _ENTRY.unpack_from(packed, at)[1] * _MICROSECOND
+
+
+def enter(state: PersonState, stage: str, when: datetime) -> None:
+    """`state.entered_at[stage] = when`, on the packed bytes (evolve, per change): the entry
+    replaced where it is (a dict keeps a key's place), or added at the end."""
+    packed = _entered_slot.__get__(state, PersonState)
+    number = _STAGE_NUMBER.get(stage)
+    if packed[:1] == b"{" or number is None or type(when) is not datetime or when.tzinfo is not UTC:
+        state.entered_at = {**state.entered_at, stage: when}
+        return
+    entry = _ENTRY.pack(number, (when - _EPOCH) // _MICROSECOND)
+    at = _entry_at(packed, stage)
+    if at == -1:
+        packed += entry
+    else:
+        packed = packed[:at] + entry + packed[at + _ENTRY.size :]
+    _entered_slot.__set__(state, packed)
+
+
 # The dataclass's `profile` and `entered_at` slots hold the packed bytes; the attributes read
 # and assign dicts (the generated __init__, __eq__, __repr__ and pickling go through them).
+_entered_slot = PersonState.entered_at  # type: ignore[attr-defined]
+
+
 def _packed(name: str, pack: Any, unpack: Any) -> property:
     slot = getattr(PersonState, name)
     get, put = slot.__get__, slot.__set__

@@ -16,6 +16,8 @@ from lifecycle import state as state_module
 from lifecycle.stages import STAGES
 from lifecycle.state import (
     PersonState,
+    enter,
+    entered,
     pack_entered,
     pack_profile,
     unpack_entered,
@@ -89,3 +91,25 @@ def test_entry_times_of_another_kind_are_packed_as_json_and_read_back_exactly(
     assert back == entered and orjson.dumps(back) == orjson.dumps(entered)
     state = PersonState("p1", entered_at=entered)
     assert state.entered_at == entered
+
+
+any_instants = st.one_of(
+    instants,
+    st.datetimes(timezones=st.just(timezone(timedelta(hours=-5)))),  # falls back to JSON
+)
+
+
+@given(st.lists(st.tuples(st.sampled_from(STAGES), any_instants), max_size=12))
+def test_entering_stages_on_the_packed_times_is_assigning_into_the_dict(
+    steps: list[tuple[str, datetime]],
+) -> None:
+    """`enter` (evolve's per-change path) and `entered` (the SLA check) agree with a dict."""
+    state, expected = PersonState("p1"), {}
+    for stage, at in steps:
+        enter(state, stage, at)
+        expected[stage] = at
+        assert entered(state, stage) == at
+    back = state.entered_at
+    assert back == expected and list(back) == list(expected)
+    assert orjson.dumps(back) == orjson.dumps(expected)
+    assert all(entered(state, s) == expected.get(s) for s in STAGES)
