@@ -385,8 +385,15 @@ class SeenIndex:
         digest = digest_of(event) if content is None else fingerprint(content)
         sequence = decision.sequence
         if size == _NUMBERED:
-            if sequence == (0 if entries is None else len(entries) // _NUMBERED) + 1:
-                self.persons[person] = self._grown(person, entries, named + digest, size)
+            if entries is None and sequence == 1:  # a person's first event: most persons once
+                self.persons[person] = named + digest
+                self._kept(decision, person, event_id)
+                return
+            if entries is not None and sequence == len(entries) // _NUMBERED + 1:
+                if len(entries) < _GROWN_AFTER * _NUMBERED:  # `_grown`, inline: per event
+                    self.persons[person] = b"".join((entries, named, digest))
+                else:
+                    self.persons[person] = self._grown(person, entries, named + digest, size)
                 self._kept(decision, person, event_id)
                 return
             entries = self._sequence(person, entries)  # the rare person: sequences kept
@@ -427,7 +434,7 @@ class SeenIndex:
     def _kept(self, decision: Applied, person: str, event_id: str) -> None:
         self.count += 1
         changes = decision.changes
-        if changes:
+        if changes:  # one event in eight or so
             if type(changes) is not tuple or any(type(c) is not StageChange for c in changes):
                 changes = tuple(StageChange.of(c) for c in changes)  # from history records
             self.changes.put(person, event_id, changes)
