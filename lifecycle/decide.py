@@ -31,6 +31,7 @@ from lifecycle.policy import Policy
 from lifecycle.records import Decision, Reason, SlaBreach, StageChange
 from lifecycle.stages import passed_through
 from lifecycle.state import PersonState
+from lifecycle.state import entered as entered_at
 from lifecycle.temperature import temperature
 
 _ERASED = EventType.PERSON_ERASED.value
@@ -180,7 +181,7 @@ _IDENTITY = {merge.MERGED: merge.merge, merge.ABSORBED: merge.absorb}
 
 def _sla_breaches(state: PersonState, event: Event, days: float) -> tuple[SlaBreach, ...]:
     """The current stage's SLA, if this event arrives after it was due."""
-    entered = state.entered_at.get(state.stage)
+    entered = entered_at(state, state.stage)  # `state.entered_at.get(…)`, held packed
     if entered is None:
         return ()
     due = entered + timedelta(days=days)

@@ -27,13 +27,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
 
 from events.inbound import Event, EventType
 from lifecycle.evolve import Applied
-from lifecycle.records import Decision, StageChange
+from lifecycle.records import Decision, Reason, StageChange
 
 #: Bytes of BLAKE2b kept per applied event (a collision needs ~2^64 events of one person).
 DIGEST_SIZE = 16
@@ -175,13 +176,15 @@ def unpack(value: bytes) -> Seen:
 
 
 #: One applied event in `SeenIndex`: 16 bytes naming the event id, the content digest, the
-#: history sequence (8 bytes, big-endian).
+#: history sequence (8 bytes, big-endian) ...
 _ENTRY = 2 * DIGEST_SIZE + _SEQUENCE_SIZE
+#: ... or, for a person whose n-th applied event got sequence n (nearly everyone: only a
+#: replay started from given states or an odd history breaks it), the two digests alone.
+_NUMBERED = 2 * DIGEST_SIZE
 #: Events of one person beyond which `SeenIndex` finds an id through a dict, not a scan.
 INDEXED_AFTER = 256
-_SCANNED = INDEXED_AFTER * _ENTRY
-#: Bytes of entries (64 events) from which a person's grow in place (a bytearray), not by copy.
-_GROWN = 64 * _ENTRY
+#: Events of one person from which their entries grow in place (a bytearray), not by copy.
+_GROWN_AFTER = 64
 
 
 def _id_digest(event_id: str) -> bytes:
@@ -194,22 +197,114 @@ def _id_digest(event_id: str) -> bytes:
     return h.digest()
 
 
-class SeenIndex:
-    """Every applied event of a replay, in memory: 40 bytes per event, ~460 more per change.
+class KeptChanges:
+    """The changes of the events that moved someone, packed to re-emit on a redelivery.
 
-    Per person, one growing byte string of fixed-size entries (the event id's BLAKE2b, the
-    content digest, the sequence): no Python object per event, where a dict entry of packed
-    bytes cost ~145 bytes. An event id is told from another of the same person by its 16-byte
-    BLAKE2b, as content is (a false match needs a 128-bit collision, ~2^64 ids of one person);
-    nothing is forgotten, however old. The changes of the few events that moved someone are
-    kept as records beside, so a duplicate re-emits the very same objects.
+    One byte string per event (~100 bytes a change, where the records cost ~500): the
+    values of each change in field order, as JSON, with the strings that recur (stages, rule
+    names and sentences, sources, temperatures, the policy version) as numbers into one table
+    of words, and a change id, person id or event id that the store key and the change's
+    place imply left out. `get` builds records equal, field by field, to the ones kept, so a
+    duplicate prints the very same bytes (`tests/unit/test_seen_index.py`).
     """
 
-    __slots__ = ("_missed", "_named", "changes", "count", "indexed", "persons")
+    __slots__ = ("_number", "_packed", "_words")
 
     def __init__(self) -> None:
+        self._packed: dict[bytes, bytes] = {}
+        self._words: list[str | None] = []
+        self._number: dict[str | None, int] = {}
+
+    def _word(self, text: str | None) -> int:
+        number = self._number.get(text)
+        if number is None:
+            number = self._number[text] = len(self._words)
+            self._words.append(text)
+        return number
+
+    def put(self, person_id: str, event_id: str, changes: tuple[StageChange, ...]) -> None:
+        word = self._word
+        rows = []
+        for n, c in enumerate(changes):
+            derived = c.change_id == f"{c.person_id}:{c.sequence}:{n}"
+            rows.append(
+                (
+                    None if derived else c.change_id,
+                    None if c.person_id == person_id else c.person_id,
+                    c.sequence,
+                    word(c.from_stage),
+                    word(c.to_stage),
+                    [word(stage) for stage in c.passed_through],
+                    c.occurred_at,
+                    None if c.event_id == event_id else c.event_id,
+                    word(c.reason.rule),
+                    word(c.reason.text),
+                    word(c.lead_source),
+                    word(c.first_touch_source),
+                    word(c.temperature),
+                    word(c.policy_version),
+                    word(c.last_touch_source),
+                    c.touches,
+                    c.merged,
+                )
+            )
+        # copied: orjson's bytes keep the room of its output buffer (~4 KB), not their size
+        self._packed[key(person_id, event_id)] = bytes(memoryview(orjson.dumps(rows)))
+
+    def get(self, person_id: str, event_id: str) -> tuple[StageChange, ...]:
+        packed = self._packed.get(key(person_id, event_id))
+        if packed is None:
+            return ()
+        words, parse = self._words, datetime.fromisoformat
+        changes = []
+        for n, row in enumerate(orjson.loads(packed)):
+            (change_id, person, sequence, before, after, passed, at, event, rule, text) = row[:10]
+            person = person_id if person is None else person
+            changes.append(
+                StageChange(
+                    f"{person}:{sequence}:{n}" if change_id is None else change_id,
+                    person,
+                    sequence,
+                    words[before],
+                    words[after],
+                    tuple(words[stage] for stage in passed),
+                    parse(at),
+                    event_id if event is None else event,
+                    Reason(words[rule], words[text]),
+                    *(words[w] for w in row[10:13]),
+                    words[row[13]],
+                    words[row[14]],
+                    row[15],
+                    merged=tuple(row[16]),
+                )
+            )
+        return tuple(changes)
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+
+class SeenIndex:
+    """Every applied event of a replay, in memory: 32 bytes per event, ~200 more per change.
+
+    Per person, one growing byte string of fixed-size entries (the event id's BLAKE2b and the
+    content digest; the sequence is the entry's place, or for the rare person whose
+    sequences do not count 1, 2, 3 … a third field, in `sequenced`): no Python object per
+    event, where a dict entry of packed bytes cost ~145 bytes. An event id is told from
+    another of the same person by its 16-byte BLAKE2b, as content is (a false match needs a
+    128-bit collision, ~2^64 ids of one person); nothing is forgotten, however old. The
+    changes of the few events that moved someone are packed beside (`KeptChanges`), so a
+    duplicate re-emits the same changes.
+    """
+
+    __slots__ = ("_missed", "_named", "changes", "count", "indexed", "persons", "sequenced")
+
+    def __init__(self) -> None:
+        #: person -> entries of `_NUMBERED` bytes, the n-th with sequence n
         self.persons: dict[str, bytes | bytearray] = {}
-        self.changes: dict[bytes, tuple[StageChange, ...]] = {}
+        #: person -> entries of `_ENTRY` bytes, with their sequence
+        self.sequenced: dict[str, bytes | bytearray] = {}
+        self.changes = KeptChanges()
         #: persons with more than INDEXED_AFTER events: id digest -> offset (a scan of their
         #: entries per event would make a long history quadratic)
         self.indexed: dict[str, dict[bytes, int]] = {}
@@ -224,41 +319,47 @@ class SeenIndex:
             self._named = (event_id, named)
         return named
 
-    def _find(self, person_id: str, entries: bytes | bytearray, named: bytes) -> int:
+    def _find(self, person_id: str, entries: bytes | bytearray, named: bytes, size: int) -> int:
         """The offset of the entry for the id digest `named`, or -1 (a hit must be aligned)."""
-        if len(entries) > _SCANNED:
+        if len(entries) > INDEXED_AFTER * size:
             index = self.indexed.get(person_id)
             if index is None:
                 index = self.indexed[person_id] = {
-                    bytes(entries[at : at + DIGEST_SIZE]): at
-                    for at in range(0, len(entries), _ENTRY)
+                    bytes(entries[at : at + DIGEST_SIZE]): at for at in range(0, len(entries), size)
                 }
             return index.get(named, -1)
         at = entries.find(named)
-        while at != -1 and at % _ENTRY:
+        while at != -1 and at % size:
             at = entries.find(named, at + 1)
         return at
 
     def get(self, person_id: str, event_id: str) -> Seen | None:
         entries = self.persons.get(person_id)
+        size = _NUMBERED
+        if entries is None:
+            entries = self.sequenced.get(person_id) if self.sequenced else None
+            size = _ENTRY
         if entries is None:
             at = -1
-        elif len(entries) > _SCANNED:
-            at = self._find(person_id, entries, self._id(event_id))
+        elif size == _ENTRY or len(entries) > INDEXED_AFTER * _NUMBERED:
+            at = self._find(person_id, entries, self._id(event_id), size)
         else:  # `_find` and `_id`, inline: once per event
             last, named = self._named
             if event_id != last:
                 named = _id_digest(event_id)
                 self._named = (event_id, named)
             at = entries.find(named)
-            while at != -1 and at % _ENTRY:
+            while at != -1 and at % _NUMBERED:
                 at = entries.find(named, at + 1)
         if at == -1:
             self._missed = (person_id, event_id)
             return None
         digest = bytes(entries[at + DIGEST_SIZE : at + 2 * DIGEST_SIZE])
-        sequence = int.from_bytes(entries[at + 2 * DIGEST_SIZE : at + _ENTRY], "big")
-        return Seen(digest, sequence, self.changes.get(key(person_id, event_id), ()))
+        if size == _NUMBERED:
+            sequence = at // _NUMBERED + 1
+        else:
+            sequence = int.from_bytes(entries[at + 2 * DIGEST_SIZE : at + _ENTRY], "big")
+        return Seen(digest, sequence, self.changes.get(person_id, event_id))
 
     def remember(self, decision: Applied, content: Mapping[str, Any] | None = None) -> None:
         """Record an applied decision (never a duplicate); the first application wins.
@@ -270,37 +371,73 @@ class SeenIndex:
         event_id = event.event_id
         named = self._id(event_id)
         entries = self.persons.get(person)
+        size = _NUMBERED
+        if entries is None and self.sequenced:
+            entries = self.sequenced.get(person)
+            size = _NUMBERED if entries is None else _ENTRY
         if (
             entries is not None
             and self._missed != (person, event_id)
-            and self._find(person, entries, named) != -1
+            and self._find(person, entries, named, size) != -1
         ):
             return
         self._missed = None
         digest = digest_of(event) if content is None else fingerprint(content)
-        sequence = decision.sequence.to_bytes(_SEQUENCE_SIZE, "big")
+        sequence = decision.sequence
+        if size == _NUMBERED:
+            if entries is None and sequence == 1:  # a person's first event: most persons once
+                self.persons[person] = named + digest
+                self._kept(decision, person, event_id)
+                return
+            if entries is not None and sequence == len(entries) // _NUMBERED + 1:
+                if len(entries) < _GROWN_AFTER * _NUMBERED:  # `_grown`, inline: per event
+                    self.persons[person] = b"".join((entries, named, digest))
+                else:
+                    self.persons[person] = self._grown(person, entries, named + digest, size)
+                self._kept(decision, person, event_id)
+                return
+            entries = self._sequence(person, entries)  # the rare person: sequences kept
+        entry = named + digest + sequence.to_bytes(_SEQUENCE_SIZE, "big")
+        self.sequenced[person] = self._grown(person, entries, entry, _ENTRY)
+        self._kept(decision, person, event_id)
+
+    def _grown(
+        self, person: str, entries: bytes | bytearray | None, entry: bytes, size: int
+    ) -> bytes | bytearray:
+        """`entries` with `entry` at the end."""
         if entries is None:
-            self.persons[person] = b"".join((named, digest, sequence))
-        elif len(entries) < _GROWN:
+            return entry
+        if len(entries) < _GROWN_AFTER * size:
             # bytes, one block of the exact size, while short: ~60 bytes a person less than a
             # bytearray (its object, its buffer and the buffer's spare room); copied per event
-            self.persons[person] = b"".join((entries, named, digest, sequence))
-        else:
-            if type(entries) is bytes:  # a long history: grown in place from now on
-                entries = self.persons[person] = bytearray(entries)
-            if self.indexed:
-                index = self.indexed.get(person)
-                if index is not None:
-                    index[named] = len(entries)
-            entries += named
-            entries += digest
-            entries += sequence
+            return entries + entry
+        if type(entries) is bytes:  # a long history: grown in place from now on
+            entries = bytearray(entries)
+        if self.indexed:
+            index = self.indexed.get(person)
+            if index is not None:
+                index[entry[:DIGEST_SIZE]] = len(entries)
+        entries += entry
+        return entries
+
+    def _sequence(self, person: str, entries: bytes | bytearray | None) -> bytes | None:
+        """Move a person's entries to `sequenced`, each with the sequence its place implied."""
+        if entries is None:
+            return None
+        del self.persons[person]
+        self.indexed.pop(person, None)  # offsets of the old layout
+        return b"".join(
+            entries[at : at + _NUMBERED] + (at // _NUMBERED + 1).to_bytes(_SEQUENCE_SIZE, "big")
+            for at in range(0, len(entries), _NUMBERED)
+        )
+
+    def _kept(self, decision: Applied, person: str, event_id: str) -> None:
         self.count += 1
         changes = decision.changes
-        if changes:
+        if changes:  # one event in eight or so
             if type(changes) is not tuple or any(type(c) is not StageChange for c in changes):
                 changes = tuple(StageChange.of(c) for c in changes)  # from history records
-            self.changes[key(person, event.event_id)] = changes
+            self.changes.put(person, event_id, changes)
 
     def __len__(self) -> int:
         return self.count

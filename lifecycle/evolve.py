@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from lifecycle.records import Merged, Reason
 from lifecycle.shredding import WITHHELD
 from lifecycle.stages import higher
-from lifecycle.state import PersonState
+from lifecycle.state import PersonState, enter
 
 
 class Applied(Protocol):
@@ -53,15 +53,15 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
         for change in changes:
             state.stage = change.to_stage
             for stage in change.passed_through:
-                state.entered_at[stage] = change.occurred_at
+                enter(state, stage, change.occurred_at)  # entered_at[stage] = …, held packed
                 state.highest = higher(state.highest, stage)
-            state.entered_at[change.to_stage] = change.occurred_at
+            enter(state, change.to_stage, change.occurred_at)
             state.highest = higher(state.highest, change.to_stage)
             if change.to_stage in state.sla_breached:
                 state.sla_breached = tuple(s for s in state.sla_breached if s != change.to_stage)
-            state.last_reason = Reason.of(change.reason)
+            state.last_reason = Reason.shared(change.reason)
     elif decision.note is not None:
-        state.last_reason = Reason.of(decision.note)
+        state.last_reason = Reason.shared(decision.note)
     if decision.sla_breaches:
         state.sla_breached += tuple(b.stage for b in decision.sla_breaches)
     state.last_activity = decision.last_activity

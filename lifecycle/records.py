@@ -38,6 +38,25 @@ class Reason:
         """The domain record of a reason read back from history (an `events.outbound.Reason`)."""
         return reason if type(reason) is cls else cls(reason.rule, reason.text)
 
+    @classmethod
+    def shared(cls, reason: Any) -> Reason:
+        """One record for each (rule, sentence) a state keeps (`last_reason`): a replay keeps
+        one per person, ~50 bytes each, and the same few recur. Reasons are never changed in
+        place. At most `SHARED_REASONS` are held (sentences quoting personal data are unique:
+        a long-running worker must not keep them all); past that a reason is kept as given."""
+        reason = cls.of(reason)
+        known = _SHARED.get((reason.rule, reason.text))
+        if known is not None:
+            return known
+        if len(_SHARED) < SHARED_REASONS:
+            _SHARED[reason.rule, reason.text] = reason
+        return reason
+
+
+#: How many distinct reasons `Reason.shared` holds.
+SHARED_REASONS = 4096
+_SHARED: dict[tuple[str, str], Reason] = {}
+
 
 @dataclass(slots=True)
 class StageChange:

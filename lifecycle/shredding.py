@@ -31,8 +31,6 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from events.inbound import Event, Profile
 from lifecycle.records import Reason, StageChange
@@ -57,6 +55,10 @@ class DataKey:
     def __init__(self, raw: bytes) -> None:
         if len(raw) != KEY_SIZE:
             raise ValueError(f"a data key is {KEY_SIZE} bytes, not {len(raw)}")
+        # imported with the first key, not the module: a replay of a file without sealed fields
+        # never opens one, and cryptography's bindings cost ~8 MB of RSS at start (issue 13)
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self.raw = raw
         self._aead = AESGCM(raw)
         self._nonce_key = hmac.new(raw, b"leadflow nonce", hashlib.sha256).digest()
@@ -71,6 +73,8 @@ class DataKey:
         """The plaintext; ValueError if the token was not sealed by this key for `person`."""
         if not token.startswith(_PREFIX):
             raise ValueError("not a sealed value")
+        from cryptography.exceptions import InvalidTag
+
         sealed = base64.urlsafe_b64decode(token[len(_PREFIX) :])
         try:
             return self._aead.decrypt(sealed[:12], sealed[12:], person.encode())

@@ -2,6 +2,10 @@
 
 Secrets (the API tokens, SASL password) come only from the environment and are never printed:
 they are `SecretStr`, so a logged settings object shows `**********`.
+
+May import (one arrow each, `tests/unit/test_layers.py`): `streams.kafka.topics` (the topic
+names), `streams.web.access` (tokens), `streams.kafka.keys` (master keys) and, lazily,
+`streams.internals` (client options forbid topic auto-creation first).
 """
 
 from __future__ import annotations
@@ -115,7 +119,15 @@ class Settings(BaseSettings):
         return ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
 
     def aiokafka_kwargs(self) -> dict[str, Any]:
-        """Connection settings for any aiokafka client (producer, consumer, admin)."""
+        """Connection settings for any aiokafka client (producer, consumer, admin).
+
+        Every client of ours is configured here, so this is where the process first forbids
+        topic auto-creation (`streams.internals.forbid_auto_creation`): imported here rather
+        than by the CLI at start, a command that never talks to a broker (replay on a file)
+        loads neither Faust nor aiokafka (issue 13)."""
+        from streams.internals import forbid_auto_creation
+
+        forbid_auto_creation()
         kwargs: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap,
             "security_protocol": self.security_protocol,

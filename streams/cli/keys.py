@@ -20,8 +20,6 @@ import asyncio
 from typing import Annotated
 
 import typer
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from rich.console import Console
 
 from streams.kafka.keys import (
@@ -31,7 +29,6 @@ from streams.kafka.keys import (
     generate_master_key,
     read_keys,
 )
-from streams.kafka.readers import iter_to_end
 from streams.settings import Settings
 
 out = Console()
@@ -77,6 +74,10 @@ def rewrap(
 
 
 async def _rewrap(settings: Settings, master: MasterKeys) -> tuple[int, int]:
+    from aiokafka import AIOKafkaProducer
+
+    from streams.kafka.readers import iter_to_end
+
     topic, options = settings.topics.keys, settings.aiokafka_kwargs()
     ring = await read_keys(settings.bootstrap, topic, master, client_options=options)
     partition_of: dict[str, int] = {}
@@ -108,6 +109,8 @@ def seal_history_command(
     topic_prefix: Annotated[str, typer.Option(help="topic name prefix")] = "",
 ) -> None:
     """Seal a history written before crypto-shredding (run once, with the workers stopped)."""
+    from aiokafka.errors import KafkaError
+
     from streams.tools.seal_history import SealHistoryError, seal_history
 
     settings, master = _settings(broker, topic_prefix)

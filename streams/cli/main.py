@@ -24,7 +24,6 @@ from streams.cli import (
     tools,
     worker,
 )
-from streams.internals import forbid_auto_creation
 
 app = typer.Typer(
     name="leadflow",
@@ -38,6 +37,7 @@ for group in (offline, policy, worker, send, tools, dev, imports, analytics, key
 
 
 def main() -> None:
-    """The `leadflow` script: no client of ours ever asks the broker to create a topic."""
-    forbid_auto_creation()
+    """The `leadflow` script. No client of ours ever asks the broker to create a topic: each
+    is configured by `Settings.aiokafka_kwargs()`, which forbids it first; a command that
+    only reads files never imports Faust or aiokafka."""
     app()

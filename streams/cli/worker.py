@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from events.codec import describe_validation_error
@@ -99,6 +98,8 @@ def worker(
     except PolicyError as error:
         typer.echo(f"leadflow worker: {error}", err=True)
         raise typer.Exit(2) from None
+
+    from aiokafka.errors import KafkaError
 
     from streams.kafka.exactly_once import TransactionsUnsupported
     from streams.kafka.keys import MasterKeyError, MasterKeys

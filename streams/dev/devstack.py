@@ -214,7 +214,11 @@ class DevStack:
     async def create_topics(self) -> tuple[str, ...]:
         assert self.settings is not None
         s = self.settings
-        result = await ensure_topics(self.broker.bootstrap, topic_specs(s.topics, s.partitions))
+        result = await ensure_topics(
+            self.broker.bootstrap,
+            topic_specs(s.topics, s.partitions),
+            client_options=s.aiokafka_kwargs(),  # as every client: no auto-creation
+        )
         return result.created + result.existing
 
     def start_worker(self, command: list[str] | None = None) -> ChildProcess:

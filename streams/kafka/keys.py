@@ -28,8 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from lifecycle.shredding import KEY_SIZE, DataKey, seal_personal
 
@@ -119,6 +117,8 @@ class MasterKeys:
 
     def wrap(self, person: str, key: DataKey) -> bytes:
         """The keys-topic value of `person`'s data key, wrapped by the current master key."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # not at start (issue 13)
+
         nonce = secrets.token_bytes(12)
         sealed = AESGCM(self.keys[self.current]).encrypt(nonce, key.raw, person.encode())
         # The JSON orjson writes for {"kid": …, "key": …}, built by concatenation: orjson's
@@ -130,6 +130,9 @@ class MasterKeys:
 
     def unwrap(self, person: str, value: bytes) -> tuple[DataKey, str]:
         """The data key and the id of the master key that wrapped it."""
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         try:
             data = orjson.loads(value)
             kid, sealed = data["kid"], base64.b64decode(data["key"])

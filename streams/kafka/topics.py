@@ -13,11 +13,10 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import for_code
+if TYPE_CHECKING:
+    from aiokafka.admin import AIOKafkaAdminClient
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +204,11 @@ async def ensure_topics(
     producing right after this returns does not race topic creation on Kafka.
     ``client_options`` are extra aiokafka client settings (security: ``aiokafka_kwargs()``).
     """
+    # aiokafka is imported here, not with the module: the settings import the topic names, and
+    # the offline commands (replay on a file) must not pay for a Kafka client (issue 13).
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import for_code
+
     specs = [TopicSpec(*s) for s in spec]
     if not specs:
         return EnsureResult((), ())
@@ -261,6 +265,8 @@ async def _check_existing(
     no configs on *any* Metadata request naming it; Kafka does so when
     ``auto.create.topics.enable`` is on.
     """
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
     problems: list[str] = []
     for s in specs:
         have = len(described[s.name]["partitions"])
