@@ -27,6 +27,7 @@ import faust
 import faust.app.base
 import faust.streams
 import faust.tables.base
+import faust.tables.recovery
 import faust.tables.table
 import faust.transport.consumer
 import faust.transport.drivers.aiokafka
@@ -137,6 +138,13 @@ MIRRORED = [
         faust.transport.consumer.Consumer._new_offset,
         "(self, tp: faust.types.tuples.TP) -> Optional[int]",
         "1d2c7ea89a7ad4f1",
+    ),
+    Mirrored(
+        "Batcher drops what its seek delivers twice (events resumed before perform_seek, "
+        "with the app's flow already running)",
+        faust.tables.recovery.Recovery.on_recovery_completed,
+        "(self, generation_id: int = 0) -> None",
+        "6ef567acf072e46d",
     ),
     Mirrored(
         "IdempotentProducer overrides it (idempotence only under transactions upstream)",
