@@ -170,6 +170,48 @@ async def test_exactly_once_two_workers_each_killed_apply_nothing_twice(
         raise AssertionError(f"{outcome.duplicates} repeated change ids read_committed:\n{detail}")
 
 
+async def test_a_new_producer_of_a_transactional_id_reads_what_its_last_commit_wrote(
+    broker, make_topics
+):
+    """What `streams.worker.assignment.restart_producers` relies on: right after
+    `commit_transaction` returns, an OffsetFetch (aiokafka sends no `require_stable`) may
+    still answer the offsets from before the commit, but once a new producer of the same
+    transactional id has its producer id, the commit is complete: its offsets are what the
+    group reads and its records are below the last stable offset."""
+    names = await make_topics(partitions=1)
+    group, tid = f"{names.events}-group", f"{names.events}-tid"
+    source, out = TopicPartition(names.events, 0), TopicPartition(names.history, 0)
+    reader = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group)
+    committed_reader = AIOKafkaConsumer(
+        bootstrap_servers=broker.bootstrap, isolation_level="read_committed"
+    )
+    raw_reader = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id=tid)
+    for client in (reader, committed_reader, raw_reader, producer):
+        await client.start()
+    stale_right_after, rounds = 0, 20
+    try:
+        for n in range(1, rounds + 1):
+            await producer.begin_transaction()
+            await producer.send_and_wait(out.topic, b"x", partition=0)
+            await producer.send_offsets_to_transaction({source: n}, group)
+            await producer.commit_transaction()
+            stale_right_after += await reader.committed(source) != n
+            await producer.stop()  # what the revoke does now
+            producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id=tid)
+            await producer.start()
+            await producer.begin_transaction()  # waits for InitProducerId, as Faust's does
+            assert await reader.committed(source) == n, f"round {n}: offsets still stale"
+            stable = (await committed_reader.end_offsets([out]))[out]
+            end = (await raw_reader.end_offsets([out]))[out]
+            assert stable == end, f"round {n}: last stable offset {stable}, end {end}"
+            await producer.abort_transaction()
+    finally:
+        for client in (reader, committed_reader, raw_reader, producer):
+            await client.stop()
+    print(f"\nstale offsets right after commit_transaction: {stale_right_after} of {rounds}")
+
+
 async def _reemissions(bootstrap: str, names: TopicNames) -> int:
     """Stage changes re-emitted because upstream sent an event id again: per redelivery, the
     changes its first delivery produced."""

@@ -147,6 +147,19 @@ MIRRORED = [
         "6ef567acf072e46d",
     ),
     Mirrored(
+        "restart_producers stops producers through it (pops and stops, no abort)",
+        faust.transport.drivers.aiokafka.Producer.stop_transaction,
+        "(self, transactional_id: str) -> None",
+        "ba24cb80581302aa",
+    ),
+    Mirrored(
+        "restart_producers relies on it starting a producer for every assigned partition",
+        faust.transport.consumer.TransactionManager.on_rebalance,
+        "(self, assigned: Set[faust.types.tuples.TP], revoked: Set[faust.types.tuples.TP], "
+        "newly_assigned: Set[faust.types.tuples.TP]) -> None",
+        "2c190b35003af25c",
+    ),
+    Mirrored(
         "IdempotentProducer overrides it (idempotence only under transactions upstream)",
         faust.transport.drivers.aiokafka.Producer._settings_extra,
         "(self) -> Mapping[str, Any]",
