@@ -127,13 +127,14 @@ async def restart_producers(app: faust.App, partitions: set[int]) -> None:
     Faust's revoke commits a partition's transaction, and aiokafka's `commit_transaction`
     returns once the broker has prepared the commit, before the commit is complete: an
     OffsetFetch then (aiokafka sends no `require_stable`) may still return the offsets from
-    before it, and a `read_committed` read stop before its records (measured on Kafka 4.x:
-    93 of 300 OffsetFetches right after a commit returned, 28 of 300 last stable offsets
-    behind). Another worker taking the partition over is safe, because its new producer's
-    InitProducerId is answered only once the previous transaction of that id is complete
-    (0 of 6 stale after it). A worker keeping the partition kept its producer and had no such
-    wait before its history recovery and its seek to the committed offsets; now every
-    partition's producer starts anew. `Producer.stop_transaction` is how Faust stops the
+    before it, and a `read_committed` reader stop before its records (measured on Kafka
+    4.3.1: 93 of 300 OffsetFetches right after a commit returned were stale, 28 of 300 last
+    stable offsets behind). Another worker taking the partition over is safe, because its
+    new producer's InitProducerId is answered only once the previous transaction of that id
+    is complete (none stale after it: `tests/faults/test_kafka.py`, and aiokafka retries
+    `ConcurrentTransactions` in `InitPIDHandler`). A worker keeping the partition kept its
+    producer and had no such wait before its history recovery and its seek to the committed
+    offsets; now every partition's producer starts anew. `Producer.stop_transaction` is how Faust stops the
     producers of partitions it loses (`TransactionManager.on_rebalance`, faust-streaming
     0.15.3).
     """

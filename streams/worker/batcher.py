@@ -101,7 +101,7 @@ class Batcher:
         self.dropped = 0
         #: messages dropped because this generation already took their offset
         self.repeats = 0
-        #: generation -> partition -> the highest offset taken for processing
+        #: (generation, partition -> the highest offset taken for processing in it)
         self._taken: tuple[int | None, dict[int, int]] = (None, {})
 
     async def run(self) -> None:
