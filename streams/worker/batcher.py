@@ -84,7 +84,10 @@ class Batcher:
     redeliveries that re-emit their stage changes, and with `--exactly-once` those are
     committed a second time (issue 10: found on Kafka with the seek slowed down, 112 repeated
     change ids read_committed; CI once saw 236). The first copy was processed in this
-    generation, and is acked (and committed) as any other message, so nothing is lost.
+    generation, and is acked (and committed) as any other message, so nothing is lost: within
+    a generation nothing taken is rolled back (transactions are aborted only at a revoke, a
+    failed delivery or commit stops the worker). Code that aborts and goes on within a
+    generation must forget the partition's entry in `_taken`, or its records are skipped.
     """
 
     def __init__(
