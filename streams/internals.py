@@ -114,6 +114,13 @@ def parse_transactional_id(app_id: str, tid: str) -> int | None:
 
 
 # Reads `faust.transport.drivers.aiokafka.Producer._transaction_producers` (the class-level
+# dict `begin_transaction` fills and `stop_transaction` empties, faust-streaming 0.15.3).
+def transactional_ids(producer: Any) -> list[str]:
+    """Transactional ids of Faust's running transactional producers."""
+    return list(getattr(producer, "_transaction_producers", {}))
+
+
+# Reads `faust.transport.drivers.aiokafka.Producer._transaction_producers` (the class-level
 # dict `begin_transaction` fills, faust-streaming 0.15.3) and aiokafka's
 # `AIOKafkaProducer._txn_manager.is_in_transaction()` (aiokafka 0.14.0).
 def open_transactions(producer: Any) -> list[str]:

@@ -72,6 +72,22 @@ class Batcher:
     before a rebalance, are dropped without an ack: Faust seeks back to the committed offset
     after the rebalance and delivers them again to whoever owns them then. Messages taken
     while the app's flow is suspended wait for it (see `run`).
+
+    A message at or below the highest offset of its partition already taken in this
+    generation is dropped too (`repeats`): Faust delivers a partition's records twice when
+    it fetches them before its own seek to the committed offsets, which ends each assignment
+    (`faust.tables.recovery.Recovery.on_recovery_completed`, faust-streaming 0.15.3: the
+    events partitions are resumed, and the app's flow already runs, while
+    `Consumer.perform_seek` awaits one OffsetFetch per assigned partition; the seek then
+    sends the fetcher back to what it had fetched, and resets `_read_offset`, so Faust's own
+    check of already-read offsets lets the copies through). Processed again, the copies are
+    redeliveries that re-emit their stage changes, and with `--exactly-once` those are
+    committed a second time (issue 10: found on Kafka with the seek slowed down, 112 repeated
+    change ids read_committed; CI once saw 236). The first copy was processed in this
+    generation, and is acked (and committed) as any other message, so nothing is lost: within
+    a generation nothing taken is rolled back (transactions are aborted only at a revoke, a
+    failed delivery or commit stops the worker). Code that aborts and goes on within a
+    generation must forget the partition's entry in `_taken`, or its records are skipped.
     """
 
     def __init__(
@@ -86,6 +102,10 @@ class Batcher:
         self.size = size
         self.acks = AckAfterDelivery(app)
         self.dropped = 0
+        #: messages dropped because this generation already took their offset
+        self.repeats = 0
+        #: (generation, partition -> the highest offset taken for processing in it)
+        self._taken: tuple[int | None, dict[int, int]] = (None, {})
 
     async def run(self) -> None:
         get, size, flow = self.feed.get, self.size, self.app.flow_control
@@ -94,11 +114,12 @@ class Batcher:
             if not flow.is_active():
                 # After a rebalance Faust resumes the events partitions (the consumer's flow
                 # may already run, for the table restore), seeks them to the committed
-                # offsets, and only then resumes the app's flow: what the consumer fetched
-                # meanwhile belongs to the current assignment, and dropping it would skip it
-                # (nothing seeks back once the flow runs; Faust even takes the skipped offsets
-                # for a gap it may commit over). So wait for the flow; if a rebalance comes
-                # first, the generation changes and `_live` drops them.
+                # offsets, and resumes the app's flow: what the consumer fetched meanwhile
+                # belongs to the current assignment, and dropping it would skip it (nothing
+                # seeks back once the flow runs; Faust even takes the skipped offsets for a
+                # gap it may commit over). So wait for the flow; if a rebalance comes first,
+                # the generation changes and `_live` drops them. (The app's flow often runs
+                # before that seek already: `_live` drops what the seek delivers twice.)
                 await flow.acquire()
             live = self._live(messages)
             self.dropped += len(messages) - len(live)
@@ -110,7 +131,28 @@ class Batcher:
         if not app.flow_control.is_active():
             return []
         generation, owned = app.consumer_generation_id, self.lifecycle.owned
-        live = [m for m in messages if m.generation_id == generation and m.partition in owned]
+        taken_in, taken = self._taken
+        if taken_in != generation:
+            taken = {}
+            self._taken = (generation, taken)
+        live, repeats = [], 0
+        for m in messages:
+            if m.generation_id != generation or m.partition not in owned:
+                continue
+            last = taken.get(m.partition)
+            if last is not None and m.offset <= last:
+                repeats += 1  # fetched again in this generation: processed once already
+                continue
+            taken[m.partition] = m.offset
+            live.append(m)
+        if repeats:
+            self.repeats += repeats
+            log.info(
+                "dropped %d records fetched again in generation %s (Faust's seek to the "
+                "committed offsets came after they were fetched; each was processed once)",
+                repeats,
+                generation,
+            )
         track = app.consumer.track_message
         for message in live:
             message.tracked = True  # what Faust's stream does before `track_message`

@@ -279,3 +279,53 @@ async def test_messages_held_across_a_rebalance_are_dropped_for_the_next_seek() 
         await asyncio.sleep(0)
     task.cancel()
     assert processed == [] and a.consumer.acked == [] and b.dropped == 3
+
+
+async def run_batcher(a: Any, lists: list[list[Message]], processed: list[int]) -> Batcher:
+    """Feed `lists` to a batcher one at a time (each after the previous is processed)."""
+    recorder = Recorder(processed)
+    recorder.owned = {0, 1}
+    b = Batcher(a, Feed({"events"}), recorder, size=10)  # type: ignore[arg-type]
+    task = asyncio.ensure_future(b.run())
+    for messages in lists:
+        b.feed.queue.put_nowait(messages)
+        for _ in range(20):
+            await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(*b.acks.tasks)
+    return b
+
+
+async def test_records_fetched_again_before_the_seek_to_committed_are_processed_once() -> None:
+    """Issue 10: Faust resumes the events partitions, with the app's flow running, while its
+    seek to the committed offsets awaits the broker; what was fetched meanwhile comes again
+    after the seek. Processed twice, the copies would re-emit their stage changes, and with
+    `--exactly-once` commit them a second time (112 repeated change ids read_committed on
+    Kafka with the seek slowed down)."""
+    a = app()
+    processed: list[int] = []
+    before_seek = [message(0, n) for n in range(3)] + [message(1, 7)]
+    after_seek = [message(0, n) for n in range(1, 5)] + [message(1, 7), message(1, 8)]
+    b = await run_batcher(a, [before_seek, after_seek], processed)
+    assert processed == [0, 1, 2, 7, 3, 4, 8]
+    assert a.consumer.acked == [0, 1, 2, 7, 3, 4, 8]  # each offset acked once: committed once
+    assert b.repeats == 3 and a.consumer.unacked == set()
+
+
+async def test_after_a_rebalance_the_committed_offsets_are_processed_again() -> None:
+    # A new generation starts from the committed offsets, whatever this worker took before:
+    # the partition's state was rebuilt from history meanwhile.
+    a = app()
+    processed: list[int] = []
+    b = Batcher(a, Feed({"events"}), Recorder(processed), size=10)  # type: ignore[arg-type]
+    task = asyncio.ensure_future(b.run())
+    b.feed.queue.put_nowait([message(0, n) for n in range(3)])
+    for _ in range(20):
+        await asyncio.sleep(0)
+    a.consumer_generation_id = 2
+    b.feed.queue.put_nowait([message(0, n, generation=2) for n in range(1, 4)])
+    for _ in range(20):
+        await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(*b.acks.tasks)
+    assert processed == [0, 1, 2, 1, 2, 3] and b.repeats == 0

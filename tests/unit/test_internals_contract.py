@@ -27,6 +27,7 @@ import faust
 import faust.app.base
 import faust.streams
 import faust.tables.base
+import faust.tables.recovery
 import faust.tables.table
 import faust.transport.consumer
 import faust.transport.drivers.aiokafka
@@ -137,6 +138,26 @@ MIRRORED = [
         faust.transport.consumer.Consumer._new_offset,
         "(self, tp: faust.types.tuples.TP) -> Optional[int]",
         "1d2c7ea89a7ad4f1",
+    ),
+    Mirrored(
+        "Batcher drops what its seek delivers twice (events resumed before perform_seek, "
+        "with the app's flow already running)",
+        faust.tables.recovery.Recovery.on_recovery_completed,
+        "(self, generation_id: int = 0) -> None",
+        "6ef567acf072e46d",
+    ),
+    Mirrored(
+        "restart_producers stops producers through it (pops and stops, no abort)",
+        faust.transport.drivers.aiokafka.Producer.stop_transaction,
+        "(self, transactional_id: str) -> None",
+        "ba24cb80581302aa",
+    ),
+    Mirrored(
+        "restart_producers relies on it starting a producer for every assigned partition",
+        faust.transport.consumer.TransactionManager.on_rebalance,
+        "(self, assigned: Set[faust.types.tuples.TP], revoked: Set[faust.types.tuples.TP], "
+        "newly_assigned: Set[faust.types.tuples.TP]) -> None",
+        "2c190b35003af25c",
     ),
     Mirrored(
         "IdempotentProducer overrides it (idempotence only under transactions upstream)",
