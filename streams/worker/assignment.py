@@ -137,9 +137,9 @@ async def restart_producers(app: faust.App, partitions: set[int]) -> None:
     is complete (none stale after it: `tests/faults/test_kafka.py`, and aiokafka retries
     `ConcurrentTransactions` in `InitPIDHandler`). A worker keeping the partition kept its
     producer and had no such wait before its history recovery and its seek to the committed
-    offsets; now every partition's producer starts anew. `Producer.stop_transaction` is how Faust stops the
-    producers of partitions it loses (`TransactionManager.on_rebalance`, faust-streaming
-    0.15.3).
+    offsets; now every partition's producer starts anew. `Producer.stop_transaction` is how
+    Faust stops the producers of partitions it loses (`TransactionManager.on_rebalance`,
+    faust-streaming 0.15.3).
     """
     for tid in transactional_ids(app.producer):
         if parse_transactional_id(app.conf.id, tid) in partitions:

@@ -59,6 +59,18 @@ async def ack_when_delivered(
         ack(message)
 
 
+def _take(runs: list[list[int]], offset: int) -> bool:
+    """Add `offset` to a partition's runs of taken offsets; False if it was taken already."""
+    if any(first <= offset <= last for first, last in runs):
+        return False
+    for run in runs:
+        if offset == run[1] + 1:  # the usual case: the next offset of a run
+            run[1] = offset
+            return True
+    runs.append([offset, offset])
+    return True
+
+
 class Batcher:
     """Takes the events topic off the consumer's `Feed` and processes it a batch at a time.
 
@@ -73,9 +85,9 @@ class Batcher:
     after the rebalance and delivers them again to whoever owns them then. Messages taken
     while the app's flow is suspended wait for it (see `run`).
 
-    A message at or below the highest offset of its partition already taken in this
-    generation is dropped too (`repeats`): Faust delivers a partition's records twice when
-    it fetches them before its own seek to the committed offsets, which ends each assignment
+    A message at an offset of its partition already taken in this generation is dropped
+    too (`repeats`): Faust delivers a partition's records twice when it fetches them
+    before its own seek to the committed offsets, which ends each assignment
     (`faust.tables.recovery.Recovery.on_recovery_completed`, faust-streaming 0.15.3: the
     events partitions are resumed, and the app's flow already runs, while
     `Consumer.perform_seek` awaits one OffsetFetch per assigned partition; the seek then
@@ -88,6 +100,10 @@ class Batcher:
     a generation nothing taken is rolled back (transactions are aborted only at a revoke, a
     failed delivery or commit stops the worker). Code that aborts and goes on within a
     generation must forget the partition's entry in `_taken`, or its records are skipped.
+    Below the lowest offset taken nothing is dropped: a seek can land further back than the
+    position the generation started from (a partition the group never committed is sent
+    back to its beginning, `internals.rewind_uncommitted`, when its position had moved past
+    records no one applied), and those records were never taken.
     """
 
     def __init__(
@@ -104,8 +120,9 @@ class Batcher:
         self.dropped = 0
         #: messages dropped because this generation already took their offset
         self.repeats = 0
-        #: (generation, partition -> the highest offset taken for processing in it)
-        self._taken: tuple[int | None, dict[int, int]] = (None, {})
+        #: (generation, partition -> the offsets taken for processing in it, as runs
+        #: [first, last]: one, or a few after a seek further back)
+        self._taken: tuple[int | None, dict[int, list[list[int]]]] = (None, {})
 
     async def run(self) -> None:
         get, size, flow = self.feed.get, self.size, self.app.flow_control
@@ -139,12 +156,10 @@ class Batcher:
         for m in messages:
             if m.generation_id != generation or m.partition not in owned:
                 continue
-            last = taken.get(m.partition)
-            if last is not None and m.offset <= last:
+            if _take(taken.setdefault(m.partition, []), m.offset):
+                live.append(m)
+            else:
                 repeats += 1  # fetched again in this generation: processed once already
-                continue
-            taken[m.partition] = m.offset
-            live.append(m)
         if repeats:
             self.repeats += repeats
             log.info(

@@ -312,6 +312,19 @@ async def test_records_fetched_again_before_the_seek_to_committed_are_processed_
     assert b.repeats == 3 and a.consumer.unacked == set()
 
 
+async def test_a_seek_further_back_than_the_generation_started_loses_nothing() -> None:
+    """A partition the group never committed, whose position had moved past records no one
+    applied, is sent back to its beginning (`internals.rewind_uncommitted`): what comes
+    below the offsets this generation took was never taken, and is processed."""
+    a = app()
+    processed: list[int] = []
+    before_seek = [message(0, n) for n in range(5, 8)]
+    after_rewind = [message(0, n) for n in range(0, 9)]
+    b = await run_batcher(a, [before_seek, after_rewind], processed)
+    assert sorted(processed) == list(range(9)) and len(processed) == 9
+    assert b.repeats == 3 and a.consumer.unacked == set()
+
+
 async def test_after_a_rebalance_the_committed_offsets_are_processed_again() -> None:
     # A new generation starts from the committed offsets, whatever this worker took before:
     # the partition's state was rebuilt from history meanwhile.
