@@ -201,9 +201,23 @@ def event_of(s: _Event) -> Event | None:
     return model
 
 
+def _utf8(raw: bytes) -> bool:
+    """Whether `raw` is UTF-8 throughout. msgspec does not check the bytes of a field it
+    skips (one the envelope does not have), and pydantic refuses the whole payload, so a
+    line with invalid UTF-8 there must go to pydantic (the `test_bad_input` fault suite
+    found 65 in 4,000 generated inputs that the structs took)."""
+    if raw.isascii():
+        return True
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def fast_event(raw: bytes) -> Event | None:
     """The event of one JSON line if the structs take it, else None (decode it with pydantic)."""
-    if len(raw) > MAX_PAYLOAD_BYTES:
+    if len(raw) > MAX_PAYLOAD_BYTES or not _utf8(raw):
         return None
     try:
         return event_of(_decode_read(raw))
@@ -220,6 +234,8 @@ def fast_events(lines: list[bytes]) -> list[Event] | None:
     append = events.append
     try:
         for line in lines:
+            if not line.isascii() and not _utf8(line):
+                return None
             event = build(decode(line))
             if event is None:
                 return None

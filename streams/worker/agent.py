@@ -47,7 +47,6 @@ from faust.types import TP, EventT
 from faust.types.tuples import Message
 
 from events.codec import InvalidMessage, decode_event
-from events.fastcodec import fast_event
 from events.inbound import Event
 from lifecycle.deadlines import next_deadline
 from lifecycle.decide import decide
@@ -340,9 +339,7 @@ class PartitionProcessor:
         try:
             if message.value is None:
                 raise InvalidMessage("empty value (a tombstone is not an event)")
-            # msgspec first (`events.fastcodec`: same events as pydantic, tested), pydantic
-            # for what the structs do not take and for the one-line reason of a bad one
-            event = fast_event(message.value) or decode_event(message.value)
+            event = decode_event(message.value)
             person = event.person_id
             key = person.encode()
             if message.key != key:

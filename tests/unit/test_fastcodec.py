@@ -241,3 +241,18 @@ def test_the_structs_have_the_contract_s_fields_in_its_order():
 
     assert _Event.__struct_fields__ == tuple(Event.model_fields)
     assert _Profile.__struct_fields__ == tuple(Profile.model_fields)
+
+
+def test_invalid_utf8_in_a_field_the_structs_skip_goes_to_pydantic_which_refuses_it():
+    # msgspec does not check the bytes of a field it skips; pydantic refuses the payload, and
+    # so must every fast path (the worker dead-letters it, so replay must report it).
+    line = (
+        b'{"event_id":"e1","type":"page_viewed","person_id":"p1",'
+        b'"occurred_at":"2026-01-01T00:00:00Z","extra":"\xf2\x81"}'
+    )
+    with pytest.raises(InvalidMessage, match="UTF-8"):
+        decode_event(line)
+    assert fast_event(line) is None
+    assert fast_events([line]) is None
+    fine = line.replace(b"\xf2\x81", "é".encode())
+    assert fast_event(fine) == decode_event(fine) and fast_events([fine]) == [decode_event(fine)]
