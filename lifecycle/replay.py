@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -63,9 +63,17 @@ class Replayer:
     view (what-if, funnels, calibrate), whatever the input. With `follow=False` every event
     is applied as given and nothing is handed on: a history's events then reproduce the
     live decisions exactly, in the interleaving the workers had (tests, audits).
+
+    `repeats`: when the caller knows the input whole (a file), the event ids that may occur
+    in it more than once (`streams.tools.repeats`; more is harmless). An event of the input
+    whose id is not among them cannot be a redelivery or a conflict (no other event has its
+    id), so it is decided with nothing seen and kept out of the dedup index, which then holds
+    only the events that may come again: the same decisions and output, exactly, for ~4 µs
+    and ~600 bytes a person less (the content digest, the index entry, the packed changes).
+    Follow-ups, and an event whose decision hands one on, take the whole path.
     """
 
-    __slots__ = ("follow", "policy", "recorded", "seen", "states")
+    __slots__ = ("follow", "policy", "recorded", "repeats", "seen", "states")
 
     def __init__(
         self,
@@ -75,9 +83,11 @@ class Replayer:
         recorded: Recorded | None = None,
         *,
         follow: bool = True,
+        repeats: Container[str] | None = None,
     ) -> None:
         self.policy = policy
         self.recorded = recorded
+        self.repeats = repeats
         self.states: dict[str, PersonState] = {} if states is None else states
         self.seen = SeenIndex() if seen is None else seen
         self.follow = follow
@@ -87,11 +97,12 @@ class Replayer:
 
         With `follow`, a follow-up carried by the stream gives no decision (see above).
         """
+        indexed = self.repeats is None or event.event_id in self.repeats
         if not self.follow:
-            return [self.apply(event)]
+            return [self._apply(event, None, indexed)]
         if event.forwarded_via is not None or (event.type == ABSORBED and event.absorbed):
             return []
-        decision = self.apply(event)
+        decision = self._apply(event, None, indexed)
         if decision.follow_up is None:
             return [decision]
         decisions = [decision]
@@ -104,6 +115,14 @@ class Replayer:
         """`recorded`: the outcomes a history record kept of the personal fields its decision
         read, for an event whose personal fields are unreadable (erased); only meaningful
         under the policy version that recorded them."""
+        return self._apply(event, recorded, True)
+
+    def _apply(
+        self, event: Event, recorded: Mapping[str, str] | None, indexed: bool
+    ) -> Decision:
+        """`indexed` False: an event of the input whose id no other event of it has
+        (`repeats`): nothing was seen of it, and only a decision that hands it on is
+        remembered (its follow-ups' chain is checked against it as ever)."""
         person = event.person_id
         state = self.states.get(person)
         if state is None:  # a first event is never a duplicate: keep the state decide() reads
@@ -112,12 +131,12 @@ class Replayer:
             kept = self.recorded.get((person, event.event_id))
             if kept is not None and kept[0] == self.policy.version:
                 recorded = kept[1]
-        decision = decide(
-            state, event, self.policy, self.seen.get(person, event.event_id), recorded=recorded
-        )
+        seen = self.seen.get(person, event.event_id) if indexed else None
+        decision = decide(state, event, self.policy, seen, recorded=recorded)
         if not decision.duplicate:
             evolve(state, decision)  # in place
-            self.seen.remember(decision)
+            if indexed or decision.follow_up is not None:
+                self.seen.remember(decision)
         return decision
 
 

@@ -75,6 +75,7 @@ def replay(
         commands_partials.replay_share(share, rules, cutoff, options)
         return
     reader = EventReader(strict, mapping)
+    repeats = None
     if file is not None and _shardable(file, broker, mapping, strict):
         from streams.tools.sharded import default_jobs, replay_sharded
 
@@ -95,7 +96,10 @@ def replay(
             reader.conflicts = totals["conflicts"]
             reader.summary()
             return
-    replayer = Replayer(rules, recorded=reader.recorded)
+        from streams.tools.repeats import may_repeat
+
+        repeats = may_repeat(file)  # the file is known whole: most ids occur once
+    replayer = Replayer(rules, recorded=reader.recorded, repeats=repeats)
 
     read: Iterable[Event] = reader.events(events, broker, topic_prefix)
     if person is not None:
