@@ -117,9 +117,7 @@ class Replayer:
         under the policy version that recorded them."""
         return self._apply(event, recorded, True)
 
-    def _apply(
-        self, event: Event, recorded: Mapping[str, str] | None, indexed: bool
-    ) -> Decision:
+    def _apply(self, event: Event, recorded: Mapping[str, str] | None, indexed: bool) -> Decision:
         """`indexed` False: an event of the input whose id no other event of it has
         (`repeats`): nothing was seen of it, and only a decision that hands it on is
         remembered (its follow-ups' chain is checked against it as ever)."""
@@ -146,13 +144,14 @@ def replay(
     recorded: Recorded | None = None,
     *,
     follow: bool = True,
+    repeats: Container[str] | None = None,
 ) -> Iterator[Decision]:
     """Every decision, in order. Duplicates come out with `duplicate=True` and their old changes;
     an event id reused with other content with `duplicate=True` and its `conflict`.
 
-    `follow=False` reproduces a history's own decisions exactly (see `Replayer`).
+    `follow=False` reproduces a history's own decisions exactly; `repeats` (see `Replayer`).
     """
-    replayer = Replayer(policy, recorded=recorded, follow=follow)
+    replayer = Replayer(policy, recorded=recorded, follow=follow, repeats=repeats)
     with bulk_gc():  # while the caller consumes decisions too; restored when it finishes
         if not follow:
             for event in events:

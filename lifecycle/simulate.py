@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,13 +65,15 @@ def simulate(
     *,
     follow: bool = True,
     funnels: tuple[Funnel, Funnel] | None = None,
+    repeats: Container[str] | None = None,
 ) -> Simulation:
     """Replay `events` once, feeding both policies, and compare per-person outcomes.
 
-    `follow` as in `Replayer`; `funnels` are the views to feed (a partial result keeps them).
+    `follow` and `repeats` as in `Replayer`; `funnels` are the views to feed (a partial
+    result keeps them).
     """
-    a = Replayer(policy_a, recorded=recorded, follow=follow)
-    b = Replayer(policy_b, recorded=recorded, follow=follow)
+    a = Replayer(policy_a, recorded=recorded, follow=follow, repeats=repeats)
+    b = Replayer(policy_b, recorded=recorded, follow=follow, repeats=repeats)
     funnel_a, funnel_b = funnels if funnels is not None else (Funnel(), Funnel())
     count = conflicts = 0
     for event in events:

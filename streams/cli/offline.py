@@ -75,7 +75,6 @@ def replay(
         commands_partials.replay_share(share, rules, cutoff, options)
         return
     reader = EventReader(strict, mapping)
-    repeats = None
     if file is not None and _shardable(file, broker, mapping, strict):
         from streams.tools.sharded import default_jobs, replay_sharded
 
@@ -96,10 +95,7 @@ def replay(
             reader.conflicts = totals["conflicts"]
             reader.summary()
             return
-        from streams.tools.repeats import may_repeat
-
-        repeats = may_repeat(file)  # the file is known whole: most ids occur once
-    replayer = Replayer(rules, recorded=reader.recorded, repeats=repeats)
+    replayer = Replayer(rules, recorded=reader.recorded, repeats=reader.repeats(events, broker))
 
     read: Iterable[Event] = reader.events(events, broker, topic_prefix)
     if person is not None:
@@ -202,9 +198,8 @@ def funnel_command(
         )
         return
     reader = EventReader(strict, mapping)
-    report = funnel_of(
-        map(reader.check, run(reader.events(events, broker, topic_prefix), rules, reader.recorded))
-    )
+    read, repeats = reader.events(events, broker, topic_prefix), reader.repeats(events, broker)
+    report = funnel_of(map(reader.check, run(read, rules, reader.recorded, repeats=repeats)))
     if by is not None:
         commands_analytics.attribution(report, by, format)
     elif format == "json":
@@ -237,7 +232,8 @@ def simulate(
         commands_partials.simulate_share(share, a, b, options)
         return
     reader = EventReader(strict, mapping)
-    result = run(reader.events(events, broker, topic_prefix), a, b, reader.recorded)
+    read, repeats = reader.events(events, broker, topic_prefix), reader.repeats(events, broker)
+    result = run(read, a, b, reader.recorded, repeats=repeats)
     print_simulation(result, a.name, b.name, limit, format)
     reader.summary()
 

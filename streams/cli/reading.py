@@ -54,6 +54,19 @@ class EventReader:
         #: outcomes history kept of personal fields, for persons whose fields are unreadable
         self.recorded: Recorded = {}
 
+    def repeats(self, paths: list[Path] | None, broker: str | None) -> set[str] | None:
+        """The event ids that may occur more than once in the input, when it is one JSONL
+        file known whole (`streams.tools.repeats`: the others skip the dedup index of a
+        replay); None for a topic, a CSV or a mapping, or a stream such as standard input."""
+        path = one_file(paths, self.mapping)
+        if broker or self.mapping is not None or path is None:
+            return None
+        if path.suffix.lower() == ".csv" or not path.is_file():
+            return None
+        from streams.tools.repeats import may_repeat
+
+        return may_repeat(path)
+
     def report(self, error: BadLine) -> None:
         err.print(str(error), highlight=False, markup=False)
 

@@ -9,16 +9,21 @@ import random
 from pathlib import Path
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events.inbound import Event
+from lifecycle.funnel import funnel_of
 from lifecycle.merge import handoff_id, returned_id
-from lifecycle.replay import Replayer
+from lifecycle.replay import Replayer, replay
+from lifecycle.simulate import simulate
+from streams.cli.main import app
 from streams.tools.files import ReadStats, read_events
 from streams.tools.repeats import id_of, may_repeat
 from tests.fixtures.core import preset
 from tests.unit.test_merge import streams_with_merges
+from tests.unit.test_replay_output_pinned import pinned_stream, runner
 
 PROPERTY = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -136,3 +141,30 @@ def test_the_id_read_of_a_line_is_the_id_of_the_event_read_events_yields(lines):
         assert repeated <= may_repeat(many)
     finally:
         path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def pinned_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stream `leadflow replay`'s output is pinned on: duplicates, a conflict, merges, an
+    erasure, a history line, bad lines."""
+    return _write(tmp_path_factory.mktemp("pinned") / "events.jsonl", pinned_stream())
+
+
+def test_funnel_and_simulate_of_a_file_report_what_the_whole_path_reports(pinned_file: Path):
+    """The commands read the file whole (`EventReader.repeats`); the reports are those of a
+    replay that indexes every event."""
+    rules, other = preset("default"), preset("mature")
+    assert may_repeat(pinned_file)  # the stream's redeliveries and its conflict
+
+    def events() -> list[Event]:
+        return list(read_events(pinned_file, stats=ReadStats()))
+
+    funnel = runner.invoke(app, ["funnel", "--events", str(pinned_file), "--format", "json"])
+    assert funnel.exit_code == 0, funnel.output
+    whole = funnel_of(replay(events(), rules)).to_dict()
+    assert json.loads(funnel.stdout) == {"policy_version": rules.version, **whole}
+
+    args = ["simulate", "--events", str(pinned_file), "--format", "json", "--limit", "500"]
+    what_if = runner.invoke(app, [*args, "--policy", "default", "--against", "mature"])
+    assert what_if.exit_code == 0, what_if.output
+    assert json.loads(what_if.stdout) == simulate(events(), rules, other).to_dict(500)
