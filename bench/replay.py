@@ -27,7 +27,6 @@ import json
 import math
 import os
 import shlex
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -41,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 
+from bench.runner import run  # noqa: E402
 from events.inbound import Event  # noqa: E402
 from lifecycle.policy import Policy, load_preset  # noqa: E402
 from streams.tools.files import ReadStats, read_events  # noqa: E402
@@ -269,32 +269,11 @@ def _digest(finals: dict[str, str]) -> str:
 #: CPU seconds (user + system) of the last run, its workers included (from wait4).
 _cpu = [0.0]
 
-#: Runs argv[2:] and writes its exit code, peak RSS (KB) and CPU seconds to argv[1]. A child
-#: started by this (large) process would report a peak RSS of at least this process's own at
-#: the fork: Linux keeps the larger of the pre-exec and post-exec peaks in `ru_maxrss` (a
-#: 300 MB parent made `python -c pass` report 311 MB). The runner is a fresh `python -S`
-#: (~10 MB), so what it reports of its child is the child's own.
-_RUNNER = (
-    "import os, subprocess, sys\n"
-    "proc = subprocess.Popen(sys.argv[2:])\n"
-    "_, status, usage = os.wait4(proc.pid, 0)\n"
-    "with open(sys.argv[1], 'w') as out:\n"
-    "    out.write('%d %d %r' % (os.waitstatus_to_exitcode(status), usage.ru_maxrss,\n"
-    "                           usage.ru_utime + usage.ru_stime))\n"
-)
-
 
 def _run(command: list[str], stdout: Any, env: dict[str, str] | None = None) -> tuple[int, int]:
-    """Run `command` to the end: (exit code, its own peak RSS in KB, from wait4 in `_RUNNER`)."""
-    report = OUT / "run-report.txt"
-    report.unlink(missing_ok=True)
-    runner = [sys.executable, "-S", "-c", _RUNNER, str(report)]
-    code = subprocess.run([*runner, *command], stdout=stdout, env=env, check=False).returncode
-    if not report.exists():
-        return code or 1, 0
-    exit_code, rss, cpu = report.read_text().split()
-    _cpu[0] = float(cpu)
-    return int(exit_code), int(rss)
+    """Run `command` to the end: (exit code, its own peak RSS in KB); see `runner.run`."""
+    code, rss, _cpu[0] = run(command, stdout, env, OUT / "run-report.txt")
+    return code, rss
 
 
 def _child(kind: str, path: Path, preset: str) -> dict:

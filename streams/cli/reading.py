@@ -162,12 +162,25 @@ def one_file(paths: list[Path] | None, mapping: Path | None) -> Path | None:
     return paths[0]
 
 
-def history_from_broker(broker: str, prefix: str) -> list[Any]:
+def history_from_broker(broker: str, prefix: str) -> Iterator[Any]:
+    """Every history record on the broker in (partition, offset) order, streamed: a batch
+    is read while the caller waits for it (`streams.tools.export.history_batches`), so a
+    replay holds one batch of records, not the topic."""
     from streams.settings import Settings
-    from streams.tools.export import read_history_topic
+    from streams.tools.export import history_batches
 
     settings = Settings(broker=broker, topic_prefix=prefix)
-    return asyncio.run(checked(settings, read_history_topic(settings)))
+    batches = history_batches(settings)
+    loop = asyncio.new_event_loop()
+    try:
+        # the broker preflight and the keys, then the first batch
+        batch = loop.run_until_complete(checked(settings, anext(batches, None)))
+        while batch is not None:
+            yield from batch
+            batch = loop.run_until_complete(anext(batches, None))
+    finally:
+        loop.run_until_complete(batches.aclose())
+        loop.close()
 
 
 async def checked(settings: Any, main: Any) -> Any:

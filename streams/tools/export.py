@@ -125,27 +125,43 @@ async def iter_topic_in_order(
 async def read_history_topic(
     settings: Settings, *, on_error: OnError | None = None
 ) -> list[HistoryRecord]:
-    """Every history record on the broker, in (partition, offset) order.
+    """Every history record on the broker, in (partition, offset) order, in one list (see
+    `history_batches`, which streams them)."""
+    return [r async for batch in history_batches(settings, on_error=on_error) for r in batch]
+
+
+#: History records parsed and handed on at once by `history_batches`.
+HISTORY_BATCH = 2_000
+
+
+async def history_batches(
+    settings: Settings, *, on_error: OnError | None = None, size: int = HISTORY_BATCH
+) -> AsyncIterator[list[HistoryRecord]]:
+    """Every history record on the broker, partition by partition in offset order, `size`
+    at a time: memory for one batch, not for the topic (a year of history is ~50M records).
 
     Sealed personal fields are opened with the keys topic and the master key of the
     environment, where both are at hand; an erased person's stay unreadable (their records
     keep the outcomes of their decisions, `lifecycle.shredding`).
     Per-person order is history order (key = person id). A record that is not a valid
     history record is reported through `on_error` as `topic/partition@offset: reason` and
-    skipped. Raises `TopicNotFound` if there is no history topic.
+    skipped. Raises `TopicNotFound` if there is no history topic. Each partition is read to
+    its end as of the moment its read starts (`iter_topic_in_order`).
     """
     report = on_error or _warn
-    records = await read_to_end(
-        settings.bootstrap, settings.topics.history, client_options=settings.aiokafka_kwargs()
-    )
     key_of = await opener_of(settings, report)
-    history: list[HistoryRecord] = []
-    for record in records:
+    batch: list[HistoryRecord] = []
+    async for record in iter_topic_in_order(settings, settings.topics.history):
         try:
-            history.append(parse_history(record, key_of))
+            batch.append(parse_history(record, key_of))
         except ValueError as error:
             report(f"{where(record)}: {error}")
-    return history
+            continue
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 async def read_policies_topic(
