@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
 
@@ -127,6 +127,11 @@ class Profile(BaseModel):
     industry: Name | None = None
     employees: Annotated[int, Field(ge=0, le=10_000_000), JsonInt] | None = None
     country: Name | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The fields given, in field order: `model_dump(exclude_none=True)` (no field has a
+        serializer) at a fifth of its cost; the core reads it once per event with a profile."""
+        return {k: v for k, v in vars(self).items() if v is not None}
 
 
 class Absorbed(BaseModel):

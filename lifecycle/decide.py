@@ -344,4 +344,4 @@ class _Deciding:
 def _merged_profile(state: PersonState, event: Event) -> dict[str, Any]:
     if event.profile is None:
         return state.profile
-    return {**state.profile, **event.profile.model_dump(exclude_none=True)}
+    return {**state.profile, **event.profile.given()}

@@ -96,7 +96,7 @@ def digest_of(event: Event) -> bytes:
         return fingerprint(body(event))
     profile = event.profile
     if profile is not None:
-        content["profile"] = {k: v for k, v in vars(profile).items() if v is not None}
+        content["profile"] = profile.given()
     if content["type"] == _TICK:
         del content["occurred_at"]
     else:

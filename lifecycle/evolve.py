@@ -94,5 +94,9 @@ def evolve(state: PersonState | None, decision: Applied) -> PersonState:
     elif event.profile is not None and state.merged_into is None:
         # An alias's events belong to its survivor (`lifecycle.merge`): its own record only
         # notes them, and its profile stays what it handed off.
-        state.profile = {**state.profile, **event.profile.model_dump(exclude_none=True)}
+        # assigned only when it changes: the state holds it packed (most events repeat it)
+        profile = state.profile
+        merged = {**profile, **event.profile.given()}
+        if merged != profile:  # equal dicts here have their keys in the same order too
+            state.profile = merged
     return state

@@ -15,8 +15,8 @@ import orjson
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from events.fastcodec import _TIME_PATTERN, _instant
-from events.inbound import Event
+from events.fastcodec import _TIME_PATTERN, _instant, fast_event
+from events.inbound import Event, Profile
 from lifecycle.dedup import body, digest_of, fingerprint
 from streams.dev.demo import synthetic_events
 from streams.tools import files
@@ -90,6 +90,29 @@ def test_digest_of_drops_the_none_fields_as_the_body_does():
     for raw in synthetic_events(200, 3_000, seed=3, duplicates=0.01):
         event = Event.model_validate(raw)
         assert digest_of(event) == fingerprint(body(event))
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "email": st.emails(),
+            "job_title": st.text(min_size=1, max_size=20),
+            "seniority": st.sampled_from(["vp", "manager", "intern"]),
+            "employees": st.integers(0, 10_000_000),
+            "country": st.sampled_from(["US", "de"]),
+        },
+    )
+)
+def test_the_given_fields_of_a_profile_are_its_dump_without_none(data: dict):
+    for profile in (Profile.model_validate(data), fast_event(_with_profile(data)).profile):
+        assert profile.given() == profile.model_dump(exclude_none=True)
+        assert list(profile.given()) == list(profile.model_dump(exclude_none=True))
+
+
+def _with_profile(profile: dict) -> bytes:
+    event = {"event_id": "e", "type": "form_submitted", "person_id": "p", "profile": profile}
+    return orjson.dumps({**event, "occurred_at": "2026-01-01T00:00:00Z"})
 
 
 def _read(path: Path) -> tuple[list[Event], list[str], int]:
