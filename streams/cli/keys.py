@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -29,7 +29,9 @@ from streams.kafka.keys import (
     generate_master_key,
     read_keys,
 )
-from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 out = Console()
 err = Console(stderr=True)
@@ -38,6 +40,8 @@ keys_app = typer.Typer(no_args_is_help=True, help="Master keys and per-person da
 
 def _settings(broker: str | None, topic_prefix: str) -> tuple[Settings, MasterKeys]:
     """The settings and master keys of a command; a missing master key is one error line."""
+    from streams.settings import Settings
+
     settings = Settings(**({"broker": broker} if broker else {}), topic_prefix=topic_prefix)
     try:
         return settings, settings.master_keys() or MasterKeys.required({})

@@ -10,14 +10,16 @@ import signal
 import threading
 from collections.abc import Coroutine
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
 
 from events.codec import describe_validation_error
 from streams.cli.common import fail
-from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
 
 T = TypeVar("T")
 
@@ -45,6 +47,8 @@ def problem(error: BaseException) -> str:
 def settings_from(**flags: Any) -> Settings:
     """Settings from the environment, with every flag the user gave taking precedence."""
     try:
+        from streams.settings import Settings
+
         return Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as error:
         raise fail(f"settings: {describe_validation_error(error)}") from None

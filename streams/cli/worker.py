@@ -15,7 +15,6 @@ from pydantic import ValidationError
 
 from events.codec import describe_validation_error
 from lifecycle.policy import PolicyError, named_policy, resolve_policy
-from streams.settings import Settings
 from streams.web.access import TokenConfigError
 
 
@@ -82,6 +81,8 @@ def worker(
         "canonical_url": canonical_url,
     }
     try:
+        from streams.settings import Settings
+
         settings = Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as error:
         typer.echo(f"leadflow worker: {describe_validation_error(error)}", err=True)
