@@ -85,7 +85,9 @@ class EventReader:
         if broker and self.mapping:
             raise _fail("--mapping reads a CSV file given with --events, not a topic")
         if broker:
-            for record in history_from_broker(broker, prefix):
+            from streams.tools.export import parse_history_event
+
+            for record in history_from_broker(broker, prefix, parse_history_event):
                 if record.outcomes:
                     key = (record.person_id, record.event.event_id)
                     self.recorded[key] = (record.policy_version, record.outcomes)
@@ -162,15 +164,15 @@ def one_file(paths: list[Path] | None, mapping: Path | None) -> Path | None:
     return paths[0]
 
 
-def history_from_broker(broker: str, prefix: str) -> Iterator[Any]:
+def history_from_broker(broker: str, prefix: str, parse: Any = None) -> Iterator[Any]:
     """Every history record on the broker in (partition, offset) order, streamed: a batch
     is read while the caller waits for it (`streams.tools.export.history_batches`), so a
-    replay holds one batch of records, not the topic."""
+    replay holds one batch of records, not the topic. `parse`: see `history_batches`."""
     from streams.settings import Settings
-    from streams.tools.export import history_batches
+    from streams.tools.export import history_batches, parse_history
 
     settings = Settings(broker=broker, topic_prefix=prefix)
-    batches = history_batches(settings)
+    batches = history_batches(settings, parse=parse or parse_history)
     loop = asyncio.new_event_loop()
     try:
         # the broker preflight and the keys, then the first batch

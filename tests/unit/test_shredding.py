@@ -480,3 +480,33 @@ def test_the_ring_keeps_transit_records_apart_from_persons_and_drops_them_on_tom
     stranger = KeyRing(MasterKeys.parse(generate_master_key("m2")))
     stranger.load_record(record, value)
     assert stranger.get_transit(record) is None  # wrapped by a master key it does not have
+
+
+def test_a_replay_of_history_reads_each_records_event_as_the_whole_record_has_it():
+    """`parse_history_event` (replay, funnel, simulate on the topic) validates the event
+    alone; what it reads is what `parse_history` (verify, export) reads of the record, sealed
+    or erased, and a record with no valid event is refused with a reason."""
+    from collections import namedtuple
+
+    from streams.tools.export import parse_history, parse_history_event
+
+    keys: dict[str, DataKey] = {}
+    raw = live([*journey("p1"), *journey("p2", email="bob@beta.example"), erase("p1")], keys)
+    raw += live(journey("p3", title="Head of Data"), keys, strict_roles())
+    Record = namedtuple("Record", "value")
+    for value in raw:
+        whole = parse_history(Record(value), keys.get)
+        read = parse_history_event(Record(value), keys.get)
+        assert read.event == whole.event and read.outcomes == (whole.outcomes or None)
+        assert (read.person_id, read.policy_version) == (whole.person_id, whole.policy_version)
+    assert any(parse_history_event(Record(v), keys.get).outcomes for v in raw)
+    bad = orjson.loads(raw[0])
+    bad["event"]["occurred_at"] = "yesterday"
+    for value, reason in [
+        (orjson.dumps(bad), "history record event: occurred_at"),
+        (b"{", "not JSON"),
+        (b'{"person_id": "p1"}', "no event"),
+        (None, "tombstone"),
+    ]:
+        with pytest.raises(ValueError, match=reason):
+            parse_history_event(Record(value), keys.get)
