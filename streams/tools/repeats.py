@@ -20,6 +20,7 @@ Memory: the bit array (~4 MB for 1M lines) and the kept ids.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,41 +70,43 @@ def id_of(line: bytes) -> Any:
         return data.get("event_id") if isinstance(data, dict) else None
 
 
-def may_repeat(path: Path) -> set[str]:
-    """The event ids of the JSONL file at `path` that may occur in it more than once."""
-    size = path.stat().st_size
-    bits = 1 << max(16, (size // 5).bit_length())  # ~32 bits per ~160-byte line
+def may_repeat(path: Path, lines: Iterable[tuple[int, bytes]] | None = None) -> set[str]:
+    """The event ids of the JSONL file at `path` that may occur in it more than once;
+    `lines`: (number, line) of the file to consider instead of all of them (a shard of a
+    replay, whose persons meet no other shard's: `streams.tools.sharded`)."""
+    bits = 1 << max(16, (path.stat().st_size // 5).bit_length())  # ~32 a ~160-byte line
     seen = bytearray(bits // 8)
     mask = bits - 1
     kept: set[str] = set()
     decode = _event_id
-    with path.open("rb") as handle:
-        while True:
-            chunk = handle.readlines(CHUNK_BYTES)
-            if not chunk:
-                break
-            for raw in chunk:
-                line = raw.rstrip(b"\r\n")
-                if (  # `id_of` of the common line, inline: once per line
-                    line[:1] == b"{"
-                    and not line.startswith(b'{"person_id"')
-                    and line.find(b'"sequence"', 0, 200) == -1
-                ):
-                    try:
-                        ident = decode(line).event_id
-                    except (msgspec.ValidationError, msgspec.DecodeError):
-                        ident = id_of(line)
-                elif not line.strip():
-                    continue
-                else:
-                    ident = id_of(line)
-                if type(ident) is not str:
-                    continue
-                h = hash(ident) & mask
-                at, bit = h >> 3, 1 << (h & 7)
-                byte = seen[at]
-                if byte & bit or ident.startswith(DERIVED):
-                    kept.add(ident)
-                else:
-                    seen[at] = byte | bit
+    for raw in _all_lines(path) if lines is None else (line for _, line in lines):
+        line = raw.rstrip(b"\r\n")
+        if (  # `id_of` of the common line, inline: once per line
+            line[:1] == b"{"
+            and not line.startswith(b'{"person_id"')
+            and line.find(b'"sequence"', 0, 200) == -1
+        ):
+            try:
+                ident = decode(line).event_id
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                ident = id_of(line)
+        elif not line.strip():
+            continue
+        else:
+            ident = id_of(line)
+        if type(ident) is not str:
+            continue
+        h = hash(ident) & mask
+        at, bit = h >> 3, 1 << (h & 7)
+        byte = seen[at]
+        if byte & bit or ident.startswith(DERIVED):
+            kept.add(ident)
+        else:
+            seen[at] = byte | bit
     return kept
+
+
+def _all_lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.readlines(CHUNK_BYTES):
+            yield from chunk
