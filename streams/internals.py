@@ -24,12 +24,8 @@ from collections.abc import Collection, Iterator, Mapping
 from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
-import aiokafka.admin.client
-import aiokafka.client
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.cluster import ClusterMetadata
-from aiokafka.protocol.metadata import MetadataRequest
+from aiokafka import AIOKafkaProducer
 from faust.streams import _current_event
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -149,39 +145,9 @@ def set_fetch_max_wait(app: faust.App, wait_ms: int) -> bool:
     return True
 
 
-# Reads aiokafka's `AIOKafkaConsumer._client` (aiokafka 0.14.0), as the consumer's own
-# `topics()` does, for `AIOKafkaClient.fetch_all_metadata` (public on the client).
-async def all_topics_metadata(consumer: AIOKafkaConsumer) -> ClusterMetadata:
-    """Metadata of every topic, without naming one (naming a missing one may create it)."""
-    return await consumer._client.fetch_all_metadata()
-
-
-# -- no topic auto-creation ------------------------------------------------------------------
-# leadflow creates its topics itself, with their specs (`streams.kafka.topics.ensure_topics`), and
-# refuses to start on a topic whose configs differ. A Metadata request naming a missing topic
-# asks the broker to create it by default (`allow_auto_topic_creation=true`, Metadata v4+),
-# and a broker that agrees creates it with its own defaults: Tansu always does, and so does
-# Apache Kafka unless `auto.create.topics.enable=false` (true by default). After a broker lost
-# its data this made the worker's own consumer recreate its events topic and changelog with
-# no configs, a moment before the worker noticed the loss; restarted, it refused them (the
-# broker-loss fault test on Tansu, in CI). aiokafka has no option for it: 0.14.0's
-# `AIOKafkaClient._metadata_update` and `AIOKafkaAdminClient._get_cluster_metadata` build
-# `MetadataRequest(topics)` (aiokafka.protocol.metadata), whose flag defaults to true. So the
-# name those two modules use is swapped for a request whose default is false, as Kafka
-# Streams sets `allow.auto.create.topics=false` on its consumers.
-class MetadataRequestNoAutoCreate(MetadataRequest):
-    """`MetadataRequest` that does not ask for missing topics to be created."""
-
-    def __init__(
-        self, topics: list[str] | None = None, allow_auto_topic_creation: bool | None = False
-    ) -> None:
-        super().__init__(topics, allow_auto_topic_creation)
-
-
-def forbid_auto_creation() -> None:
-    """Make every aiokafka client in this process send Metadata without auto-creation."""
-    aiokafka.client.MetadataRequest = MetadataRequestNoAutoCreate  # type: ignore[misc]
-    aiokafka.admin.client.MetadataRequest = MetadataRequestNoAutoCreate  # type: ignore[misc]
+# The aiokafka client internals every client needs, with or without Faust (no topic
+# auto-creation; metadata of every topic), are in `streams.kafka.client_internals`: an
+# offline command that reads a topic does not import Faust for them (34 MB, 0.4 s).
 
 
 # -- the worker ----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ they are `SecretStr`, so a logged settings object shows `**********`.
 
 May import (one arrow each, `tests/unit/test_layers.py`): `streams.kafka.topics` (the topic
 names), `streams.web.access` (tokens), `streams.kafka.keys` (master keys) and, lazily,
-`streams.internals` (client options forbid topic auto-creation first).
+`streams.kafka.client_internals` (client options forbid topic auto-creation first).
 """
 
 from __future__ import annotations
@@ -122,10 +122,10 @@ class Settings(BaseSettings):
         """Connection settings for any aiokafka client (producer, consumer, admin).
 
         Every client of ours is configured here, so this is where the process first forbids
-        topic auto-creation (`streams.internals.forbid_auto_creation`): imported here rather
-        than by the CLI at start, a command that never talks to a broker (replay on a file)
-        loads neither Faust nor aiokafka (issue 13)."""
-        from streams.internals import forbid_auto_creation
+        topic auto-creation (`streams.kafka.client_internals.forbid_auto_creation`): imported
+        here rather than by the CLI at start, a command that never talks to a broker (replay
+        on a file) loads no aiokafka, and one that reads a topic no Faust (issue 13)."""
+        from streams.kafka.client_internals import forbid_auto_creation
 
         forbid_auto_creation()
         kwargs: dict[str, Any] = {

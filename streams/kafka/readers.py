@@ -46,9 +46,10 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int] | No
     Kafka). A request for *all* topics refreshes it without naming the topic, because naming
     it would auto-create it on Tansu (and on Kafka with auto-create on). aiokafka exposes
     that request only on its client (`AIOKafkaClient.fetch_all_metadata`, public there),
-    reached through the consumer's client (`streams.internals.all_topics_metadata`).
+    reached through the consumer's client
+    (`streams.kafka.client_internals.all_topics_metadata`).
     """
-    from streams.internals import all_topics_metadata  # imports Faust: only when needed
+    from streams.kafka.client_internals import all_topics_metadata
 
     cluster = await all_topics_metadata(consumer)
     partitions = cluster.partitions_for_topic(topic)

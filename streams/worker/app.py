@@ -21,12 +21,9 @@ import faust
 from faust.types import TP
 
 from lifecycle.policy import Policy
-from streams.internals import (
-    BatchingApp,
-    BatchingConsumer,
-    forbid_auto_creation,
-)
+from streams.internals import BatchingApp, BatchingConsumer
 from streams.kafka import topics
+from streams.kafka.client_internals import forbid_auto_creation
 from streams.kafka.keys import KeyRing
 from streams.kafka.readers import iter_to_end
 from streams.kafka.topics import TopicNames, TopicSpec

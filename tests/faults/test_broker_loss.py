@@ -20,7 +20,7 @@ rely on):
   with history (nothing to rebuild) and the next events are still decided correctly.
 
 The worker's clients never ask the broker to auto-create a topic
-(`streams.internals.forbid_auto_creation`): Tansu creates one without configs for any
+(`streams.kafka.client_internals.forbid_auto_creation`): Tansu creates one without configs for any
 Metadata request naming it, and in one CI run the worker's own consumer recreated the events
 topic and the changelog that way in the second before it noticed the loss; restarted, it
 refused them for their configs.

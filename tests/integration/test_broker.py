@@ -165,7 +165,7 @@ async def test_leadflow_clients_never_auto_create_a_topic(
     import aiokafka.admin.client
     import aiokafka.client
 
-    from streams.internals import forbid_auto_creation
+    from streams.kafka.client_internals import forbid_auto_creation
 
     for module in (aiokafka.client, aiokafka.admin.client):  # restored after the test
         monkeypatch.setattr(module, "MetadataRequest", module.MetadataRequest)

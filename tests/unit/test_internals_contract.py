@@ -1,4 +1,5 @@
-"""The faust-streaming / aiokafka / mode internals `streams.internals` relies on, as installed.
+"""The faust-streaming / aiokafka / mode internals `streams.internals` (and, for aiokafka's
+client, `streams.kafka.client_internals`) relies on, as installed.
 
 Each check names the internal. A failure after an upgrade means: read the upstream function
 named in the message, adapt `streams/internals.py` to it, then update the hash or signature

@@ -38,8 +38,8 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     ("streams.settings", "streams.web.access"): "tokens",
     ("streams.settings", "streams.kafka.keys"): "master keys",
     # the aiokafka client options forbid topic auto-creation before any client is built (a
-    # lazy import: only a process that talks to a broker loads Faust)
-    ("streams.settings", "streams.internals"): "no topic auto-creation",
+    # lazy import: only a process that talks to a broker loads aiokafka, and none Faust)
+    ("streams.settings", "streams.kafka.client_internals"): "no topic auto-creation",
 }
 
 RUNTIME_LIBRARIES = {"faust", "aiokafka", "mode", "kafka", "rocksdict", "typer", "rich"}

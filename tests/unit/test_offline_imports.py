@@ -86,6 +86,32 @@ def test_offline_command_imports_no_kafka_client(
     assert loaded_by(*args) == [], f"leadflow {' '.join(args)} imported a Kafka runtime"
 
 
+def test_a_command_that_reads_a_topic_builds_its_clients_without_faust() -> None:
+    """`replay | funnel | simulate | verify --broker` and the exports: client options, the
+    preflight, the readers and the history parsers load aiokafka but not Faust (34 MB)."""
+    probe = (
+        "import sys\n"
+        "from streams.settings import Settings\n"
+        "Settings(broker='kafka://localhost:1').aiokafka_kwargs()\n"
+        "import streams.cli.reading, streams.kafka.preflight, streams.kafka.readers\n"
+        "import streams.tools.export\n"
+        "import asyncio\n"
+        "from aiokafka.cluster import ClusterMetadata\n"
+        "class Client:\n"  # what `partitions_of` asks of a consumer's client, no broker
+        "    async def fetch_all_metadata(self):\n"
+        "        return ClusterMetadata()\n"
+        "class Consumer:\n"
+        "    _client = Client()\n"
+        "assert asyncio.run(streams.kafka.readers.partitions_of(Consumer(), 't')) is None\n"
+        "print(sorted(m for m in ('faust', 'mode', 'aiokafka') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["['aiokafka']"]
+
+
 def test_a_command_that_configures_a_broker_client_forbids_auto_creation() -> None:
     """The other side: building client options (every client of ours is configured by
     `Settings.aiokafka_kwargs()`) swaps in the Metadata request without auto-creation."""
