@@ -10,7 +10,7 @@ reason sentence that was sealed is compared by its rule id only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,11 +112,18 @@ def _facts(record: Any, withheld: Any = None) -> dict[str, Any]:
     }
 
 
-def verify(records: Iterable[Applied], policies: Mapping[str, Policy]) -> VerifyReport:
+def verify(
+    records: Iterable[Applied],
+    policies: Mapping[str, Policy],
+    repeats: Container[str] | None = None,
+) -> VerifyReport:
     """Check every record whose policy version is known; count those whose policy is not.
 
     A record whose event id the person had applied before is reported (field `duplicate`
     for the same content, `conflict` for other content): the worker never applies one.
+    `repeats`: for a history known whole (a file), the event ids that may occur in it more
+    than once (`lifecycle.replay.Replayer`); a record of any other id is checked with nothing
+    seen and kept out of the dedup index.
     """
     report = VerifyReport()
     states: dict[str, PersonState] = {}
@@ -124,6 +131,7 @@ def verify(records: Iterable[Applied], policies: Mapping[str, Policy]) -> Verify
     for record in records:
         if getattr(record, "duplicate", False):
             continue  # a redelivery replay() reports; it was never applied, as in fold()
+        indexed = repeats is None or record.event.event_id in repeats
         state = states.get(record.person_id)
         policy = policies.get(record.policy_version)  # type: ignore[attr-defined]
         if policy is None:
@@ -138,7 +146,7 @@ def verify(records: Iterable[Applied], policies: Mapping[str, Policy]) -> Verify
                 state,
                 event,
                 policy,
-                seen.get(record.person_id, event.event_id),
+                seen.get(record.person_id, event.event_id) if indexed else None,
                 recorded=getattr(record, "outcomes", None),
             )
             if recomputed.duplicate:
@@ -173,5 +181,6 @@ def verify(records: Iterable[Applied], policies: Mapping[str, Policy]) -> Verify
                             )
                         )
         states[record.person_id] = evolve(state, record)
-        seen.remember(record)
+        if indexed:
+            seen.remember(record)
     return report

@@ -328,7 +328,8 @@ def verify(
         commands_partials.verify_share(share, known)
         return
     reader = EventReader(strict)
-    report = run(reader.history(history, broker, topic_prefix), known)
+    repeats = reader.repeats([history] if history is not None else None, broker)
+    report = run(reader.history(history, broker, topic_prefix), known, repeats)
     print_verification(report)
     reader.summary()
     if not report.ok:

@@ -18,8 +18,9 @@ from lifecycle.funnel import funnel_of
 from lifecycle.merge import handoff_id, returned_id
 from lifecycle.replay import Replayer, replay
 from lifecycle.simulate import simulate
+from lifecycle.verify import verify
 from streams.cli.main import app
-from streams.tools.files import ReadStats, read_events
+from streams.tools.files import ReadStats, read_events, read_history
 from streams.tools.repeats import id_of, may_repeat
 from tests.fixtures.core import preset
 from tests.unit.test_merge import streams_with_merges
@@ -168,3 +169,33 @@ def test_funnel_and_simulate_of_a_file_report_what_the_whole_path_reports(pinned
     what_if = runner.invoke(app, [*args, "--policy", "default", "--against", "mature"])
     assert what_if.exit_code == 0, what_if.output
     assert json.loads(what_if.stdout) == simulate(events(), rules, other).to_dict(500)
+
+
+def test_verify_of_a_history_file_reports_what_the_whole_path_reports(
+    pinned_file: Path, tmp_path: Path
+):
+    """`verify --history F` reads the file whole too: a record applied twice and an id reused
+    with other content are still found, and every count is the whole path's."""
+    rules = preset("default")
+    history = [
+        orjson.dumps(d.to_wire())
+        for d in replay(list(read_events(pinned_file, stats=ReadStats())), rules)
+        if not d.duplicate
+    ]
+    history.insert(500, history[120])  # a record applied twice
+    reused = orjson.loads(history[300])
+    reused["event"]["source"] = "other"
+    history.insert(900, orjson.dumps(reused))  # the same id with other content
+    path = _write(tmp_path / "history.jsonl", history)
+
+    result = runner.invoke(app, ["verify", "--history", str(path)])
+    records = list(read_history(path))
+    whole = verify(records, {rules.version: rules})
+    fields = sorted(m.field for m in whole.mismatches)
+    assert {"duplicate", "conflict"} <= set(fields)
+    assert f"checked {whole.checked} records: {len(whole.mismatches)} mismatch(es)" in (
+        result.stdout
+    )
+    quick = verify(records, {rules.version: rules}, may_repeat(path))
+    assert sorted(m.field for m in quick.mismatches) == fields
+    assert (quick.checked, quick.withheld) == (whole.checked, whole.withheld)
