@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import mmap
 import os
 import resource
 import traceback
@@ -42,6 +41,9 @@ from streams.tools.files import BadLine, ReadStats, read_events
 #: Files at least this large are sharded by default (`--jobs 0`); below, forking costs more
 #: than it saves (about 200k events of the synthetic kind).
 SHARD_BYTES = 32_000_000
+
+#: Bytes read at once where a whole file is scanned or read (whole lines are carried over).
+SCAN_BYTES = 1024 * 1024
 
 
 def default_jobs(path: Path) -> int:
@@ -123,24 +125,36 @@ class Groups:
 
     @classmethod
     def of_file(cls, path: Path) -> Groups:
-        """Every `person_merged` of the file (events or history records) joins two persons."""
+        """Every `person_merged` of the file (events or history records) joins two persons.
+
+        Read a block of whole lines at a time, not mapped: the pages of a mapped file count
+        in this process's RSS (the parent's peak was the file's size above its own)."""
         groups = cls()
-        if path.stat().st_size == 0:
-            return groups
+        with path.open("rb") as handle:
+            rest = b""
+            while True:
+                data = handle.read(SCAN_BYTES)
+                block = rest + data
+                end = block.rfind(b"\n") + 1 if data else len(block)  # at the end, the rest
+                groups._join_merges(block, end)
+                rest = block[end:]
+                if not data:
+                    return groups
+
+    def _join_merges(self, block: bytes, end: int) -> None:
+        """Join the persons of each merge in the whole lines of `block[:end]`."""
         needle = MERGED.encode()
-        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            at = m.find(needle)
-            while at != -1:
-                start = m.rfind(b"\n", 0, at) + 1
-                end = m.find(b"\n", at)
-                end = len(m) if end == -1 else end
-                data = _as_history_event(_loads(m[start:end]))
-                if isinstance(data, dict) and data.get("type") == MERGED:
-                    a, b = data.get("person_id"), data.get("merged_into")
-                    if isinstance(a, str) and isinstance(b, str):
-                        groups.join(a, b)
-                at = m.find(needle, end)
-        return groups
+        at = block.find(needle, 0, end)
+        while at != -1:
+            start = block.rfind(b"\n", 0, at) + 1
+            stop = block.find(b"\n", at, end)
+            stop = end if stop == -1 else stop
+            data = _as_history_event(_loads(block[start:stop]))
+            if isinstance(data, dict) and data.get("type") == MERGED:
+                a, b = data.get("person_id"), data.get("merged_into")
+                if isinstance(a, str) and isinstance(b, str):
+                    self.join(a, b)
+            at = block.find(needle, stop, end)
 
     def shard(self, person: str | None, jobs: int) -> int:
         """The worker of a person's group. Python's string hash differs between interpreters

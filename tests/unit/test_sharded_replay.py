@@ -46,6 +46,27 @@ def test_a_merge_chain_is_one_group_whichever_way_it_was_written(tmp_path: Path)
         assert len({groups.shard(p, jobs) for p in "abc"}) == 1
 
 
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 20])
+@pytest.mark.parametrize("newline_at_end", [True, False])
+def test_merges_are_found_across_the_blocks_the_scan_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int, newline_at_end: bool
+):
+    """Lines longer than a block, merges cut by a block's end, a last line without newline."""
+    monkeypatch.setattr("streams.tools.sharded.SCAN_BYTES", block)
+    path = tmp_path / "merges.jsonl"
+    merges = [("a", "b"), ("c", "a"), ("d", "e"), ("f", "g")]
+    lines = [b'{"type":"page_viewed","person_id":"x","padding":"' + b"y" * 100 + b'"}']
+    for absorbed, survivor in merges:
+        merge = {"type": "person_merged", "person_id": absorbed, "merged_into": survivor}
+        lines += [orjson.dumps(merge), b"", b"{not json person_merged"]
+    path.write_bytes(b"\n".join(lines) + (b"\n" if newline_at_end else b""))
+    groups = Groups.of_file(path)
+    assert groups.root("a") == groups.root("b") == groups.root("c")
+    assert groups.root("d") == groups.root("e") != groups.root("a")
+    assert groups.root("f") == groups.root("g") != groups.root("d")
+    assert groups.root("x") == "x"
+
+
 @pytest.mark.parametrize(
     ("line", "person"),
     [
