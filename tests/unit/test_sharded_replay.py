@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from unittest import mock
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lifecycle.policy import load_preset
@@ -13,8 +18,8 @@ from lifecycle.replay import replay
 from streams.cli.main import app
 from streams.dev.demo import synthetic_events
 from streams.tools.files import read_events
-from streams.tools.sharded import Groups, person_of
-from tests.unit.test_replay_output_pinned import pinned_stream
+from streams.tools.sharded import Groups, own_lines, person_of, plain_persons
+from tests.unit.test_replay_output_pinned import PINNED, pinned_stream
 
 runner = CliRunner()
 
@@ -44,6 +49,27 @@ def test_a_merge_chain_is_one_group_whichever_way_it_was_written(tmp_path: Path)
     assert groups.root("x") == "x"
     for jobs in (2, 3, 7):
         assert len({groups.shard(p, jobs) for p in "abc"}) == 1
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 20])
+@pytest.mark.parametrize("newline_at_end", [True, False])
+def test_merges_are_found_across_the_blocks_the_scan_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int, newline_at_end: bool
+):
+    """Lines longer than a block, merges cut by a block's end, a last line without newline."""
+    monkeypatch.setattr("streams.tools.sharded.SCAN_BYTES", block)
+    path = tmp_path / "merges.jsonl"
+    merges = [("a", "b"), ("c", "a"), ("d", "e"), ("f", "g")]
+    lines = [b'{"type":"page_viewed","person_id":"x","padding":"' + b"y" * 100 + b'"}']
+    for absorbed, survivor in merges:
+        merge = {"type": "person_merged", "person_id": absorbed, "merged_into": survivor}
+        lines += [orjson.dumps(merge), b"", b"{not json person_merged"]
+    path.write_bytes(b"\n".join(lines) + (b"\n" if newline_at_end else b""))
+    groups = Groups.of_file(path)
+    assert groups.root("a") == groups.root("b") == groups.root("c")
+    assert groups.root("d") == groups.root("e") != groups.root("a")
+    assert groups.root("f") == groups.root("g") != groups.root("d")
+    assert groups.root("x") == "x"
 
 
 @pytest.mark.parametrize(
@@ -87,3 +113,116 @@ def test_person_and_as_of_filters_apply_the_same_sharded(tmp_path: Path):
         one = _replay(path, "--jobs", "1", *args)
         assert one[0]
         assert _replay(path, "--jobs", "3", *args) == one
+
+
+# --- the skip path's shortcut: a block of lines decoded at once (`plain_persons`) -----------
+
+PROPERTY = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FILES = settings(PROPERTY, max_examples=200)  # a file each
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=6)
+#: JSON strings as writers write them: raw UTF-8 (orjson) or ASCII with \u escapes (json)
+_STRING = st.one_of(_TEXT.map(orjson.dumps), _TEXT.map(lambda t: json.dumps(t).encode()))
+_KEYS = st.sampled_from(
+    [
+        *(b'"event_id"', b'"type"', b'"person_id"', b'"person\\u005fid"', b'"profile"'),
+        *(b'"sequence"', b'"seq\\u0075ence"', b'"event"', b'"x"'),
+    ]
+)
+_SPACE = st.sampled_from([b"", b" ", b"\t", b"\r"])
+
+
+def _object(values: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    """A JSON object written by hand: any key order, duplicate keys, odd spacing."""
+    member = st.tuples(_SPACE, _KEYS, _SPACE, values).map(
+        lambda m: m[0] + m[1] + b":" + m[2] + m[3]
+    )
+    return st.lists(member, max_size=5).map(lambda members: b"{" + b",".join(members) + b"}")
+
+
+_SCALAR = st.one_of(_STRING, st.sampled_from([b"7", b"null", b"true", b"NaN", b"1e999", b"[]"]))
+_VALUE = st.one_of(_SCALAR, _object(_SCALAR))  # a nested person_id, a history record's event
+
+
+@st.composite
+def lines(draw: st.DrawFn) -> bytes:
+    """A line of a replay's input: an event, a history record, or something broken."""
+    line = draw(_object(_VALUE))
+    damage = draw(st.sampled_from(["none"] * 6 + ["cut", "space", "two", "bytes", "blank", "list"]))
+    if damage == "cut":
+        line = line[: draw(st.integers(0, len(line)))]
+    elif damage == "space":
+        line = draw(_SPACE) + line + draw(_SPACE)
+    elif damage == "two":
+        line = line + draw(st.sampled_from([b",", b" "])) + draw(_object(_SCALAR))
+    elif damage == "bytes":  # invalid UTF-8, where a reader checks it or where it skips it
+        at = draw(st.integers(0, len(line)))
+        line = line[:at] + draw(st.sampled_from([b"\xff", b"\xed\xa0\x80", b"\xc3"])) + line[at:]
+    elif damage == "blank":
+        line = draw(_SPACE)
+    elif damage == "list":
+        line = b"[" + line + b"]"
+    return line
+
+
+@PROPERTY
+@given(st.lists(lines(), max_size=8))
+@example([b'{"event_id":"e","person_id":"p1","person_id":"p2"}'])  # the last key counts
+@example([b'{"x":"\xff","person_id":"p1"}'])  # msgspec skips what orjson refuses
+@example([b'{"person_id":"p1","x":"\xff"}'])  # ... and person_of reads this one by orjson
+@example([b'{"type":"t"}', b'{"person_id":"p1","x":"\xff"}'])  # ... wherever it is
+@example([b'{"person_id":"h","sequence":1,"event":{"person_id":"p3"}}'])
+@example([b'{"event_id":"e","person_id":"p","sequence":1,"event":{"person_id":"q"}}'])
+def test_a_block_decoded_at_once_names_the_persons_person_of_names(block: list[bytes]):
+    block = [line + b"\n" for line in block]
+    persons = plain_persons(block)
+    assert persons is None or persons == [person_of(line) for line in block]
+
+
+def test_a_block_of_plain_events_is_decoded_at_once():
+    block = [orjson.dumps(e) + b"\n" for e in synthetic_events(50, 500, seed=5, duplicates=0.01)]
+    assert plain_persons(block) == [person_of(line) for line in block]
+
+
+#: Plain lines (blocks of them take the shortcut) and merges (joined persons' lines go to one
+#: worker).
+_PLAIN = st.sampled_from(
+    [b'{"type":"t","person_id":"%s"}' % person.encode() for person in "abcdefgh"]
+    + [b'{"type":"person_merged","person_id":"%s","merged_into":"a"}' % p.encode() for p in "bcd"]
+)
+
+
+@FILES
+@given(st.lists(st.one_of(lines(), _PLAIN, _PLAIN), max_size=30), st.integers(1, 200))
+def test_each_worker_takes_the_lines_of_its_persons_however_the_file_is_cut(
+    tmp_path_factory: pytest.TempPathFactory, file_lines: list[bytes], block: int
+):
+    """Blocks the shortcut takes and blocks read line by line, blank lines skipped by all."""
+    path = tmp_path_factory.mktemp("cut") / "events.jsonl"
+    path.write_bytes(b"\n".join(file_lines))
+    groups = Groups.of_file(path)
+    with path.open("rb") as handle:
+        numbered = list(enumerate(handle, start=1))
+    with mock.patch("streams.tools.sharded.SCAN_BYTES", block):
+        for jobs in (1, 2, 3):
+            for shard in range(jobs):
+                want = [
+                    (number, line)
+                    for number, line in numbered
+                    if line.strip() and groups.shard(person_of(line), jobs) == shard
+                ]
+                assert list(own_lines(path, groups, jobs, shard)) == want
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_a_replay_read_in_small_blocks_prints_what_main_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int
+):
+    """Most blocks of the pinned stream are plain (the shortcut), some hold a bad line, a
+    history record or a merge (line by line)."""
+    monkeypatch.setattr("streams.tools.sharded.SCAN_BYTES", 2048)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(pinned_stream()) + b"\n")
+    out, err = _replay(path, "--jobs", str(jobs))
+    assert hashlib.sha256(out).hexdigest() == PINNED["default", False]
+    assert err == _replay(path, "--jobs", "1")[1]
