@@ -769,6 +769,7 @@ async def bench(args: argparse.Namespace) -> list[Result]:
     only = args.only.split(",")
     results = []
     data = OUT / "data"
+    data.mkdir(parents=True, exist_ok=True)  # the worker's data dir goes in it (Faust: mkdir)
     for name in ("raw", "naive", "faust", "worker"):
         if name not in only:
             continue
