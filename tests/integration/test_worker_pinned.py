@@ -8,8 +8,9 @@ committed every input (an offset wait, never a sleep), the stage-changes and his
 are read per partition in offset order and hashed: partition, offset, key and value of every
 record.
 
-Personal fields, and the sentences quoting them, are sealed with AES-GCM under random nonces,
-so their ciphertext differs every run. The digest is of a deterministic view: each sealed
+Personal fields, and the sentences quoting them, are sealed with AES-GCM under per-person data
+keys the worker makes at random (the nonce is derived from key and plaintext), so their
+ciphertext differs every run. The digest is of a deterministic view: each sealed
 token is *opened* with the test's key ring (the data keys the worker published, unwrapped with
 the test master key, as `tests.fixtures.worker.Opened` does) and its plaintext hashed in its
 place, so the view still changes if anything the worker sealed changes. A record with nothing
