@@ -17,7 +17,12 @@ count is exact (Tansu's `end_offsets` is not).
 
 Then, against the same worker, a fixed rate of 20 % of its measured capacity: every event's
 send time is stamped and its stage change timed when it appears (p50 / p99).
-Target: worker ≥ 3× naive.
+
+Targets (issue 13), each printed with its measured ratio: worker ≥ 0.4× raw (moonshot 0.5×),
+p99 event → stage change ≤ 50 ms at 20 % load, worker ≥ 3× naive. The worker's memory is
+printed too: its peak RSS (VmHWM of the worker process itself, read before it stops; a child's
+`ru_maxrss` would include the bench's RSS at the fork) and bytes per person (RSS after the
+timed run minus RSS after warm-up, over the persons the run touched).
 
     python bench/stream.py [--broker-kind kafka|tansu] [--events 100000] [--persons 10000]
                            [--only raw,naive,faust,worker]
@@ -152,6 +157,18 @@ class Observer:
 # --- processes ----------------------------------------------------------------------------
 
 
+def proc_status_mb(pid: int | None, name: str) -> float:
+    """A `VmRSS` / `VmHWM` line of /proc/<pid>/status in MB (0 once the process is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, TypeError):
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 class Child(ChildProcess):
     """A processor in its own process group, stopped by PID (`streams.dev.process`)."""
 
@@ -180,6 +197,16 @@ class Result:
     error: str | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     profile: dict[str, float] = field(default_factory=dict)
+    persons: int = 0  # distinct persons of the timed run
+    rss_warm_mb: float = 0.0  # VmRSS after warm-up
+    rss_run_mb: float = 0.0  # VmRSS right after the timed run
+    peak_rss_mb: float = 0.0  # VmHWM before the processor stops (latency phase included)
+
+    @property
+    def bytes_per_person(self) -> float:
+        if not (self.persons and self.rss_run_mb and self.rss_warm_mb):
+            return 0.0
+        return (self.rss_run_mb - self.rss_warm_mb) * 1024 * 1024 / self.persons
 
     @property
     def rate(self) -> float:
@@ -204,7 +231,7 @@ async def measure(
     (its own CPU, idle excluded) and the summary is printed and kept in bench/out/.
     """
     OUT.mkdir(parents=True, exist_ok=True)
-    result = Result(name, len(events))
+    result = Result(name, len(events), persons=len({key for key, _ in events}))
     prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
     kind_options: dict[str, Any] = {"log_path": OUT / f"{broker_kind}-{name}.log"}
     if broker_kind == "kafka":
@@ -232,6 +259,7 @@ async def measure(
             result.ready_seconds = time.monotonic() - started
             print(f"  {name}: consuming after {result.ready_seconds:.1f}s", flush=True)
             cpu0 = child.cpu_seconds()
+            result.rss_warm_mb = proc_status_mb(child.pid, "VmRSS")
             history0 = observer.counts[names.history]
             changes0 = observer.counts[names.stage_changes]
             spy = start_profile(name, child.proc.pid, profile) if profile > 0 else None
@@ -247,6 +275,7 @@ async def measure(
             await send
             result.seconds = t1 - t0
             result.cpu_seconds = child.cpu_seconds() - cpu0
+            result.rss_run_mb = proc_status_mb(child.pid, "VmRSS")
             if spy is not None:
                 result.profile = await finish_profile(spy)
             await asyncio.sleep(0.5)  # stage changes of the last events may trail the history
@@ -261,6 +290,7 @@ async def measure(
         except Exception as error:  # report and go on with the other benches
             result.error = f"{type(error).__name__}: {error}"
         finally:
+            result.peak_rss_mb = proc_status_mb(child.pid, "VmHWM")
             await observer.stop()
             await producer.stop()
             child.stop()
@@ -655,22 +685,81 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             f"note: worker published {worker.stage_changes:,} stage changes, the naive "
             f"agent {naive.stage_changes:,} (same core and input: expected equal)"
         )
-    if worker and not worker.error:
-        for other in ("naive", "faust", "raw"):
-            base = by.get(other)
-            if base and not base.error and base.rate:
-                target = "  (target ≥ 3x)" if other == "naive" else ""
-                print(f"worker / {other}: {worker.rate / base.rate:.2f}x{target}")
+    for line in target_lines(results):
+        print(line)
     for r in results:
         lat = r.latency_ms
         if lat.get("measured"):
+            target = "  (target p99 ≤ 50 ms)" if r.name == "worker" else ""
             print(
                 f"{r.name} latency at {lat['rate']:,.0f} events/s (20 % of its capacity; "
                 f"achieved {lat['actual_rate']:,.0f}/s), {lat['measured']:,} stage changes: "
                 f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms"
+                f"{target}"
             )
+            if r.name == "worker":
+                print(f"  p99 / target: {lat['p99'] / P99_TARGET_MS:.2f} (≤ 1 meets it)")
         elif lat:
             print(f"{r.name} latency: no stage change observed ({lat})")
+    for r in results:
+        if r.peak_rss_mb and not r.error:
+            print(
+                f"{r.name} memory: peak RSS {r.peak_rss_mb:,.0f} MB (VmHWM); "
+                f"{r.bytes_per_person:,.0f} bytes per person (RSS {r.rss_warm_mb:,.0f} MB after "
+                f"warm-up → {r.rss_run_mb:,.0f} MB after the run, {r.persons:,} persons)"
+            )
+
+
+#: Issue 13's targets: worker / baseline ratios (target, moonshot), and p99 at 20 % load.
+RATIO_TARGETS = {"raw": (0.4, 0.5), "naive": (3.0, None)}
+P99_TARGET_MS = 50.0
+
+
+def target_lines(results: list[Result]) -> list[str]:
+    """`worker / <baseline>: <ratio>x (target …)` for every baseline measured."""
+    by = {r.name: r for r in results if not r.error}
+    worker = by.get("worker")
+    if worker is None or not worker.rate:
+        return []
+    lines = []
+    for other in ("naive", "faust", "raw"):
+        base = by.get(other)
+        if base is None or not base.rate:
+            continue
+        target, moonshot = RATIO_TARGETS.get(other, (None, None))
+        note = ""
+        if target is not None:
+            note = f" (target ≥ {target:g}x" + (f", moonshot {moonshot:g}x)" if moonshot else ")")
+        lines.append(f"worker / {other}: {worker.rate / base.rate:.2f}x{note}")
+    return lines
+
+
+def targets_json(results: list[Result]) -> dict[str, Any]:
+    """The targets with what was measured, for bench/out/."""
+    by = {r.name: r for r in results if not r.error}
+    worker = by.get("worker")
+    out: dict[str, Any] = {}
+    if worker is None:
+        return out
+    for other, (target, moonshot) in RATIO_TARGETS.items():
+        base = by.get(other)
+        if base is not None and base.rate and worker.rate:
+            ratio = worker.rate / base.rate
+            out[f"worker/{other}"] = {
+                "ratio": round(ratio, 4),
+                "target": target,
+                "moonshot": moonshot,
+                "met": ratio >= target,
+            }
+    p99 = worker.latency_ms.get("p99")
+    if p99 is not None:
+        out["p99_ms"] = {"value": p99, "target": P99_TARGET_MS, "met": p99 <= P99_TARGET_MS}
+    if worker.peak_rss_mb:
+        out["memory"] = {
+            "peak_rss_mb": worker.peak_rss_mb,
+            "bytes_per_person": round(worker.bytes_per_person),
+        }
+    return out
 
 
 async def bench(args: argparse.Namespace) -> list[Result]:
@@ -680,6 +769,7 @@ async def bench(args: argparse.Namespace) -> list[Result]:
     only = args.only.split(",")
     results = []
     data = OUT / "data"
+    data.mkdir(parents=True, exist_ok=True)  # the worker's data dir goes in it (Faust: mkdir)
     for name in ("raw", "naive", "faust", "worker"):
         if name not in only:
             continue
@@ -757,8 +847,9 @@ def main() -> None:
     report(results, args)
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"stream-{args.broker_kind}-{args.events}-{args.persons}.json"
-    rows = [{**asdict(r), "rate": r.rate} for r in results]
-    path.write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
+    rows = [{**asdict(r), "rate": r.rate, "bytes_per_person": r.bytes_per_person} for r in results]
+    document = {"args": vars(args), "results": rows, "targets": targets_json(results)}
+    path.write_text(json.dumps(document, indent=2))
     print(f"results in {path}")
 
 

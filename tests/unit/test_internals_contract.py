@@ -26,6 +26,7 @@ import aiokafka.producer.transaction_manager
 import aiokafka.protocol.metadata
 import faust
 import faust.app.base
+import faust.stores.rocksdb
 import faust.streams
 import faust.tables.base
 import faust.tables.recovery
@@ -97,6 +98,25 @@ MIRRORED = [
         faust.tables.table.Table.on_key_set,
         "(self, key: ~KT, value: ~VT) -> None",
         "a370e35ca55c2c7e",
+    ),
+    Mirrored(
+        "write_store_batch does what it does for many keys of one partition",
+        faust.stores.rocksdb.Store._set,
+        "(self, key: bytes, value: Optional[bytes]) -> None",
+        "4227e561e288d941",
+    ),
+    Mirrored(
+        "write_store_batch writes a WriteBatch(raw_mode=True) as it does",
+        faust.stores.rocksdb.Store.apply_changelog_batch,
+        "(self, batch: Iterable[faust.types.events.EventT], to_key: Callable[[Any], Any], "
+        "to_value: Callable[[Any], Any]) -> None",
+        "ea3344d369fc4ab5",
+    ),
+    Mirrored(
+        "write_store_batch opens or finds a partition's database through it",
+        faust.stores.rocksdb.Store._db_for_partition,
+        "(self, partition: int) -> Rdict",
+        "cb7e67d5f9efc4bc",
     ),
     Mirrored(
         "set_current_event / writing_for mirror it",
@@ -223,6 +243,10 @@ ATTRIBUTES = [
     ("Consumer._n_acked", faust.transport.consumer.Consumer, "_n_acked: int = 0"),
     ("Consumer.ack counts _n_acked", faust.transport.consumer.Consumer.ack,
      "self._n_acked += 1"),
+    ("Store._key_index (write_store_batch fills it)", faust.stores.rocksdb.Store.__init__,
+     "self._key_index = LRUCache(limit=self.key_index_size)"),
+    ("Store.use_rocksdict", faust.stores.rocksdb.Store.__init__,
+     "self.use_rocksdict = USE_ROCKSDICT"),
     ("faust.streams._current_event", faust.streams,
      '_current_event = ContextVar("current_event")'),
 ]  # fmt: skip
@@ -291,6 +315,24 @@ def test_the_current_event_is_what_faust_tables_partition_by() -> None:
     assert faust.streams.current_event() is None
     with internals.writing_for(event):
         assert table.partition_for_key(b"k") == 5
+
+
+@pytest.mark.parametrize("store", ["rocksdb", "memory"])
+def test_a_batch_store_write_reads_back_as_table_writes_do(store: str, tmp_path: Any) -> None:
+    url = "rocksdb://" if store == "rocksdb" else "memory://"
+    app = faust.App(f"internals-batch-{store}", store=url, datadir=str(tmp_path))
+    options = {"driver": "rocksdict"} if store == "rocksdb" else None
+    table = app.Table("persons", partitions=4, options=options, key_type=bytes, value_type=bytes)
+    message = Message("events", 3, -1, time.time(), 0, None, None, None, None)
+    with internals.writing_for(faust.Event(app, None, None, None, message)):
+        internals.write_store_batch(table, 3, [(b"a", b"1"), (b"b", b"2")])
+        internals.write_store(table, b"c", b"3")
+        assert [table.data[k] for k in (b"a", b"b", b"c")] == [b"1", b"2", b"3"]
+    if store == "rocksdb":
+        db = table.data._db_for_partition(3)
+        assert db[b"a"] == b"1" and db[b"c"] == b"3"
+        assert table.data._key_index[b"b"] == 3
+        assert table.data._db_for_partition(0).get(b"a") is None
 
 
 def test_the_batching_app_builds_the_batching_consumer() -> None:
