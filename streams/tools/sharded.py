@@ -38,6 +38,7 @@ from lifecycle.merge import MERGED
 from lifecycle.policy import Policy
 from lifecycle.replay import Recorded, Replayer, bulk_gc
 from streams.tools.files import BadLine, ReadStats, read_events
+from streams.tools.repeats import may_repeat
 
 #: Files at least this large are sharded by default (`--jobs 0`); below, forking costs more
 #: than it saves (about 200k events of the synthetic kind).
@@ -263,7 +264,11 @@ def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
     stats = ReadStats()
     # Outcomes a history line kept of sealed fields (`streams.tools.files`), as the CLI path keeps.
     recorded: Recorded = {}
-    replayer = Replayer(policy, recorded=recorded)
+    # A first pass over this worker's lines: the ids that may repeat among them (the others
+    # skip the dedup index, `streams.tools.repeats`). A shard's persons, merge groups whole,
+    # never meet another shard's, so the ids of its own lines are all it needs to know.
+    repeats = may_repeat(path, own_lines(path, groups, jobs, shard))
+    replayer = Replayer(policy, recorded=recorded, repeats=repeats)
     states = replayer.states
     created: list[int] = []  # the line that created each state, in the states' order
     conflicts = 0
