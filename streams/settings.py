@@ -68,6 +68,15 @@ class Settings(BaseSettings):
         "idle CPU: measured 1.7, 4 and 6 % of a core for the idle worker at 100, 20 and 10 ms "
         "on Kafka (the broker about as much again)",
     )
+    table_write_buffer_mb: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="RocksDB write buffer (memtable) of the person table, per owned partition, "
+        "MB; at most 2 per partition. Faust's default is 64 MB, 3 of them, which held ~22 KB "
+        "per person in memory in bench/stream.py; the states are a few hundred bytes each, and "
+        "the worker keeps its hot persons in its own cache",
+    )
     exactly_once: bool = False
     idempotent_producer: bool = Field(
         default=True,

@@ -174,7 +174,7 @@ def make_app(
         PERSON_TABLE,
         default=None,
         partitions=settings.partitions,
-        options={"driver": "rocksdict"} if settings.store == "rocksdb" else None,
+        options=table_options(settings),
         key_type=bytes,  # bytes keys and values: the "raw" serializer
         value_type=bytes,
     )
@@ -258,3 +258,15 @@ def install_pages(app: LeadflowApp) -> None:
     async def metrics_page(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         body, content_type = metrics.render()
         return web.bytes(body, content_type=content_type)
+
+
+def table_options(settings: Settings) -> dict[str, object] | None:
+    """The person table's store options (Faust's `RocksDBOptions`, public through `Table`):
+    rocksdict, and write buffers sized for small values (`Settings.table_write_buffer_mb`)."""
+    if settings.store != "rocksdb":
+        return None
+    return {
+        "driver": "rocksdict",
+        "write_buffer_size": settings.table_write_buffer_mb * 1024 * 1024,
+        "max_write_buffer_number": 2,
+    }
