@@ -36,6 +36,7 @@ lint: $(TEST_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/replay.py
+	$(BIN)/python bench/history.py
 	$(BIN)/python bench/stream.py --broker-kind kafka
 	$(BIN)/python bench/stream.py --broker-kind tansu
 
