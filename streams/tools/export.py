@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -74,6 +74,16 @@ def parse_history(
         raise ValueError(describe_validation_error(error)) from None
 
 
+def _json_of(record: ConsumerRecord[bytes, bytes]) -> Any:
+    """A record's value as JSON data; ValueError naming why not."""
+    if record.value is None:
+        raise ValueError("empty value (tombstone)")
+    try:
+        return orjson.loads(record.value)
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"not JSON: {error}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class RecordedEvent:
     """What a replay of history reads of a record: its event, and what its decision kept of
@@ -93,12 +103,7 @@ def parse_history_event(
     file takes it (`streams.tools.files`): the rest of the record is what replay re-decides,
     so only verify and export validate it (`parse_history`), at twice the cost per record.
     ValueError with a one-line reason if the record holds no valid event."""
-    if record.value is None:
-        raise ValueError("empty value (tombstone)")
-    try:
-        data = orjson.loads(record.value)
-    except orjson.JSONDecodeError as error:
-        raise ValueError(f"not JSON: {error}") from None
+    data = _json_of(record)
     if not isinstance(data, dict) or not isinstance(data.get("event"), dict):
         raise ValueError("not a history record (no event)")
     person, version = data.get("person_id"), data.get("policy_version")
@@ -121,12 +126,7 @@ def parse_history_event(
 
 def parse_policy(record: ConsumerRecord[bytes, bytes]) -> Policy:
     """A policy record is the policy as JSON, or `{"version": …, "policy": {…}}`."""
-    if record.value is None:
-        raise ValueError("empty value (tombstone)")
-    try:
-        data = orjson.loads(record.value)
-    except orjson.JSONDecodeError as error:
-        raise ValueError(f"not JSON: {error}") from None
+    data = _json_of(record)
     if isinstance(data, dict) and isinstance(data.get("policy"), dict):
         data = data["policy"]
     try:

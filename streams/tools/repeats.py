@@ -40,8 +40,8 @@ class _Id(msgspec.Struct):
 _event_id = msgspec.json.Decoder(_Id).decode
 
 
-def _parsed(line: bytes) -> Any:
-    """The line's JSON as the lenient readers take it (stdlib json takes NaN), or None."""
+def lenient_json(line: bytes) -> Any:
+    """The line's JSON, as liberal as any reader downstream (stdlib json takes NaN), or None."""
     try:
         return orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -66,7 +66,7 @@ def id_of(line: bytes) -> Any:
     try:
         return _event_id(line).event_id
     except (msgspec.ValidationError, msgspec.DecodeError):  # not an object, or not JSON
-        data = _parsed(line)  # pydantic decides such a line: read it as loosely
+        data = lenient_json(line)  # pydantic decides such a line: read it as loosely
         return data.get("event_id") if isinstance(data, dict) else None
 
 

@@ -18,7 +18,6 @@ which reports it as one process would.
 from __future__ import annotations
 
 import heapq
-import json
 import os
 import resource
 import traceback
@@ -38,7 +37,7 @@ from lifecycle.merge import MERGED
 from lifecycle.policy import Policy
 from lifecycle.replay import Recorded, Replayer, bulk_gc
 from streams.tools.files import BadLine, ReadStats, read_events
-from streams.tools.repeats import may_repeat
+from streams.tools.repeats import lenient_json, may_repeat
 
 #: Files at least this large are sharded by default (`--jobs 0`); below, forking costs more
 #: than it saves (about 200k events of the synthetic kind).
@@ -72,18 +71,6 @@ class _Person(msgspec.Struct):
 _person_key = msgspec.json.Decoder(_Person).decode
 
 
-def _loads(line: bytes) -> Any:
-    """The line's JSON, as liberal as any reader downstream (stdlib json takes NaN), or None."""
-    try:
-        return orjson.loads(line)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(line)
-    except ValueError:
-        return None
-
-
 def _as_history_event(data: Any) -> Any:
     """A history record's event, as `streams.tools.files.read_events` takes it; else `data`."""
     if isinstance(data, dict) and "sequence" in data and "event" in data:
@@ -94,13 +81,13 @@ def _as_history_event(data: Any) -> Any:
 def person_of(line: bytes) -> str | None:
     """The person a line's event is for, read as `read_events` will read it; None if none."""
     if line.startswith(b'{"person_id"') or line.find(b'"sequence"', 0, 200) != -1:
-        data = _as_history_event(_loads(line))
+        data = _as_history_event(lenient_json(line))
         person = data.get("person_id") if isinstance(data, dict) else None
     else:
         try:
             person = _person_key(line).person_id
         except (msgspec.ValidationError, msgspec.DecodeError):
-            data = _loads(line)
+            data = lenient_json(line)
             person = data.get("person_id") if isinstance(data, dict) else None
     return person if isinstance(person, str) else None
 
@@ -176,7 +163,7 @@ class Groups:
             start = block.rfind(b"\n", 0, at) + 1
             stop = block.find(b"\n", at, end)
             stop = end if stop == -1 else stop
-            data = _as_history_event(_loads(block[start:stop]))
+            data = _as_history_event(lenient_json(block[start:stop]))
             if isinstance(data, dict) and data.get("type") == MERGED:
                 a, b = data.get("person_id"), data.get("merged_into")
                 if isinstance(a, str) and isinstance(b, str):

@@ -86,6 +86,15 @@ def test_offline_command_imports_no_kafka_client(
     assert loaded_by(*args) == [], f"leadflow {' '.join(args)} imported a Kafka runtime"
 
 
+def printed_by(probe: str) -> list[str]:
+    """The words `probe` printed, run in a fresh interpreter."""
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split()
+
+
 def test_a_command_that_reads_a_topic_builds_its_clients_without_faust() -> None:
     """`replay | funnel | simulate | verify --broker` and the exports: client options, the
     preflight, the readers and the history parsers load aiokafka but not Faust (34 MB)."""
@@ -105,11 +114,7 @@ def test_a_command_that_reads_a_topic_builds_its_clients_without_faust() -> None
         "assert asyncio.run(streams.kafka.readers.partitions_of(Consumer(), 't')) is None\n"
         "print(sorted(m for m in ('faust', 'mode', 'aiokafka') if m in sys.modules))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["['aiokafka']"]
+    assert printed_by(probe) == ["['aiokafka']"]
 
 
 def test_a_command_that_configures_a_broker_client_forbids_auto_creation() -> None:
@@ -123,11 +128,7 @@ def test_a_command_that_configures_a_broker_client_forbids_auto_creation() -> No
         "print(before, aiokafka.client.MetadataRequest.__name__,"
         " aiokafka.admin.client.MetadataRequest.__name__)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == [
+    assert printed_by(probe) == [
         "MetadataRequest",
         "MetadataRequestNoAutoCreate",
         "MetadataRequestNoAutoCreate",
