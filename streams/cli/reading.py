@@ -168,6 +168,7 @@ def history_from_broker(broker: str, prefix: str, parse: Any = None) -> Iterator
     """Every history record on the broker in (partition, offset) order, streamed: a batch
     is read while the caller waits for it (`streams.tools.export.history_batches`), so a
     replay holds one batch of records, not the topic. `parse`: see `history_batches`."""
+    from streams.kafka.topics import TopicNotFound
     from streams.settings import Settings
     from streams.tools.export import history_batches, parse_history
 
@@ -175,8 +176,11 @@ def history_from_broker(broker: str, prefix: str, parse: Any = None) -> Iterator
     batches = history_batches(settings, parse=parse or parse_history)
     loop = asyncio.new_event_loop()
     try:
-        # the broker preflight and the keys, then the first batch
-        batch = loop.run_until_complete(checked(settings, anext(batches, None)))
+        try:  # the broker preflight and the keys, then the first batch
+            batch = loop.run_until_complete(checked(settings, anext(batches, None)))
+        except TopicNotFound:
+            topic = settings.topics.history
+            raise _fail(f"history topic {topic} not found on {broker}") from None
         while batch is not None:
             yield from batch
             batch = loop.run_until_complete(anext(batches, None))

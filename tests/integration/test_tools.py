@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -274,6 +275,19 @@ async def test_export_history_reads_every_record_past_what_end_offsets_reports(
     verify = await asyncio.to_thread(runner.invoke, app, ["verify", "--history", str(out)])
     assert verify.exit_code == 0, verify.output
     assert f"checked {len(messages)} records: 0 mismatch(es), 0 unchecked" in verify.stdout
+
+
+async def test_an_offline_command_on_a_missing_history_topic_says_so_in_one_line(
+    broker: LocalBroker,
+) -> None:
+    """`replay | funnel --broker` with no history topic under the prefix: one line naming
+    the topic and the broker, exit 2, no traceback (the history is read as a stream)."""
+    names = TopicNames.prefixed(f"absent-{uuid.uuid4().hex[:6]}")
+    for command in ("replay", "funnel"):
+        result = await asyncio.to_thread(runner.invoke, app, cli(broker, names, command))
+        assert result.exit_code == 2, result.output
+        assert f"history topic {names.history} not found on {broker.url}" in result.stderr
+        assert "Traceback" not in result.output
 
 
 # --- tail ---------------------------------------------------------------------------------
