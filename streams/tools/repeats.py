@@ -70,16 +70,45 @@ def id_of(line: bytes) -> Any:
         return data.get("event_id") if isinstance(data, dict) else None
 
 
-def may_repeat(path: Path, lines: Iterable[tuple[int, bytes]] | None = None) -> set[str]:
-    """The event ids of the JSONL file at `path` that may occur in it more than once;
-    `lines`: (number, line) of the file to consider instead of all of them (a shard of a
-    replay, whose persons meet no other shard's: `streams.tools.sharded`)."""
-    bits = 1 << max(16, (path.stat().st_size // 5).bit_length())  # ~32 a ~160-byte line
-    seen = bytearray(bits // 8)
-    mask = bits - 1
-    kept: set[str] = set()
+class Repeats:
+    """The ids of a stream of event ids that may occur in it more than once: one bit per id in
+    a bit array of ~32 bits per line of a file of `size` bytes; an id whose bit is already set
+    (or of a derived form) is kept."""
+
+    def __init__(self, size: int) -> None:
+        bits = 1 << max(16, (size // 5).bit_length())  # ~32 a ~160-byte line
+        self._seen = bytearray(bits // 8)
+        self._mask = bits - 1
+        self.kept: set[str] = set()
+
+    def add(self, ids: Iterable[Any]) -> None:
+        """Count each id (any JSON value; only a string is an event's id)."""
+        seen, mask, kept = self._seen, self._mask, self.kept
+        for ident in ids:
+            if type(ident) is not str:
+                continue
+            h = hash(ident) & mask
+            at, bit = h >> 3, 1 << (h & 7)
+            byte = seen[at]
+            if byte & bit or ident.startswith(DERIVED):
+                kept.add(ident)
+            else:
+                seen[at] = byte | bit
+
+
+def may_repeat(path: Path) -> set[str]:
+    """The event ids of the JSONL file at `path` that may occur in it more than once (a
+    sharded replay's worker counts its own lines' ids as it finds them:
+    `streams.tools.sharded.own_scan`)."""
+    repeats = Repeats(path.stat().st_size)
+    repeats.add(_ids(_all_lines(path)))
+    return repeats.kept
+
+
+def _ids(lines: Iterable[bytes]) -> Iterator[Any]:
+    """`id_of` of each non-blank line."""
     decode = _event_id
-    for raw in _all_lines(path) if lines is None else (line for _, line in lines):
+    for raw in lines:
         line = raw.rstrip(b"\r\n")
         if (  # `id_of` of the common line, inline: once per line
             line[:1] == b"{"
@@ -87,23 +116,11 @@ def may_repeat(path: Path, lines: Iterable[tuple[int, bytes]] | None = None) -> 
             and line.find(b'"sequence"', 0, 200) == -1
         ):
             try:
-                ident = decode(line).event_id
+                yield decode(line).event_id
             except (msgspec.ValidationError, msgspec.DecodeError):
-                ident = id_of(line)
-        elif not line.strip():
-            continue
-        else:
-            ident = id_of(line)
-        if type(ident) is not str:
-            continue
-        h = hash(ident) & mask
-        at, bit = h >> 3, 1 << (h & 7)
-        byte = seen[at]
-        if byte & bit or ident.startswith(DERIVED):
-            kept.add(ident)
-        else:
-            seen[at] = byte | bit
-    return kept
+                yield id_of(line)
+        elif line.strip():
+            yield id_of(line)
 
 
 def _all_lines(path: Path) -> Iterator[bytes]:

@@ -37,7 +37,7 @@ from lifecycle.merge import MERGED
 from lifecycle.policy import Policy
 from lifecycle.replay import Recorded, Replayer, bulk_gc
 from streams.tools.files import BadLine, ReadStats, read_events
-from streams.tools.repeats import lenient_json, may_repeat
+from streams.tools.repeats import Repeats, id_of, lenient_json
 
 #: Files at least this large are sharded by default (`--jobs 0`); below, forking costs more
 #: than it saves (about 200k events of the synthetic kind).
@@ -92,27 +92,28 @@ def person_of(line: bytes) -> str | None:
     return person if isinstance(person, str) else None
 
 
-class _PlainPerson(msgspec.Struct):
+class _PlainKey(msgspec.Struct):
     person_id: str | None = None
+    event_id: Any = None
 
 
-_plain_person_key = msgspec.json.Decoder(_PlainPerson).decode
+_plain_key = msgspec.json.Decoder(_PlainKey).decode
 
 
-def plain_persons(lines: list[bytes]) -> list[str | None] | None:
-    """`person_of` of each line, in one pass, when no line needs more than `person_of`'s
-    struct decode: no history record or line starting `{"person_id"` (which `person_of`
-    parses whole), no blank line, no line that is not a JSON object, no `person_id` other than
-    a string or null. Else None, and `person_of` reads each line.
+def plain_keys(lines: list[bytes]) -> list[tuple[str | None, Any]] | None:
+    """(`person_of`, `id_of`) of each line, in one pass, when no line needs more than
+    `person_of`'s struct decode: no history record or line starting `{"person_id"` (which
+    `person_of` parses whole), no blank line, no line that is not a JSON object, no
+    `person_id` other than a string or null. Else None, and each line is read alone.
 
-    The same decode of the same bytes as `person_of`'s, with a stricter type (what it takes
-    `_person_key` takes, with the same value), without a Python call per line: ~0.3 CPU
-    seconds less per million lines in each worker of the bench."""
+    The same decode of the same bytes as `person_of`'s and `id_of`'s, with a stricter type
+    for the person (what it takes `_person_key` takes, with the same value), without a Python
+    call per line: ~0.3 CPU seconds less per million lines in each worker of the bench."""
     block = b"".join(lines)
     if block.startswith(b'{"person_id"') or b'\n{"person_id"' in block or b'"sequence"' in block:
         return None
     try:
-        return [key.person_id for key in map(_plain_person_key, lines)]
+        return [(key.person_id, key.event_id) for key in map(_plain_key, lines)]
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
 
@@ -178,29 +179,51 @@ class Groups:
         root = self.root(person) if person in self.parent else person
         return hash(root) % jobs
 
-    def shards(self, persons: list[str | None], jobs: int) -> list[int]:
-        """`shard` of each person (`plain_persons` of a block of lines)."""
+    def owned(self, persons: Iterable[str | None], jobs: int, shard: int) -> bytes:
+        """1 for each person worker `shard` of `jobs` decides, else 0 (`plain_keys` of a
+        block of lines)."""
         parent, root = self.parent, self.root
-        return [0 if p is None else hash(root(p) if p in parent else p) % jobs for p in persons]
+        return bytes(
+            [
+                (0 if p is None else hash(root(p) if p in parent else p) % jobs) == shard
+                for p in persons
+            ]
+        )
 
 
-def own_lines(path: Path, groups: Groups, jobs: int, shard: int) -> Iterator[tuple[int, bytes]]:
-    """(number, line) of each non-blank line of the file that worker `shard` of `jobs`
-    decides: `groups.shard(person_of(line), jobs) == shard`, found a block of lines at a time
-    (`plain_persons`)."""
+def own_scan(path: Path, groups: Groups, jobs: int, shard: int) -> tuple[bytearray, set[str]]:
+    """Which lines of the file worker `shard` of `jobs` decides, one byte a line (1: its own,
+    `groups.shard(person_of(line), jobs) == shard` for a non-blank line), and which event ids
+    may repeat among them (`streams.tools.repeats`): a shard's persons, merge groups whole,
+    never meet another shard's, so the ids of its own lines are all it needs to know. One
+    pass, a block of lines decoded at a time (`plain_keys`)."""
+    own = bytearray()
+    repeats = Repeats(path.stat().st_size)
+    with path.open("rb") as handle:
+        while block := handle.readlines(SCAN_BYTES):
+            keys = plain_keys(block)
+            if keys is not None:
+                mine = groups.owned([person for person, _ in keys], jobs, shard)
+                repeats.add(compress([ident for _, ident in keys], mine))
+            else:  # a blank line, a history record, an odd person: one line at a time
+                mine = bytes(
+                    [
+                        bool(line.strip()) and groups.shard(person_of(line), jobs) == shard
+                        for line in block
+                    ]
+                )
+                repeats.add(id_of(line.strip()) for line in compress(block, mine))
+            own += mine
+    return own, repeats.kept
+
+
+def own_lines(path: Path, own: bytes | bytearray) -> Iterator[tuple[int, bytes]]:
+    """(number, line) of each line of the file that `own` (of `own_scan`) marks."""
     with path.open("rb") as handle:
         number = 1
         while block := handle.readlines(SCAN_BYTES):
             start, number = number, number + len(block)
-            persons = plain_persons(block)
-            if persons is not None:
-                own: Iterable[bool] = map(shard.__eq__, groups.shards(persons, jobs))
-            else:  # a blank line, a history record, an odd person: one line at a time
-                own = (
-                    bool(line.strip()) and groups.shard(person_of(line), jobs) == shard
-                    for line in block
-                )
-            yield from compress(zip(count(start), block), own)
+            yield from compress(zip(count(start), block), own[start - 1 : number - 1])
 
 
 # --- a worker ---------------------------------------------------------------------------------
@@ -239,9 +262,12 @@ def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
         job.state,
     )
     numbers: deque[int] = deque()  # the lines handed to read_events, in order
+    # A first pass: this worker's lines, and the ids that may repeat among them (the others
+    # skip the dedup index, `streams.tools.repeats`).
+    own, repeats = own_scan(path, groups, jobs, shard)
 
     def lines() -> Iterator[tuple[int, bytes]]:
-        for numbered in own_lines(path, groups, jobs, shard):
+        for numbered in own_lines(path, own):
             numbers.append(numbered[0])
             yield numbered
 
@@ -251,10 +277,6 @@ def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
     stats = ReadStats()
     # Outcomes a history line kept of sealed fields (`streams.tools.files`), as the CLI path keeps.
     recorded: Recorded = {}
-    # A first pass over this worker's lines: the ids that may repeat among them (the others
-    # skip the dedup index, `streams.tools.repeats`). A shard's persons, merge groups whole,
-    # never meet another shard's, so the ids of its own lines are all it needs to know.
-    repeats = may_repeat(path, own_lines(path, groups, jobs, shard))
     replayer = Replayer(policy, recorded=recorded, repeats=repeats)
     states = replayer.states
     created: list[int] = []  # the line that created each state, in the states' order

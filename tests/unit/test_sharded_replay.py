@@ -18,7 +18,8 @@ from lifecycle.replay import replay
 from streams.cli.main import app
 from streams.dev.demo import synthetic_events
 from streams.tools.files import read_events
-from streams.tools.sharded import Groups, own_lines, person_of, plain_persons
+from streams.tools.repeats import id_of
+from streams.tools.sharded import Groups, own_lines, own_scan, person_of, plain_keys
 from tests.unit.test_replay_output_pinned import PINNED, pinned_stream
 
 runner = CliRunner()
@@ -115,7 +116,7 @@ def test_person_and_as_of_filters_apply_the_same_sharded(tmp_path: Path):
         assert _replay(path, "--jobs", "3", *args) == one
 
 
-# --- the skip path's shortcut: a block of lines decoded at once (`plain_persons`) -----------
+# --- the skip path's shortcut: a block of lines decoded at once (`plain_keys`) ---------------
 
 PROPERTY = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FILES = settings(PROPERTY, max_examples=200)  # a file each
@@ -173,15 +174,17 @@ def lines(draw: st.DrawFn) -> bytes:
 @example([b'{"type":"t"}', b'{"person_id":"p1","x":"\xff"}'])  # ... wherever it is
 @example([b'{"person_id":"h","sequence":1,"event":{"person_id":"p3"}}'])
 @example([b'{"event_id":"e","person_id":"p","sequence":1,"event":{"person_id":"q"}}'])
-def test_a_block_decoded_at_once_names_the_persons_person_of_names(block: list[bytes]):
+def test_a_block_decoded_at_once_names_the_persons_and_ids_person_of_and_id_of_name(
+    block: list[bytes],
+):
     block = [line + b"\n" for line in block]
-    persons = plain_persons(block)
-    assert persons is None or persons == [person_of(line) for line in block]
+    keys = plain_keys(block)
+    assert keys is None or keys == [(person_of(line), id_of(line.strip())) for line in block]
 
 
 def test_a_block_of_plain_events_is_decoded_at_once():
     block = [orjson.dumps(e) + b"\n" for e in synthetic_events(50, 500, seed=5, duplicates=0.01)]
-    assert plain_persons(block) == [person_of(line) for line in block]
+    assert plain_keys(block) == [(person_of(line), id_of(line.strip())) for line in block]
 
 
 #: Plain lines (blocks of them take the shortcut) and merges (joined persons' lines go to one
@@ -189,6 +192,11 @@ def test_a_block_of_plain_events_is_decoded_at_once():
 _PLAIN = st.sampled_from(
     [b'{"type":"t","person_id":"%s"}' % person.encode() for person in "abcdefgh"]
     + [b'{"type":"person_merged","person_id":"%s","merged_into":"a"}' % p.encode() for p in "bcd"]
+    + [
+        b'{"event_id":"e%d","type":"t","person_id":"%s"}' % (i, p.encode())
+        for i in (1, 2)
+        for p in "aef"
+    ]
 )
 
 
@@ -211,7 +219,10 @@ def test_each_worker_takes_the_lines_of_its_persons_however_the_file_is_cut(
                     for number, line in numbered
                     if line.strip() and groups.shard(person_of(line), jobs) == shard
                 ]
-                assert list(own_lines(path, groups, jobs, shard)) == want
+                own, kept = own_scan(path, groups, jobs, shard)
+                assert list(own_lines(path, own)) == want
+                ids = [id_of(line.strip()) for _, line in want]
+                assert {i for i in ids if isinstance(i, str) and ids.count(i) > 1} <= kept
 
 
 @pytest.mark.parametrize("jobs", [2, 3])
