@@ -1,4 +1,5 @@
-"""A fast decoder of the inbound envelope for bulk reads (replay, simulate, funnel, verify).
+"""A fast decoder of the inbound envelope, for the worker's events and for bulk reads (replay,
+simulate, funnel, verify).
 
 The contract stays `events.inbound.Event` (pydantic): this module only gets to the same
 `Event` faster. msgspec structs built from the same field limits (`events.limits`, the

@@ -47,6 +47,7 @@ from faust.types import TP, EventT
 from faust.types.tuples import Message
 
 from events.codec import InvalidMessage, decode_event
+from events.fastcodec import fast_event
 from events.inbound import Event
 from lifecycle.deadlines import next_deadline
 from lifecycle.decide import decide
@@ -338,9 +339,14 @@ class PartitionProcessor:
         message that cannot be decided becomes a dead letter (and None)."""
         partition, keys, names = message.partition, self.keys, self.names
         try:
-            if message.value is None:
+            value = message.value
+            if value is None:
                 raise InvalidMessage("empty value (a tombstone is not an event)")
-            event = decode_event(message.value)
+            # msgspec first (`events.fastcodec`, the same events as pydantic's); anything it
+            # does not take, pydantic decides, with its one-line reason
+            event = fast_event(value)
+            if event is None:
+                event = decode_event(value)
             person = event.person_id
             key = person.encode()
             if message.key != key:
