@@ -259,5 +259,19 @@ def _packed(name: str, pack: Any, unpack: Any) -> property:
     return property(read, assign, doc=f"`{name}` as a dict, held packed ({pack.__name__})")
 
 
+_profile_slot = PersonState.profile  # type: ignore[attr-defined]
+
+
+def profile_keys(state: PersonState) -> tuple[str, ...]:
+    """The keys of the state's profile, in order, without reading its values (the worker asks
+    per event whether the profile holds a personal field)."""
+    packed = _profile_slot.__get__(state, PersonState)
+    if not packed:
+        return ()
+    if packed[:1] == b"{":
+        return tuple(orjson.loads(packed))
+    return _ORDERS[int(packed[packed.rindex(b",") + 1 : -1])]  # `[*values, number]`
+
+
 PersonState.profile = _packed("profile", pack_profile, unpack_profile)  # type: ignore[assignment,method-assign]
 PersonState.entered_at = _packed("entered_at", pack_entered, unpack_entered)  # type: ignore[assignment,method-assign]

@@ -69,7 +69,7 @@ from lifecycle.shredding import (
     transit_key,
     without_personal,
 )
-from lifecycle.state import PersonState
+from lifecycle.state import PersonState, profile_keys
 from streams.internals import (
     reset_current_event,
     set_current_event,
@@ -145,7 +145,11 @@ class _Decided:
 def _clear_profile(state: PersonState | None) -> bool:
     """A state with personal fields and no data key yet: folded from history written before
     crypto-shredding (its table value would drop them without a key)."""
-    return state is not None and not state.erased and not PERSONAL_PROFILE.isdisjoint(state.profile)
+    return (
+        state is not None
+        and not state.erased
+        and not PERSONAL_PROFILE.isdisjoint(profile_keys(state))
+    )
 
 
 class PartitionProcessor:
@@ -380,7 +384,7 @@ class PartitionProcessor:
             self._dead_letter(message, error, run)
             return None
         quotes = part is not None or (
-            state is not None and not PERSONAL_PROFILE.isdisjoint(state.profile)
+            state is not None and not PERSONAL_PROFILE.isdisjoint(profile_keys(state))
         )
         return _Decided(event, person, key, partition, state, part, content, decision, quotes)
 

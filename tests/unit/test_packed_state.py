@@ -20,6 +20,7 @@ from lifecycle.state import (
     entered,
     pack_entered,
     pack_profile,
+    profile_keys,
     unpack_entered,
     unpack_profile,
 )
@@ -37,6 +38,7 @@ def test_a_packed_profile_reads_back_as_the_same_dict_in_the_same_order(
     assert back == profile and list(back) == list(profile)
     state = PersonState("p1", profile=profile)
     assert state.profile == profile and list(state.profile) == list(profile)
+    assert profile_keys(state) == tuple(profile)
     assert orjson.dumps(state.to_wire()) == orjson.dumps(
         {**PersonState("p1").to_wire(), "profile": profile}
     )
@@ -57,6 +59,7 @@ def test_past_the_numbered_key_orders_a_profile_is_packed_with_its_keys(monkeypa
     packed = pack_profile(profile)
     assert packed.startswith(b"{")
     assert unpack_profile(packed) == profile
+    assert profile_keys(PersonState("p1", profile=profile)) == tuple(profile)
 
 
 instants = st.datetimes(
