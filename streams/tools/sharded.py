@@ -25,7 +25,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import compress, count
+from itertools import chain, compress, count
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -219,11 +220,16 @@ def own_scan(path: Path, groups: Groups, jobs: int, shard: int) -> tuple[bytearr
 
 def own_lines(path: Path, own: bytes | bytearray) -> Iterator[tuple[int, bytes]]:
     """(number, line) of each line of the file that `own` (of `own_scan`) marks."""
+    return chain.from_iterable(own_blocks(path, own))
+
+
+def own_blocks(path: Path, own: bytes | bytearray) -> Iterator[list[tuple[int, bytes]]]:
+    """`own_lines`, a block of lines at a time."""
     with path.open("rb") as handle:
         number = 1
         while block := handle.readlines(SCAN_BYTES):
             start, number = number, number + len(block)
-            yield from compress(zip(count(start), block), own[start - 1 : number - 1])
+            yield list(compress(zip(count(start), block), own[start - 1 : number - 1]))
 
 
 # --- a worker ---------------------------------------------------------------------------------
@@ -267,9 +273,9 @@ def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
     own, repeats = own_scan(path, groups, jobs, shard)
 
     def lines() -> Iterator[tuple[int, bytes]]:
-        for numbered in own_lines(path, own):
-            numbers.append(numbered[0])
-            yield numbered
+        for numbered in own_blocks(path, own):
+            numbers.extend(map(itemgetter(0), numbered))
+            yield from numbered
 
     def report(error: BadLine) -> None:
         out.record(b"E", numbers.popleft(), orjson.dumps(str(error)))
