@@ -57,7 +57,9 @@ def replay(
         int,
         typer.Option(
             help="worker processes for a JSONL file (persons sharded, output in input order); "
-            "0: one per core for files over 32 MB"
+            "0: one per core for files over 32 MB",
+            min=0,
+            max=64,
         ),
     ] = 0,
     partitions: PartitionsOpt = None,

@@ -5,7 +5,10 @@ person's events therefore meet the same state in the same order as in one proces
 nothing any rule decides changes. Identity merges hand events from one person to another
 (`lifecycle.merge`), so persons joined by a `person_merged` anywhere in the file (chains
 included) are one group and go to one worker: a first pass finds those lines (a byte
-search, then a parse of each) before the workers start.
+search, then a parse of each) before the workers start. Then `jobs` scanner processes read
+a byte range of the file each, and note every line's worker and the hash of its event id;
+from those each worker knows its own lines and which of their ids may repeat
+(`streams.tools.repeats`) without decoding the whole file itself.
 
 Every line a worker prints (a stage change, a final state, a bad line, a conflict) goes to
 the parent tagged with the number of the input line that produced it; the parent merges
@@ -20,7 +23,9 @@ from __future__ import annotations
 import heapq
 import os
 import resource
+import tempfile
 import traceback
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -38,7 +43,7 @@ from lifecycle.merge import MERGED
 from lifecycle.policy import Policy
 from lifecycle.replay import Recorded, Replayer, bulk_gc
 from streams.tools.files import BadLine, ReadStats, read_events
-from streams.tools.repeats import Repeats, id_of, lenient_json
+from streams.tools.repeats import DERIVED, id_of, lenient_json
 
 #: Files at least this large are sharded by default (`--jobs 0`); below, forking costs more
 #: than it saves (about 200k events of the synthetic kind).
@@ -180,42 +185,166 @@ class Groups:
         root = self.root(person) if person in self.parent else person
         return hash(root) % jobs
 
-    def owned(self, persons: Iterable[str | None], jobs: int, shard: int) -> bytes:
-        """1 for each person worker `shard` of `jobs` decides, else 0 (`plain_keys` of a
-        block of lines)."""
+    def owners(self, persons: Iterable[str | None], jobs: int) -> list[int]:
+        """`shard` of each person (`plain_keys` of a block of lines)."""
         parent, root = self.parent, self.root
-        return bytes(
-            [
-                (0 if p is None else hash(root(p) if p in parent else p) % jobs) == shard
-                for p in persons
-            ]
-        )
+        return [0 if p is None else hash(root(p) if p in parent else p) % jobs for p in persons]
 
 
-def own_scan(path: Path, groups: Groups, jobs: int, shard: int) -> tuple[bytearray, set[str]]:
-    """Which lines of the file worker `shard` of `jobs` decides, one byte a line (1: its own,
-    `groups.shard(person_of(line), jobs) == shard` for a non-blank line), and which event ids
-    may repeat among them (`streams.tools.repeats`): a shard's persons, merge groups whole,
-    never meet another shard's, so the ids of its own lines are all it needs to know. One
-    pass, a block of lines decoded at a time (`plain_keys`)."""
-    own = bytearray()
-    repeats = Repeats(path.stat().st_size)
+# --- the first pass: which worker decides each line, and which ids may repeat ------------------
+#
+# Each line's owner (the worker that decides it) and the hash of its event id, found for the
+# whole file by `jobs` scanner processes at once, each over its own byte range of whole lines
+# (`ranges`, `scan_range`), into files the workers then read (`owned_of`): every worker needs
+# every line's owner, and before this each worker decoded the whole file for it (~19 % of a
+# worker's time on the bench). Python's string hash is the same in every fork of one parent.
+
+#: A line's owner byte: the worker's number (at most `MAX_JOBS - 1`), with `NO_ID` set when the
+#: line has no string event id; `NOBODY` for a blank line.
+NOBODY = 0xFF
+NO_ID = 0x80
+MAX_JOBS = 64
+#: Lines per chunk in which a worker reads the scans' files.
+SCAN_CHUNK_LINES = 1 << 20
+
+
+def ranges(path: Path, jobs: int) -> list[tuple[int, int]]:
+    """`jobs` byte ranges [start, end) covering the file, each of whole lines (some may be
+    empty)."""
+    size = path.stat().st_size
+    starts = [0]
     with path.open("rb") as handle:
-        while block := handle.readlines(SCAN_BYTES):
+        for k in range(1, jobs):
+            at = max(size * k // jobs, starts[-1])
+            if at > 0:
+                handle.seek(at - 1)
+                handle.readline()  # to the start of the first line at or after `at`
+                at = handle.tell()
+            starts.append(max(at, starts[-1]))
+    return list(zip(starts, [*starts[1:], size], strict=True))
+
+
+def scan_range(
+    path: Path, groups: Groups, jobs: int, start: int, end: int
+) -> Iterator[tuple[bytes, array[int]]]:
+    """(owner byte, event id hash) of each line of `path[start:end]` (whole lines), a block of
+    lines at a time: the owner is `groups.shard(person_of(line), jobs)`, the id `id_of`'s."""
+    with path.open("rb") as handle:
+        handle.seek(start)
+        left = end - start
+        while left > 0 and (block := handle.readlines(min(SCAN_BYTES, left))):
+            got = sum(map(len, block))
+            if got > left:  # `readlines` reads on until it has *more* than it was asked
+                got -= len(block.pop())  # the next range's first line
+                if not block:  # the file changed under us: stop rather than loop
+                    break
+            left -= got
             keys = plain_keys(block)
             if keys is not None:
-                mine = groups.owned([person for person, _ in keys], jobs, shard)
-                repeats.add(compress([ident for _, ident in keys], mine))
+                shards = groups.owners([person for person, _ in keys], jobs)
+                ids = [ident for _, ident in keys]
             else:  # a blank line, a history record, an odd person: one line at a time
-                mine = bytes(
+                shards, ids = [], []
+                for line in block:
+                    text = line.strip()
+                    shards.append(groups.shard(person_of(line), jobs) if text else NOBODY)
+                    ids.append(id_of(text) if text else None)
+            yield (
+                bytes(
                     [
-                        bool(line.strip()) and groups.shard(person_of(line), jobs) == shard
-                        for line in block
+                        s if type(i) is str or s == NOBODY else s | NO_ID
+                        for s, i in zip(shards, ids, strict=True)
                     ]
-                )
-                repeats.add(id_of(line.strip()) for line in compress(block, mine))
-            own += mine
-    return own, repeats.kept
+                ),
+                array("q", [hash(i) if type(i) is str else 0 for i in ids]),
+            )
+
+
+class HashedRepeats:
+    """The event ids that may repeat among a worker's lines, held as their hashes (a false
+    positive, like the bit array's, only costs an id the whole path); ids of the derived
+    forms (`streams.tools.repeats.DERIVED`) are always in."""
+
+    __slots__ = ("kept",)
+
+    def __init__(self, kept: set[int]) -> None:
+        self.kept = kept
+
+    def __contains__(self, ident: object) -> bool:
+        return type(ident) is str and (ident.startswith(DERIVED) or hash(ident) in self.kept)
+
+
+def owned_of(
+    scans: Iterable[tuple[bytes, array[int]]], shard: int, size: int
+) -> tuple[bytearray, HashedRepeats]:
+    """Which lines worker `shard` decides, one byte a line (1: its own), and which ids may
+    repeat among them (`streams.tools.repeats`: a shard's persons, merge groups whole, never
+    meet another shard's, so the ids of its own lines are all it needs to know), from the
+    (owners, hashes) of every line of the file in order; `size`: the file's bytes."""
+    mine = bytes(1 if b != NOBODY and b & ~NO_ID == shard else 0 for b in range(256))
+    counted = bytes(1 if b == shard else 0 for b in range(256))
+    bits = 1 << max(16, (size // 5).bit_length())  # ~32 a ~160-byte line, as `Repeats`
+    seen = bytearray(bits // 8)
+    mask = bits - 1
+    kept: set[int] = set()
+    own = bytearray()
+    for owners, hashes in scans:
+        own += owners.translate(mine)
+        for h in compress(hashes, owners.translate(counted)):
+            b = h & mask
+            at, bit = b >> 3, 1 << (b & 7)
+            byte = seen[at]
+            if byte & bit:
+                kept.add(h)
+            else:
+                seen[at] = byte | bit
+    return own, HashedRepeats(kept)
+
+
+def own_scan(path: Path, groups: Groups, jobs: int, shard: int) -> tuple[bytearray, HashedRepeats]:
+    """`owned_of` the whole file scanned in this process (tests; the replay scans in parallel)."""
+    size = path.stat().st_size
+    return owned_of(scan_range(path, groups, jobs, 0, size), shard, size)
+
+
+def _scan_files(path: Path, groups: Groups, jobs: int, scratch: Path) -> list[tuple[Path, Path]]:
+    """Scan the file's `ranges` in `jobs` forked processes at once, each writing its owners
+    and hashes to two files in `scratch`; returns them in file order, once every scanner is
+    done (RuntimeError with its traceback if one failed)."""
+    files, pids = [], []
+    for k, (start, end) in enumerate(ranges(path, jobs)):
+        owners, hashes = scratch / f"owners-{k}", scratch / f"hashes-{k}"
+        files.append((owners, hashes))
+        pid = os.fork()
+        if pid == 0:  # a scanner: it never returns into the parent's code
+            code = 1
+            try:
+                with owners.open("wb") as o, hashes.open("wb") as h:
+                    for block_owners, block_hashes in scan_range(path, groups, jobs, start, end):
+                        o.write(block_owners)
+                        block_hashes.tofile(h)
+                code = 0
+            except BaseException:
+                (scratch / f"error-{k}").write_text(traceback.format_exc())
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    failed = [k for k, pid in enumerate(pids) if os.waitpid(pid, 0)[1] != 0]
+    if failed:
+        error = scratch / f"error-{failed[0]}"
+        detail = error.read_text() if error.exists() else "killed"
+        raise RuntimeError("a replay scan failed:\n" + detail)
+    return files
+
+
+def _read_scans(files: list[tuple[Path, Path]]) -> Iterator[tuple[bytes, array[int]]]:
+    """The scanners' files, `SCAN_CHUNK_LINES` lines at a time, in file order."""
+    for owners_path, hashes_path in files:
+        with owners_path.open("rb") as owners, hashes_path.open("rb") as hashes:
+            while chunk := owners.read(SCAN_CHUNK_LINES):
+                ids: array[int] = array("q")
+                ids.fromfile(hashes, len(chunk))
+                yield chunk, ids
 
 
 def own_lines(path: Path, own: bytes | bytearray) -> Iterator[tuple[int, bytes]]:
@@ -256,21 +385,16 @@ class _Job:
     policy: Policy
     keep: Callable[[Event], bool]
     state: bool
+    #: the first pass's files (`_scan_files`)
+    scans: list[tuple[Path, Path]]
 
 
 def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
-    path, groups, jobs, policy, keep, state = (
-        job.path,
-        job.groups,
-        job.jobs,
-        job.policy,
-        job.keep,
-        job.state,
-    )
+    path, policy, keep, state = job.path, job.policy, job.keep, job.state
     numbers: deque[int] = deque()  # the lines handed to read_events, in order
     # A first pass: this worker's lines, and the ids that may repeat among them (the others
     # skip the dedup index, `streams.tools.repeats`).
-    own, repeats = own_scan(path, groups, jobs, shard)
+    own, repeats = owned_of(_read_scans(job.scans), shard, path.stat().st_size)
 
     def lines() -> Iterator[tuple[int, bytes]]:
         for numbered in own_blocks(path, own):
@@ -402,7 +526,20 @@ def replay_sharded(
             return False
         return cutoff is None or event.occurred_at <= cutoff
 
-    job = _Job(jobs, path, Groups.of_file(path), policy, keep, state)
+    if not 1 < jobs <= MAX_JOBS:
+        raise ValueError(f"a sharded replay takes 2 to {MAX_JOBS} workers, not {jobs}")
+    groups = Groups.of_file(path)
+    with tempfile.TemporaryDirectory(prefix="leadflow-replay-") as scratch:
+        scans = _scan_files(path, groups, jobs, Path(scratch))
+        job = _Job(jobs, path, groups, policy, keep, state, scans)
+        return _replay_workers(job, write, warn)
+
+
+def _replay_workers(
+    job: _Job, write: Callable[[bytes], Any], warn: Callable[[str], None]
+) -> dict[str, int]:
+    """Fork the job's workers, merge their records in input order; returns the totals."""
+    jobs = job.jobs
     workers: list[tuple[int, BinaryIO]] = []
     for shard in range(jobs):
         read_fd, write_fd = _pipe()

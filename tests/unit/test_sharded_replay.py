@@ -19,7 +19,15 @@ from streams.cli.main import app
 from streams.dev.demo import synthetic_events
 from streams.tools.files import read_events
 from streams.tools.repeats import id_of
-from streams.tools.sharded import Groups, own_lines, own_scan, person_of, plain_keys
+from streams.tools.sharded import (
+    Groups,
+    own_lines,
+    own_scan,
+    person_of,
+    plain_keys,
+    ranges,
+    scan_range,
+)
 from tests.unit.test_replay_output_pinned import PINNED, pinned_stream
 
 runner = CliRunner()
@@ -222,7 +230,16 @@ def test_each_worker_takes_the_lines_of_its_persons_however_the_file_is_cut(
                 own, kept = own_scan(path, groups, jobs, shard)
                 assert list(own_lines(path, own)) == want
                 ids = [id_of(line.strip()) for _, line in want]
-                assert {i for i in ids if isinstance(i, str) and ids.count(i) > 1} <= kept
+                assert all(i in kept for i in ids if isinstance(i, str) and ids.count(i) > 1)
+            # what the scanners find, each over its own range, is what one scan finds
+            whole = list(scan_range(path, groups, jobs, 0, path.stat().st_size))
+            parts = [
+                part
+                for start, end in ranges(path, jobs)
+                for part in scan_range(path, groups, jobs, start, end)
+            ]
+            for i in (0, 1):
+                assert b"".join(bytes(p[i]) for p in parts) == b"".join(bytes(w[i]) for w in whole)
 
 
 @pytest.mark.parametrize("jobs", [2, 3])
