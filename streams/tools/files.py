@@ -7,7 +7,7 @@ counted; with `strict` the first bad line raises.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,14 +86,15 @@ def read_events(
     strict: bool = False,
     progress: bool = False,
     csv_columns: dict[str, str] | None = None,
-    lines: Iterable[tuple[int, bytes]] | None = None,
     recorded: Recorded | None = None,
+    blocks: Iterable[list[tuple[int, bytes]]] | None = None,
 ) -> Iterator[Event]:
     """Events in file order from JSONL (inbound events or exported history) or CSV.
 
     History lines (with `sequence` and `event`) yield their event, so a history export can be
-    replayed under another policy. `lines`: (line number, line) of the file to read instead
-    of all of them (a shard of a replay, `streams.tools.sharded`). An export holds personal
+    replayed under another policy. `blocks`: lists of (line number, line) of the file to read
+    instead of all of them (a shard of a replay, `streams.tools.sharded`), each read as one
+    chunk (a chunk of plain events is decoded at once). An export holds personal
     fields sealed: `recorded` collects the outcomes the records kept of them
     (`lifecycle.replay.Recorded`).
     """
@@ -104,10 +105,11 @@ def read_events(
         yield from _read_csv(path, stats, report, csv_columns or {})
         return
     name = str(path)
-    if lines is None:
-        yield from _read_jsonl(path, name, stats, report, progress, recorded)
+    if blocks is not None:
+        for block in blocks:
+            yield from _read_block(block, name, stats, report, recorded)
         return
-    yield from _read_lines(lines, name, stats, report, recorded)
+    yield from _read_jsonl(path, name, stats, report, progress, recorded)
 
 
 def _read_jsonl(
@@ -133,18 +135,42 @@ def _read_jsonl(
             if bar is not None:
                 bar[0].update(bar[1], completed=handle.tell())
             start, number = number, number + len(chunk)
-            body = [line.rstrip(b"\r\n") for line in chunk]
-            events = _plain_events(body)
-            if events is not None:
-                stats.lines += len(events)
-                yield from events
-                continue
-            numbered = zip(range(start, number), body, strict=True)
-            yield from _read_lines(numbered, name, stats, report, recorded)
+            yield from _read_chunk(range(start, number), chunk, name, stats, report, recorded)
     finally:
         handle.close()
         if bar is not None:
             bar[0].stop()
+
+
+def _read_block(
+    block: list[tuple[int, bytes]],
+    name: str,
+    stats: ReadStats,
+    report: OnError,
+    recorded: Recorded | None,
+) -> Iterator[Event]:
+    """A list of (line number, line) pairs, as `_read_chunk` reads it."""
+    numbers = [number for number, _ in block]
+    yield from _read_chunk(numbers, [line for _, line in block], name, stats, report, recorded)
+
+
+def _read_chunk(
+    numbers: Sequence[int],
+    chunk: list[bytes],
+    name: str,
+    stats: ReadStats,
+    report: OnError,
+    recorded: Recorded | None,
+) -> Iterator[Event]:
+    """Lines read together: nothing but inbound events (the common case) decoded in one call,
+    anything else line by line by `_read_lines`."""
+    body = [line.rstrip(b"\r\n") for line in chunk]
+    events = _plain_events(body)
+    if events is not None:
+        stats.lines += len(events)
+        yield from events
+        return
+    yield from _read_lines(zip(numbers, body, strict=True), name, stats, report, recorded)
 
 
 #: Bytes of lines read at once from a JSONL file (~1,600 typical events).

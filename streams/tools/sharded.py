@@ -396,10 +396,10 @@ def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
     # skip the dedup index, `streams.tools.repeats`).
     own, repeats = owned_of(_read_scans(job.scans), shard, path.stat().st_size)
 
-    def lines() -> Iterator[tuple[int, bytes]]:
+    def blocks() -> Iterator[list[tuple[int, bytes]]]:
         for numbered in own_blocks(path, own):
             numbers.extend(map(itemgetter(0), numbered))
-            yield from numbered
+            yield numbered
 
     def report(error: BadLine) -> None:
         out.record(b"E", numbers.popleft(), orjson.dumps(str(error)))
@@ -414,7 +414,7 @@ def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
     record, dumps = out.record, orjson.dumps
     with bulk_gc():
         for event in read_events(
-            path, stats=stats, on_error=report, lines=lines(), recorded=recorded
+            path, stats=stats, on_error=report, blocks=blocks(), recorded=recorded
         ):
             number = numbers.popleft()
             if not keep(event):
