@@ -12,6 +12,7 @@ from datetime import datetime
 from sys import intern
 from typing import Any
 
+from events.codec import event_body
 from events.inbound import Event
 from events.outbound import CLOUDEVENTS_SOURCE, STAGE_CHANGED_TYPE
 
@@ -233,9 +234,7 @@ class Decision:
             "person_id": self.person_id,
             "sequence": self.sequence,
             "policy_version": self.policy_version,
-            "event": self.event.model_dump(mode="json", exclude_none=True)
-            if body is None
-            else body,
+            "event": event_body(self.event) if body is None else body,
             "changes": self.changes,
             "sla_breaches": self.sla_breaches,
             "note": self.note,
