@@ -9,7 +9,7 @@ from typing import Any
 from events.inbound import Event
 from lifecycle.funnel import Funnel, FunnelReport
 from lifecycle.policy import Policy
-from lifecycle.replay import Recorded, Replayer
+from lifecycle.replay import Recorded, Replayer, bulk_gc
 
 
 @dataclass(slots=True)
@@ -76,14 +76,15 @@ def simulate(
     b = Replayer(policy_b, recorded=recorded, follow=follow, repeats=repeats)
     funnel_a, funnel_b = funnels if funnels is not None else (Funnel(), Funnel())
     count = conflicts = 0
-    for event in events:
-        count += 1
-        for decided in a.apply_all(event):
-            if decided.conflict is not None:
-                conflicts += 1
-            funnel_a.add_decision(decided)
-        for decided in b.apply_all(event):
-            funnel_b.add_decision(decided)
+    with bulk_gc():  # two replays' states: see `lifecycle.replay.bulk_gc`
+        for event in events:
+            count += 1
+            for decided in a.apply_all(event):
+                if decided.conflict is not None:
+                    conflicts += 1
+                funnel_a.add_decision(decided)
+            for decided in b.apply_all(event):
+                funnel_b.add_decision(decided)
     differing = []
     for person_id in sorted(a.states.keys() | b.states.keys()):
         sa, sb = a.states.get(person_id), b.states.get(person_id)
