@@ -72,9 +72,44 @@ def simulate(
     `follow` and `repeats` as in `Replayer`; `funnels` are the views to feed (a partial
     result keeps them).
     """
+    funnel_a, funnel_b = funnels if funnels is not None else (Funnel(), Funnel())
+    count, conflicts, differing = fold_both(
+        events,
+        policy_a,
+        policy_b,
+        recorded,
+        follow=follow,
+        funnels=(funnel_a, funnel_b),
+        repeats=repeats,
+    )
+    return Simulation(
+        policy_a.version,
+        policy_b.version,
+        count,
+        funnel_a.report(),
+        funnel_b.report(),
+        differing,
+        funnel_a.mqls(),
+        funnel_b.mqls(),
+        conflicts,
+    )
+
+
+def fold_both(
+    events: Iterable[Event],
+    policy_a: Policy,
+    policy_b: Policy,
+    recorded: Recorded | None,
+    *,
+    follow: bool,
+    funnels: tuple[Funnel, Funnel],
+    repeats: Container[str] | None,
+) -> tuple[int, int, list[Outcome]]:
+    """`simulate` without its reports: the events read, the conflicts, and the persons who
+    end differently (by person id); the funnels are fed."""
     a = Replayer(policy_a, recorded=recorded, follow=follow, repeats=repeats)
     b = Replayer(policy_b, recorded=recorded, follow=follow, repeats=repeats)
-    funnel_a, funnel_b = funnels if funnels is not None else (Funnel(), Funnel())
+    funnel_a, funnel_b = funnels
     count = conflicts = 0
     with bulk_gc():  # two replays' states: see `lifecycle.replay.bulk_gc`
         for event in events:
@@ -96,14 +131,4 @@ def simulate(
         highest_b = sb.highest if sb else None
         if (stage_a, highest_a) != (stage_b, highest_b):
             differing.append(Outcome(person_id, stage_a, stage_b, highest_a, highest_b))
-    return Simulation(
-        policy_a.version,
-        policy_b.version,
-        count,
-        funnel_a.report(),
-        funnel_b.report(),
-        differing,
-        funnel_a.mqls(),
-        funnel_b.mqls(),
-        conflicts,
-    )
+    return count, conflicts, differing

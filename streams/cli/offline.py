@@ -41,6 +41,17 @@ from streams.cli.reading import (
     write_rows,
 )
 
+#: `--jobs` of the commands that read a JSONL file on every core (`streams.tools.sharded`).
+JobsOpt = Annotated[
+    int,
+    typer.Option(
+        help="worker processes for a JSONL file (persons sharded, output as one process's); "
+        "0: one per core for files over 32 MB",
+        min=0,
+        max=64,
+    ),
+]
+
 
 def replay(
     events: EventsOpt = None,
@@ -53,15 +64,7 @@ def replay(
     topic_prefix: HistoryPrefixOpt = "",
     strict: StrictOpt = False,
     mapping: MappingOpt = None,
-    jobs: Annotated[
-        int,
-        typer.Option(
-            help="worker processes for a JSONL file (persons sharded, output in input order); "
-            "0: one per core for files over 32 MB",
-            min=0,
-            max=64,
-        ),
-    ] = 0,
+    jobs: JobsOpt = 0,
     partitions: PartitionsOpt = None,
     partial_out: PartialOutOpt = None,
 ) -> None:
@@ -223,17 +226,31 @@ def simulate(
     mapping: MappingOpt = None,
     partitions: PartitionsOpt = None,
     partial_out: PartialOutOpt = None,
+    jobs: JobsOpt = 0,
 ) -> None:
     """What would policy B have done with the same events as policy A?"""
     from lifecycle.simulate import simulate as run
 
     a, b = named_policy(policy), named_policy(against)
+    file = one_file(events, mapping)
     if partitions is not None or partial_out is not None:
         options = {"format": format, "limit": limit}
-        share = Share(broker, topic_prefix, partitions, partial_out, one_file(events, mapping))
+        share = Share(broker, topic_prefix, partitions, partial_out, file)
         commands_partials.simulate_share(share, a, b, options)
         return
     reader = EventReader(strict, mapping)
+    if file is not None and _shardable(file, broker, mapping, strict):
+        from streams.tools.sharded import default_jobs, simulate_sharded
+
+        jobs = jobs or default_jobs(file)
+        if jobs > 1:
+            result, read = simulate_sharded(file, a, b, jobs)
+            for error in read.errors:
+                reader.report(error)
+            print_simulation(result, a.name, b.name, limit, format)
+            reader.stats.lines, reader.stats.bad = read.lines, read.bad
+            reader.summary()
+            return
     read, repeats = reader.events(events, broker, topic_prefix), reader.repeats(events, broker)
     result = run(read, a, b, reader.recorded, repeats=repeats)
     print_simulation(result, a.name, b.name, limit, format)

@@ -54,8 +54,12 @@ def _open(path: Path, progress: bool) -> tuple[io.BufferedReader, Any]:
         from rich.console import Console
         from rich.progress import Progress
 
-        # on stderr: on stdout, stopping it left an empty line among the JSONL printed
-        bar = Progress(console=Console(stderr=True), transient=True)
+        # on stderr: on stdout, stopping it left an empty line among the JSONL printed; and
+        # only on a terminal: redirected, it left an empty line in the log
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            return handle, bar
+        bar = Progress(console=console, transient=True)
         bar.start()
         task = bar.add_task(f"reading {path.name}", total=path.stat().st_size)
         return handle, (bar, task)

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import heapq
 import os
+import pickle
 import resource
 import tempfile
 import traceback
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain, compress, count
 from operator import itemgetter
@@ -39,9 +40,11 @@ import msgspec
 import orjson
 
 from events.inbound import Event
+from lifecycle.funnel import Funnel
 from lifecycle.merge import MERGED
 from lifecycle.policy import Policy
 from lifecycle.replay import Recorded, Replayer, bulk_gc
+from lifecycle.simulate import Outcome, Simulation, fold_both
 from streams.tools.files import BadLine, ReadStats, read_events
 from streams.tools.repeats import DERIVED, id_of, lenient_json
 
@@ -311,30 +314,49 @@ def _scan_files(path: Path, groups: Groups, jobs: int, scratch: Path) -> list[tu
     """Scan the file's `ranges` in `jobs` forked processes at once, each writing its owners
     and hashes to two files in `scratch`; returns them in file order, once every scanner is
     done (RuntimeError with its traceback if one failed)."""
-    files, pids = [], []
-    for k, (start, end) in enumerate(ranges(path, jobs)):
-        owners, hashes = scratch / f"owners-{k}", scratch / f"hashes-{k}"
-        files.append((owners, hashes))
+    spans = ranges(path, jobs)
+    files = [(scratch / f"owners-{k}", scratch / f"hashes-{k}") for k in range(jobs)]
+
+    def scan(k: int) -> None:
+        (owners, hashes), (start, end) = files[k], spans[k]
+        with owners.open("wb") as o, hashes.open("wb") as h:
+            for block_owners, block_hashes in scan_range(path, groups, jobs, start, end):
+                o.write(block_owners)
+                block_hashes.tofile(h)
+
+    _forked(jobs, scan, scratch, "scan")
+    return files
+
+
+def _forked(jobs: int, work: Callable[[int], Any], scratch: Path, name: str) -> list[Any]:
+    """`work(k)` for k in range(jobs), each in a forked process, all at once; their results
+    (pickled through `scratch`) in order, once all are done (RuntimeError with the traceback
+    of the first that failed)."""
+    pids = []
+    for k in range(jobs):
         pid = os.fork()
-        if pid == 0:  # a scanner: it never returns into the parent's code
+        if pid == 0:  # it never returns into the parent's code
             code = 1
             try:
-                with owners.open("wb") as o, hashes.open("wb") as h:
-                    for block_owners, block_hashes in scan_range(path, groups, jobs, start, end):
-                        o.write(block_owners)
-                        block_hashes.tofile(h)
+                result = work(k)
+                with (scratch / f"{name}-{k}.pickle").open("wb") as handle:
+                    pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
                 code = 0
             except BaseException:
-                (scratch / f"error-{k}").write_text(traceback.format_exc())
+                (scratch / f"{name}-error-{k}").write_text(traceback.format_exc())
             finally:
                 os._exit(code)
         pids.append(pid)
     failed = [k for k, pid in enumerate(pids) if os.waitpid(pid, 0)[1] != 0]
     if failed:
-        error = scratch / f"error-{failed[0]}"
+        error = scratch / f"{name}-error-{failed[0]}"
         detail = error.read_text() if error.exists() else "killed"
-        raise RuntimeError("a replay scan failed:\n" + detail)
-    return files
+        raise RuntimeError(f"a sharded {name} failed:\n" + detail)
+    results = []
+    for k in range(jobs):
+        with (scratch / f"{name}-{k}.pickle").open("rb") as handle:
+            results.append(pickle.load(handle))
+    return results
 
 
 def _read_scans(files: list[tuple[Path, Path]]) -> Iterator[tuple[bytes, array[int]]]:
@@ -590,3 +612,107 @@ def _report_memory(rss_kb: int, pss_kb: int) -> None:
     target = os.environ.get("LEADFLOW_RSS_REPORT")
     if target:
         Path(target).write_text(orjson.dumps({"rss_kb": rss_kb, "pss_kb": pss_kb}).decode())
+
+
+# --- simulate of a file on every core ---------------------------------------------------------
+#
+# The same shards as a replay's (persons of one merge group in one worker), each folded by the
+# command's own code over the worker's lines; a person's decisions, and their funnel record,
+# depend on their shard's lines alone, so the funnels of the shards are disjoint and their
+# union is the funnel of one run. Reports are computed from the union, as one run computes
+# them; bad lines come back with their line numbers and are reported in file order.
+
+
+@dataclass(slots=True)
+class ShardedRead:
+    """What the workers read: lines, bad lines, and the bad lines' reports in file order."""
+
+    lines: int = 0
+    bad: int = 0
+    errors: list[BadLine] = field(default_factory=list)
+
+
+def _sharded(
+    path: Path, jobs: int, work: Callable[[Iterator[Event], HashedRepeats, Recorded], Any]
+) -> tuple[list[Any], ShardedRead]:
+    """`work(events, repeats, recorded)` over each worker's own events, in `jobs` forked
+    processes; their results in worker order, and what they read."""
+    if not 1 < jobs <= MAX_JOBS:
+        raise ValueError(f"a sharded read takes 2 to {MAX_JOBS} workers, not {jobs}")
+    groups = Groups.of_file(path)
+    size = path.stat().st_size
+    with tempfile.TemporaryDirectory(prefix="leadflow-shards-") as directory:
+        scratch = Path(directory)
+        scans = _scan_files(path, groups, jobs, scratch)
+
+        def run(shard: int) -> tuple[Any, int, int, list[tuple[str, int, str]]]:
+            own, repeats = owned_of(_read_scans(scans), shard, size)
+            stats, recorded = ReadStats(), {}
+            events = read_events(path, stats=stats, recorded=recorded, blocks=own_blocks(path, own))
+            result = work(events, repeats, recorded)
+            errors = [(e.path, e.line, e.reason) for e in stats.errors]  # BadLine: no pickle
+            return result, stats.lines, stats.bad, errors
+
+        pieces = _forked(jobs, run, scratch, "worker")
+    read = ShardedRead()
+    for _, lines, bad, errors in pieces:
+        read.lines += lines
+        read.bad += bad
+        read.errors.extend(BadLine(*error) for error in errors)
+    read.errors.sort(key=_line_of)
+    return [piece[0] for piece in pieces], read
+
+
+def _line_of(error: BadLine) -> int:
+    return error.line
+
+
+def simulate_sharded(
+    path: Path, policy_a: Policy, policy_b: Policy, jobs: int
+) -> tuple[Simulation, ShardedRead]:
+    """`lifecycle.simulate.simulate` of a JSONL file by `jobs` worker processes: the same
+    result as one process's."""
+
+    def work(
+        events: Iterator[Event], repeats: HashedRepeats, recorded: Recorded
+    ) -> tuple[Any, ...]:
+        view_a, view_b = Funnel(), Funnel()
+        count, conflicts, differing = fold_both(
+            events,
+            policy_a,
+            policy_b,
+            recorded,
+            follow=True,
+            funnels=(view_a, view_b),
+            repeats=repeats,
+        )
+        # the funnels whole: a merge group's aliases are folded in its shard
+        return count, conflicts, dict(view_a.persons), dict(view_b.persons), differing
+
+    pieces, read = _sharded(path, jobs, work)
+    view_a, view_b = Funnel(), Funnel()
+    events = conflicts = 0
+    differing: list[Outcome] = []
+    for n_events, conflicted, persons_a, persons_b, outcomes in pieces:
+        events += n_events
+        conflicts += conflicted
+        view_a.persons.update(persons_a)
+        view_b.persons.update(persons_b)
+        differing.extend(outcomes)
+    differing.sort(key=_person_of_outcome)  # as one run lists them: by person id
+    result = Simulation(
+        policy_a.version,
+        policy_b.version,
+        events,
+        view_a.report(),
+        view_b.report(),
+        differing,
+        view_a.mqls(),
+        view_b.mqls(),
+        conflicts,
+    )
+    return result, read
+
+
+def _person_of_outcome(outcome: Outcome) -> str:
+    return outcome.person_id

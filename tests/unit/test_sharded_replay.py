@@ -254,3 +254,74 @@ def test_a_replay_read_in_small_blocks_prints_what_main_printed(
     out, err = _replay(path, "--jobs", str(jobs))
     assert hashlib.sha256(out).hexdigest() == PINNED["default", False]
     assert err == _replay(path, "--jobs", "1")[1]
+
+
+# --- simulate of a file on every core (`streams.tools.sharded.simulate_sharded`) ------------
+
+
+def _simulate(path: Path, *args: str) -> tuple[bytes, str]:
+    result = runner.invoke(
+        app, ["simulate", "-p", "default", "--against", "mature", "--events", str(path), *args]
+    )
+    assert result.exit_code == 0, result.output
+    return result.stdout_bytes, result.stderr
+
+
+@pytest.mark.parametrize("format", ["json", "table"])
+def test_a_sharded_simulate_prints_what_one_process_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, format: str
+):
+    """The pinned stream: merges (their groups in one worker), redeliveries, a conflict, bad
+    lines (reported in file order), a history line; blocks small enough that some are plain
+    and some read line by line."""
+    monkeypatch.setattr("streams.tools.sharded.SCAN_BYTES", 4096)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(pinned_stream()) + b"\n")
+    args = ("--format", format, "--limit", "1000")
+    one = _simulate(path, "--jobs", "1", *args)
+    assert "persons" in one[0].decode() and "2 bad line(s) skipped" in one[1]
+    if format == "json":
+        assert json.loads(one[0])["conflicts"] == 1
+    else:
+        assert "1 event(s) reusing an event id with other content skipped" in one[1]
+    for jobs in ("2", "3"):
+        assert _simulate(path, "--jobs", jobs, *args) == one
+
+
+def test_a_sharded_simulate_of_a_synthetic_year_equals_one_process(tmp_path: Path):
+    path = tmp_path / "events.jsonl"
+    stream = synthetic_events(400, 8_000, seed=13, duplicates=0.02)
+    path.write_bytes(b"\n".join(orjson.dumps(e) for e in stream) + b"\n")
+    one = _simulate(path, "--jobs", "1", "--format", "json", "--limit", "100000")
+    assert json.loads(one[0])["persons_differing"] > 0  # the policies disagree somewhere
+    assert _simulate(path, "--jobs", "2", "--format", "json", "--limit", "100000") == one
+
+
+def test_a_sharded_simulate_reports_bad_lines_in_file_order(tmp_path: Path):
+    """A bad line of a person another worker decides, before one no worker can read (worker
+    0's): reported in file order, as one process reports them."""
+    other = next(p for p in (f"p{n}" for n in range(100)) if Groups().shard(p, 2) == 1)
+    lines = [
+        orjson.dumps({"event_id": "e1", "type": "form_fill", "person_id": "p0x"}),  # no time
+        orjson.dumps(
+            {"event_id": "e2", "type": "t", "person_id": other, "occurred_at": "2026-01-01"}
+        ),
+        b"not json",
+        orjson.dumps(
+            {
+                "event_id": "e3",
+                "type": "demo_request",
+                "person_id": other,
+                "occurred_at": "2026-01-02T00:00:00Z",
+            }
+        ),
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    one = _simulate(path, "--jobs", "1")
+    assert [line.split(": ")[0].rsplit(":", 1)[1] for line in one[1].splitlines()[:3]] == [
+        "1",
+        "2",
+        "3",
+    ]
+    assert _simulate(path, "--jobs", "2") == one
