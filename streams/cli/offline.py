@@ -181,6 +181,7 @@ def funnel_command(
     ] = None,
     partitions: PartitionsOpt = None,
     partial_out: PartialOutOpt = None,
+    jobs: JobsOpt = 0,
 ) -> None:
     """Counts reached per stage, conversion by lead source, median days between stages."""
     from lifecycle.replay import replay as run
@@ -203,8 +204,13 @@ def funnel_command(
         )
         return
     reader = EventReader(strict, mapping)
-    read, repeats = reader.events(events, broker, topic_prefix), reader.repeats(events, broker)
-    report = funnel_of(map(reader.check, run(read, rules, reader.recorded, repeats=repeats)))
+    sharded = _sharded_funnel(file, rules, reader, broker, mapping, strict, jobs)
+    if sharded is not None:
+        report = sharded
+    else:
+        read = reader.events(events, broker, topic_prefix)
+        repeats = reader.repeats(events, broker)
+        report = funnel_of(map(reader.check, run(read, rules, reader.recorded, repeats=repeats)))
     if by is not None:
         commands_analytics.attribution(report, by, format)
     elif format == "json":
@@ -212,6 +218,34 @@ def funnel_command(
     else:
         print_funnel(report, f"policy {rules.name} ({rules.version})")
     reader.summary()
+
+
+def _sharded_funnel(
+    file: Path | None,
+    rules: Policy,
+    reader: EventReader,
+    broker: str | None,
+    mapping: Path | None,
+    strict: bool,
+    jobs: int,
+) -> FunnelReport | None:
+    """The funnel of a JSONL file by several processes (`streams.tools.sharded`), its bad
+    lines and conflicts reported in file order as one process reports them; None when one
+    process reads it (a topic, a CSV, a small file, `--jobs 1`)."""
+    if file is None or not _shardable(file, broker, mapping, strict):
+        return None
+    from streams.tools.sharded import default_jobs, funnel_sharded
+
+    jobs = jobs or default_jobs(file)
+    if jobs < 2:
+        return None
+    report, conflicts, read = funnel_sharded(file, rules, jobs)
+    said = [(error.line, str(error)) for error in read.errors] + conflicts
+    for _, text in sorted(said, key=lambda entry: entry[0]):
+        err.print(text, highlight=False, markup=False)
+    reader.stats.lines, reader.stats.bad = read.lines, read.bad
+    reader.conflicts = len(conflicts)
+    return report
 
 
 def simulate(

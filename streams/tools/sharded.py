@@ -40,7 +40,7 @@ import msgspec
 import orjson
 
 from events.inbound import Event
-from lifecycle.funnel import Funnel
+from lifecycle.funnel import Funnel, FunnelReport
 from lifecycle.merge import MERGED
 from lifecycle.policy import Policy
 from lifecycle.replay import Recorded, Replayer, bulk_gc
@@ -633,10 +633,13 @@ class ShardedRead:
 
 
 def _sharded(
-    path: Path, jobs: int, work: Callable[[Iterator[Event], HashedRepeats, Recorded], Any]
+    path: Path,
+    jobs: int,
+    work: Callable[[Iterator[tuple[int, Event]], HashedRepeats, Recorded], Any],
 ) -> tuple[list[Any], ShardedRead]:
-    """`work(events, repeats, recorded)` over each worker's own events, in `jobs` forked
-    processes; their results in worker order, and what they read."""
+    """`work(numbered events, repeats, recorded)` over each worker's own events (with the
+    number of the line of each), in `jobs` forked processes; their results in worker order,
+    and what they read."""
     if not 1 < jobs <= MAX_JOBS:
         raise ValueError(f"a sharded read takes 2 to {MAX_JOBS} workers, not {jobs}")
     groups = Groups.of_file(path)
@@ -648,8 +651,21 @@ def _sharded(
         def run(shard: int) -> tuple[Any, int, int, list[tuple[str, int, str]]]:
             own, repeats = owned_of(_read_scans(scans), shard, size)
             stats, recorded = ReadStats(), {}
-            events = read_events(path, stats=stats, recorded=recorded, blocks=own_blocks(path, own))
-            result = work(events, repeats, recorded)
+            numbers: deque[int] = deque()  # of the lines handed to read_events, in order
+
+            def blocks() -> Iterator[list[tuple[int, bytes]]]:
+                for numbered in own_blocks(path, own):
+                    numbers.extend(map(itemgetter(0), numbered))
+                    yield numbered
+
+            def report(error: BadLine) -> None:  # each line is one event or one bad line
+                numbers.popleft()
+                stats.errors.append(error)
+
+            events = read_events(
+                path, stats=stats, on_error=report, recorded=recorded, blocks=blocks()
+            )
+            result = work(((numbers.popleft(), e) for e in events), repeats, recorded)
             errors = [(e.path, e.line, e.reason) for e in stats.errors]  # BadLine: no pickle
             return result, stats.lines, stats.bad, errors
 
@@ -674,11 +690,11 @@ def simulate_sharded(
     result as one process's."""
 
     def work(
-        events: Iterator[Event], repeats: HashedRepeats, recorded: Recorded
+        numbered: Iterator[tuple[int, Event]], repeats: HashedRepeats, recorded: Recorded
     ) -> tuple[Any, ...]:
         view_a, view_b = Funnel(), Funnel()
         count, conflicts, differing = fold_both(
-            events,
+            (event for _, event in numbered),
             policy_a,
             policy_b,
             recorded,
@@ -716,3 +732,43 @@ def simulate_sharded(
 
 def _person_of_outcome(outcome: Outcome) -> str:
     return outcome.person_id
+
+
+# --- funnel of a file on every core -----------------------------------------------------------
+
+
+def funnel_sharded(
+    path: Path, policy: Policy, jobs: int
+) -> tuple[FunnelReport, list[tuple[int, str]], ShardedRead]:
+    """`funnel_of(replay(events, policy))` of a JSONL file by `jobs` worker processes: the
+    same report as one process's, and the conflicts (event ids reused with other content,
+    not applied) with the number of their line, in file order."""
+
+    def work(
+        numbered: Iterator[tuple[int, Event]], repeats: HashedRepeats, recorded: Recorded
+    ) -> tuple[dict[str, Any], list[tuple[int, str]]]:
+        view = Funnel()
+        conflicts: list[tuple[int, str]] = []
+        replayer = Replayer(policy, recorded=recorded, repeats=repeats)
+        with bulk_gc():  # as `lifecycle.replay.replay`
+            for number, event in numbered:
+                for decision in replayer.apply_all(event):
+                    if decision.conflict is not None:
+                        text = f"conflict: person {decision.person_id}: {decision.conflict}"
+                        conflicts.append((number, f"{text}; not applied"))
+                    view.add_decision(decision)
+        # the funnel whole: a merge group's aliases are folded in its shard
+        return dict(view.persons), conflicts
+
+    pieces, read = _sharded(path, jobs, work)
+    view = Funnel()
+    conflicts: list[tuple[int, str]] = []
+    for persons, conflicted in pieces:
+        view.persons.update(persons)
+        conflicts.extend(conflicted)
+    conflicts.sort(key=_number)  # one line's decisions are in one worker, in their order
+    return view.report(), conflicts, read
+
+
+def _number(conflict: tuple[int, str]) -> int:
+    return conflict[0]

@@ -325,3 +325,44 @@ def test_a_sharded_simulate_reports_bad_lines_in_file_order(tmp_path: Path):
         "3",
     ]
     assert _simulate(path, "--jobs", "2") == one
+
+
+# --- funnel of a file on every core (`streams.tools.sharded.funnel_sharded`) -----------------
+
+
+def _funnel(path: Path, *args: str) -> tuple[bytes, str]:
+    result = runner.invoke(app, ["funnel", "--preset", "default", "--events", str(path), *args])
+    assert result.exit_code == 0, result.output
+    return result.stdout_bytes, result.stderr
+
+
+@pytest.mark.parametrize("args", [("--format", "json"), ("--by", "source"), ()])
+def test_a_sharded_funnel_prints_what_one_process_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+):
+    monkeypatch.setattr("streams.tools.sharded.SCAN_BYTES", 4096)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(pinned_stream()) + b"\n")
+    one = _funnel(path, "--jobs", "1", *args)
+    assert "2 bad line(s) skipped" in one[1] and "conflict: person" in one[1]
+    for jobs in ("2", "3"):
+        assert _funnel(path, "--jobs", jobs, *args) == one
+
+
+def test_a_sharded_funnel_reports_bad_lines_and_conflicts_in_file_order(tmp_path: Path):
+    """A conflict of a person another worker decides, between two bad lines worker 0
+    reports: stderr in file order, as one process writes it."""
+    other = next(p for p in (f"p{n}" for n in range(100)) if Groups().shard(p, 2) == 1)
+    event = {"type": "demo_request", "person_id": other, "occurred_at": "2026-01-02T00:00:00Z"}
+    lines = [
+        orjson.dumps({**event, "event_id": "e1"}),
+        b"not json",
+        orjson.dumps({**event, "event_id": "e1", "type": "form_fill"}),  # e1 reused
+        b"[]",
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    one = _funnel(path, "--jobs", "1", "--format", "json")
+    said = one[1].splitlines()
+    assert ":2: " in said[0] and said[1].startswith("conflict: person") and ":4: " in said[2]
+    assert _funnel(path, "--jobs", "2", "--format", "json") == one
