@@ -12,7 +12,7 @@ before its transactional producers are fenced, when an OffsetFetch may still ans
 offsets from before the last commit (or none), and the worker applied what it fetched from
 there before Faust's seek (`streams.worker.assignment.seek_to_complete_commits`;
 `test_kafka.py` forces that race at every rebalance: 106 and 146 repeated change ids without
-the fix, none with it). After the fix 4 long runs (12 seeds) passed. The
+the fix, none with it). After the fix 9 long runs (27 seeds) passed. The
 NotEnoughReplicasError the broker answered the changelog's produce with (retried) and the
 "Invalid state transition IN_TRANSACTION -> IN_TRANSACTION" in begin_transaction are in
 passing runs too: the latter is Faust beginning again the kept transaction of the assignor's
