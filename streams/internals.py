@@ -185,6 +185,21 @@ def without_spinner(worker: faust.Worker) -> None:
     worker.spinner = None
 
 
+# -- the committed offsets, read again once a partition's producer is fenced -------------------
+# Mirrors what `aiokafka.AIOKafkaConsumer.seek_to_committed` reads for each partition
+# (`committed(tp)`, one OffsetFetch, aiokafka 0.14.0), called through Faust's consumer thread
+# (`ThreadDelegateConsumer._thread`, `AIOKafkaConsumerThread._ensure_consumer`,
+# faust-streaming 0.15.3; `QueueServiceThread.call_thread`, mode-streaming 0.7.1), which has
+# no `committed` of its own.
+async def committed_offsets(consumer: Any, tps: Collection[TP]) -> dict[TP, int | None]:
+    """The group's committed offset of each of `tps` (None: never committed), read now.
+
+    `consumer` is Faust's consumer (`app.consumer`)."""
+    thread = consumer._thread
+    client = thread._ensure_consumer()
+    return {tp: await thread.call_thread(client.committed, tp) for tp in tps}
+
+
 # -- the events topic a fetched batch at a time ----------------------------------------------
 async def rewind_uncommitted(
     consumer: Any, committed: Mapping[Any, int | None], topics: Collection[str]

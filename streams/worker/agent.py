@@ -185,6 +185,10 @@ class PartitionProcessor:
         self.cache: dict[str, PersonState] = {}
         self.ticks: dict[str, datetime] = {}  # sweeper ticks published, not yet applied
         self.offsets: dict[int, int] = {}  # last processed offset per partition
+        #: per owned partition, the committed offset read when it was assigned (with
+        #: `--exactly-once`, `streams.worker.assignment.seek_to_complete_commits`): every record
+        #: below it is applied and committed, and the Batcher drops it
+        self.floors: dict[int, int] = {}
         self.outputs = Outputs(app, names.events)
         self.changelog: str = table.changelog_topic.get_topic_name()
         self.outputs.on_sent[self.changelog] = self._changelog_sent
@@ -215,6 +219,7 @@ class PartitionProcessor:
             self.owned.discard(p)
             self.stand_ins.pop(p, None)
             self.offsets.pop(p, None)
+            self.floors.pop(p, None)
             self.key_positions.pop(p, None)
             self.seen.release(p)
             for shadow in self.shadows:

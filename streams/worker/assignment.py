@@ -17,6 +17,7 @@ from events.outbound import HistoryRecord
 from lifecycle.policy import named_policy
 from lifecycle.shredding import is_sealed, open_record
 from streams.internals import (
+    committed_offsets,
     open_transactions,
     parse_transactional_id,
     set_fetch_max_wait,
@@ -81,6 +82,8 @@ async def take_assignment(app: LeadflowApp) -> None:
     shorten_fetch_wait(app, settings.fetch_max_wait_ms)
     assigned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.events}
     lifecycle.release(lifecycle.owned - assigned)
+    if app.in_transaction:
+        await seek_to_complete_commits(app, assigned)
     new = assigned - lifecycle.owned
     if not new:
         return
@@ -100,6 +103,35 @@ async def take_assignment(app: LeadflowApp) -> None:
         log.warning("recovery: %s", warning)
     if lifecycle.shadows:
         await rebuild_shadows(lifecycle.shadows, new, settings, lifecycle.keys)
+
+
+async def seek_to_complete_commits(app: LeadflowApp, partitions: set[int]) -> None:
+    """`--exactly-once`: read the assigned events partitions' committed offsets again, now
+    that each one's transactional producer has its producer id, seek them there before they
+    resume, and make each one the partition's floor: the agent processes no record below it
+    (`streams.worker.batcher.Batcher`).
+
+    aiokafka reads a new assignment's first positions as soon as it arrives (its fetcher asks
+    for the committed offsets of paused partitions too), before Faust starts the assignment's
+    transactional producers (`TransactionManager.on_rebalance`), and Faust may seek that
+    early as well (its `getmany` seeks to the committed offsets when it finds the flow
+    stopped). An OffsetFetch then may still answer what a partition's group offset was before
+    its last commit, whose transaction is prepared but not yet complete (see
+    `restart_producers`), or nothing for its first commit, and the fetcher starts there (at
+    the beginning for nothing). Faust resumes the events partitions before its last seek, and
+    what they deliver meanwhile is processed: records whose outputs are committed already,
+    taken for redeliveries, so their stage changes are emitted and committed a second time.
+    Once the producer of a partition's transactional id has its producer id, the partition's
+    last commit is complete (`tests/faults/test_kafka.py`), so the offsets read here are the
+    ones that commit wrote. A partition never committed keeps its position: Faust's seek
+    sends it back to its beginning (`streams.internals.rewind_uncommitted`).
+    """
+    consumer, lifecycle = app.consumer, app.lifecycle
+    tps = [TP(app.names.events, p) for p in sorted(partitions)]
+    for tp, offset in (await committed_offsets(consumer, tps)).items():
+        if offset and tp in consumer.assignment():  # still ours: no new rebalance meanwhile
+            await consumer.seek(tp, offset)
+            lifecycle.floors[tp.partition] = offset
 
 
 async def abort_uncommitted(app: faust.App, partitions: set[int]) -> None:

@@ -108,7 +108,13 @@ class Batcher:
     Below the lowest offset taken nothing is dropped: a seek can land further back than the
     position the generation started from (a partition the group never committed is sent
     back to its beginning, `internals.rewind_uncommitted`, when its position had moved past
-    records no one applied), and those records were never taken.
+    records no one applied), and those records were never taken. Except below the partition's
+    committed offset as read once its transactional producer was fenced (`--exactly-once`:
+    `PartitionProcessor.floors`, `streams.worker.assignment.seek_to_complete_commits`):
+    everything there is applied and committed, and a record from there was fetched from a
+    position read while the last commit was not complete yet. Processed, it would be taken
+    for a redelivery and its stage changes committed a second time, and its commit could
+    move the group's offset back below records applied since.
     """
 
     def __init__(
@@ -125,6 +131,8 @@ class Batcher:
         self.dropped = 0
         #: messages dropped because this generation already took their offset
         self.repeats = 0
+        #: messages dropped because they are below their partition's committed offset
+        self.below_committed = 0
         #: (generation, partition -> the offsets taken for processing in it, as runs
         #: [first, last]: one, or a few after a seek further back)
         self._taken: tuple[int | None, dict[int, list[list[int]]]] = (None, {})
@@ -153,16 +161,27 @@ class Batcher:
         if not app.flow_control.is_active():
             return []
         generation, owned = app.consumer_generation_id, self.lifecycle.owned
+        floors = self.lifecycle.floors
         taken_in, taken = self._taken
         if taken_in != generation:
             taken = {}
             self._taken = (generation, taken)
-        live, repeats = [], 0
+        live, repeats, below = [], 0, 0
         for m in messages:
             if m.generation_id != generation or m.partition not in owned:
                 continue
-            if _take(taken.setdefault(m.partition, []), m.offset):
+            runs = taken.get(m.partition)
+            if runs is None:  # the partition's first record in this generation
+                floor = floors.get(m.partition)
+                # Every offset below the committed offset counts as taken, and so does every
+                # one between it and a first record past it (markers, aborted records: read
+                # from the committed offset on, nothing else is there), so that one run
+                # holds them all and `_take` keeps to its fast path.
+                runs = taken[m.partition] = [[-1, max(floor, m.offset) - 1]] if floor else []
+            if _take(runs, m.offset):
                 live.append(m)
+            elif m.offset < floors.get(m.partition, 0):
+                below += 1  # fetched from a position read before the last commit completed
             else:
                 repeats += 1  # fetched again in this generation: processed once already
         if repeats:
@@ -171,6 +190,15 @@ class Batcher:
                 "dropped %d records fetched again in generation %s (Faust's seek to the "
                 "committed offsets came after they were fetched; each was processed once)",
                 repeats,
+                generation,
+            )
+        if below:
+            self.below_committed += below
+            log.info(
+                "dropped %d records below the committed offsets in generation %s (fetched "
+                "from positions read before the last commit was complete; each was applied "
+                "and committed already)",
+                below,
                 generation,
             )
         track = app.consumer.track_message

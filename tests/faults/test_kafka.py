@@ -20,6 +20,7 @@ import re
 import shutil
 import time
 from collections import Counter
+from pathlib import Path
 
 import orjson
 import pytest
@@ -168,6 +169,59 @@ async def test_exactly_once_two_workers_each_killed_apply_nothing_twice(
         ]
         detail = "\n".join([*outcome.repeated, *lines[-60:]])
         raise AssertionError(f"{outcome.duplicates} repeated change ids read_committed:\n{detail}")
+
+
+STALE_POSITIONS = str(Path(__file__).parent / "stale_positions")
+
+
+async def test_exactly_once_rebalances_apply_nothing_twice_when_first_positions_are_stale(
+    broker, make_topics, tmp_path, fault_report
+):
+    """An `--exactly-once` worker that another one joins and leaves: the offsets its
+    assignments start from must be the ones the last commit wrote. Every OffsetFetch between
+    an assignment and its transactional producers' InitProducerId answers none here
+    (`stale_positions/sitecustomize.py`: what Kafka answers for a partition's first commit
+    still completing, the worst of its stale answers), and the true answers come late: the
+    worker must not apply what it fetches from the stale positions meanwhile, applied and
+    committed already, or it commits those records' stage changes a second time
+    (`streams.worker.assignment.seek_to_complete_commits`)."""
+    names = await make_topics(partitions=4)
+    settings = settings_for(broker.url, names)
+    records = make_stream(3_000, 150, seed=23, duplicates=0.0, garbage_every=0)
+    extra = ("--exactly-once", "--sweep-interval", "3600")
+    env = {
+        "PYTHONPATH": STALE_POSITIONS,
+        "LEADFLOW_TEST_STALE_TOPIC": names.events,
+        "LEADFLOW_TEST_SLOW_OFFSET_FETCH": "0.3",
+    }
+    x1 = Worker(broker, names, tmp_path, "x1", store="rocksdb", extra=extra, env=env)
+    await x1.ready(4, timeout=120)
+    publisher = Publisher(broker.bootstrap, names.events, records)
+    publisher.start(rate=len(records) / 20.0)
+    await publisher.wait(len(records) // 3, timeout=180)
+    x2 = Worker(broker, names, tmp_path, "x2", extra=extra, env=env)  # x1 keeps two
+    await wait_for(x2.owned, 120, "x2 to own partitions")
+    await publisher.wait(2 * len(records) // 3, timeout=180)
+    x2.terminate()  # x1 takes all four again
+    await publisher.wait(timeout=180)
+    await x1.ready(4, timeout=120)
+    gaps, repaired, outcome = await settled_check_repaired(
+        settings, "exactly-once, stale first positions", alive=lambda: x1.alive
+    )
+    logs = [w.tail(2_000_000) for w in (x1, x2)]
+    dropped = r"dropped (\d+) records below the committed"
+    below = sum(int(n) for log in logs for n in re.findall(dropped, log))
+    fault_report.add(
+        "exactly-once: stale first positions",
+        "2 rebalances, every first position stale, --exactly-once, read_committed",
+        **outcome.counts(),
+        gaps=gaps,
+        repaired=repaired,
+        below_committed_dropped=below,
+    )
+    assert outcome.problems == []
+    assert outcome.history == outcome.valid_ids == len(records) + outcome.ticks
+    assert outcome.duplicates == 0, "\n".join(outcome.repeated)
 
 
 async def test_a_new_producer_of_a_transactional_id_reads_what_its_last_commit_wrote(

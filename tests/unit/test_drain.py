@@ -50,7 +50,7 @@ def app(*, active: bool = True, generation: int = 1) -> Any:
 
 
 def batcher(app: Any, owned: set[int]) -> Batcher:
-    return Batcher(app, Feed({"events"}), SimpleNamespace(owned=owned), size=2)
+    return Batcher(app, Feed({"events"}), SimpleNamespace(owned=owned, floors={}), size=2)
 
 
 async def test_feed_joins_lists_waiting_for_the_agent_in_order() -> None:
@@ -126,7 +126,7 @@ async def test_run_processes_in_batches_of_at_most_size() -> None:
 
     class PartitionProcessor:
         def __init__(self) -> None:
-            self.owned = {0}
+            self.owned, self.floors = {0}, {}
 
         async def process(self, batch: list[Message]) -> Any:
             sizes.append(len(batch))
@@ -158,7 +158,7 @@ async def test_in_a_transaction_each_batch_is_committed_with_its_outputs_before_
 
     class PartitionProcessor:
         def __init__(self) -> None:
-            self.owned = {0}
+            self.owned, self.floors = {0}, {}
 
         async def process(self, batch: list[Message]) -> Any:
             log.append(f"decide {[m.offset for m in batch]}")
@@ -239,6 +239,7 @@ class Recorder:
 
     def __init__(self, processed: list[int]) -> None:
         self.owned, self.processed = {0}, processed
+        self.floors: dict[int, int] = {}  # committed offsets read at assignment
 
     async def process(self, batch: list[Message]) -> Any:
         self.processed.extend(m.offset for m in batch)
@@ -281,10 +282,12 @@ async def test_messages_held_across_a_rebalance_are_dropped_for_the_next_seek() 
     assert processed == [] and a.consumer.acked == [] and b.dropped == 3
 
 
-async def run_batcher(a: Any, lists: list[list[Message]], processed: list[int]) -> Batcher:
+async def run_batcher(
+    a: Any, lists: list[list[Message]], processed: list[int], floors: dict[int, int] | None = None
+) -> Batcher:
     """Feed `lists` to a batcher one at a time (each after the previous is processed)."""
     recorder = Recorder(processed)
-    recorder.owned = {0, 1}
+    recorder.owned, recorder.floors = {0, 1}, floors or {}
     b = Batcher(a, Feed({"events"}), recorder, size=10)  # type: ignore[arg-type]
     task = asyncio.ensure_future(b.run())
     for messages in lists:
@@ -342,3 +345,28 @@ async def test_after_a_rebalance_the_committed_offsets_are_processed_again() -> 
     task.cancel()
     await asyncio.gather(*b.acks.tasks)
     assert processed == [0, 1, 2, 1, 2, 3] and b.repeats == 0
+
+
+async def test_records_below_the_committed_offset_read_at_assignment_are_not_applied_again():
+    """--exactly-once: aiokafka reads a new assignment's first positions before Faust starts
+    its transactional producers, and an OffsetFetch then may still answer the offsets from
+    before the last commit (or none: the beginning). What is fetched from there before the
+    seek to the offsets read once the producers are fenced is below them: applied and
+    committed already, it must not be taken for redeliveries whose stage changes are
+    emitted and committed a second time."""
+    a = app()
+    processed: list[int] = []
+    stale = [message(0, n) for n in range(0, 6)] + [message(1, n) for n in range(3, 6)]
+    after_seek = [message(0, n) for n in range(4, 8)] + [message(1, 6)]
+    b = await run_batcher(a, [stale, after_seek], processed, floors={0: 4, 1: 6})
+    assert processed == [4, 5, 6, 7, 6]
+    assert a.consumer.acked == [4, 5, 6, 7, 6] and a.consumer.unacked == set()
+    assert b.below_committed == 4 + 3 and b.repeats == 2
+
+
+async def test_a_first_record_past_the_committed_offset_keeps_one_run_of_taken_offsets():
+    # The committed offset may point at a transaction marker: the first record is past it.
+    a = app()
+    processed: list[int] = []
+    b = await run_batcher(a, [[message(0, n) for n in range(9, 12)]], processed, floors={0: 8})
+    assert processed == [9, 10, 11] and b._taken[1] == {0: [[-1, 11]]}

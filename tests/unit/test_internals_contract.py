@@ -34,6 +34,7 @@ import faust.tables.table
 import faust.transport.consumer
 import faust.transport.drivers.aiokafka
 import faust.worker
+import mode.threads
 import pytest
 from faust.types.tuples import Message
 
@@ -168,6 +169,19 @@ MIRRORED = [
         "6ef567acf072e46d",
     ),
     Mirrored(
+        "committed_offsets calls it through the consumer thread (one OffsetFetch, None if "
+        "never committed)",
+        aiokafka.consumer.consumer.AIOKafkaConsumer.committed,
+        "(self, partition)",
+        "d8706147ab1573ad",
+    ),
+    Mirrored(
+        "seek_to_complete_commits seeks with it (the fetcher's position and _read_offset)",
+        faust.transport.consumer.Consumer.seek,
+        "(self, partition: faust.types.tuples.TP, offset: int) -> None",
+        "b86a9fe05f956b30",
+    ),
+    Mirrored(
         "restart_producers stops producers through it (pops and stops, no abort)",
         faust.transport.drivers.aiokafka.Producer.stop_transaction,
         "(self, transactional_id: str) -> None",
@@ -272,6 +286,8 @@ SIGNATURES = [
     (faust.transport.drivers.aiokafka.AIOKafkaConsumerThread.seek_to_beginning,
      "(self, *partitions: aiokafka.structs.TopicPartition) -> None"),
     (aiokafka.client.AIOKafkaClient.fetch_all_metadata, "(self)"),
+    (mode.threads.QueueServiceThread.call_thread,
+     "(self, fun: Callable[..., collections.abc.Awaitable], *args: Any, **kwargs: Any) -> Any"),
     (aiokafka.producer.transaction_manager.TransactionManager.is_in_transaction, "(self)"),
 ]  # fmt: skip
 
@@ -285,6 +301,13 @@ def test_called_internal_keeps_its_signature(function: Callable[..., Any], expec
         f"{function.__module__}.{function.__qualname__} is now {signature}, was {expected}; "
         f"streams.internals calls it (checked against {CHECKED})"
     )
+
+
+def test_faust_calls_its_consumer_thread_as_committed_offsets_does() -> None:
+    # committed_offsets awaits `call_thread` of Faust's consumer thread, a mode
+    # QueueServiceThread (the aiokafka consumer runs in that thread's loop)
+    thread = faust.transport.drivers.aiokafka.AIOKafkaConsumerThread
+    assert issubclass(thread, mode.threads.QueueServiceThread), f"{thread}: no call_thread"
 
 
 def test_transactional_ids_are_formatted_as_faust_formats_them() -> None:
