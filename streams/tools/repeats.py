@@ -80,6 +80,8 @@ class Repeats:
         self._seen = bytearray(bits // 8)
         self._mask = bits - 1
         self.kept: set[str] = set()
+        #: `add_hashes`: the hashes kept (ids of the derived forms are the reader's to keep)
+        self.kept_hashes: set[int] = set()
 
     def add(self, ids: Iterable[Any]) -> None:
         """Count each id (any JSON value; only a string is an event's id)."""
@@ -95,11 +97,22 @@ class Repeats:
             else:
                 seen[at] = byte | bit
 
+    def add_hashes(self, hashes: Iterable[int]) -> None:
+        """Count ids by their `hash()` (`streams.tools.sharded.owned_of`)."""
+        seen, mask, kept = self._seen, self._mask, self.kept_hashes
+        for h in hashes:
+            b = h & mask
+            at, bit = b >> 3, 1 << (b & 7)
+            byte = seen[at]
+            if byte & bit:
+                kept.add(h)
+            else:
+                seen[at] = byte | bit
+
 
 def may_repeat(path: Path) -> set[str]:
     """The event ids of the JSONL file at `path` that may occur in it more than once (a
-    sharded replay's worker counts its own lines' ids as it finds them:
-    `streams.tools.sharded.own_scan`)."""
+    sharded worker counts its own lines' ids by their hashes: `streams.tools.sharded.owned_of`)."""
     repeats = Repeats(path.stat().st_size)
     repeats.add(_ids(_all_lines(path)))
     return repeats.kept

@@ -46,7 +46,7 @@ from lifecycle.policy import Policy
 from lifecycle.replay import Recorded, Replayer, bulk_gc
 from lifecycle.simulate import Outcome, Simulation, fold_both
 from streams.tools.files import BadLine, ReadStats, read_events
-from streams.tools.repeats import DERIVED, id_of, lenient_json
+from streams.tools.repeats import DERIVED, Repeats, id_of, lenient_json
 
 #: Files at least this large are sharded by default (`--jobs 0`); below, forking costs more
 #: than it saves (about 200k events of the synthetic kind).
@@ -286,22 +286,12 @@ def owned_of(
     (owners, hashes) of every line of the file in order; `size`: the file's bytes."""
     mine = bytes(1 if b != NOBODY and b & ~NO_ID == shard else 0 for b in range(256))
     counted = bytes(1 if b == shard else 0 for b in range(256))
-    bits = 1 << max(16, (size // 5).bit_length())  # ~32 a ~160-byte line, as `Repeats`
-    seen = bytearray(bits // 8)
-    mask = bits - 1
-    kept: set[int] = set()
+    repeats = Repeats(size)
     own = bytearray()
     for owners, hashes in scans:
         own += owners.translate(mine)
-        for h in compress(hashes, owners.translate(counted)):
-            b = h & mask
-            at, bit = b >> 3, 1 << (b & 7)
-            byte = seen[at]
-            if byte & bit:
-                kept.add(h)
-            else:
-                seen[at] = byte | bit
-    return own, HashedRepeats(kept)
+        repeats.add_hashes(compress(hashes, owners.translate(counted)))
+    return own, HashedRepeats(repeats.kept_hashes)
 
 
 def own_scan(path: Path, groups: Groups, jobs: int, shard: int) -> tuple[bytearray, HashedRepeats]:
@@ -374,13 +364,19 @@ def own_lines(path: Path, own: bytes | bytearray) -> Iterator[tuple[int, bytes]]
     return chain.from_iterable(own_blocks(path, own))
 
 
-def own_blocks(path: Path, own: bytes | bytearray) -> Iterator[list[tuple[int, bytes]]]:
-    """`own_lines`, a block of lines at a time."""
+def own_blocks(
+    path: Path, own: bytes | bytearray, numbers: deque[int] | None = None
+) -> Iterator[list[tuple[int, bytes]]]:
+    """`own_lines`, a block of lines at a time; `numbers`, if given, is extended with each
+    block's line numbers as it is handed on (a worker's queue of the lines it read)."""
     with path.open("rb") as handle:
         number = 1
         while block := handle.readlines(SCAN_BYTES):
             start, number = number, number + len(block)
-            yield list(compress(zip(count(start), block), own[start - 1 : number - 1]))
+            numbered = list(compress(zip(count(start), block), own[start - 1 : number - 1]))
+            if numbers is not None:
+                numbers.extend(map(itemgetter(0), numbered))
+            yield numbered
 
 
 # --- a worker ---------------------------------------------------------------------------------
@@ -418,11 +414,6 @@ def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
     # skip the dedup index, `streams.tools.repeats`).
     own, repeats = owned_of(_read_scans(job.scans), shard, path.stat().st_size)
 
-    def blocks() -> Iterator[list[tuple[int, bytes]]]:
-        for numbered in own_blocks(path, own):
-            numbers.extend(map(itemgetter(0), numbered))
-            yield numbered
-
     def report(error: BadLine) -> None:
         out.record(b"E", numbers.popleft(), orjson.dumps(str(error)))
 
@@ -436,7 +427,11 @@ def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
     record, dumps = out.record, orjson.dumps
     with bulk_gc():
         for event in read_events(
-            path, stats=stats, on_error=report, blocks=blocks(), recorded=recorded
+            path,
+            stats=stats,
+            on_error=report,
+            blocks=own_blocks(path, own, numbers),
+            recorded=recorded,
         ):
             number = numbers.popleft()
             if not keep(event):
@@ -653,17 +648,16 @@ def _sharded(
             stats, recorded = ReadStats(), {}
             numbers: deque[int] = deque()  # of the lines handed to read_events, in order
 
-            def blocks() -> Iterator[list[tuple[int, bytes]]]:
-                for numbered in own_blocks(path, own):
-                    numbers.extend(map(itemgetter(0), numbered))
-                    yield numbered
-
             def report(error: BadLine) -> None:  # each line is one event or one bad line
                 numbers.popleft()
                 stats.errors.append(error)
 
             events = read_events(
-                path, stats=stats, on_error=report, recorded=recorded, blocks=blocks()
+                path,
+                stats=stats,
+                on_error=report,
+                recorded=recorded,
+                blocks=own_blocks(path, own, numbers),
             )
             result = work(((numbers.popleft(), e) for e in events), repeats, recorded)
             errors = [(e.path, e.line, e.reason) for e in stats.errors]  # BadLine: no pickle
