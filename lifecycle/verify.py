@@ -137,19 +137,41 @@ def verify(
     than once (`lifecycle.replay.Replayer`); a record of any other id is checked with nothing
     seen and kept out of the dedup index.
     """
+    return verify_numbered(enumerate(records), policies, repeats).report
+
+
+@dataclass(slots=True)
+class Located:
+    """A report, with where its items came from: the number of the record (as numbered by
+    the caller) of each mismatch, and of the first record of each unknown policy version."""
+
+    report: VerifyReport
+    mismatch_at: list[int] = field(default_factory=list)
+    missing_first: dict[str, int] = field(default_factory=dict)
+
+
+def verify_numbered(
+    records: Iterable[tuple[int, Applied]],
+    policies: Mapping[str, Policy],
+    repeats: Container[str] | None = None,
+) -> Located:
+    """`verify` of (number, record) pairs, with the numbers of what it reports: a sharded
+    verify (`streams.tools.sharded_verify`) puts its workers' reports in one run's order."""
     with bulk_gc():  # every person's state, and the records read: see `lifecycle.replay`
         return _verify(records, policies, repeats)
 
 
 def _verify(
-    records: Iterable[Applied],
+    records: Iterable[tuple[int, Applied]],
     policies: Mapping[str, Policy],
     repeats: Container[str] | None,
-) -> VerifyReport:
+) -> Located:
     report = VerifyReport()
+    located = Located(report)
+    at, missing_first = located.mismatch_at, located.missing_first
     states: dict[str, PersonState] = {}
     seen = SeenIndex()
-    for record in records:
+    for number, record in records:
         if getattr(record, "duplicate", False):
             continue  # a redelivery replay() reports; it was never applied, as in fold()
         indexed = repeats is None or record.event.event_id in repeats
@@ -157,6 +179,8 @@ def _verify(
         policy = policies.get(record.policy_version)  # type: ignore[attr-defined]
         if policy is None:
             version = record.policy_version  # type: ignore[attr-defined]
+            if version not in missing_first:
+                missing_first[version] = number
             report.missing_policies[version] = report.missing_policies.get(version, 0) + 1
         else:
             report.checked += 1
@@ -183,6 +207,7 @@ def _verify(
                         or f"event id already applied at history sequence {recomputed.sequence}",
                     )
                 )
+                at.append(number)
             else:
                 want = _facts(record)[0]
                 got, taken = _facts(recomputed, record)
@@ -202,7 +227,8 @@ def _verify(
                                 got[name],
                             )
                         )
+                        at.append(number)
         states[record.person_id] = evolve(state, record)
         if indexed:
             seen.remember(record)
-    return report
+    return located

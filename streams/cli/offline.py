@@ -354,6 +354,7 @@ def verify(
     strict: StrictOpt = False,
     partitions: PartitionsOpt = None,
     partial_out: PartialOutOpt = None,
+    jobs: JobsOpt = 0,
 ) -> None:
     """Recompute every recorded decision under its recorded policy version; list mismatches."""
     from lifecycle.verify import verify as run
@@ -381,12 +382,40 @@ def verify(
         commands_partials.verify_share(share, known)
         return
     reader = EventReader(strict)
-    repeats = reader.repeats([history] if history is not None else None, broker)
-    report = run(reader.history(history, broker, topic_prefix), known, repeats)
+    report = _sharded_verify(history, known, reader, broker, strict, jobs)
+    if report is None:
+        repeats = reader.repeats([history] if history is not None else None, broker)
+        report = run(reader.history(history, broker, topic_prefix), known, repeats)
     print_verification(report)
     reader.summary()
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _sharded_verify(
+    history: Path | None,
+    known: dict[str, Policy],
+    reader: EventReader,
+    broker: str | None,
+    strict: bool,
+    jobs: int,
+) -> Any:
+    """The verify report of a history file by several processes (`streams.tools.sharded_verify`),
+    its bad lines reported in file order as one process reports them; None when one process
+    reads it (a topic, a small file, `--strict`, `--jobs 1`)."""
+    if history is None or not _shardable(history, broker, None, strict):
+        return None
+    from streams.tools.sharded import default_jobs
+    from streams.tools.sharded_verify import verify_sharded
+
+    jobs = jobs or default_jobs(history)
+    if jobs < 2:
+        return None
+    report, read = verify_sharded(history, known, jobs)
+    for error in read.errors:
+        reader.report(error)
+    reader.stats.lines, reader.stats.bad = read.lines, read.bad
+    return report
 
 
 def print_verification(report: Any) -> None:

@@ -1,0 +1,174 @@
+"""`leadflow verify --history FILE` on every core: the same report as one process's.
+
+A record is re-decided from the records of its person before it, and nothing else (the
+recorded facts of a merge are in the survivor's own record), so the persons can be checked
+apart. Each of `jobs` forked workers reads the whole file twice:
+
+1. it decodes each line's person and event id only (msgspec, ~1 µs a line) and keeps the
+   lines of its persons (`hash(person_id) % jobs`; a line with no string person goes by its
+   number, and is a bad line for whoever reads it), and counts their event ids for the
+   repeats pass (`streams.tools.repeats.Repeats`: an id that occurs once in the worker's lines
+   occurs once in its person's records, since they are all there);
+2. it validates its own lines (pydantic, as `read_history` does) and verifies them
+   (`lifecycle.verify.verify_numbered`), with their line numbers.
+
+The parent puts the reports together in file order: mismatches by the line of their record
+(one record's in the order it found them), unknown policy versions by their first line, bad
+lines by their line. Counts add up; erased persons are disjoint. Python's string hash is the
+same in every fork of one parent, so the workers agree on the owner of every line.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from pydantic import ValidationError
+
+from events.codec import describe_validation_error
+from events.outbound import HistoryRecord
+from lifecycle.policy import Policy
+from lifecycle.verify import Located, VerifyReport, verify_numbered
+from streams.tools.files import BadLine
+from streams.tools.repeats import CHUNK_BYTES, Repeats, lenient_json
+from streams.tools.sharded import MAX_JOBS, ShardedRead, _forked
+
+
+class _Event(msgspec.Struct):
+    event_id: Any = None
+
+
+class _Keys(msgspec.Struct):
+    person_id: Any = None
+    event: _Event | None = None
+
+
+_keys = msgspec.json.Decoder(_Keys).decode
+
+
+def keys_of(line: bytes) -> tuple[Any, Any]:
+    """The person id and the event's id of one history line, as pydantic reads them from a
+    valid record (any JSON values; (None, None) for a line that is not a JSON object)."""
+    try:
+        keys = _keys(line)
+        return keys.person_id, None if keys.event is None else keys.event.event_id
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        data = lenient_json(line)
+        if not isinstance(data, dict):
+            return None, None
+        event = data.get("event")
+        return data.get("person_id"), event.get("event_id") if isinstance(event, dict) else None
+
+
+def _chunks(path: Path) -> Iterator[list[bytes]]:
+    with path.open("rb") as handle:
+        while chunk := handle.readlines(CHUNK_BYTES):
+            yield chunk
+
+
+def own_lines(path: Path, jobs: int, shard: int) -> tuple[bytearray, set[str]]:
+    """Pass 1 of worker `shard`: a flag per line (1: its own), and the event ids of its own
+    lines that may occur in them more than once."""
+    own = bytearray()
+    repeats = Repeats(max(1, path.stat().st_size // jobs))
+    number = 0
+    for chunk in _chunks(path):
+        ids = []
+        for line in chunk:
+            number += 1
+            if not line.strip():
+                own.append(0)
+                continue
+            person, ident = keys_of(line)
+            owner = hash(person) % jobs if type(person) is str else number % jobs
+            if owner == shard:
+                own.append(1)
+                ids.append(ident)
+            else:
+                own.append(0)
+        repeats.add(ids)
+    return own, repeats.kept
+
+
+def _verify_share(
+    path: Path, policies: Mapping[str, Policy], jobs: int, shard: int
+) -> tuple[Located, int, int, list[tuple[int, str]]]:
+    """Worker `shard`: its report located by line number, its lines read, its bad lines."""
+    own, repeats = own_lines(path, jobs, shard)
+    lines = bad = 0
+    errors: list[tuple[int, str]] = []
+
+    def records() -> Iterator[tuple[int, HistoryRecord]]:
+        nonlocal lines, bad
+        number = 0
+        validate = HistoryRecord.model_validate_json
+        for chunk in _chunks(path):
+            for line in chunk:
+                number += 1
+                if not own[number - 1]:
+                    continue
+                lines += 1
+                try:
+                    yield number, validate(line)
+                except ValidationError as error:
+                    bad += 1
+                    errors.append((number, describe_validation_error(error)))
+
+    located = verify_numbered(records(), policies, repeats)
+    return located, lines, bad, errors
+
+
+def verify_sharded(
+    path: Path, policies: Mapping[str, Policy], jobs: int
+) -> tuple[VerifyReport, ShardedRead]:
+    """`lifecycle.verify.verify` of the history file at `path` (with the file's repeats) by
+    `jobs` worker processes, and what they read (bad lines in file order)."""
+    if not 1 < jobs <= MAX_JOBS:
+        raise ValueError(f"a sharded verify takes 2 to {MAX_JOBS} workers, not {jobs}")
+    with tempfile.TemporaryDirectory(prefix="leadflow-verify-") as directory:
+        pieces = _forked(
+            jobs,
+            lambda shard: _verify_share(path, policies, jobs, shard),
+            Path(directory),
+            "verify",
+        )
+    report, read = VerifyReport(), ShardedRead()
+    mismatches: list[tuple[int, int, Any]] = []  # (line, worker's order, mismatch)
+    first: dict[str, int] = {}
+    for located, lines, bad, errors in pieces:
+        part = located.report
+        report.checked += part.checked
+        report.withheld += part.withheld
+        report.erased |= part.erased
+        for version, count in part.missing_policies.items():
+            report.missing_policies[version] = report.missing_policies.get(version, 0) + count
+            first[version] = min(
+                first.get(version, located.missing_first[version]), located.missing_first[version]
+            )
+        mismatches.extend(
+            (line, order, m)
+            for order, (line, m) in enumerate(
+                zip(located.mismatch_at, part.mismatches, strict=True)
+            )
+        )
+        read.lines += lines
+        read.bad += bad
+        read.errors.extend(BadLine(str(path), line, reason) for line, reason in errors)
+    mismatches.sort(key=_placed)
+    report.mismatches = [m for _, _, m in mismatches]
+    report.missing_policies = {
+        v: report.missing_policies[v] for v in sorted(first, key=first.__getitem__)
+    }
+    read.errors.sort(key=_line_of)
+    return report, read
+
+
+def _placed(item: tuple[int, int, Any]) -> tuple[int, int]:
+    return item[0], item[1]
+
+
+def _line_of(error: BadLine) -> int:
+    return error.line
