@@ -34,9 +34,10 @@ BLOCK_CACHE_BYTES = 8 * 1024 * 1024
 
 
 #: The agent's writes skip RocksDB's write-ahead log (a write batch of 1,000 puts of 120-byte
-#: values costs ~25 % less CPU, ~0.45 µs a put, measured): recovery rebuilds the store from history at every assignment, so an
-#: entry a crash loses is never needed. (The person table keeps its log: after a crash its
-#: states are still there, and recovery has nothing to rebuild, `tests/faults/test_broker_loss`.)
+#: values costs ~25 % less CPU, ~0.45 µs a put, measured): recovery rebuilds the store from
+#: history at every assignment, so an entry a crash loses is never needed. (The person table
+#: keeps its log: after a crash its states are still there, and recovery has nothing to
+#: rebuild, `tests/faults/test_broker_loss`.)
 NO_WAL = rocksdict.WriteOptions()
 NO_WAL.disable_wal = True
 
