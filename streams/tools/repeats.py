@@ -52,17 +52,29 @@ def lenient_json(line: bytes) -> Any:
         return None
 
 
+class _Record(msgspec.Struct):
+    """What `id_of` reads of a line that may be a history record: the record's event's id, or
+    the line's own."""
+
+    sequence: Any = msgspec.UNSET
+    event: _Id | msgspec.UnsetType | None = msgspec.UNSET
+    event_id: Any = None
+
+
+_record_ids = msgspec.json.Decoder(_Record).decode
+
+
 def id_of(line: bytes) -> Any:
     """The event id `read_events` reads from one stripped, non-blank line (any JSON value;
     only a string makes a valid event), or None."""
     if line.startswith(b'{"person_id"') or line.find(b'"sequence"', 0, 200) != -1:
-        try:  # `files._history_event`: orjson, then the record's event or the line itself
-            data = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            return None  # reported as "not JSON"
-        if isinstance(data, dict) and "sequence" in data and "event" in data:
-            data = data["event"]
-        return data.get("event_id") if isinstance(data, dict) else None
+        try:  # the fields `record_id_of` reads, without building the record (~4x faster)
+            record = _record_ids(line)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            return record_id_of(line)
+        if record.sequence is msgspec.UNSET or record.event is msgspec.UNSET:
+            return record.event_id
+        return None if record.event is None else record.event.event_id
     try:
         return _event_id(line).event_id
     except (msgspec.ValidationError, msgspec.DecodeError):  # not an object, or not JSON
@@ -116,6 +128,18 @@ def may_repeat(path: Path) -> set[str]:
     repeats = Repeats(path.stat().st_size)
     repeats.add(_ids(_all_lines(path)))
     return repeats.kept
+
+
+def record_id_of(line: bytes) -> Any:
+    """`id_of` of a line that may be a history record, as `files._history_event` reads it:
+    orjson, then the record's event or the line itself."""
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None  # reported as "not JSON"
+    if isinstance(data, dict) and "sequence" in data and "event" in data:
+        data = data["event"]
+    return data.get("event_id") if isinstance(data, dict) else None
 
 
 def _ids(lines: Iterable[bytes]) -> Iterator[Any]:
