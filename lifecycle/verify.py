@@ -14,6 +14,7 @@ from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from events.outbound import HistoryRecord
 from lifecycle.decide import decide
 from lifecycle.dedup import SeenIndex
 from lifecycle.evolve import Applied, evolve
@@ -172,8 +173,10 @@ def _verify(
     states: dict[str, PersonState] = {}
     seen = SeenIndex()
     for number, record in records:
-        if getattr(record, "duplicate", False):
-            continue  # a redelivery replay() reports; it was never applied, as in fold()
+        if type(record) is not HistoryRecord and getattr(record, "duplicate", False):
+            # a redelivery replay() reports; it was never applied, as in fold() (a history
+            # record has no such field, and pydantic's failed lookup cost ~6 % of verify)
+            continue
         indexed = repeats is None or record.event.event_id in repeats
         state = states.get(record.person_id)
         policy = policies.get(record.policy_version)  # type: ignore[attr-defined]
