@@ -1,14 +1,18 @@
-"""`leadflow replay --broker`: a replay of the history topic on genuine Kafka, timed as a
+"""`leadflow replay --broker` (or `verify`): the history topic on genuine Kafka, timed as a
 whole process, with its own peak RSS (issue 13: a year of history is ~50M records).
 
 Starts a local broker, writes the history a replay of the synthetic stream records (as a
 worker would, keyed by person, over --partitions), then runs `leadflow replay --broker … >
-/dev/null` for --rounds, and with --reference another build's CLI in the same rounds (main
-before a change), and prints the best of each: wall, CPU, records/s, peak RSS, and the ratio
-of the two. Peak RSS per history record tells whether the command holds the topic in memory.
+/dev/null` (`--command verify`: `leadflow verify --broker …`) for --rounds, and with
+--reference another build's CLI in the same rounds (main before a change), with --jobs N the
+command on N processes too (`verify` only: the partitions split among them), and prints the
+best of each: wall, CPU, records/s, peak RSS, and the ratio to the reference and of --jobs N
+to the plain command. Peak RSS per history record tells whether the command holds the topic
+in memory.
 
     python bench/history.py [--events 300000] [--persons 30000] [--partitions 4]
-        [--rounds 2] [--reference CMD] [--broker-kind kafka|tansu]
+        [--rounds 2] [--reference CMD] [--broker-kind kafka|tansu] [--command replay|verify]
+        [--jobs N]
 """
 
 from __future__ import annotations
@@ -90,13 +94,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--reference", help="another build's leadflow command, same rounds")
     parser.add_argument("--broker-kind", choices=("kafka", "tansu"), default="kafka")
+    parser.add_argument("--command", choices=("replay", "verify"), default="replay")
+    parser.add_argument("--jobs", type=int, default=0, help="also the command on N processes")
     args = parser.parse_args()
 
     print(f"history of {args.events:,} events over {args.persons:,} persons…", flush=True)
     records = history_records(args.events, args.persons)
-    programs = {"leadflow": [str(Path(sys.executable).with_name("leadflow"))]}
+    leadflow = [str(Path(sys.executable).with_name("leadflow"))]
+    programs = {"leadflow": (leadflow, [])}
     if args.reference:
-        programs = {"reference": shlex.split(args.reference), **programs}
+        programs = {"reference": (shlex.split(args.reference), []), **programs}
+    if args.jobs > 1:
+        programs[f"--jobs {args.jobs}"] = (leadflow, ["--jobs", str(args.jobs)])
     options: dict = {"log_path": OUT / f"history-{args.broker_kind}.log"}
     if args.broker_kind == "kafka":
         options["data_dir"] = OUT / "data" / f"history-{uuid.uuid4().hex[:6]}"
@@ -110,14 +119,15 @@ def main() -> int:
         os.environ.pop("LEADFLOW_MASTER_KEY", None)  # history as written here: not sealed
         for n in range(1, args.rounds + 1):
             line = []
-            for name, program in programs.items():
-                command = [*program, "replay", "--broker", broker.url, "--topic-prefix", prefix]
+            for name, (program, extra) in programs.items():
+                command = [*program, args.command, "--broker", broker.url, "--topic-prefix"]
+                command += [prefix, *extra]
                 result = timed(command)
                 if name not in best or result["seconds"] < best[name]["seconds"]:
                     best[name] = result
                 line.append(f"{name} {result['seconds']:.2f} s, {result['rss_mb']:.0f} MB")
             print(f"round {n}: " + "; ".join(line), flush=True)
-    print(f"best of {args.rounds} rounds, {len(records):,} history records:")
+    print(f"best of {args.rounds} rounds, {len(records):,} history records, {args.command}:")
     for name, r in best.items():
         per = r["rss_mb"] * 1024 * 1024 / len(records)
         print(
@@ -131,6 +141,11 @@ def main() -> int:
             f"leadflow / reference: speed {ref['seconds'] / new['seconds']:.2f}x, "
             f"peak RSS {new['rss_mb'] / ref['rss_mb']:.2f}x ({same})"
         )
+    many = best.get(f"--jobs {args.jobs}")
+    if many is not None:
+        one = best["leadflow"]
+        same = "same stdout" if one["sha256"] == many["sha256"] else "STDOUT DIFFERS"
+        print(f"--jobs {args.jobs} / plain: speed {one['seconds'] / many['seconds']:.2f}x ({same})")
     return 0
 
 

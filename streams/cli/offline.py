@@ -381,6 +381,9 @@ def verify(
         share = Share(broker, topic_prefix, partitions, partial_out, history)
         commands_partials.verify_share(share, known)
         return
+    if broker and jobs > 1:
+        _verify_topic_sharded(broker, topic_prefix, known, jobs)
+        return
     reader = EventReader(strict)
     report = _sharded_verify(history, known, reader, broker, strict, jobs)
     if report is None:
@@ -388,6 +391,21 @@ def verify(
         report = run(reader.history(history, broker, topic_prefix), known, repeats)
     print_verification(report)
     reader.summary()
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _verify_topic_sharded(broker: str, prefix: str, known: dict[str, Policy], jobs: int) -> None:
+    """`verify --broker … --jobs N`: the history topic's partitions split among N processes
+    (`streams.tools.sharded_verify`), the report one process prints."""
+    from streams.kafka.topics import TopicNotFound
+    from streams.tools.sharded_verify import verify_topic_sharded
+
+    try:
+        report = verify_topic_sharded(broker, prefix, known, jobs)
+    except TopicNotFound as error:
+        raise _fail(f"history topic {error} not found on {broker}") from None
+    print_verification(report)
     if not report.ok:
         raise typer.Exit(1)
 

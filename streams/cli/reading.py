@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -164,16 +164,26 @@ def one_file(paths: list[Path] | None, mapping: Path | None) -> Path | None:
     return paths[0]
 
 
-def history_from_broker(broker: str, prefix: str, parse: Any = None) -> Iterator[Any]:
+def history_from_broker(
+    broker: str,
+    prefix: str,
+    parse: Any = None,
+    *,
+    partitions: Collection[int] | None = None,
+    on_error: Callable[[str], None] | None = None,
+) -> Iterator[Any]:
     """Every history record on the broker in (partition, offset) order, streamed: a batch
     is read while the caller waits for it (`streams.tools.export.history_batches`), so a
-    replay holds one batch of records, not the topic. `parse`: see `history_batches`."""
+    replay holds one batch of records, not the topic. `parse`, `partitions`, `on_error`: see
+    `history_batches`."""
     from streams.kafka.topics import TopicNotFound
     from streams.settings import Settings
     from streams.tools.export import history_batches, parse_history
 
     settings = Settings(broker=broker, topic_prefix=prefix)
-    batches = history_batches(settings, parse=parse or parse_history)
+    batches = history_batches(
+        settings, parse=parse or parse_history, partitions=partitions, on_error=on_error
+    )
     loop = asyncio.new_event_loop()
     try:
         try:  # the broker preflight and the keys, then the first batch

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -152,13 +152,20 @@ async def topic_partitions(settings: Settings, topic: str) -> list[int]:
 
 
 async def iter_topic_in_order(
-    settings: Settings, topic: str, *, idle_timeout: float = 30.0
+    settings: Settings,
+    topic: str,
+    *,
+    idle_timeout: float = 30.0,
+    partitions: Collection[int] | None = None,
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
-    """Every record of `topic` up to its true end, partition by partition in offset order.
+    """Every record of `topic` up to its true end, partition by partition in offset order
+    (of `partitions` only, if given).
 
     One partition at a time keeps memory flat for a topic of any size.
     """
     for partition in await topic_partitions(settings, topic):
+        if partitions is not None and partition not in partitions:
+            continue
         async for record in iter_to_end(
             settings.bootstrap,
             topic,
@@ -187,6 +194,7 @@ async def history_batches(
     on_error: OnError | None = None,
     size: int = HISTORY_BATCH,
     parse: Callable[..., T] = parse_history,  # type: ignore[assignment]
+    partitions: Collection[int] | None = None,
 ) -> AsyncIterator[list[T]]:
     """Every history record on the broker, partition by partition in offset order, `size`
     at a time: memory for one batch, not for the topic (a year of history is ~50M records).
@@ -198,12 +206,14 @@ async def history_batches(
     history record is reported through `on_error` as `topic/partition@offset: reason` and
     skipped. Raises `TopicNotFound` if there is no history topic. Each partition is read to
     its end as of the moment its read starts (`iter_topic_in_order`). `parse`: each record
-    whole (`parse_history`), or its event (`parse_history_event`).
+    whole (`parse_history`), or its event (`parse_history_event`). `partitions`: only those.
     """
     report = on_error or _warn
     key_of = await opener_of(settings, report)
     batch: list[T] = []
-    async for record in iter_topic_in_order(settings, settings.topics.history):
+    async for record in iter_topic_in_order(
+        settings, settings.topics.history, partitions=partitions
+    ):
         try:
             batch.append(parse(record, key_of))
         except ValueError as error:

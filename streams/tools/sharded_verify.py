@@ -20,6 +20,7 @@ same in every fork of one parent, so the workers agree on the owner of every lin
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -135,39 +136,99 @@ def verify_sharded(
             Path(directory),
             "verify",
         )
-    report, read = VerifyReport(), ShardedRead()
-    mismatches: list[tuple[int, int, Any]] = []  # (line, worker's order, mismatch)
-    first: dict[str, int] = {}
-    for located, lines, bad, errors in pieces:
+    report = _combined([located for located, *_ in pieces])
+    read = ShardedRead()
+    for _, lines, bad, errors in pieces:
+        read.lines += lines
+        read.bad += bad
+        read.errors.extend(BadLine(str(path), line, reason) for line, reason in errors)
+    read.errors.sort(key=_line_of)
+    return report, read
+
+
+def _combined(parts: list[Located]) -> VerifyReport:
+    """One report of the workers' located reports: counts added, mismatches by where their
+    record is (one record's in the order they were found), unknown policy versions by where
+    they first occur."""
+    report = VerifyReport()
+    mismatches: list[tuple[Any, int, Any]] = []  # (where, worker's order, mismatch)
+    first: dict[str, Any] = {}
+    for located in parts:
         part = located.report
         report.checked += part.checked
         report.withheld += part.withheld
         report.erased |= part.erased
         for version, count in part.missing_policies.items():
             report.missing_policies[version] = report.missing_policies.get(version, 0) + count
-            first[version] = min(
-                first.get(version, located.missing_first[version]), located.missing_first[version]
-            )
+            at = located.missing_first[version]
+            first[version] = min(first.get(version, at), at)
         mismatches.extend(
-            (line, order, m)
-            for order, (line, m) in enumerate(
+            (at, order, mismatch)
+            for order, (at, mismatch) in enumerate(
                 zip(located.mismatch_at, part.mismatches, strict=True)
             )
         )
-        read.lines += lines
-        read.bad += bad
-        read.errors.extend(BadLine(str(path), line, reason) for line, reason in errors)
     mismatches.sort(key=_placed)
     report.mismatches = [m for _, _, m in mismatches]
     report.missing_policies = {
         v: report.missing_policies[v] for v in sorted(first, key=first.__getitem__)
     }
-    read.errors.sort(key=_line_of)
-    return report, read
+    return report
 
 
-def _placed(item: tuple[int, int, Any]) -> tuple[int, int]:
+def _placed(item: tuple[Any, int, Any]) -> tuple[Any, int]:
     return item[0], item[1]
+
+
+# --- the history topic ------------------------------------------------------------------------
+
+
+def _positioned(record: Any, key_of: Any) -> tuple[tuple[int, int], HistoryRecord]:
+    from streams.tools.export import parse_history
+
+    return (record.partition, record.offset), parse_history(record, key_of)
+
+
+def verify_topic_sharded(
+    broker: str, prefix: str, policies: Mapping[str, Policy], jobs: int
+) -> VerifyReport:
+    """`verify --broker …` by `jobs` forked processes, each reading a run of the history
+    topic's partitions as one process reads them all (streamed, the dedup index whole): the
+    report one process prints (a person's records are all on one partition). What could not
+    be opened or parsed is logged once they are done, in partition order, as one process logs
+    it. Raises `TopicNotFound` if there is no history topic."""
+    from streams.cli.reading import checked, history_from_broker
+    from streams.settings import Settings
+    from streams.tools.export import _warn, topic_partitions
+
+    settings = Settings(broker=broker, topic_prefix=prefix)
+    present = asyncio.run(checked(settings, topic_partitions(settings, settings.topics.history)))
+    runs = [run for run in _runs(present, jobs) if run]
+
+    def share(k: int) -> tuple[Located, list[str]]:
+        said: list[str] = []
+        records = history_from_broker(
+            broker, prefix, _positioned, partitions=set(runs[k]), on_error=said.append
+        )
+        return verify_numbered(records, policies, None), said
+
+    with tempfile.TemporaryDirectory(prefix="leadflow-verify-") as directory:
+        pieces = _forked(len(runs), share, Path(directory), "verify")
+    for _, said in pieces:
+        for line in said:
+            _warn(line)
+    return _combined([located for located, _ in pieces])
+
+
+def _runs(partitions: list[int], jobs: int) -> list[list[int]]:
+    """`partitions` cut into `jobs` runs of consecutive ones, as even as can be."""
+    size, extra = divmod(len(partitions), jobs)
+    runs, start = [], 0
+    for k in range(jobs):
+        end = start + size + (1 if k < extra else 0)
+        runs.append(partitions[start:end])
+        start = end
+    return runs
 
 
 def _line_of(error: BadLine) -> int:

@@ -245,3 +245,36 @@ async def test_a_record_that_is_no_history_record_is_reported_once_with_where_it
         assert (
             run.stdout == f"checked {records} records: 0 mismatch(es), 0 unchecked; " + CLEAN_TAIL
         )
+
+
+async def test_verify_of_the_topic_on_every_core_prints_what_one_process_prints(
+    broker: LocalBroker, make_topics: MakeTopics
+) -> None:
+    """`verify --broker … --jobs N`: the partitions split over N processes, each a share,
+    combined in partition order; mismatches in every partition come out as one run's."""
+    names = await make_topics(partitions=PARTITIONS)
+    events = with_a_merge_across_processes(synthetic())
+    messages, tampered = [], set()
+    for n, decision in enumerate(
+        d for d in replay(events, load_preset("default")) if not d.duplicate
+    ):
+        wire = decision.to_wire()
+        if n % 53 == 0:  # tampered: a mismatch, in every partition (more than the 50 shown)
+            wire["score"] = wire["score"] + 1.0
+            tampered.add(partition_of(decision.person_id))
+        if n % 401 == 7:  # a version no one knows: unchecked
+            wire["policy_version"] = f"unknown-{n % 3}"
+        messages.append((decision.person_id.encode(), orjson.dumps(wire)))
+    await produce(broker.bootstrap, names.history, messages)
+    assert tampered == set(range(PARTITIONS))
+    where = ["--broker", broker.url, "--topic-prefix", prefix_of(names)]
+
+    plain = await asyncio.to_thread(leadflow, "verify", *where)
+    assert plain.returncode == 1, plain.stderr
+    assert "50 mismatch" not in plain.stdout and len(plain.stdout.splitlines()) == 51
+    assert "unknown: " in plain.stderr
+    for jobs in ("2", "3", "8"):
+        sharded = await asyncio.to_thread(leadflow, "verify", *where, "--jobs", jobs)
+        assert (sharded.returncode, sharded.stdout) == (plain.returncode, plain.stdout), jobs
+        unknown = [line for line in sharded.stderr.splitlines() if " unknown: " in line]
+        assert unknown == [line for line in plain.stderr.splitlines() if " unknown: " in line]
