@@ -34,6 +34,7 @@ from streams.cli.partials import PartialOutOpt, PartitionsOpt, Share
 from streams.cli.reading import (
     EventReader,
     checked,
+    history_from_broker,
     named_policy,
     one_file,
     parse_as_of,
@@ -397,14 +398,27 @@ def verify(
 
 def _verify_topic_sharded(broker: str, prefix: str, known: dict[str, Policy], jobs: int) -> None:
     """`verify --broker … --jobs N`: the history topic's partitions split among N processes
-    (`streams.tools.sharded_verify`), the report one process prints."""
+    (`streams.tools.sharded_verify`), the report and the warnings one process prints."""
     from streams.kafka.topics import TopicNotFound
-    from streams.tools.sharded_verify import verify_topic_sharded
+    from streams.settings import Settings
+    from streams.tools.export import topic_partitions, warn
+    from streams.tools.sharded_verify import positioned, runs_of, verify_runs
 
+    settings = Settings(broker=broker, topic_prefix=prefix)
+    topic = settings.topics.history
     try:
-        report = verify_topic_sharded(broker, prefix, known, jobs)
-    except TopicNotFound as error:
-        raise _fail(f"history topic {error} not found on {broker}") from None
+        present = asyncio.run(checked(settings, topic_partitions(settings, topic)))
+    except TopicNotFound:
+        raise _fail(f"history topic {topic} not found on {broker}") from None
+
+    def read(partitions: set[int], on_error: Any) -> Any:
+        return history_from_broker(
+            broker, prefix, positioned, partitions=partitions, on_error=on_error
+        )
+
+    report, said = verify_runs(runs_of(present, jobs), read, known)
+    for line in said:
+        warn(line)
     print_verification(report)
     if not report.ok:
         raise typer.Exit(1)

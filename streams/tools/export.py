@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 OnError = Callable[[str], None]
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
+    """How the readers here report what they skip, unless told otherwise (a log warning)."""
     log.warning("%s", message)
 
 
@@ -208,7 +209,7 @@ async def history_batches(
     its end as of the moment its read starts (`iter_topic_in_order`). `parse`: each record
     whole (`parse_history`), or its event (`parse_history_event`). `partitions`: only those.
     """
-    report = on_error or _warn
+    report = on_error or warn
     key_of = await opener_of(settings, report)
     batch: list[T] = []
     async for record in iter_topic_in_order(
@@ -230,7 +231,7 @@ async def read_policies_topic(
     settings: Settings, *, on_error: OnError | None = None
 ) -> dict[str, Policy]:
     """Every policy version ever published, by version (content hash). Empty if no topic."""
-    report = on_error or _warn
+    report = on_error or warn
     try:
         records = await read_to_end(
             settings.bootstrap,
@@ -282,7 +283,7 @@ async def export_history(
     Files are written under a temporary name and renamed when complete, so a failed export
     never leaves a truncated file that looks whole.
     """
-    report = on_error or _warn
+    report = on_error or warn
     stats = ExportStats()
     started = time.monotonic()
     tmp = out.with_name(out.name + ".partial")

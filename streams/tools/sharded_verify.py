@@ -20,9 +20,8 @@ same in every fork of one parent, so the workers agree on the owner of every lin
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -183,52 +182,44 @@ def _placed(item: tuple[Any, int, Any]) -> tuple[Any, int]:
 # --- the history topic ------------------------------------------------------------------------
 
 
-def _positioned(record: Any, key_of: Any) -> tuple[tuple[int, int], HistoryRecord]:
+def positioned(record: Any, key_of: Any) -> tuple[tuple[int, int], HistoryRecord]:
+    """A history topic record parsed (`export.parse_history`), with where it is."""
     from streams.tools.export import parse_history
 
     return (record.partition, record.offset), parse_history(record, key_of)
 
 
-def verify_topic_sharded(
-    broker: str, prefix: str, policies: Mapping[str, Policy], jobs: int
-) -> VerifyReport:
-    """`verify --broker …` by `jobs` forked processes, each reading a run of the history
-    topic's partitions as one process reads them all (streamed, the dedup index whole): the
-    report one process prints (a person's records are all on one partition). What could not
-    be opened or parsed is logged once they are done, in partition order, as one process logs
-    it. Raises `TopicNotFound` if there is no history topic."""
-    from streams.cli.reading import checked, history_from_broker
-    from streams.settings import Settings
-    from streams.tools.export import _warn, topic_partitions
+#: Reads the history records of some partitions in (partition, offset) order, as
+#: (where, record), telling `on_error` what it skips: `streams.cli.reading.history_from_broker`
+ReadRuns = Callable[[set[int], Callable[[str], None]], Iterable[tuple[Any, HistoryRecord]]]
 
-    settings = Settings(broker=broker, topic_prefix=prefix)
-    present = asyncio.run(checked(settings, topic_partitions(settings, settings.topics.history)))
-    runs = [run for run in _runs(present, jobs) if run]
+
+def verify_runs(
+    runs: list[list[int]], read: ReadRuns, policies: Mapping[str, Policy]
+) -> tuple[VerifyReport, list[str]]:
+    """`verify --broker …` by one forked process per run of the history topic's partitions,
+    each reading its run as one process reads them all (`read`: streamed, the dedup index
+    whole): the report one process prints (a person's records are all on one partition),
+    and what `read` skipped, in partition order."""
 
     def share(k: int) -> tuple[Located, list[str]]:
         said: list[str] = []
-        records = history_from_broker(
-            broker, prefix, _positioned, partitions=set(runs[k]), on_error=said.append
-        )
-        return verify_numbered(records, policies, None), said
+        return verify_numbered(read(set(runs[k]), said.append), policies, None), said
 
     with tempfile.TemporaryDirectory(prefix="leadflow-verify-") as directory:
         pieces = _forked(len(runs), share, Path(directory), "verify")
-    for _, said in pieces:
-        for line in said:
-            _warn(line)
-    return _combined([located for located, _ in pieces])
+    return _combined([located for located, _ in pieces]), [s for _, said in pieces for s in said]
 
 
-def _runs(partitions: list[int], jobs: int) -> list[list[int]]:
-    """`partitions` cut into `jobs` runs of consecutive ones, as even as can be."""
+def runs_of(partitions: list[int], jobs: int) -> list[list[int]]:
+    """`partitions` cut into at most `jobs` runs of consecutive ones, as even as can be."""
     size, extra = divmod(len(partitions), jobs)
     runs, start = [], 0
     for k in range(jobs):
         end = start + size + (1 if k < extra else 0)
         runs.append(partitions[start:end])
         start = end
-    return runs
+    return [run for run in runs if run]
 
 
 def _line_of(error: BadLine) -> int:
