@@ -91,14 +91,14 @@ def read_events(
     progress: bool = False,
     csv_columns: dict[str, str] | None = None,
     recorded: Recorded | None = None,
-    blocks: Iterable[list[tuple[int, bytes]]] | None = None,
+    blocks: Iterable[tuple[Sequence[int], list[bytes]]] | None = None,
 ) -> Iterator[Event]:
     """Events in file order from JSONL (inbound events or exported history) or CSV.
 
     History lines (with `sequence` and `event`) yield their event, so a history export can be
-    replayed under another policy. `blocks`: lists of (line number, line) of the file to read
-    instead of all of them (a shard of a replay, `streams.tools.sharded`), each read as one
-    chunk (a chunk of plain events is decoded at once). An export holds personal
+    replayed under another policy. `blocks`: (line numbers, lines) of the file to read instead
+    of all of them (a shard of a replay, `streams.tools.sharded`), each read as one chunk (a
+    chunk of plain events is decoded at once). An export holds personal
     fields sealed: `recorded` collects the outcomes the records kept of them
     (`lifecycle.replay.Recorded`).
     """
@@ -110,8 +110,8 @@ def read_events(
         return
     name = str(path)
     if blocks is not None:
-        for block in blocks:
-            yield from _read_block(block, name, stats, report, recorded)
+        for numbers, lines in blocks:
+            yield from _read_chunk(numbers, lines, name, stats, report, recorded)
         return
     yield from _read_jsonl(path, name, stats, report, progress, recorded)
 
@@ -144,18 +144,6 @@ def _read_jsonl(
         handle.close()
         if bar is not None:
             bar[0].stop()
-
-
-def _read_block(
-    block: list[tuple[int, bytes]],
-    name: str,
-    stats: ReadStats,
-    report: OnError,
-    recorded: Recorded | None,
-) -> Iterator[Event]:
-    """A list of (line number, line) pairs, as `_read_chunk` reads it."""
-    numbers = [number for number, _ in block]
-    yield from _read_chunk(numbers, [line for _, line in block], name, stats, report, recorded)
 
 
 def _read_chunk(

@@ -31,8 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import chain, compress, count
-from operator import itemgetter
+from itertools import compress
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,7 +42,7 @@ from events.inbound import Event
 from lifecycle.funnel import Funnel, FunnelReport
 from lifecycle.merge import MERGED
 from lifecycle.policy import Policy
-from lifecycle.replay import Recorded, Replayer, bulk_gc
+from lifecycle.replay import HashedIds, Recorded, Replayer, bulk_gc
 from lifecycle.simulate import Outcome, Simulation, fold_both
 from streams.tools.files import BadLine, ReadStats, read_events
 from streams.tools.repeats import DERIVED, Repeats, id_of, lenient_json
@@ -263,23 +262,9 @@ def scan_range(
             )
 
 
-class HashedRepeats:
-    """The event ids that may repeat among a worker's lines, held as their hashes (a false
-    positive, like the bit array's, only costs an id the whole path); ids of the derived
-    forms (`streams.tools.repeats.DERIVED`) are always in."""
-
-    __slots__ = ("kept",)
-
-    def __init__(self, kept: set[int]) -> None:
-        self.kept = kept
-
-    def __contains__(self, ident: object) -> bool:
-        return type(ident) is str and (ident.startswith(DERIVED) or hash(ident) in self.kept)
-
-
 def owned_of(
     scans: Iterable[tuple[bytes, array[int]]], shard: int, size: int
-) -> tuple[bytearray, HashedRepeats]:
+) -> tuple[bytearray, HashedIds]:
     """Which lines worker `shard` decides, one byte a line (1: its own), and which ids may
     repeat among them (`streams.tools.repeats`: a shard's persons, merge groups whole, never
     meet another shard's, so the ids of its own lines are all it needs to know), from the
@@ -291,10 +276,10 @@ def owned_of(
     for owners, hashes in scans:
         own += owners.translate(mine)
         repeats.add_hashes(compress(hashes, owners.translate(counted)))
-    return own, HashedRepeats(repeats.kept_hashes)
+    return own, HashedIds(repeats.kept_hashes, DERIVED)
 
 
-def own_scan(path: Path, groups: Groups, jobs: int, shard: int) -> tuple[bytearray, HashedRepeats]:
+def own_scan(path: Path, groups: Groups, jobs: int, shard: int) -> tuple[bytearray, HashedIds]:
     """`owned_of` the whole file scanned in this process (tests; the replay scans in parallel)."""
     size = path.stat().st_size
     return owned_of(scan_range(path, groups, jobs, 0, size), shard, size)
@@ -361,22 +346,26 @@ def _read_scans(files: list[tuple[Path, Path]]) -> Iterator[tuple[bytes, array[i
 
 def own_lines(path: Path, own: bytes | bytearray) -> Iterator[tuple[int, bytes]]:
     """(number, line) of each line of the file that `own` (of `own_scan`) marks."""
-    return chain.from_iterable(own_blocks(path, own))
+    for numbers, lines in own_blocks(path, own):
+        yield from zip(numbers, lines, strict=True)
 
 
 def own_blocks(
     path: Path, own: bytes | bytearray, numbers: deque[int] | None = None
-) -> Iterator[list[tuple[int, bytes]]]:
-    """`own_lines`, a block of lines at a time; `numbers`, if given, is extended with each
-    block's line numbers as it is handed on (a worker's queue of the lines it read)."""
+) -> Iterator[tuple[list[int], list[bytes]]]:
+    """The lines of the file that `own` marks, a block at a time, as (their numbers, the
+    lines) (`streams.tools.files.read_events(blocks=…)`), with no tuple per line; `numbers`,
+    if given, is extended with each block's line numbers as it is handed on (a worker's
+    queue of the lines it read)."""
     with path.open("rb") as handle:
         number = 1
         while block := handle.readlines(SCAN_BYTES):
             start, number = number, number + len(block)
-            numbered = list(compress(zip(count(start), block), own[start - 1 : number - 1]))
+            mine = own[start - 1 : number - 1]
+            block_numbers = list(compress(range(start, number), mine))
             if numbers is not None:
-                numbers.extend(map(itemgetter(0), numbered))
-            yield numbered
+                numbers.extend(block_numbers)
+            yield block_numbers, list(compress(block, mine))
 
 
 # --- a worker ---------------------------------------------------------------------------------
@@ -401,7 +390,8 @@ class _Job:
     path: Path
     groups: Groups
     policy: Policy
-    keep: Callable[[Event], bool]
+    #: None: every event (no --person, no --as-of)
+    keep: Callable[[Event], bool] | None
     state: bool
     #: the first pass's files (`_scan_files`)
     scans: list[tuple[Path, Path]]
@@ -434,7 +424,7 @@ def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
             recorded=recorded,
         ):
             number = numbers.popleft()
-            if not keep(event):
+            if keep is not None and not keep(event):
                 continue
             for decision in replayer.apply_all(event):
                 if decision.conflict is not None:
@@ -548,7 +538,8 @@ def replay_sharded(
     groups = Groups.of_file(path)
     with tempfile.TemporaryDirectory(prefix="leadflow-replay-") as scratch:
         scans = _scan_files(path, groups, jobs, Path(scratch))
-        job = _Job(jobs, path, groups, policy, keep, state, scans)
+        every = person is None and cutoff is None
+        job = _Job(jobs, path, groups, policy, None if every else keep, state, scans)
         return _replay_workers(job, write, warn)
 
 
@@ -630,7 +621,7 @@ class ShardedRead:
 def _sharded(
     path: Path,
     jobs: int,
-    work: Callable[[Iterator[tuple[int, Event]], HashedRepeats, Recorded], Any],
+    work: Callable[[Iterator[tuple[int, Event]], HashedIds, Recorded], Any],
 ) -> tuple[list[Any], ShardedRead]:
     """`work(numbered events, repeats, recorded)` over each worker's own events (with the
     number of the line of each), in `jobs` forked processes; their results in worker order,
@@ -684,7 +675,7 @@ def simulate_sharded(
     result as one process's."""
 
     def work(
-        numbered: Iterator[tuple[int, Event]], repeats: HashedRepeats, recorded: Recorded
+        numbered: Iterator[tuple[int, Event]], repeats: HashedIds, recorded: Recorded
     ) -> tuple[Any, ...]:
         view_a, view_b = Funnel(), Funnel()
         count, conflicts, differing = fold_both(
@@ -739,7 +730,7 @@ def funnel_sharded(
     not applied) with the number of their line, in file order."""
 
     def work(
-        numbered: Iterator[tuple[int, Event]], repeats: HashedRepeats, recorded: Recorded
+        numbered: Iterator[tuple[int, Event]], repeats: HashedIds, recorded: Recorded
     ) -> tuple[dict[str, Any], list[tuple[int, str]]]:
         view = Funnel()
         conflicts: list[tuple[int, str]] = []
