@@ -29,6 +29,7 @@ import traceback
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import compress
@@ -197,17 +198,16 @@ class Groups:
 #
 # Each line's owner (the worker that decides it) and the hash of its event id, found for the
 # whole file by `jobs` scanner processes at once, each over its own byte range of whole lines
-# (`ranges`, `scan_range`), into files the workers then read (`owned_of`): every worker needs
-# every line's owner, and before this each worker decoded the whole file for it (~19 % of a
-# worker's time on the bench). Python's string hash is the same in every fork of one parent.
+# (`ranges`, `scan_range`), which write each worker's lines and their ids' hashes into files
+# it then reads (`Scans`): before this each worker decoded the whole file to find its own
+# lines (~19 % of a worker's time on the bench). Python's string hash is the same in every
+# fork of one parent.
 
 #: A line's owner byte: the worker's number (at most `MAX_JOBS - 1`), with `NO_ID` set when the
 #: line has no string event id; `NOBODY` for a blank line.
 NOBODY = 0xFF
 NO_ID = 0x80
 MAX_JOBS = 64
-#: Lines per chunk in which a worker reads the scans' files.
-SCAN_CHUNK_LINES = 1 << 20
 
 
 def ranges(path: Path, jobs: int) -> list[tuple[int, int]]:
@@ -228,9 +228,10 @@ def ranges(path: Path, jobs: int) -> list[tuple[int, int]]:
 
 def scan_range(
     path: Path, groups: Groups, jobs: int, start: int, end: int
-) -> Iterator[tuple[bytes, array[int]]]:
-    """(owner byte, event id hash) of each line of `path[start:end]` (whole lines), a block of
-    lines at a time: the owner is `groups.shard(person_of(line), jobs)`, the id `id_of`'s."""
+) -> Iterator[tuple[list[bytes], bytes, array[int]]]:
+    """The lines of `path[start:end]` (whole lines), a block at a time, with the owner byte
+    and event id hash of each: the owner is `groups.shard(person_of(line), jobs)`, the id
+    `id_of`'s."""
     with path.open("rb") as handle:
         handle.seek(start)
         left = end - start
@@ -252,6 +253,7 @@ def scan_range(
                     shards.append(groups.shard(person_of(line), jobs) if text else NOBODY)
                     ids.append(id_of(text) if text else None)
             yield (
+                block,
                 bytes(
                     [
                         s if type(i) is str or s == NOBODY else s | NO_ID
@@ -262,45 +264,95 @@ def scan_range(
             )
 
 
-def owned_of(
-    scans: Iterable[tuple[bytes, array[int]]], shard: int, size: int
-) -> tuple[bytearray, HashedIds]:
-    """Which lines worker `shard` decides, one byte a line (1: its own), and which ids may
-    repeat among them (`streams.tools.repeats`: a shard's persons, merge groups whole, never
-    meet another shard's, so the ids of its own lines are all it needs to know), from the
-    (owners, hashes) of every line of the file in order; `size`: the file's bytes."""
-    mine = bytes(1 if b != NOBODY and b & ~NO_ID == shard else 0 for b in range(256))
-    counted = bytes(1 if b == shard else 0 for b in range(256))
-    repeats = Repeats(size)
-    own = bytearray()
-    for owners, hashes in scans:
-        own += owners.translate(mine)
-        repeats.add_hashes(compress(hashes, owners.translate(counted)))
-    return own, HashedIds(repeats.kept_hashes, DERIVED)
+#: `bytes.translate` tables of owner bytes, for each worker `w`: 1 where a line is w's
+#: (`_MINE[w]`), and where it is w's and has a string event id (`_COUNTED[w]`).
+_MINE = [bytes(int(b != NOBODY and b & ~NO_ID == w) for b in range(256)) for w in range(MAX_JOBS)]
+_COUNTED = [bytes(int(b == w) for b in range(256)) for w in range(MAX_JOBS)]
+_KINDS = ("lines", "numbers", "hashes")
 
 
-def own_scan(path: Path, groups: Groups, jobs: int, shard: int) -> tuple[bytearray, HashedIds]:
-    """`owned_of` the whole file scanned in this process (tests; the replay scans in parallel)."""
-    size = path.stat().st_size
-    return owned_of(scan_range(path, groups, jobs, 0, size), shard, size)
+@dataclass(frozen=True)
+class Scans:
+    """What the scanners wrote in `scratch`, for each range `k` of the file (`ranges`) and
+    each worker `w`: the range's lines that w decides (`lines-k-w`, as the file has them),
+    their numbers within the range (`numbers-k-w`, from 0) and the hashes of their event ids
+    (`hashes-k-w`, of the lines with a string id); `lines`: how many lines each range has.
+
+    So a worker reads only its own lines, already split from the others' (reading the whole
+    file and picking them was ~0.9 CPU s of each worker's ~7 on the bench)."""
+
+    scratch: Path
+    jobs: int
+    lines: list[int]
+
+    def path(self, kind: str, k: int, shard: int) -> Path:
+        return self.scratch / f"{kind}-{k}-{shard}"
+
+    def repeats(self, shard: int, size: int) -> HashedIds:
+        """The ids that may repeat among worker `shard`'s lines (`streams.tools.repeats`: a
+        shard's persons, merge groups whole, never meet another shard's, so the ids of its
+        own lines are all it needs to know); `size`: the file's bytes."""
+        repeats = Repeats(size)
+        for k in range(self.jobs):
+            hashes: array[int] = array("q")
+            hashes.frombytes(self.path("hashes", k, shard).read_bytes())
+            repeats.add_hashes(hashes)
+        return HashedIds(repeats.kept_hashes, DERIVED)
+
+    def own_blocks(
+        self, shard: int, numbers: deque[int] | None = None
+    ) -> Iterator[tuple[list[int], list[bytes]]]:
+        """Worker `shard`'s lines in file order, a block at a time, as (their numbers, the
+        lines) (`streams.tools.files.read_events(blocks=…)`); `numbers`, if given, is
+        extended with each block's line numbers as it is handed on (a worker's queue of the
+        lines it read)."""
+        first = 1  # the number of the range's first line
+        for k in range(self.jobs):
+            lines_path, numbers_path = self.path("lines", k, shard), self.path("numbers", k, shard)
+            with lines_path.open("rb") as lines, numbers_path.open("rb") as at:
+                while block := lines.readlines(SCAN_BYTES):
+                    offsets: array[int] = array("q")
+                    offsets.frombytes(at.read(offsets.itemsize * len(block)))
+                    block_numbers = [first + offset for offset in offsets]
+                    if numbers is not None:
+                        numbers.extend(block_numbers)
+                    yield block_numbers, block
+            first += self.lines[k]
 
 
-def _scan_files(path: Path, groups: Groups, jobs: int, scratch: Path) -> list[tuple[Path, Path]]:
-    """Scan the file's `ranges` in `jobs` forked processes at once, each writing its owners
-    and hashes to two files in `scratch`; returns them in file order, once every scanner is
-    done (RuntimeError with its traceback if one failed)."""
+def write_range(
+    path: Path, groups: Groups, jobs: int, k: int, start: int, end: int, scratch: Path
+) -> int:
+    """Scan range `k`, `path[start:end]`, and write its files of every worker (`Scans`);
+    returns how many lines it has."""
+    with ExitStack() as stack:
+        files = [
+            [stack.enter_context((scratch / f"{kind}-{k}-{w}").open("wb")) for kind in _KINDS]
+            for w in range(jobs)
+        ]
+        index = 0
+        for block, owners, hashes in scan_range(path, groups, jobs, start, end):
+            span = range(index, index + len(block))
+            for w, (lines, at, ids) in enumerate(files):
+                mine = owners.translate(_MINE[w])
+                lines.write(b"".join(compress(block, mine)))
+                array("q", compress(span, mine)).tofile(at)
+                array("q", compress(hashes, owners.translate(_COUNTED[w]))).tofile(ids)
+            index += len(block)
+    return index
+
+
+def scan_files(path: Path, groups: Groups, jobs: int, scratch: Path) -> Scans:
+    """Scan the file's `ranges` in `jobs` forked processes at once, each writing its files to
+    `scratch` (`write_range`); returns them once every scanner is done (RuntimeError with
+    its traceback if one failed)."""
     spans = ranges(path, jobs)
-    files = [(scratch / f"owners-{k}", scratch / f"hashes-{k}") for k in range(jobs)]
 
-    def scan(k: int) -> None:
-        (owners, hashes), (start, end) = files[k], spans[k]
-        with owners.open("wb") as o, hashes.open("wb") as h:
-            for block_owners, block_hashes in scan_range(path, groups, jobs, start, end):
-                o.write(block_owners)
-                block_hashes.tofile(h)
+    def scan(k: int) -> int:
+        start, end = spans[k]
+        return write_range(path, groups, jobs, k, start, end, scratch)
 
-    _forked(jobs, scan, scratch, "scan")
-    return files
+    return Scans(scratch, jobs, _forked(jobs, scan, scratch, "scan"))
 
 
 def _forked(jobs: int, work: Callable[[int], Any], scratch: Path, name: str) -> list[Any]:
@@ -334,40 +386,6 @@ def _forked(jobs: int, work: Callable[[int], Any], scratch: Path, name: str) -> 
     return results
 
 
-def _read_scans(files: list[tuple[Path, Path]]) -> Iterator[tuple[bytes, array[int]]]:
-    """The scanners' files, `SCAN_CHUNK_LINES` lines at a time, in file order."""
-    for owners_path, hashes_path in files:
-        with owners_path.open("rb") as owners, hashes_path.open("rb") as hashes:
-            while chunk := owners.read(SCAN_CHUNK_LINES):
-                ids: array[int] = array("q")
-                ids.fromfile(hashes, len(chunk))
-                yield chunk, ids
-
-
-def own_lines(path: Path, own: bytes | bytearray) -> Iterator[tuple[int, bytes]]:
-    """(number, line) of each line of the file that `own` (of `own_scan`) marks."""
-    for numbers, lines in own_blocks(path, own):
-        yield from zip(numbers, lines, strict=True)
-
-
-def own_blocks(
-    path: Path, own: bytes | bytearray, numbers: deque[int] | None = None
-) -> Iterator[tuple[list[int], list[bytes]]]:
-    """The lines of the file that `own` marks, a block at a time, as (their numbers, the
-    lines) (`streams.tools.files.read_events(blocks=…)`), with no tuple per line; `numbers`,
-    if given, is extended with each block's line numbers as it is handed on (a worker's
-    queue of the lines it read)."""
-    with path.open("rb") as handle:
-        number = 1
-        while block := handle.readlines(SCAN_BYTES):
-            start, number = number, number + len(block)
-            mine = own[start - 1 : number - 1]
-            block_numbers = list(compress(range(start, number), mine))
-            if numbers is not None:
-                numbers.extend(block_numbers)
-            yield block_numbers, list(compress(block, mine))
-
-
 # --- a worker ---------------------------------------------------------------------------------
 
 
@@ -393,8 +411,8 @@ class _Job:
     #: None: every event (no --person, no --as-of)
     keep: Callable[[Event], bool] | None
     state: bool
-    #: the first pass's files (`_scan_files`)
-    scans: list[tuple[Path, Path]]
+    #: the first pass's files (`scan_files`)
+    scans: Scans
 
 
 def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
@@ -402,7 +420,7 @@ def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
     numbers: deque[int] = deque()  # the lines handed to read_events, in order
     # A first pass: this worker's lines, and the ids that may repeat among them (the others
     # skip the dedup index, `streams.tools.repeats`).
-    own, repeats = owned_of(_read_scans(job.scans), shard, path.stat().st_size)
+    repeats = job.scans.repeats(shard, path.stat().st_size)
 
     def report(error: BadLine) -> None:
         out.record(b"E", numbers.popleft(), orjson.dumps(str(error)))
@@ -420,7 +438,7 @@ def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
             path,
             stats=stats,
             on_error=report,
-            blocks=own_blocks(path, own, numbers),
+            blocks=job.scans.own_blocks(shard, numbers),
             recorded=recorded,
         ):
             number = numbers.popleft()
@@ -537,7 +555,7 @@ def replay_sharded(
         raise ValueError(f"a sharded replay takes 2 to {MAX_JOBS} workers, not {jobs}")
     groups = Groups.of_file(path)
     with tempfile.TemporaryDirectory(prefix="leadflow-replay-") as scratch:
-        scans = _scan_files(path, groups, jobs, Path(scratch))
+        scans = scan_files(path, groups, jobs, Path(scratch))
         every = person is None and cutoff is None
         job = _Job(jobs, path, groups, policy, None if every else keep, state, scans)
         return _replay_workers(job, write, warn)
@@ -632,10 +650,10 @@ def _sharded(
     size = path.stat().st_size
     with tempfile.TemporaryDirectory(prefix="leadflow-shards-") as directory:
         scratch = Path(directory)
-        scans = _scan_files(path, groups, jobs, scratch)
+        scans = scan_files(path, groups, jobs, scratch)
 
         def run(shard: int) -> tuple[Any, int, int, list[tuple[str, int, str]]]:
-            own, repeats = owned_of(_read_scans(scans), shard, size)
+            repeats = scans.repeats(shard, size)
             stats, recorded = ReadStats(), {}
             numbers: deque[int] = deque()  # of the lines handed to read_events, in order
 
@@ -648,7 +666,7 @@ def _sharded(
                 stats=stats,
                 on_error=report,
                 recorded=recorded,
-                blocks=own_blocks(path, own, numbers),
+                blocks=scans.own_blocks(shard, numbers),
             )
             result = work(((numbers.popleft(), e) for e in events), repeats, recorded)
             errors = [(e.path, e.line, e.reason) for e in stats.errors]  # BadLine: no pickle

@@ -21,12 +21,12 @@ from streams.tools.files import read_events
 from streams.tools.repeats import id_of
 from streams.tools.sharded import (
     Groups,
-    own_lines,
-    own_scan,
+    Scans,
     person_of,
     plain_keys,
     ranges,
     scan_range,
+    write_range,
 )
 from tests.unit.test_replay_output_pinned import PINNED, pinned_stream
 
@@ -219,26 +219,39 @@ def test_each_worker_takes_the_lines_of_its_persons_however_the_file_is_cut(
     groups = Groups.of_file(path)
     with path.open("rb") as handle:
         numbered = list(enumerate(handle, start=1))
+    size = path.stat().st_size
     with mock.patch("streams.tools.sharded.SCAN_BYTES", block):
         for jobs in (1, 2, 3):
+            scratch = tmp_path_factory.mktemp("scans")
+            spans = ranges(path, jobs)
+            counts = [
+                write_range(path, groups, jobs, k, start, end, scratch)
+                for k, (start, end) in enumerate(spans)
+            ]
+            scans = Scans(scratch, jobs, counts)
+            assert sum(counts) == len(numbered)
             for shard in range(jobs):
                 want = [
                     (number, line)
                     for number, line in numbered
                     if line.strip() and groups.shard(person_of(line), jobs) == shard
                 ]
-                own, kept = own_scan(path, groups, jobs, shard)
-                assert list(own_lines(path, own)) == want
+                got = [
+                    pair
+                    for numbers, block_lines in scans.own_blocks(shard)
+                    for pair in zip(numbers, block_lines, strict=True)
+                ]
+                assert got == want
+                kept = scans.repeats(shard, size)
                 ids = [id_of(line.strip()) for _, line in want]
                 assert all(i in kept for i in ids if isinstance(i, str) and ids.count(i) > 1)
             # what the scanners find, each over its own range, is what one scan finds
-            whole = list(scan_range(path, groups, jobs, 0, path.stat().st_size))
+            whole = list(scan_range(path, groups, jobs, 0, size))
             parts = [
-                part
-                for start, end in ranges(path, jobs)
-                for part in scan_range(path, groups, jobs, start, end)
+                part for start, end in spans for part in scan_range(path, groups, jobs, start, end)
             ]
-            for i in (0, 1):
+            assert [line for p in parts for line in p[0]] == [line for w in whole for line in w[0]]
+            for i in (1, 2):
                 assert b"".join(bytes(p[i]) for p in parts) == b"".join(bytes(w[i]) for w in whole)
 
 
