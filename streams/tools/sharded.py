@@ -149,36 +149,18 @@ class Groups:
 
     @classmethod
     def of_file(cls, path: Path) -> Groups:
-        """Every `person_merged` of the file (events or history records) joins two persons.
+        """Every `person_merged` of the file (events or history records) joins two persons."""
+        return cls.of_merges([merges_in(path, 0, path.stat().st_size)])
 
-        Read a block of whole lines at a time, not mapped: the pages of a mapped file count
-        in this process's RSS (the parent's peak was the file's size above its own)."""
+    @classmethod
+    def of_merges(cls, parts: Iterable[list[tuple[str, str]]]) -> Groups:
+        """The groups of the merges of each part of a file (`merges_in`). A group's root is
+        its least person whatever the order of its joins, so parts found apart join alike."""
         groups = cls()
-        with path.open("rb") as handle:
-            rest = b""
-            while True:
-                data = handle.read(SCAN_BYTES)
-                block = rest + data
-                end = block.rfind(b"\n") + 1 if data else len(block)  # at the end, the rest
-                groups._join_merges(block, end)
-                rest = block[end:]
-                if not data:
-                    return groups
-
-    def _join_merges(self, block: bytes, end: int) -> None:
-        """Join the persons of each merge in the whole lines of `block[:end]`."""
-        needle = MERGED.encode()
-        at = block.find(needle, 0, end)
-        while at != -1:
-            start = block.rfind(b"\n", 0, at) + 1
-            stop = block.find(b"\n", at, end)
-            stop = end if stop == -1 else stop
-            data = _as_history_event(lenient_json(block[start:stop]))
-            if isinstance(data, dict) and data.get("type") == MERGED:
-                a, b = data.get("person_id"), data.get("merged_into")
-                if isinstance(a, str) and isinstance(b, str):
-                    self.join(a, b)
-            at = block.find(needle, stop, end)
+        for merges in parts:
+            for a, b in merges:
+                groups.join(a, b)
+        return groups
 
     def shard(self, person: str | None, jobs: int) -> int:
         """The worker of a person's group. Python's string hash differs between interpreters
@@ -192,6 +174,53 @@ class Groups:
         """`shard` of each person (`plain_keys` of a block of lines)."""
         parent, root = self.parent, self.root
         return [0 if p is None else hash(root(p) if p in parent else p) % jobs for p in persons]
+
+
+def merges_in(path: Path, start: int, end: int) -> list[tuple[str, str]]:
+    """(person, survivor) of each `person_merged` in `path[start:end]` (whole lines; events
+    or history records), in file order: a byte search, then a parse of each line it finds.
+
+    Read a block of whole lines at a time, not mapped: the pages of a mapped file count in
+    this process's RSS (the parent's peak was the file's size above its own)."""
+    merges: list[tuple[str, str]] = []
+    with path.open("rb") as handle:
+        handle.seek(start)
+        left, rest = end - start, b""
+        while True:
+            data = handle.read(min(SCAN_BYTES, left))
+            left -= len(data)
+            block = rest + data if rest else data
+            stop = block.rfind(b"\n") + 1 if data else len(block)  # at the end, the rest
+            _merges_of(block, stop, merges)
+            rest = block[stop:]
+            if not data:
+                return merges
+
+
+def _merges_of(block: bytes, end: int, merges: list[tuple[str, str]]) -> None:
+    """Append the persons of each merge in the whole lines of `block[:end]`."""
+    needle = MERGED.encode()
+    at = block.find(needle, 0, end)
+    while at != -1:
+        start = block.rfind(b"\n", 0, at) + 1
+        stop = block.find(b"\n", at, end)
+        stop = end if stop == -1 else stop
+        data = _as_history_event(lenient_json(block[start:stop]))
+        if isinstance(data, dict) and data.get("type") == MERGED:
+            a, b = data.get("person_id"), data.get("merged_into")
+            if isinstance(a, str) and isinstance(b, str):
+                merges.append((a, b))
+        at = block.find(needle, stop, end)
+
+
+def groups_of(path: Path, jobs: int, scratch: Path) -> Groups:
+    """`Groups.of_file`, its byte ranges (`ranges`) searched by `jobs` forked processes."""
+    spans = ranges(path, jobs)
+
+    def search(k: int) -> list[tuple[str, str]]:
+        return merges_in(path, *spans[k])
+
+    return Groups.of_merges(_forked(jobs, search, scratch, "merges"))
 
 
 # --- the first pass: which worker decides each line, and which ids may repeat ------------------
@@ -553,8 +582,8 @@ def replay_sharded(
 
     if not 1 < jobs <= MAX_JOBS:
         raise ValueError(f"a sharded replay takes 2 to {MAX_JOBS} workers, not {jobs}")
-    groups = Groups.of_file(path)
     with tempfile.TemporaryDirectory(prefix="leadflow-replay-") as scratch:
+        groups = groups_of(path, jobs, Path(scratch))
         scans = scan_files(path, groups, jobs, Path(scratch))
         every = person is None and cutoff is None
         job = _Job(jobs, path, groups, policy, None if every else keep, state, scans)
@@ -646,10 +675,10 @@ def _sharded(
     and what they read."""
     if not 1 < jobs <= MAX_JOBS:
         raise ValueError(f"a sharded read takes 2 to {MAX_JOBS} workers, not {jobs}")
-    groups = Groups.of_file(path)
     size = path.stat().st_size
     with tempfile.TemporaryDirectory(prefix="leadflow-shards-") as directory:
         scratch = Path(directory)
+        groups = groups_of(path, jobs, scratch)
         scans = scan_files(path, groups, jobs, scratch)
 
         def run(shard: int) -> tuple[Any, int, int, list[tuple[str, int, str]]]:

@@ -22,6 +22,7 @@ from streams.tools.repeats import id_of
 from streams.tools.sharded import (
     Groups,
     Scans,
+    merges_in,
     person_of,
     plain_keys,
     ranges,
@@ -245,7 +246,10 @@ def test_each_worker_takes_the_lines_of_its_persons_however_the_file_is_cut(
                 kept = scans.repeats(shard, size)
                 ids = [id_of(line.strip()) for _, line in want]
                 assert all(i in kept for i in ids if isinstance(i, str) and ids.count(i) > 1)
-            # what the scanners find, each over its own range, is what one scan finds
+            # what the searches and the scanners find, each over its own range, is what one
+            # search and one scan find
+            merges = [merge for start, end in spans for merge in merges_in(path, start, end)]
+            assert merges == merges_in(path, 0, size)
             whole = list(scan_range(path, groups, jobs, 0, size))
             parts = [
                 part for start, end in spans for part in scan_range(path, groups, jobs, start, end)
