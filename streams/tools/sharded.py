@@ -55,6 +55,12 @@ SHARD_BYTES = 32_000_000
 #: Bytes read at once where a whole file is scanned or read (whole lines are carried over).
 SCAN_BYTES = 1024 * 1024
 
+#: Bytes of a worker's own lines decoded at once (~400 events): the events of a block are
+#: then still in the CPU's caches when they are decided. With 1 MB blocks (~6,500 events,
+#: ~10 MB of objects) the first reads of each event and of its person's state stalled on
+#: memory; 64 KB took ~10 % off the workers' CPU time on the bench (6 alternated runs).
+OWN_BYTES = 64 * 1024
+
 
 def default_jobs(path: Path) -> int:
     """One worker per usable core for a large file, else one process (and where processes
@@ -339,7 +345,7 @@ class Scans:
         for k in range(self.jobs):
             lines_path, numbers_path = self.path("lines", k, shard), self.path("numbers", k, shard)
             with lines_path.open("rb") as lines, numbers_path.open("rb") as at:
-                while block := lines.readlines(SCAN_BYTES):
+                while block := lines.readlines(OWN_BYTES):
                     offsets: array[int] = array("q")
                     offsets.frombytes(at.read(offsets.itemsize * len(block)))
                     block_numbers = [first + offset for offset in offsets]

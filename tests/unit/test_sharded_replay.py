@@ -221,7 +221,10 @@ def test_each_worker_takes_the_lines_of_its_persons_however_the_file_is_cut(
     with path.open("rb") as handle:
         numbered = list(enumerate(handle, start=1))
     size = path.stat().st_size
-    with mock.patch("streams.tools.sharded.SCAN_BYTES", block):
+    with (
+        mock.patch("streams.tools.sharded.SCAN_BYTES", block),
+        mock.patch("streams.tools.sharded.OWN_BYTES", block),
+    ):
         for jobs in (1, 2, 3):
             scratch = tmp_path_factory.mktemp("scans")
             spans = ranges(path, jobs)
@@ -266,6 +269,7 @@ def test_a_replay_read_in_small_blocks_prints_what_main_printed(
     """Most blocks of the pinned stream are plain (the shortcut), some hold a bad line, a
     history record or a merge (line by line)."""
     monkeypatch.setattr("streams.tools.sharded.SCAN_BYTES", 2048)
+    monkeypatch.setattr("streams.tools.sharded.OWN_BYTES", 2048)
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(pinned_stream()) + b"\n")
     out, err = _replay(path, "--jobs", str(jobs))
@@ -292,6 +296,7 @@ def test_a_sharded_simulate_prints_what_one_process_prints(
     lines (reported in file order), a history line; blocks small enough that some are plain
     and some read line by line."""
     monkeypatch.setattr("streams.tools.sharded.SCAN_BYTES", 4096)
+    monkeypatch.setattr("streams.tools.sharded.OWN_BYTES", 4096)
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(pinned_stream()) + b"\n")
     args = ("--format", format, "--limit", "1000")
@@ -358,6 +363,7 @@ def test_a_sharded_funnel_prints_what_one_process_prints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
 ):
     monkeypatch.setattr("streams.tools.sharded.SCAN_BYTES", 4096)
+    monkeypatch.setattr("streams.tools.sharded.OWN_BYTES", 4096)
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(pinned_stream()) + b"\n")
     one = _funnel(path, "--jobs", "1", *args)
