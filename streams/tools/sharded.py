@@ -33,6 +33,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import compress
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -124,13 +125,51 @@ def plain_keys(lines: list[bytes]) -> list[tuple[str | None, Any]] | None:
     The same decode of the same bytes as `person_of`'s and `id_of`'s, with a stricter type
     for the person (what it takes `_person_key` takes, with the same value), without a Python
     call per line: ~0.3 CPU seconds less per million lines in each worker of the bench."""
-    block = b"".join(lines)
-    if block.startswith(b'{"person_id"') or b'\n{"person_id"' in block or b'"sequence"' in block:
+    if not _plain(lines):
         return None
     try:
         return [(key.person_id, key.event_id) for key in map(_plain_key, lines)]
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
+
+
+def _plain(lines: list[bytes]) -> bool:
+    """No line is a history record or starts `{"person_id"` (`person_of` parses those whole)."""
+    block = b"".join(lines)
+    return not (
+        block.startswith(b'{"person_id"') or b'\n{"person_id"' in block or b'"sequence"' in block
+    )
+
+
+class _Keys(msgspec.Struct):
+    """`_PlainKey` of the usual line: a string person and a string event id."""
+
+    person_id: str
+    event_id: str
+
+
+_keys = msgspec.json.Decoder(_Keys).decode
+_person_id, _event_id = attrgetter("person_id"), attrgetter("event_id")
+
+
+def usual_owners(lines: list[bytes], groups: Groups, jobs: int) -> tuple[bytes, array[int]] | None:
+    """`scan_range`'s owner bytes and id hashes of a block of lines that all have a string
+    person and a string event id (and none is a history record, `_plain`), else None: the
+    same decode as `plain_keys`'s with stricter types, each step over the whole block in C
+    (the scanners' per-line Python was ~60 % of their time)."""
+    if not _plain(lines):
+        return None
+    try:
+        keys = list(map(_keys, lines))
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    persons = list(map(_person_id, keys))
+    parent = groups.parent
+    if parent:  # `Groups.owners`
+        root = groups.root
+        persons = [root(p) if p in parent else p for p in persons]
+    owners = bytes(map(jobs.__rmod__, map(hash, persons)))  # hash(p) % jobs
+    return owners, array("q", map(hash, map(_event_id, keys)))
 
 
 class Groups:
@@ -277,6 +316,10 @@ def scan_range(
                 if not block:  # the file changed under us: stop rather than loop
                     break
             left -= got
+            usual = usual_owners(block, groups, jobs)
+            if usual is not None:
+                yield block, *usual
+                continue
             keys = plain_keys(block)
             if keys is not None:
                 shards = groups.owners([person for person, _ in keys], jobs)

@@ -27,6 +27,7 @@ from streams.tools.sharded import (
     plain_keys,
     ranges,
     scan_range,
+    usual_owners,
     write_range,
 )
 from tests.unit.test_replay_output_pinned import PINNED, pinned_stream
@@ -191,9 +192,48 @@ def test_a_block_decoded_at_once_names_the_persons_and_ids_person_of_and_id_of_n
     assert keys is None or keys == [(person_of(line), id_of(line.strip())) for line in block]
 
 
+#: A line with a string event id and person, in any order, among other members.
+_USUAL = st.tuples(_STRING, _STRING, st.booleans(), _object(_SCALAR)).map(
+    lambda t: (
+        b'{"event_id":%s,"person_id":%s}' % t[:2]
+        if t[2]
+        else t[3][:-1] + (b"," if len(t[3]) > 2 else b"") + b'"person_id":%s,"event_id":%s}' % t[:2]
+    )
+)
+
+
+@PROPERTY
+@given(
+    st.lists(st.one_of(lines(), _USUAL, _USUAL), max_size=8),
+    st.integers(1, 7),
+    st.lists(st.booleans(), max_size=8),
+)
+@example([b'{"event_id":"e","person_id":"p1","person_id":"p2"}'], 2, [])
+@example([b'{"event_id":"e%d","person_id":"p%d"}' % (i, i) for i in range(8)], 7, [False, True])
+def test_a_usual_block_has_the_owners_and_id_hashes_of_person_of_and_id_of(
+    block: list[bytes], jobs: int, joins: list[bool]
+):
+    """Persons of the block joined in groups (the joined ones share a worker)."""
+    block = [line + b"\n" for line in block]
+    persons = [p for p in map(person_of, block) if p is not None]
+    groups = Groups()
+    for a, b, join in zip(persons, persons[1:], joins, strict=False):
+        if join:
+            groups.join(a, b)
+    usual = usual_owners(block, groups, jobs)
+    if usual is not None:
+        owners, hashes = usual
+        assert list(owners) == [groups.shard(person_of(line), jobs) for line in block]
+        assert list(hashes) == [hash(id_of(line.strip())) for line in block]
+
+
 def test_a_block_of_plain_events_is_decoded_at_once():
     block = [orjson.dumps(e) + b"\n" for e in synthetic_events(50, 500, seed=5, duplicates=0.01)]
     assert plain_keys(block) == [(person_of(line), id_of(line.strip())) for line in block]
+    groups = Groups()
+    owners, hashes = usual_owners(block, groups, 3)  # type: ignore[misc]
+    assert list(owners) == [groups.shard(person_of(line), 3) for line in block]
+    assert list(hashes) == [hash(id_of(line.strip())) for line in block]
 
 
 #: Plain lines (blocks of them take the shortcut) and merges (joined persons' lines go to one
