@@ -165,6 +165,16 @@ def _read_chunk(
     yield from _read_lines(zip(numbers, body, strict=True), name, stats, report, recorded)
 
 
+def plain_chunk(chunk: list[bytes], stats: ReadStats) -> list[Event] | None:
+    """The events of lines read together (counted in `stats`) when they are all non-blank
+    inbound events the structs take (`_plain_events`), else None: read them with
+    `read_events`, which reads any line. For a caller that wants a chunk's events at once."""
+    events = _plain_events([line.rstrip(b"\r\n") for line in chunk])
+    if events is not None:
+        stats.lines += len(events)
+    return events
+
+
 #: Bytes of lines read at once from a JSONL file (~1,600 typical events).
 CHUNK_BYTES = 256 * 1024
 

@@ -46,7 +46,7 @@ from lifecycle.merge import MERGED
 from lifecycle.policy import Policy
 from lifecycle.replay import HashedIds, Recorded, Replayer, bulk_gc
 from lifecycle.simulate import Outcome, Simulation, fold_both
-from streams.tools.files import BadLine, ReadStats, read_events
+from streams.tools.files import BadLine, ReadStats, plain_chunk, read_events
 from streams.tools.repeats import DERIVED, Repeats, id_of, lenient_json
 
 #: Files at least this large are sharded by default (`--jobs 0`); below, forking costs more
@@ -377,13 +377,9 @@ class Scans:
             repeats.add_hashes(hashes)
         return HashedIds(repeats.kept_hashes, DERIVED)
 
-    def own_blocks(
-        self, shard: int, numbers: deque[int] | None = None
-    ) -> Iterator[tuple[list[int], list[bytes]]]:
+    def own_blocks(self, shard: int) -> Iterator[tuple[list[int], list[bytes]]]:
         """Worker `shard`'s lines in file order, a block at a time, as (their numbers, the
-        lines) (`streams.tools.files.read_events(blocks=…)`); `numbers`, if given, is
-        extended with each block's line numbers as it is handed on (a worker's queue of the
-        lines it read)."""
+        lines) (`streams.tools.files.read_events(blocks=…)`)."""
         first = 1  # the number of the range's first line
         for k in range(self.jobs):
             lines_path, numbers_path = self.path("lines", k, shard), self.path("numbers", k, shard)
@@ -391,10 +387,7 @@ class Scans:
                 while block := lines.readlines(OWN_BYTES):
                     offsets: array[int] = array("q")
                     offsets.frombytes(at.read(offsets.itemsize * len(block)))
-                    block_numbers = [first + offset for offset in offsets]
-                    if numbers is not None:
-                        numbers.extend(block_numbers)
-                    yield block_numbers, block
+                    yield [first + offset for offset in offsets], block
             first += self.lines[k]
 
 
@@ -464,6 +457,38 @@ def _forked(jobs: int, work: Callable[[int], Any], scratch: Path, name: str) -> 
     return results
 
 
+def numbered(
+    path: Path,
+    scans: Scans,
+    shard: int,
+    stats: ReadStats,
+    on_error: Callable[[BadLine], None],
+    recorded: Recorded,
+) -> Iterator[tuple[int, Event]]:
+    """Worker `shard`'s events with the number of the line of each, in file order, read as
+    `read_events(blocks=scans.own_blocks(shard))` reads them (each line is one event or one
+    bad line, handed to `on_error` in its place). A block of plain events, the usual one, is
+    handed on as it was decoded, not through `read_events`'s generators and a queue of
+    numbers one event at a time."""
+    queue: deque[int] = deque()  # the numbers of a block read by read_events, in order
+
+    def report(error: BadLine) -> None:
+        queue.popleft()
+        on_error(error)
+
+    for numbers, lines in scans.own_blocks(shard):
+        events = plain_chunk(lines, stats)
+        if events is not None:
+            yield from zip(numbers, events, strict=True)
+            continue
+        queue.extend(numbers)
+        blocks = [(numbers, lines)]
+        for event in read_events(
+            path, stats=stats, on_error=report, blocks=blocks, recorded=recorded
+        ):
+            yield queue.popleft(), event
+
+
 # --- a worker ---------------------------------------------------------------------------------
 
 
@@ -495,13 +520,12 @@ class _Job:
 
 def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
     path, policy, keep, state = job.path, job.policy, job.keep, job.state
-    numbers: deque[int] = deque()  # the lines handed to read_events, in order
     # A first pass: this worker's lines, and the ids that may repeat among them (the others
     # skip the dedup index, `streams.tools.repeats`).
     repeats = job.scans.repeats(shard, path.stat().st_size)
 
     def report(error: BadLine) -> None:
-        out.record(b"E", numbers.popleft(), orjson.dumps(str(error)))
+        out.record(b"E", error.line, orjson.dumps(str(error)))
 
     stats = ReadStats()
     # Outcomes a history line kept of sealed fields (`streams.tools.files`), as the CLI path keeps.
@@ -512,14 +536,7 @@ def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
     conflicts = 0
     record, dumps = out.record, orjson.dumps
     with bulk_gc():
-        for event in read_events(
-            path,
-            stats=stats,
-            on_error=report,
-            blocks=job.scans.own_blocks(shard, numbers),
-            recorded=recorded,
-        ):
-            number = numbers.popleft()
+        for number, event in numbered(path, job.scans, shard, stats, report, recorded):
             if keep is not None and not keep(event):
                 continue
             for decision in replayer.apply_all(event):
@@ -733,20 +750,8 @@ def _sharded(
         def run(shard: int) -> tuple[Any, int, int, list[tuple[str, int, str]]]:
             repeats = scans.repeats(shard, size)
             stats, recorded = ReadStats(), {}
-            numbers: deque[int] = deque()  # of the lines handed to read_events, in order
-
-            def report(error: BadLine) -> None:  # each line is one event or one bad line
-                numbers.popleft()
-                stats.errors.append(error)
-
-            events = read_events(
-                path,
-                stats=stats,
-                on_error=report,
-                recorded=recorded,
-                blocks=scans.own_blocks(shard, numbers),
-            )
-            result = work(((numbers.popleft(), e) for e in events), repeats, recorded)
+            events = numbered(path, scans, shard, stats, stats.errors.append, recorded)
+            result = work(events, repeats, recorded)
             errors = [(e.path, e.line, e.reason) for e in stats.errors]  # BadLine: no pickle
             return result, stats.lines, stats.bad, errors
 
