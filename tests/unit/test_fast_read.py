@@ -15,7 +15,7 @@ import orjson
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from events.fastcodec import _TIME_PATTERN, _instant, fast_event
+from events.fastcodec import _TIME_PATTERN, _instant, fast_event, fast_events
 from events.inbound import Event, Profile
 from lifecycle.dedup import body, digest_of, fingerprint
 from streams.dev.demo import synthetic_events
@@ -84,6 +84,36 @@ def test_a_time_is_taken_exactly_when_the_pattern_and_python_take_it(text: str):
     assert got == want
     if got is not None:
         assert got.tzinfo is UTC
+
+
+#: Times of the usual shape, in and out of the years and offsets `_usual_times` takes.
+_USUAL = st.tuples(
+    st.datetimes(min_value=datetime(1890, 1, 1), max_value=datetime(3010, 12, 31)),
+    st.sampled_from(["Z", "+00:00", "-00:00", "+05:30", "-23:59"]),
+).map(lambda t: t[0].isoformat() + t[1])
+
+
+@settings(PROPERTY, max_examples=1500)
+@given(st.lists(st.one_of(_USUAL, _USUAL, times()), min_size=1, max_size=6))
+@example(["2026-01-01T00:00:00Z", "2026-02-30T00:00:00Z"])  # the usual shape, no such day
+@example(["2026-01-01T00:00:00Z", "1900-06-01T00:00:00Z"])  # the pattern's, not the usual
+@example(["2026-01-01T00:00:00Z", "2026-01-01T00:00:00+05:30"])
+@example(["2026-01-01T00:00:00.5-00:00", "2998-12-31T23:59:59.999999+00:00"])
+def test_the_times_of_a_block_read_at_once_are_each_time_read_alone(texts: list[str]):
+    lines = [
+        orjson.dumps({"event_id": f"e{i}", "type": "t", "person_id": "p", "occurred_at": t})
+        for i, t in enumerate(texts)
+    ]
+    alone = [fast_event(line) for line in lines]
+    got = fast_events(lines)
+    if any(event is None for event in alone):
+        assert got is None
+    else:
+        assert got == alone
+        assert [e.occurred_at.isoformat() for e in got] == [
+            e.occurred_at.isoformat() for e in alone
+        ]  # type: ignore[union-attr]
+        assert all(event.occurred_at.tzinfo is UTC for event in got)  # type: ignore[union-attr]
 
 
 def test_digest_of_drops_the_none_fields_as_the_body_does():
