@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import compress
+from itertools import chain, compress, starmap
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -464,12 +464,13 @@ def numbered(
     stats: ReadStats,
     on_error: Callable[[BadLine], None],
     recorded: Recorded,
-) -> Iterator[tuple[int, Event]]:
-    """Worker `shard`'s events with the number of the line of each, in file order, read as
-    `read_events(blocks=scans.own_blocks(shard))` reads them (each line is one event or one
-    bad line, handed to `on_error` in its place). A block of plain events, the usual one, is
-    handed on as it was decoded, not through `read_events`'s generators and a queue of
-    numbers one event at a time."""
+) -> Iterator[tuple[list[int], list[Event]]]:
+    """Worker `shard`'s events in file order, a block at a time, with the number of the line
+    of each, read as `read_events(blocks=scans.own_blocks(shard))` reads them (each line is
+    one event or one bad line, handed to `on_error` in its place). A block of plain events,
+    the usual one, is handed on whole as it was decoded, not through `read_events`'s
+    generators and a queue of numbers one event at a time; any other block one event at a
+    time, so a bad line is reported before the events after it are decided."""
     queue: deque[int] = deque()  # the numbers of a block read by read_events, in order
 
     def report(error: BadLine) -> None:
@@ -479,14 +480,14 @@ def numbered(
     for numbers, lines in scans.own_blocks(shard):
         events = plain_chunk(lines, stats)
         if events is not None:
-            yield from zip(numbers, events, strict=True)
+            yield numbers, events
             continue
         queue.extend(numbers)
         blocks = [(numbers, lines)]
         for event in read_events(
             path, stats=stats, on_error=report, blocks=blocks, recorded=recorded
         ):
-            yield queue.popleft(), event
+            yield [queue.popleft()], [event]
 
 
 # --- a worker ---------------------------------------------------------------------------------
@@ -534,21 +535,22 @@ def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
     states = replayer.states
     created: list[int] = []  # the line that created each state, in the states' order
     conflicts = 0
-    record, dumps = out.record, orjson.dumps
+    record, dumps, apply_all = out.record, orjson.dumps, replayer.apply_all
     with bulk_gc():
-        for number, event in numbered(path, job.scans, shard, stats, report, recorded):
-            if keep is not None and not keep(event):
-                continue
-            for decision in replayer.apply_all(event):
-                if decision.conflict is not None:
-                    conflicts += 1
-                    text = f"conflict: person {decision.person_id}: {decision.conflict}"
-                    record(b"E", number, dumps(f"{text}; not applied"))
-                if not state:
-                    for change in decision.changes:
-                        record(b"O", number, dumps(change))
-            if state and len(created) < len(states):
-                created.extend([number] * (len(states) - len(created)))
+        for numbers, events in numbered(path, job.scans, shard, stats, report, recorded):
+            for number, event in zip(numbers, events, strict=True):
+                if keep is not None and not keep(event):
+                    continue
+                for decision in apply_all(event):
+                    if decision.conflict is not None:
+                        conflicts += 1
+                        text = f"conflict: person {decision.person_id}: {decision.conflict}"
+                        record(b"E", number, dumps(f"{text}; not applied"))
+                    if not state:
+                        for change in decision.changes:
+                            record(b"O", number, dumps(change))
+                if state and len(created) < len(states):
+                    created.extend([number] * (len(states) - len(created)))
         out.write(b"B\n")
         if state:
             for number, person_state in zip(created, states.values(), strict=True):
@@ -750,7 +752,8 @@ def _sharded(
         def run(shard: int) -> tuple[Any, int, int, list[tuple[str, int, str]]]:
             repeats = scans.repeats(shard, size)
             stats, recorded = ReadStats(), {}
-            events = numbered(path, scans, shard, stats, stats.errors.append, recorded)
+            blocks = numbered(path, scans, shard, stats, stats.errors.append, recorded)
+            events = chain.from_iterable(starmap(zip, blocks))  # (number, event) pairs
             result = work(events, repeats, recorded)
             errors = [(e.path, e.line, e.reason) for e in stats.errors]  # BadLine: no pickle
             return result, stats.lines, stats.bad, errors

@@ -167,6 +167,31 @@ def test_a_file_of_several_chunks_reads_as_line_by_line(tmp_path: Path, monkeypa
     assert fast[2] == len(lines) - 1
 
 
+def test_a_chunk_the_whole_chunk_checks_refuse_reads_as_line_by_line(tmp_path: Path, monkeypatch):
+    """`"sequence"` past a line's first 200 bytes, a line of the longest size, a line that
+    starts `{"person_id"`: the chunk is read line by line, with the same events."""
+    events = list(synthetic_events(50, 400, seed=9, duplicates=0.01))
+    events[10]["campaign"] = "x" * 300
+    lines = [orjson.dumps(e) for e in events]
+    lines[10] = lines[10][:-1] + b',"sequence":1}'  # a key no event has, ignored
+    lines[20] = orjson.dumps({"person_id": events[20]["person_id"], **events[20]})
+    padding = files.MAX_PAYLOAD_BYTES - len(lines[30]) - len(b',"x":""')  # ignored
+    lines[30] = lines[30][:-1] + b',"x":"' + b"r" * padding + b'"}'
+    assert len(lines[30]) == files.MAX_PAYLOAD_BYTES
+    path = tmp_path / "events.jsonl"
+    for end in (b"\n", b"\r\n"):
+        path.write_bytes(end.join(lines) + end)
+        fast = _read(path)
+        assert fast[1] == [] and len(fast[0]) == len(lines)
+        for at in (10, 20, 30):
+            assert files._plain_events([lines[0] + end, lines[at] + end]) is None
+        monkeypatch.setattr(files, "CHUNK_BYTES", 1)  # a chunk per line
+        assert _read(path) == fast
+        monkeypatch.setattr(files, "fast_events", lambda lines: None)  # pydantic alone
+        assert _read(path) == fast
+        monkeypatch.undo()
+
+
 def test_decide_builds_its_decision_in_the_field_order_it_passes():
     """decide() passes every field of its Decision by position (a cheaper call)."""
     from dataclasses import fields
