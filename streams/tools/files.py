@@ -175,8 +175,10 @@ def plain_chunk(chunk: list[bytes], stats: ReadStats) -> list[Event] | None:
     return events
 
 
-#: Bytes of lines read at once from a JSONL file (~1,600 typical events).
-CHUNK_BYTES = 256 * 1024
+#: Bytes of lines read at once from a JSONL file (~400 typical events): decoded together,
+#: then decided while they are still in the CPU's caches (as `streams.tools.sharded.OWN_BYTES`;
+#: 256 KB before, 1-6 % more CPU time for a replay in one process in 2 alternated pairs).
+CHUNK_BYTES = 64 * 1024
 _opens_object = methodcaller("startswith", b"{")
 
 
