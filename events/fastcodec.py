@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import sys
 from datetime import UTC, datetime
+from operator import methodcaller
 from typing import Annotated, Any
 
 import msgspec
@@ -170,11 +171,14 @@ def struct_of(raw: bytes | str) -> _Event:
 
 def event_of(s: _Event) -> Event | None:
     """The `Event` of a checked struct, or None when pydantic must decode the line."""
+    at = _instant(s.occurred_at)
+    return None if at is None else _event_at(s, at)
+
+
+def _event_at(s: _Event, at: datetime) -> Event | None:
+    """`event_of` with `occurred_at` already read (`_instant`'s value)."""
     absorbed = s.absorbed
     if absorbed is not _NO_ABSORBED and bytes(absorbed) != b"null":
-        return None
-    at = _instant(s.occurred_at)
-    if at is None:
         return None
     profile = s.profile
     source = s.source
@@ -200,6 +204,27 @@ def event_of(s: _Event) -> Event | None:
     _set_extra(model, None)
     _set_private(model, None)
     return model
+
+
+_ZERO_OFFSETS = ("Z", "+00:00", "-00:00")
+_ends_at_zero = methodcaller("endswith", _ZERO_OFFSETS)
+
+
+def _usual_times(texts: list[str]) -> bool:
+    """Whether every text has `_instant`'s usual shape (`_SHAPES`), a year in 1901-2998 and
+    a zero offset, checked over the whole list at once: each of these texts is then taken by
+    the pattern exactly when `fromisoformat` reads it, into the one UTC tzinfo."""
+    joined = "\n".join(texts)
+    if not joined.isascii():
+        return False
+    shapes = joined.encode().translate(_ZEROS).split(b"\n")
+    return (
+        len(shapes) == len(texts)  # no text holds a newline
+        and _SHAPES.issuperset(shapes)
+        and min(texts)[:4] >= "1901"  # the shape starts with the year's four digits
+        and max(texts)[:4] <= "2998"
+        and all(map(_ends_at_zero, texts))
+    )
 
 
 def _utf8(raw: bytes) -> bool:
@@ -229,18 +254,27 @@ def fast_event(raw: bytes) -> Event | None:
 def fast_events(lines: list[bytes]) -> list[Event] | None:
     """Every line's event, or None if the structs refuse one (decode the batch with pydantic).
 
-    The lines are each at most MAX_PAYLOAD_BYTES long (the caller's check)."""
-    decode, build = _decode_read, event_of
-    events = []
-    append = events.append
-    try:
-        for line in lines:
-            if not line.isascii() and not _utf8(line):
-                return None
-            event = build(decode(line))
-            if event is None:
-                return None
-            append(event)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    The lines are each at most MAX_PAYLOAD_BYTES long (the caller's check). The structs
+    decode the whole list, then its times are checked at once (`_usual_times`); a list whose
+    times are not all of the usual kind has each checked alone (`_instant`)."""
+    if not b"".join(lines).isascii() and not all(map(_utf8, lines)):
         return None
+    try:
+        structs = list(map(_decode_read, lines))
+        texts = [s.occurred_at for s in structs]
+        # (ValueError: a time of the usual shape Python cannot read, as 2026-02-30)
+        read = _from_iso if _usual_times(texts) else _instant
+        ats = list(map(read, texts))
+    except (msgspec.ValidationError, msgspec.DecodeError, ValueError):
+        return None
+    events = []
+    append, build = events.append, _event_at
+    for s, at in zip(structs, ats, strict=True):
+        event = None if at is None else build(s, at)
+        if event is None:
+            return None
+        append(event)
     return events
+
+
+_from_iso = datetime.fromisoformat

@@ -44,6 +44,23 @@ def bulk_gc() -> Iterator[None]:
         gc.set_threshold(*before)
 
 
+class HashedIds:
+    """Event ids held as their `hash()` (a false positive only costs an id the whole path),
+    and every id that starts with one of `prefixes`: a sharded replay's `repeats`
+    (`streams.tools.sharded.owned_of`), which `Replayer` checks inline, once per event."""
+
+    __slots__ = ("hashes", "prefixes")
+
+    def __init__(self, hashes: set[int], prefixes: tuple[str, ...] = ()) -> None:
+        self.hashes = hashes
+        self.prefixes = prefixes
+
+    def __contains__(self, ident: object) -> bool:
+        if type(ident) is not str:
+            return False
+        return hash(ident) in self.hashes or ident.startswith(self.prefixes)
+
+
 #: Most hops of one event's follow-ups (a hand-off or forward along a chain of aliases).
 MAX_HOPS = 1000
 
@@ -73,7 +90,7 @@ class Replayer:
     Follow-ups, and an event whose decision hands one on, take the whole path.
     """
 
-    __slots__ = ("follow", "policy", "recorded", "repeats", "seen", "states")
+    __slots__ = ("_hashes", "follow", "policy", "recorded", "repeats", "seen", "states")
 
     def __init__(
         self,
@@ -88,6 +105,8 @@ class Replayer:
         self.policy = policy
         self.recorded = recorded
         self.repeats = repeats
+        #: `repeats` held as hashes, checked inline (`apply_all`)
+        self._hashes = repeats if type(repeats) is HashedIds else None
         self.states: dict[str, PersonState] = {} if states is None else states
         self.seen = SeenIndex() if seen is None else seen
         self.follow = follow
@@ -97,12 +116,32 @@ class Replayer:
 
         With `follow`, a follow-up carried by the stream gives no decision (see above).
         """
-        indexed = self.repeats is None or event.event_id in self.repeats
+        hashed = self._hashes
+        if hashed is not None:  # `event.event_id in hashed`, inline: once per event
+            ident = event.event_id
+            indexed = hash(ident) in hashed.hashes or ident.startswith(hashed.prefixes)
+        else:
+            indexed = self.repeats is None or event.event_id in self.repeats
         if not self.follow:
             return [self._apply(event, None, indexed)]
         if event.forwarded_via is not None or (event.type == ABSORBED and event.absorbed):
             return []
-        decision = self._apply(event, None, indexed)
+        # `self._apply(event, None, indexed)`, inline: once per event
+        person = event.person_id
+        state = self.states.get(person)
+        if state is None:  # a first event is never a duplicate: keep the state decide() reads
+            state = self.states[person] = PersonState(person)
+        recorded = None
+        if self.recorded:
+            kept = self.recorded.get((person, event.event_id))
+            if kept is not None and kept[0] == self.policy.version:
+                recorded = kept[1]
+        seen = self.seen.get(person, event.event_id) if indexed else None
+        decision = decide(state, event, self.policy, seen, recorded=recorded)
+        if not decision.duplicate:
+            evolve(state, decision)  # in place
+            if indexed or decision.follow_up is not None:
+                self.seen.remember(decision)
         if decision.follow_up is None:
             return [decision]
         decisions = [decision]

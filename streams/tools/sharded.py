@@ -29,10 +29,11 @@ import traceback
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
-from itertools import chain, compress, count
-from operator import itemgetter
+from itertools import chain, compress, starmap
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,9 +44,9 @@ from events.inbound import Event
 from lifecycle.funnel import Funnel, FunnelReport
 from lifecycle.merge import MERGED
 from lifecycle.policy import Policy
-from lifecycle.replay import Recorded, Replayer, bulk_gc
+from lifecycle.replay import HashedIds, Recorded, Replayer, bulk_gc
 from lifecycle.simulate import Outcome, Simulation, fold_both
-from streams.tools.files import BadLine, ReadStats, read_events
+from streams.tools.files import BadLine, ReadStats, plain_chunk, read_events
 from streams.tools.repeats import DERIVED, Repeats, id_of, lenient_json
 
 #: Files at least this large are sharded by default (`--jobs 0`); below, forking costs more
@@ -54,6 +55,12 @@ SHARD_BYTES = 32_000_000
 
 #: Bytes read at once where a whole file is scanned or read (whole lines are carried over).
 SCAN_BYTES = 1024 * 1024
+
+#: Bytes of a worker's own lines decoded at once (~400 events): the events of a block are
+#: then still in the CPU's caches when they are decided. With 1 MB blocks (~6,500 events,
+#: ~10 MB of objects) the first reads of each event and of its person's state stalled on
+#: memory; 64 KB took ~10 % off the workers' CPU time on the bench (6 alternated runs).
+OWN_BYTES = 64 * 1024
 
 
 def default_jobs(path: Path) -> int:
@@ -118,13 +125,51 @@ def plain_keys(lines: list[bytes]) -> list[tuple[str | None, Any]] | None:
     The same decode of the same bytes as `person_of`'s and `id_of`'s, with a stricter type
     for the person (what it takes `_person_key` takes, with the same value), without a Python
     call per line: ~0.3 CPU seconds less per million lines in each worker of the bench."""
-    block = b"".join(lines)
-    if block.startswith(b'{"person_id"') or b'\n{"person_id"' in block or b'"sequence"' in block:
+    if not _plain(lines):
         return None
     try:
         return [(key.person_id, key.event_id) for key in map(_plain_key, lines)]
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
+
+
+def _plain(lines: list[bytes]) -> bool:
+    """No line is a history record or starts `{"person_id"` (`person_of` parses those whole)."""
+    block = b"".join(lines)
+    return not (
+        block.startswith(b'{"person_id"') or b'\n{"person_id"' in block or b'"sequence"' in block
+    )
+
+
+class _Keys(msgspec.Struct):
+    """`_PlainKey` of the usual line: a string person and a string event id."""
+
+    person_id: str
+    event_id: str
+
+
+_keys = msgspec.json.Decoder(_Keys).decode
+_person_id, _event_id = attrgetter("person_id"), attrgetter("event_id")
+
+
+def usual_owners(lines: list[bytes], groups: Groups, jobs: int) -> tuple[bytes, array[int]] | None:
+    """`scan_range`'s owner bytes and id hashes of a block of lines that all have a string
+    person and a string event id (and none is a history record, `_plain`), else None: the
+    same decode as `plain_keys`'s with stricter types, each step over the whole block in C
+    (the scanners' per-line Python was ~60 % of their time)."""
+    if not _plain(lines):
+        return None
+    try:
+        keys = list(map(_keys, lines))
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    persons = list(map(_person_id, keys))
+    parent = groups.parent
+    if parent:  # `Groups.owners`
+        root = groups.root
+        persons = [root(p) if p in parent else p for p in persons]
+    owners = bytes(map(jobs.__rmod__, map(hash, persons)))  # hash(p) % jobs
+    return owners, array("q", map(hash, map(_event_id, keys)))
 
 
 class Groups:
@@ -149,36 +194,18 @@ class Groups:
 
     @classmethod
     def of_file(cls, path: Path) -> Groups:
-        """Every `person_merged` of the file (events or history records) joins two persons.
+        """Every `person_merged` of the file (events or history records) joins two persons."""
+        return cls.of_merges([merges_in(path, 0, path.stat().st_size)])
 
-        Read a block of whole lines at a time, not mapped: the pages of a mapped file count
-        in this process's RSS (the parent's peak was the file's size above its own)."""
+    @classmethod
+    def of_merges(cls, parts: Iterable[list[tuple[str, str]]]) -> Groups:
+        """The groups of the merges of each part of a file (`merges_in`). A group's root is
+        its least person whatever the order of its joins, so parts found apart join alike."""
         groups = cls()
-        with path.open("rb") as handle:
-            rest = b""
-            while True:
-                data = handle.read(SCAN_BYTES)
-                block = rest + data
-                end = block.rfind(b"\n") + 1 if data else len(block)  # at the end, the rest
-                groups._join_merges(block, end)
-                rest = block[end:]
-                if not data:
-                    return groups
-
-    def _join_merges(self, block: bytes, end: int) -> None:
-        """Join the persons of each merge in the whole lines of `block[:end]`."""
-        needle = MERGED.encode()
-        at = block.find(needle, 0, end)
-        while at != -1:
-            start = block.rfind(b"\n", 0, at) + 1
-            stop = block.find(b"\n", at, end)
-            stop = end if stop == -1 else stop
-            data = _as_history_event(lenient_json(block[start:stop]))
-            if isinstance(data, dict) and data.get("type") == MERGED:
-                a, b = data.get("person_id"), data.get("merged_into")
-                if isinstance(a, str) and isinstance(b, str):
-                    self.join(a, b)
-            at = block.find(needle, stop, end)
+        for merges in parts:
+            for a, b in merges:
+                groups.join(a, b)
+        return groups
 
     def shard(self, person: str | None, jobs: int) -> int:
         """The worker of a person's group. Python's string hash differs between interpreters
@@ -194,21 +221,67 @@ class Groups:
         return [0 if p is None else hash(root(p) if p in parent else p) % jobs for p in persons]
 
 
+def merges_in(path: Path, start: int, end: int) -> list[tuple[str, str]]:
+    """(person, survivor) of each `person_merged` in `path[start:end]` (whole lines; events
+    or history records), in file order: a byte search, then a parse of each line it finds.
+
+    Read a block of whole lines at a time, not mapped: the pages of a mapped file count in
+    this process's RSS (the parent's peak was the file's size above its own)."""
+    merges: list[tuple[str, str]] = []
+    with path.open("rb") as handle:
+        handle.seek(start)
+        left, rest = end - start, b""
+        while True:
+            data = handle.read(min(SCAN_BYTES, left))
+            left -= len(data)
+            block = rest + data if rest else data
+            stop = block.rfind(b"\n") + 1 if data else len(block)  # at the end, the rest
+            _merges_of(block, stop, merges)
+            rest = block[stop:]
+            if not data:
+                return merges
+
+
+def _merges_of(block: bytes, end: int, merges: list[tuple[str, str]]) -> None:
+    """Append the persons of each merge in the whole lines of `block[:end]`."""
+    needle = MERGED.encode()
+    at = block.find(needle, 0, end)
+    while at != -1:
+        start = block.rfind(b"\n", 0, at) + 1
+        stop = block.find(b"\n", at, end)
+        stop = end if stop == -1 else stop
+        data = _as_history_event(lenient_json(block[start:stop]))
+        if isinstance(data, dict) and data.get("type") == MERGED:
+            a, b = data.get("person_id"), data.get("merged_into")
+            if isinstance(a, str) and isinstance(b, str):
+                merges.append((a, b))
+        at = block.find(needle, stop, end)
+
+
+def groups_of(path: Path, jobs: int, scratch: Path) -> Groups:
+    """`Groups.of_file`, its byte ranges (`ranges`) searched by `jobs` forked processes."""
+    spans = ranges(path, jobs)
+
+    def search(k: int) -> list[tuple[str, str]]:
+        return merges_in(path, *spans[k])
+
+    return Groups.of_merges(_forked(jobs, search, scratch, "merges"))
+
+
 # --- the first pass: which worker decides each line, and which ids may repeat ------------------
 #
 # Each line's owner (the worker that decides it) and the hash of its event id, found for the
 # whole file by `jobs` scanner processes at once, each over its own byte range of whole lines
-# (`ranges`, `scan_range`), into files the workers then read (`owned_of`): every worker needs
-# every line's owner, and before this each worker decoded the whole file for it (~19 % of a
-# worker's time on the bench). Python's string hash is the same in every fork of one parent.
+# (`ranges`, `scan_range`), which write each worker's lines and their ids' hashes into files
+# it then reads (`Scans`): before this each worker decoded the whole file to find its own
+# lines (~19 % of a worker's time on the bench). Python's string hash is the same in every
+# fork of one parent.
 
 #: A line's owner byte: the worker's number (at most `MAX_JOBS - 1`), with `NO_ID` set when the
 #: line has no string event id; `NOBODY` for a blank line.
 NOBODY = 0xFF
 NO_ID = 0x80
 MAX_JOBS = 64
-#: Lines per chunk in which a worker reads the scans' files.
-SCAN_CHUNK_LINES = 1 << 20
 
 
 def ranges(path: Path, jobs: int) -> list[tuple[int, int]]:
@@ -229,9 +302,10 @@ def ranges(path: Path, jobs: int) -> list[tuple[int, int]]:
 
 def scan_range(
     path: Path, groups: Groups, jobs: int, start: int, end: int
-) -> Iterator[tuple[bytes, array[int]]]:
-    """(owner byte, event id hash) of each line of `path[start:end]` (whole lines), a block of
-    lines at a time: the owner is `groups.shard(person_of(line), jobs)`, the id `id_of`'s."""
+) -> Iterator[tuple[list[bytes], bytes, array[int]]]:
+    """The lines of `path[start:end]` (whole lines), a block at a time, with the owner byte
+    and event id hash of each: the owner is `groups.shard(person_of(line), jobs)`, the id
+    `id_of`'s."""
     with path.open("rb") as handle:
         handle.seek(start)
         left = end - start
@@ -242,6 +316,10 @@ def scan_range(
                 if not block:  # the file changed under us: stop rather than loop
                     break
             left -= got
+            usual = usual_owners(block, groups, jobs)
+            if usual is not None:
+                yield block, *usual
+                continue
             keys = plain_keys(block)
             if keys is not None:
                 shards = groups.owners([person for person, _ in keys], jobs)
@@ -253,6 +331,7 @@ def scan_range(
                     shards.append(groups.shard(person_of(line), jobs) if text else NOBODY)
                     ids.append(id_of(text) if text else None)
             yield (
+                block,
                 bytes(
                     [
                         s if type(i) is str or s == NOBODY else s | NO_ID
@@ -263,59 +342,88 @@ def scan_range(
             )
 
 
-class HashedRepeats:
-    """The event ids that may repeat among a worker's lines, held as their hashes (a false
-    positive, like the bit array's, only costs an id the whole path); ids of the derived
-    forms (`streams.tools.repeats.DERIVED`) are always in."""
-
-    __slots__ = ("kept",)
-
-    def __init__(self, kept: set[int]) -> None:
-        self.kept = kept
-
-    def __contains__(self, ident: object) -> bool:
-        return type(ident) is str and (ident.startswith(DERIVED) or hash(ident) in self.kept)
+#: `bytes.translate` tables of owner bytes, for each worker `w`: 1 where a line is w's
+#: (`_MINE[w]`), and where it is w's and has a string event id (`_COUNTED[w]`).
+_MINE = [bytes(int(b != NOBODY and b & ~NO_ID == w) for b in range(256)) for w in range(MAX_JOBS)]
+_COUNTED = [bytes(int(b == w) for b in range(256)) for w in range(MAX_JOBS)]
+_KINDS = ("lines", "numbers", "hashes")
 
 
-def owned_of(
-    scans: Iterable[tuple[bytes, array[int]]], shard: int, size: int
-) -> tuple[bytearray, HashedRepeats]:
-    """Which lines worker `shard` decides, one byte a line (1: its own), and which ids may
-    repeat among them (`streams.tools.repeats`: a shard's persons, merge groups whole, never
-    meet another shard's, so the ids of its own lines are all it needs to know), from the
-    (owners, hashes) of every line of the file in order; `size`: the file's bytes."""
-    mine = bytes(1 if b != NOBODY and b & ~NO_ID == shard else 0 for b in range(256))
-    counted = bytes(1 if b == shard else 0 for b in range(256))
-    repeats = Repeats(size)
-    own = bytearray()
-    for owners, hashes in scans:
-        own += owners.translate(mine)
-        repeats.add_hashes(compress(hashes, owners.translate(counted)))
-    return own, HashedRepeats(repeats.kept_hashes)
+@dataclass(frozen=True)
+class Scans:
+    """What the scanners wrote in `scratch`, for each range `k` of the file (`ranges`) and
+    each worker `w`: the range's lines that w decides (`lines-k-w`, as the file has them),
+    their numbers within the range (`numbers-k-w`, from 0) and the hashes of their event ids
+    (`hashes-k-w`, of the lines with a string id); `lines`: how many lines each range has.
+
+    So a worker reads only its own lines, already split from the others' (reading the whole
+    file and picking them was ~0.9 CPU s of each worker's ~7 on the bench)."""
+
+    scratch: Path
+    jobs: int
+    lines: list[int]
+
+    def path(self, kind: str, k: int, shard: int) -> Path:
+        return self.scratch / f"{kind}-{k}-{shard}"
+
+    def repeats(self, shard: int, size: int) -> HashedIds:
+        """The ids that may repeat among worker `shard`'s lines (`streams.tools.repeats`: a
+        shard's persons, merge groups whole, never meet another shard's, so the ids of its
+        own lines are all it needs to know); `size`: the file's bytes."""
+        repeats = Repeats(size)
+        for k in range(self.jobs):
+            hashes: array[int] = array("q")
+            hashes.frombytes(self.path("hashes", k, shard).read_bytes())
+            repeats.add_hashes(hashes)
+        return HashedIds(repeats.kept_hashes, DERIVED)
+
+    def own_blocks(self, shard: int) -> Iterator[tuple[list[int], list[bytes]]]:
+        """Worker `shard`'s lines in file order, a block at a time, as (their numbers, the
+        lines) (`streams.tools.files.read_events(blocks=…)`)."""
+        first = 1  # the number of the range's first line
+        for k in range(self.jobs):
+            lines_path, numbers_path = self.path("lines", k, shard), self.path("numbers", k, shard)
+            with lines_path.open("rb") as lines, numbers_path.open("rb") as at:
+                while block := lines.readlines(OWN_BYTES):
+                    offsets: array[int] = array("q")
+                    offsets.frombytes(at.read(offsets.itemsize * len(block)))
+                    yield [first + offset for offset in offsets], block
+            first += self.lines[k]
 
 
-def own_scan(path: Path, groups: Groups, jobs: int, shard: int) -> tuple[bytearray, HashedRepeats]:
-    """`owned_of` the whole file scanned in this process (tests; the replay scans in parallel)."""
-    size = path.stat().st_size
-    return owned_of(scan_range(path, groups, jobs, 0, size), shard, size)
+def write_range(
+    path: Path, groups: Groups, jobs: int, k: int, start: int, end: int, scratch: Path
+) -> int:
+    """Scan range `k`, `path[start:end]`, and write its files of every worker (`Scans`);
+    returns how many lines it has."""
+    with ExitStack() as stack:
+        files = [
+            [stack.enter_context((scratch / f"{kind}-{k}-{w}").open("wb")) for kind in _KINDS]
+            for w in range(jobs)
+        ]
+        index = 0
+        for block, owners, hashes in scan_range(path, groups, jobs, start, end):
+            span = range(index, index + len(block))
+            for w, (lines, at, ids) in enumerate(files):
+                mine = owners.translate(_MINE[w])
+                lines.write(b"".join(compress(block, mine)))
+                array("q", compress(span, mine)).tofile(at)
+                array("q", compress(hashes, owners.translate(_COUNTED[w]))).tofile(ids)
+            index += len(block)
+    return index
 
 
-def _scan_files(path: Path, groups: Groups, jobs: int, scratch: Path) -> list[tuple[Path, Path]]:
-    """Scan the file's `ranges` in `jobs` forked processes at once, each writing its owners
-    and hashes to two files in `scratch`; returns them in file order, once every scanner is
-    done (RuntimeError with its traceback if one failed)."""
+def scan_files(path: Path, groups: Groups, jobs: int, scratch: Path) -> Scans:
+    """Scan the file's `ranges` in `jobs` forked processes at once, each writing its files to
+    `scratch` (`write_range`); returns them once every scanner is done (RuntimeError with
+    its traceback if one failed)."""
     spans = ranges(path, jobs)
-    files = [(scratch / f"owners-{k}", scratch / f"hashes-{k}") for k in range(jobs)]
 
-    def scan(k: int) -> None:
-        (owners, hashes), (start, end) = files[k], spans[k]
-        with owners.open("wb") as o, hashes.open("wb") as h:
-            for block_owners, block_hashes in scan_range(path, groups, jobs, start, end):
-                o.write(block_owners)
-                block_hashes.tofile(h)
+    def scan(k: int) -> int:
+        start, end = spans[k]
+        return write_range(path, groups, jobs, k, start, end, scratch)
 
-    _forked(jobs, scan, scratch, "scan")
-    return files
+    return Scans(scratch, jobs, _forked(jobs, scan, scratch, "scan"))
 
 
 def _forked(jobs: int, work: Callable[[int], Any], scratch: Path, name: str) -> list[Any]:
@@ -349,34 +457,37 @@ def _forked(jobs: int, work: Callable[[int], Any], scratch: Path, name: str) -> 
     return results
 
 
-def _read_scans(files: list[tuple[Path, Path]]) -> Iterator[tuple[bytes, array[int]]]:
-    """The scanners' files, `SCAN_CHUNK_LINES` lines at a time, in file order."""
-    for owners_path, hashes_path in files:
-        with owners_path.open("rb") as owners, hashes_path.open("rb") as hashes:
-            while chunk := owners.read(SCAN_CHUNK_LINES):
-                ids: array[int] = array("q")
-                ids.fromfile(hashes, len(chunk))
-                yield chunk, ids
+def numbered(
+    path: Path,
+    scans: Scans,
+    shard: int,
+    stats: ReadStats,
+    on_error: Callable[[BadLine], None],
+    recorded: Recorded,
+) -> Iterator[tuple[list[int], list[Event]]]:
+    """Worker `shard`'s events in file order, a block at a time, with the number of the line
+    of each, read as `read_events(blocks=scans.own_blocks(shard))` reads them (each line is
+    one event or one bad line, handed to `on_error` in its place). A block of plain events,
+    the usual one, is handed on whole as it was decoded, not through `read_events`'s
+    generators and a queue of numbers one event at a time; any other block one event at a
+    time, so a bad line is reported before the events after it are decided."""
+    queue: deque[int] = deque()  # the numbers of a block read by read_events, in order
 
+    def report(error: BadLine) -> None:
+        queue.popleft()
+        on_error(error)
 
-def own_lines(path: Path, own: bytes | bytearray) -> Iterator[tuple[int, bytes]]:
-    """(number, line) of each line of the file that `own` (of `own_scan`) marks."""
-    return chain.from_iterable(own_blocks(path, own))
-
-
-def own_blocks(
-    path: Path, own: bytes | bytearray, numbers: deque[int] | None = None
-) -> Iterator[list[tuple[int, bytes]]]:
-    """`own_lines`, a block of lines at a time; `numbers`, if given, is extended with each
-    block's line numbers as it is handed on (a worker's queue of the lines it read)."""
-    with path.open("rb") as handle:
-        number = 1
-        while block := handle.readlines(SCAN_BYTES):
-            start, number = number, number + len(block)
-            numbered = list(compress(zip(count(start), block), own[start - 1 : number - 1]))
-            if numbers is not None:
-                numbers.extend(map(itemgetter(0), numbered))
-            yield numbered
+    for numbers, lines in scans.own_blocks(shard):
+        events = plain_chunk(lines, stats)
+        if events is not None:
+            yield numbers, events
+            continue
+        queue.extend(numbers)
+        blocks = [(numbers, lines)]
+        for event in read_events(
+            path, stats=stats, on_error=report, blocks=blocks, recorded=recorded
+        ):
+            yield [queue.popleft()], [event]
 
 
 # --- a worker ---------------------------------------------------------------------------------
@@ -401,21 +512,21 @@ class _Job:
     path: Path
     groups: Groups
     policy: Policy
-    keep: Callable[[Event], bool]
+    #: None: every event (no --person, no --as-of)
+    keep: Callable[[Event], bool] | None
     state: bool
-    #: the first pass's files (`_scan_files`)
-    scans: list[tuple[Path, Path]]
+    #: the first pass's files (`scan_files`)
+    scans: Scans
 
 
 def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
     path, policy, keep, state = job.path, job.policy, job.keep, job.state
-    numbers: deque[int] = deque()  # the lines handed to read_events, in order
     # A first pass: this worker's lines, and the ids that may repeat among them (the others
     # skip the dedup index, `streams.tools.repeats`).
-    own, repeats = owned_of(_read_scans(job.scans), shard, path.stat().st_size)
+    repeats = job.scans.repeats(shard, path.stat().st_size)
 
     def report(error: BadLine) -> None:
-        out.record(b"E", numbers.popleft(), orjson.dumps(str(error)))
+        out.record(b"E", error.line, orjson.dumps(str(error)))
 
     stats = ReadStats()
     # Outcomes a history line kept of sealed fields (`streams.tools.files`), as the CLI path keeps.
@@ -424,28 +535,22 @@ def _work(job: _Job, shard: int, out: _Out) -> dict[str, int]:
     states = replayer.states
     created: list[int] = []  # the line that created each state, in the states' order
     conflicts = 0
-    record, dumps = out.record, orjson.dumps
+    record, dumps, apply_all = out.record, orjson.dumps, replayer.apply_all
     with bulk_gc():
-        for event in read_events(
-            path,
-            stats=stats,
-            on_error=report,
-            blocks=own_blocks(path, own, numbers),
-            recorded=recorded,
-        ):
-            number = numbers.popleft()
-            if not keep(event):
-                continue
-            for decision in replayer.apply_all(event):
-                if decision.conflict is not None:
-                    conflicts += 1
-                    text = f"conflict: person {decision.person_id}: {decision.conflict}"
-                    record(b"E", number, dumps(f"{text}; not applied"))
-                if not state:
-                    for change in decision.changes:
-                        record(b"O", number, dumps(change))
-            if state and len(created) < len(states):
-                created.extend([number] * (len(states) - len(created)))
+        for numbers, events in numbered(path, job.scans, shard, stats, report, recorded):
+            for number, event in zip(numbers, events, strict=True):
+                if keep is not None and not keep(event):
+                    continue
+                for decision in apply_all(event):
+                    if decision.conflict is not None:
+                        conflicts += 1
+                        text = f"conflict: person {decision.person_id}: {decision.conflict}"
+                        record(b"E", number, dumps(f"{text}; not applied"))
+                    if not state:
+                        for change in decision.changes:
+                            record(b"O", number, dumps(change))
+                if state and len(created) < len(states):
+                    created.extend([number] * (len(states) - len(created)))
         out.write(b"B\n")
         if state:
             for number, person_state in zip(created, states.values(), strict=True):
@@ -545,10 +650,11 @@ def replay_sharded(
 
     if not 1 < jobs <= MAX_JOBS:
         raise ValueError(f"a sharded replay takes 2 to {MAX_JOBS} workers, not {jobs}")
-    groups = Groups.of_file(path)
     with tempfile.TemporaryDirectory(prefix="leadflow-replay-") as scratch:
-        scans = _scan_files(path, groups, jobs, Path(scratch))
-        job = _Job(jobs, path, groups, policy, keep, state, scans)
+        groups = groups_of(path, jobs, Path(scratch))
+        scans = scan_files(path, groups, jobs, Path(scratch))
+        every = person is None and cutoff is None
+        job = _Job(jobs, path, groups, policy, None if every else keep, state, scans)
         return _replay_workers(job, write, warn)
 
 
@@ -630,36 +736,25 @@ class ShardedRead:
 def _sharded(
     path: Path,
     jobs: int,
-    work: Callable[[Iterator[tuple[int, Event]], HashedRepeats, Recorded], Any],
+    work: Callable[[Iterator[tuple[int, Event]], HashedIds, Recorded], Any],
 ) -> tuple[list[Any], ShardedRead]:
     """`work(numbered events, repeats, recorded)` over each worker's own events (with the
     number of the line of each), in `jobs` forked processes; their results in worker order,
     and what they read."""
     if not 1 < jobs <= MAX_JOBS:
         raise ValueError(f"a sharded read takes 2 to {MAX_JOBS} workers, not {jobs}")
-    groups = Groups.of_file(path)
     size = path.stat().st_size
     with tempfile.TemporaryDirectory(prefix="leadflow-shards-") as directory:
         scratch = Path(directory)
-        scans = _scan_files(path, groups, jobs, scratch)
+        groups = groups_of(path, jobs, scratch)
+        scans = scan_files(path, groups, jobs, scratch)
 
         def run(shard: int) -> tuple[Any, int, int, list[tuple[str, int, str]]]:
-            own, repeats = owned_of(_read_scans(scans), shard, size)
+            repeats = scans.repeats(shard, size)
             stats, recorded = ReadStats(), {}
-            numbers: deque[int] = deque()  # of the lines handed to read_events, in order
-
-            def report(error: BadLine) -> None:  # each line is one event or one bad line
-                numbers.popleft()
-                stats.errors.append(error)
-
-            events = read_events(
-                path,
-                stats=stats,
-                on_error=report,
-                recorded=recorded,
-                blocks=own_blocks(path, own, numbers),
-            )
-            result = work(((numbers.popleft(), e) for e in events), repeats, recorded)
+            blocks = numbered(path, scans, shard, stats, stats.errors.append, recorded)
+            events = chain.from_iterable(starmap(zip, blocks))  # (number, event) pairs
+            result = work(events, repeats, recorded)
             errors = [(e.path, e.line, e.reason) for e in stats.errors]  # BadLine: no pickle
             return result, stats.lines, stats.bad, errors
 
@@ -684,7 +779,7 @@ def simulate_sharded(
     result as one process's."""
 
     def work(
-        numbered: Iterator[tuple[int, Event]], repeats: HashedRepeats, recorded: Recorded
+        numbered: Iterator[tuple[int, Event]], repeats: HashedIds, recorded: Recorded
     ) -> tuple[Any, ...]:
         view_a, view_b = Funnel(), Funnel()
         count, conflicts, differing = fold_both(
@@ -739,7 +834,7 @@ def funnel_sharded(
     not applied) with the number of their line, in file order."""
 
     def work(
-        numbered: Iterator[tuple[int, Event]], repeats: HashedRepeats, recorded: Recorded
+        numbered: Iterator[tuple[int, Event]], repeats: HashedIds, recorded: Recorded
     ) -> tuple[dict[str, Any], list[tuple[int, str]]]:
         view = Funnel()
         conflicts: list[tuple[int, str]] = []

@@ -15,7 +15,7 @@ import orjson
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from events.fastcodec import _TIME_PATTERN, _instant, fast_event
+from events.fastcodec import _TIME_PATTERN, _instant, fast_event, fast_events
 from events.inbound import Event, Profile
 from lifecycle.dedup import body, digest_of, fingerprint
 from streams.dev.demo import synthetic_events
@@ -86,6 +86,36 @@ def test_a_time_is_taken_exactly_when_the_pattern_and_python_take_it(text: str):
         assert got.tzinfo is UTC
 
 
+#: Times of the usual shape, in and out of the years and offsets `_usual_times` takes.
+_USUAL = st.tuples(
+    st.datetimes(min_value=datetime(1890, 1, 1), max_value=datetime(3010, 12, 31)),
+    st.sampled_from(["Z", "+00:00", "-00:00", "+05:30", "-23:59"]),
+).map(lambda t: t[0].isoformat() + t[1])
+
+
+@settings(PROPERTY, max_examples=1500)
+@given(st.lists(st.one_of(_USUAL, _USUAL, times()), min_size=1, max_size=6))
+@example(["2026-01-01T00:00:00Z", "2026-02-30T00:00:00Z"])  # the usual shape, no such day
+@example(["2026-01-01T00:00:00Z", "1900-06-01T00:00:00Z"])  # the pattern's, not the usual
+@example(["2026-01-01T00:00:00Z", "2026-01-01T00:00:00+05:30"])
+@example(["2026-01-01T00:00:00.5-00:00", "2998-12-31T23:59:59.999999+00:00"])
+def test_the_times_of_a_block_read_at_once_are_each_time_read_alone(texts: list[str]):
+    lines = [
+        orjson.dumps({"event_id": f"e{i}", "type": "t", "person_id": "p", "occurred_at": t})
+        for i, t in enumerate(texts)
+    ]
+    alone = [fast_event(line) for line in lines]
+    got = fast_events(lines)
+    if any(event is None for event in alone):
+        assert got is None
+    else:
+        assert got == alone
+        assert [e.occurred_at.isoformat() for e in got] == [
+            e.occurred_at.isoformat() for e in alone
+        ]  # type: ignore[union-attr]
+        assert all(event.occurred_at.tzinfo is UTC for event in got)  # type: ignore[union-attr]
+
+
 def test_digest_of_drops_the_none_fields_as_the_body_does():
     for raw in synthetic_events(200, 3_000, seed=3, duplicates=0.01):
         event = Event.model_validate(raw)
@@ -135,6 +165,31 @@ def test_a_file_of_several_chunks_reads_as_line_by_line(tmp_path: Path, monkeypa
     assert _read(path) == fast
     assert len(fast[1]) == 1 and fast[1][0].startswith(f"{path}:1501: not valid JSON")
     assert fast[2] == len(lines) - 1
+
+
+def test_a_chunk_the_whole_chunk_checks_refuse_reads_as_line_by_line(tmp_path: Path, monkeypatch):
+    """`"sequence"` past a line's first 200 bytes, a line of the longest size, a line that
+    starts `{"person_id"`: the chunk is read line by line, with the same events."""
+    events = list(synthetic_events(50, 400, seed=9, duplicates=0.01))
+    events[10]["campaign"] = "x" * 300
+    lines = [orjson.dumps(e) for e in events]
+    lines[10] = lines[10][:-1] + b',"sequence":1}'  # a key no event has, ignored
+    lines[20] = orjson.dumps({"person_id": events[20]["person_id"], **events[20]})
+    padding = files.MAX_PAYLOAD_BYTES - len(lines[30]) - len(b',"x":""')  # ignored
+    lines[30] = lines[30][:-1] + b',"x":"' + b"r" * padding + b'"}'
+    assert len(lines[30]) == files.MAX_PAYLOAD_BYTES
+    path = tmp_path / "events.jsonl"
+    for end in (b"\n", b"\r\n"):
+        path.write_bytes(end.join(lines) + end)
+        fast = _read(path)
+        assert fast[1] == [] and len(fast[0]) == len(lines)
+        for at in (10, 20, 30):
+            assert files._plain_events([lines[0] + end, lines[at] + end]) is None
+        monkeypatch.setattr(files, "CHUNK_BYTES", 1)  # a chunk per line
+        assert _read(path) == fast
+        monkeypatch.setattr(files, "fast_events", lambda lines: None)  # pydantic alone
+        assert _read(path) == fast
+        monkeypatch.undo()
 
 
 def test_decide_builds_its_decision_in_the_field_order_it_passes():

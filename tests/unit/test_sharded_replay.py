@@ -21,12 +21,14 @@ from streams.tools.files import read_events
 from streams.tools.repeats import id_of
 from streams.tools.sharded import (
     Groups,
-    own_lines,
-    own_scan,
+    Scans,
+    merges_in,
     person_of,
     plain_keys,
     ranges,
     scan_range,
+    usual_owners,
+    write_range,
 )
 from tests.unit.test_replay_output_pinned import PINNED, pinned_stream
 
@@ -190,9 +192,48 @@ def test_a_block_decoded_at_once_names_the_persons_and_ids_person_of_and_id_of_n
     assert keys is None or keys == [(person_of(line), id_of(line.strip())) for line in block]
 
 
+#: A line with a string event id and person, in any order, among other members.
+_USUAL = st.tuples(_STRING, _STRING, st.booleans(), _object(_SCALAR)).map(
+    lambda t: (
+        b'{"event_id":%s,"person_id":%s}' % t[:2]
+        if t[2]
+        else t[3][:-1] + (b"," if len(t[3]) > 2 else b"") + b'"person_id":%s,"event_id":%s}' % t[:2]
+    )
+)
+
+
+@PROPERTY
+@given(
+    st.lists(st.one_of(lines(), _USUAL, _USUAL), max_size=8),
+    st.integers(1, 7),
+    st.lists(st.booleans(), max_size=8),
+)
+@example([b'{"event_id":"e","person_id":"p1","person_id":"p2"}'], 2, [])
+@example([b'{"event_id":"e%d","person_id":"p%d"}' % (i, i) for i in range(8)], 7, [False, True])
+def test_a_usual_block_has_the_owners_and_id_hashes_of_person_of_and_id_of(
+    block: list[bytes], jobs: int, joins: list[bool]
+):
+    """Persons of the block joined in groups (the joined ones share a worker)."""
+    block = [line + b"\n" for line in block]
+    persons = [p for p in map(person_of, block) if p is not None]
+    groups = Groups()
+    for a, b, join in zip(persons, persons[1:], joins, strict=False):
+        if join:
+            groups.join(a, b)
+    usual = usual_owners(block, groups, jobs)
+    if usual is not None:
+        owners, hashes = usual
+        assert list(owners) == [groups.shard(person_of(line), jobs) for line in block]
+        assert list(hashes) == [hash(id_of(line.strip())) for line in block]
+
+
 def test_a_block_of_plain_events_is_decoded_at_once():
     block = [orjson.dumps(e) + b"\n" for e in synthetic_events(50, 500, seed=5, duplicates=0.01)]
     assert plain_keys(block) == [(person_of(line), id_of(line.strip())) for line in block]
+    groups = Groups()
+    owners, hashes = usual_owners(block, groups, 3)  # type: ignore[misc]
+    assert list(owners) == [groups.shard(person_of(line), 3) for line in block]
+    assert list(hashes) == [hash(id_of(line.strip())) for line in block]
 
 
 #: Plain lines (blocks of them take the shortcut) and merges (joined persons' lines go to one
@@ -219,26 +260,45 @@ def test_each_worker_takes_the_lines_of_its_persons_however_the_file_is_cut(
     groups = Groups.of_file(path)
     with path.open("rb") as handle:
         numbered = list(enumerate(handle, start=1))
-    with mock.patch("streams.tools.sharded.SCAN_BYTES", block):
+    size = path.stat().st_size
+    with (
+        mock.patch("streams.tools.sharded.SCAN_BYTES", block),
+        mock.patch("streams.tools.sharded.OWN_BYTES", block),
+    ):
         for jobs in (1, 2, 3):
+            scratch = tmp_path_factory.mktemp("scans")
+            spans = ranges(path, jobs)
+            counts = [
+                write_range(path, groups, jobs, k, start, end, scratch)
+                for k, (start, end) in enumerate(spans)
+            ]
+            scans = Scans(scratch, jobs, counts)
+            assert sum(counts) == len(numbered)
             for shard in range(jobs):
                 want = [
                     (number, line)
                     for number, line in numbered
                     if line.strip() and groups.shard(person_of(line), jobs) == shard
                 ]
-                own, kept = own_scan(path, groups, jobs, shard)
-                assert list(own_lines(path, own)) == want
+                got = [
+                    pair
+                    for numbers, block_lines in scans.own_blocks(shard)
+                    for pair in zip(numbers, block_lines, strict=True)
+                ]
+                assert got == want
+                kept = scans.repeats(shard, size)
                 ids = [id_of(line.strip()) for _, line in want]
                 assert all(i in kept for i in ids if isinstance(i, str) and ids.count(i) > 1)
-            # what the scanners find, each over its own range, is what one scan finds
-            whole = list(scan_range(path, groups, jobs, 0, path.stat().st_size))
+            # what the searches and the scanners find, each over its own range, is what one
+            # search and one scan find
+            merges = [merge for start, end in spans for merge in merges_in(path, start, end)]
+            assert merges == merges_in(path, 0, size)
+            whole = list(scan_range(path, groups, jobs, 0, size))
             parts = [
-                part
-                for start, end in ranges(path, jobs)
-                for part in scan_range(path, groups, jobs, start, end)
+                part for start, end in spans for part in scan_range(path, groups, jobs, start, end)
             ]
-            for i in (0, 1):
+            assert [line for p in parts for line in p[0]] == [line for w in whole for line in w[0]]
+            for i in (1, 2):
                 assert b"".join(bytes(p[i]) for p in parts) == b"".join(bytes(w[i]) for w in whole)
 
 
@@ -249,6 +309,7 @@ def test_a_replay_read_in_small_blocks_prints_what_main_printed(
     """Most blocks of the pinned stream are plain (the shortcut), some hold a bad line, a
     history record or a merge (line by line)."""
     monkeypatch.setattr("streams.tools.sharded.SCAN_BYTES", 2048)
+    monkeypatch.setattr("streams.tools.sharded.OWN_BYTES", 2048)
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(pinned_stream()) + b"\n")
     out, err = _replay(path, "--jobs", str(jobs))
@@ -275,6 +336,7 @@ def test_a_sharded_simulate_prints_what_one_process_prints(
     lines (reported in file order), a history line; blocks small enough that some are plain
     and some read line by line."""
     monkeypatch.setattr("streams.tools.sharded.SCAN_BYTES", 4096)
+    monkeypatch.setattr("streams.tools.sharded.OWN_BYTES", 4096)
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(pinned_stream()) + b"\n")
     args = ("--format", format, "--limit", "1000")
@@ -341,6 +403,7 @@ def test_a_sharded_funnel_prints_what_one_process_prints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
 ):
     monkeypatch.setattr("streams.tools.sharded.SCAN_BYTES", 4096)
+    monkeypatch.setattr("streams.tools.sharded.OWN_BYTES", 4096)
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(pinned_stream()) + b"\n")
     one = _funnel(path, "--jobs", "1", *args)
