@@ -82,9 +82,9 @@ def replay(
         return
     reader = EventReader(strict, mapping)
     if file is not None and _shardable(file, broker, mapping, strict):
-        from streams.tools.sharded import default_jobs, replay_sharded
+        from streams.tools.sharded import replay_sharded
 
-        jobs = jobs or default_jobs(file)
+        jobs = _workers(file, jobs)
         if jobs > 1:
             totals = replay_sharded(
                 file,
@@ -131,6 +131,19 @@ def _shardable(events: Path, broker: str | None, mapping: Path | None, strict: b
     if broker or mapping is not None or strict:
         return False
     return events.suffix.lower() != ".csv" and events.is_file()
+
+
+def _workers(file: Path, jobs: int) -> int:
+    """The worker processes for a sharded read of `file` (`--jobs`, 0: one per core for a
+    large file), or 1 when the shards' scratch files would not fit in the temporary
+    directory (said on stderr)."""
+    from streams.tools.sharded import default_jobs, scratch_short
+
+    jobs = jobs or default_jobs(file)
+    if jobs > 1 and (short := scratch_short(file)) is not None:
+        err.print(f"{short}: reading {file} in one process", highlight=False, markup=False)
+        return 1
+    return jobs
 
 
 def print_funnel(report: FunnelReport, title: str) -> None:
@@ -235,9 +248,9 @@ def _sharded_funnel(
     process reads it (a topic, a CSV, a small file, `--jobs 1`)."""
     if file is None or not _shardable(file, broker, mapping, strict):
         return None
-    from streams.tools.sharded import default_jobs, funnel_sharded
+    from streams.tools.sharded import funnel_sharded
 
-    jobs = jobs or default_jobs(file)
+    jobs = _workers(file, jobs)
     if jobs < 2:
         return None
     report, conflicts, read = funnel_sharded(file, rules, jobs)
@@ -275,9 +288,9 @@ def simulate(
         return
     reader = EventReader(strict, mapping)
     if file is not None and _shardable(file, broker, mapping, strict):
-        from streams.tools.sharded import default_jobs, simulate_sharded
+        from streams.tools.sharded import simulate_sharded
 
-        jobs = jobs or default_jobs(file)
+        jobs = _workers(file, jobs)
         if jobs > 1:
             result, read = simulate_sharded(file, a, b, jobs)
             for error in read.errors:

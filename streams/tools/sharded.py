@@ -24,6 +24,7 @@ import heapq
 import os
 import pickle
 import resource
+import shutil
 import tempfile
 import traceback
 from array import array
@@ -61,6 +62,21 @@ SCAN_BYTES = 1024 * 1024
 #: ~10 MB of objects) the first reads of each event and of its person's state stalled on
 #: memory; 64 KB took ~10 % off the workers' CPU time on the bench (6 alternated runs).
 OWN_BYTES = 64 * 1024
+
+
+def scratch_short(path: Path) -> str | None:
+    """Why the scratch files of a sharded read of `path` would not fit in the temporary
+    directory (`$TMPDIR`), or None: the scanners copy each worker's lines there, about the
+    file's size in all (`Scans`), removed at the end."""
+    directory = tempfile.gettempdir()
+    need = path.stat().st_size + path.stat().st_size // 10 + (64 << 20)
+    free = shutil.disk_usage(directory).free
+    if free >= need:
+        return None
+    return (
+        f"{directory} has {free / 1e6:,.0f} MB free and the shards' scratch files need "
+        f"~{need / 1e6:,.0f} MB (set TMPDIR to a larger disk to use every core)"
+    )
 
 
 def default_jobs(path: Path) -> int:

@@ -429,3 +429,32 @@ def test_a_sharded_funnel_reports_bad_lines_and_conflicts_in_file_order(tmp_path
     said = one[1].splitlines()
     assert ":2: " in said[0] and said[1].startswith("conflict: person") and ":4: " in said[2]
     assert _funnel(path, "--jobs", "2", "--format", "json") == one
+
+
+@pytest.mark.parametrize("command", ["replay", "funnel", "simulate"])
+def test_without_room_for_the_scratch_files_one_process_reads_the_file(
+    tmp_path: Path, command: str
+):
+    """The scanners copy each worker's lines to `$TMPDIR`, about the file's size: when it has
+    not that much free, the command says so and reads the file in one process, with the
+    same output, instead of failing half way."""
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(pinned_stream()) + b"\n")
+    args = {
+        "replay": ["replay", "--events", str(events)],
+        "funnel": ["funnel", "--events", str(events), "--format", "json"],
+        "simulate": ["simulate", "-e", str(events), "-p", "default", "--against", "mature"],
+    }[command]
+    one = runner.invoke(app, [*args, "--jobs", "1"])
+    assert one.exit_code == 0, one.output
+    full = mock.Mock(free=events.stat().st_size)  # less than the file and a margin
+    with (
+        mock.patch("streams.tools.sharded.shutil.disk_usage", return_value=full),
+        mock.patch("streams.tools.sharded._forked", side_effect=AssertionError("forked")),
+    ):
+        cramped = runner.invoke(app, [*args, "--jobs", "2"])
+    assert cramped.exit_code == 0, cramped.output
+    assert cramped.stdout_bytes == one.stdout_bytes
+    said = "the shards' scratch files need ~"
+    assert said in cramped.stderr and f"reading {events} in one process" in cramped.stderr
+    assert cramped.stderr.replace(cramped.stderr.splitlines()[0] + "\n", "", 1) == one.stderr
