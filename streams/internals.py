@@ -200,6 +200,37 @@ async def committed_offsets(consumer: Any, tps: Collection[TP]) -> dict[TP, int 
     return {tp: await thread.call_thread(client.committed, tp) for tp in tps}
 
 
+def ahead_of_read(
+    read: Mapping[Any, int | None], known: Mapping[Any, int | None], topics: Collection[str]
+) -> dict[Any, int]:
+    """The partitions of `topics` whose offset `read` from the group is behind (or missing)
+    what the consumer `known` committed itself, with that offset.
+
+    A group's committed offset only moves forward (each commit starts from what was
+    committed), so an offset this consumer committed, or read once, is a floor for any later
+    answer: one below it is stale."""
+    ahead = {}
+    for tp, offset in read.items():
+        floor = known.get(tp)
+        if tp.topic in topics and floor and (offset is None or offset < floor):
+            ahead[tp] = floor
+    return ahead
+
+
+def forget_acked_gaps(gap: Any, acked: Collection[int]) -> None:
+    """Take the `acked` offsets out of a partition's read gaps (`IntervalTree`, ends
+    excluded), a run of consecutive offsets at a time."""
+    run_start = previous = None
+    for offset in sorted(acked):
+        if previous is None or offset != previous + 1:
+            if run_start is not None:
+                gap.chop(run_start, previous + 1)
+            run_start = offset
+        previous = offset
+    if run_start is not None:
+        gap.chop(run_start, previous + 1)
+
+
 # -- the events topic a fetched batch at a time ----------------------------------------------
 async def rewind_uncommitted(
     consumer: Any, committed: Mapping[Any, int | None], topics: Collection[str]
@@ -242,12 +273,57 @@ class BatchingConsumer(faust_aiokafka.Consumer):
     # partitions without a commit yet; Faust's `_new_offset` checks the first acked offset
     # only against a committed offset). Such partitions go back to their beginning, where
     # `consumer_auto_offset_reset="earliest"` starts a new group; redeliveries are harmless.
+    #
+    # It also never sends a partition back behind what this consumer knows is committed
+    # (`ahead_of_read`): Faust's `perform_seek` reads the committed offsets (one OffsetFetch
+    # per partition) while the agent already processes and commits the new assignment, and
+    # then sets its own `_committed_offset` to what it read. An answer older than a commit
+    # made meanwhile sent the fetcher back (the Batcher drops those records as fetched again)
+    # and, worse, moved Faust's committed offset back behind the acks that followed: its
+    # `_new_offset` then sees a hole below the first ack and commits nothing more for that
+    # partition in the generation, or fills the hole with a read gap and commits one offset
+    # per commit. With `--exactly-once` each batch's outputs were committed meanwhile without
+    # its input offsets, and the next owner of the partition applied them again (found on
+    # Kafka with the OffsetFetch answers slowed down: 82 repeated change ids read_committed,
+    # the group's offset 340 records behind the outputs).
     async def seek_to_committed(self) -> Mapping[TP, int]:
-        committed = await super().seek_to_committed()
+        read = await super().seek_to_committed()
         feed: Feed | None = getattr(self.app, "feed", None)
-        if feed is not None:
-            await rewind_uncommitted(self._thread, committed, feed.topics)
-        return committed
+        if feed is None:
+            return read
+        known = self._committed_offset
+        await rewind_uncommitted(
+            self._thread, {**read, **ahead_of_read(read, known, feed.topics)}, feed.topics
+        )
+        # After the rewind's awaits, so that a commit made meanwhile counts too; from here
+        # to `perform_seek` updating `_committed_offset` nothing awaits.
+        ahead = ahead_of_read(read, known, feed.topics)
+        for tp, offset in ahead.items():
+            self._thread.seek(tp, offset)
+        if ahead:
+            log.info(
+                "the committed offsets read for the seek after the rebalance were behind what "
+                "this worker committed since (a stale or early answer): partitions %s resume "
+                "from the offsets committed last instead",
+                {tp.partition: (read.get(tp), offset) for tp, offset in sorted(ahead.items())},
+            )
+        return {**read, **ahead}
+
+    # Wraps `faust.transport.consumer.Consumer._new_offset` (faust-streaming 0.15.3), which
+    # adds a partition's read gaps (offsets the drain loop saw skipped: transaction markers,
+    # aborted records) to its acked offsets before taking the first run of consecutive ones.
+    # A gap holds the offset of the record after it too, and after a seek back the drain
+    # loop records one over records already fetched (its read offset goes back while records
+    # fetched before the seek are still being passed on): those offsets are acked as well,
+    # each duplicate ends the run, and Faust commits one offset per commit from there, far
+    # behind what was processed (with `--exactly-once`, the outputs committed without their
+    # offsets: found on Kafka, commits 350, 351, 352… while the batches reached 700). What
+    # was acked is no gap.
+    def _new_offset(self, tp: TP) -> int | None:
+        gap = self._gap.get(tp)
+        if gap:
+            forget_acked_gaps(gap, self._acked_index[tp])
+        return super()._new_offset(tp)
 
     # A fork of `faust.transport.consumer.Consumer._drain_messages` (faust-streaming 0.15.3):
     # the same loop (read offsets, gaps, `commit_every`, the flow checks) and the same

@@ -176,6 +176,32 @@ async def history_event_ids(
     return ids
 
 
+async def committed_past(
+    settings: Settings, publisher: Publisher, count: int, timeout: float = 60
+) -> dict[int, int]:
+    """Wait until the worker group has committed past each of the first `count` records the
+    publisher sent (their offsets as acked): every partition's offset moves on within a
+    generation, not only at the next rebalance. Returns the offsets waited for."""
+    wanted: dict[int, int] = {}
+    for where in publisher.where[:count]:
+        assert where is not None, "wait for the publisher first"
+        partition, offset = where
+        wanted[partition] = max(wanted.get(partition, 0), offset + 1)
+    group = app_id(settings)
+    deadline = time.monotonic() + timeout
+    while True:
+        committed = await committed_offsets(settings, group, sorted(wanted))
+        behind = {p: (committed[p], at) for p, at in wanted.items() if (committed[p] or 0) < at}
+        if not behind:
+            return wanted
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the group's committed offsets did not reach the published records in "
+                f"{timeout} s (partition: (committed, published up to)): {behind}"
+            )
+        await asyncio.sleep(0.5)
+
+
 async def inbound_state(settings: Settings) -> tuple[set[str], dict[int, int]]:
     """The valid event ids on the events topic (the sweeper's ticks included: they are
     inbound events too) and the true end offset of each partition."""

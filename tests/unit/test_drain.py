@@ -8,14 +8,16 @@ worker's offset commits rely on.
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
 
 from faust.types import TP
 from faust.types.tuples import Message
+from intervaltree import IntervalTree
 from mode.utils.queues import FlowControlEvent
 
-from streams.internals import BatchingConsumer, rewind_uncommitted
+from streams.internals import BatchingConsumer, forget_acked_gaps, rewind_uncommitted
 from streams.worker.batcher import AckAfterDelivery, Batcher
 from streams.worker.drain import Feed
 
@@ -185,14 +187,26 @@ class ConsumerThread:
     """Faust's consumer thread as the seek after a rebalance sees it: aiokafka's
     `seek_to_committed` seeks only partitions with a committed offset above 0."""
 
-    def __init__(self, positions: dict[TP, int], committed: dict[TP, int | None]) -> None:
+    def __init__(
+        self,
+        positions: dict[TP, int],
+        committed: dict[TP, int | None],
+        meanwhile: Any = None,
+    ) -> None:
         self.positions, self.committed = positions, committed
+        self.meanwhile = meanwhile  # what happens while its OffsetFetches are answered
 
     async def seek_to_committed(self) -> dict[TP, int | None]:
-        for tp, offset in self.committed.items():
+        answers = dict(self.committed)  # read first, as each OffsetFetch is sent
+        if self.meanwhile is not None:
+            self.meanwhile()
+        for tp, offset in answers.items():
             if offset and offset > 0:  # aiokafka 0.14.0 AIOKafkaConsumer.seek_to_committed
                 self.positions[tp] = offset
-        return dict(self.committed)
+        return answers
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.positions[tp] = offset
 
     async def position(self, tp: TP) -> int:
         return self.positions[tp]
@@ -202,11 +216,48 @@ class ConsumerThread:
             self.positions[tp] = 0
 
 
-def batching_consumer(thread: ConsumerThread, feed_topics: set[str]) -> BatchingConsumer:
+def batching_consumer(
+    thread: ConsumerThread, feed_topics: set[str], known: dict[TP, int | None] | None = None
+) -> BatchingConsumer:
     consumer = object.__new__(BatchingConsumer)  # only what the seek reads
     consumer._thread = thread  # type: ignore[assignment]
     consumer.app = SimpleNamespace(feed=Feed(feed_topics))  # type: ignore[assignment]
+    consumer._committed_offset = {} if known is None else known  # type: ignore[assignment]
     return consumer
+
+
+async def test_seek_back_never_goes_behind_a_commit_made_while_the_offsets_were_read() -> None:
+    # The agent commits the new assignment while Faust's seek reads the committed offsets: the
+    # answer (292) is older than that commit (376). Faust records what the seek returns as
+    # committed, and with 292 its acks from 376 on leave a hole it never commits past.
+    kept, other = TP("events", 2), TP("events", 3)
+    known: dict[TP, int | None] = {kept: 318, other: 213}
+
+    def agent_commits() -> None:
+        known[kept] = 376
+
+    thread = ConsumerThread({kept: 404, other: 250}, {kept: 292, other: 213}, agent_commits)
+    offsets = await batching_consumer(thread, {"events"}, known).seek_to_committed()
+    assert offsets == {kept: 376, other: 213}
+    assert thread.positions == {kept: 376, other: 213}
+
+
+async def test_a_partition_read_as_never_committed_that_this_worker_committed_is_not_rewound() -> (
+    None
+):
+    tp = TP("events", 0)
+    thread = ConsumerThread({tp: 700}, {tp: None})
+    offsets = await batching_consumer(thread, {"events"}, {tp: 650}).seek_to_committed()
+    assert offsets == {tp: 650} and thread.positions == {tp: 650}
+
+
+async def test_seek_back_goes_forward_to_a_later_commit_only() -> None:
+    ahead, changelog = TP("events", 0), TP("persons-changelog", 0)
+    thread = ConsumerThread({ahead: 90, changelog: 90}, {ahead: 80, changelog: 5})
+    known: dict[TP, int | None] = {ahead: 60, changelog: 70}
+    offsets = await batching_consumer(thread, {"events"}, known).seek_to_committed()
+    assert offsets == {ahead: 80, changelog: 5}  # the answer is newer; tables are Faust's
+    assert thread.positions == {ahead: 80, changelog: 5}
 
 
 async def test_seek_back_rereads_a_never_committed_partition_from_its_beginning() -> None:
@@ -370,3 +421,37 @@ async def test_a_first_record_past_the_committed_offset_keeps_one_run_of_taken_o
     processed: list[int] = []
     b = await run_batcher(a, [[message(0, n) for n in range(9, 12)]], processed, floors={0: 8})
     assert processed == [9, 10, 11] and b._taken[1] == {0: [[-1, 11]]}
+
+
+def consumer_with_acks(committed: int, acked: range, gaps: list[tuple[int, int]]) -> Any:
+    """Faust's offset bookkeeping of one partition as `_new_offset` reads it."""
+    tp = TP("events", 2)
+    consumer = object.__new__(BatchingConsumer)
+    consumer._committed_offset = defaultdict(lambda: None, {tp: committed})  # type: ignore[assignment]
+    consumer._acked = defaultdict(list, {tp: list(acked)})  # type: ignore[assignment]
+    consumer._acked_index = defaultdict(set, {tp: set(acked)})  # type: ignore[assignment]
+    consumer._gap = defaultdict(IntervalTree, {tp: IntervalTree.from_tuples(gaps)})  # type: ignore[assignment]
+    return consumer, tp
+
+
+def test_a_gap_over_records_fetched_before_a_seek_back_does_not_hold_the_commits_back() -> None:
+    # Seek back to 292 while 293..349 were fetched and being processed; the record at 350,
+    # fetched before the seek, passes after it: Faust's drain loop records a gap 293..350
+    # (`_add_gap(tp, 293, 350)`). Those records are acked as well: merged as they are, each
+    # is acked twice and Faust commits 294, then one more offset per commit.
+    consumer, tp = consumer_with_acks(292, range(292, 351), [(293, 351)])
+    assert consumer._new_offset(tp) == 351
+
+
+def test_a_gap_of_skipped_offsets_is_still_committed_over() -> None:
+    # A transaction marker at 300: the drain loop read 299 then 301 and recorded 300..301.
+    consumer, tp = consumer_with_acks(290, range(290, 300), [(300, 302)])
+    consumer._acked[tp].extend(range(301, 310))
+    consumer._acked_index[tp].update(range(301, 310))
+    assert consumer._new_offset(tp) == 310
+
+
+def test_forget_acked_gaps_keeps_what_was_not_acked() -> None:
+    gap = IntervalTree.from_tuples([(10, 20), (30, 35)])
+    forget_acked_gaps(gap, {11, 12, 13, 19, 30, 31, 32, 33, 34, 50})
+    assert sorted((i.begin, i.end) for i in gap) == [(10, 11), (14, 19)]

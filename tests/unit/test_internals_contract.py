@@ -156,7 +156,8 @@ MIRRORED = [
         "0e8c130ff4b0afd8",
     ),
     Mirrored(
-        "rewind_uncommitted guards it: the first acked offset is checked only against a commit",
+        "rewind_uncommitted guards it: the first acked offset is checked only against a "
+        "commit; BatchingConsumer._new_offset takes acked offsets out of its gaps first",
         faust.transport.consumer.Consumer._new_offset,
         "(self, tp: faust.types.tuples.TP) -> Optional[int]",
         "1d2c7ea89a7ad4f1",
@@ -252,6 +253,13 @@ ATTRIBUTES = [
      "self.spinner = terminal.Spinner(file=self.stdout)"),
     ("Consumer._read_offset", faust.transport.consumer.Consumer.__init__,
      "self._read_offset = defaultdict(lambda: None)"),
+    ("Consumer._gap", faust.transport.consumer.Consumer.__init__,
+     "self._gap = defaultdict(IntervalTree)"),
+    ("Consumer._acked_index", faust.transport.consumer.Consumer.__init__,
+     "self._acked_index = defaultdict(set)"),
+    ("Consumer._committed_offset (perform_seek sets it from seek_to_committed)",
+     faust.transport.consumer.Consumer.perform_seek,
+     "self._committed_offset.update(committed_offsets)"),
     ("Consumer._commit_every", faust.transport.consumer.Consumer.__init__,
      "self._commit_every = self.app.conf.broker_commit_every"),
     ("Consumer._n_acked", faust.transport.consumer.Consumer, "_n_acked: int = 0"),
