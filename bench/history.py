@@ -15,6 +15,10 @@ holds its partition in memory.
     python bench/history.py [--events 300000] [--persons 30000] [--partitions 4]
         [--rounds 2] [--reference CMD] [--broker-kind kafka|tansu] [--command replay|verify]
         [--jobs N] [--command funnel|simulate --share 0 --partitions 2]
+
+A reference from another tree (`git archive main | tar -x -C SRC`): `--reference "env
+PYTHONPATH=SRC .venv/bin/python -P -m streams.cli"` (without `-P`, `-m` imports the tree of
+the working directory first, and the reference is this build).
 """
 
 from __future__ import annotations
