@@ -5,9 +5,11 @@ is ~50M records), and reads the partition a second time only when a merge touche
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from events.outbound import HistoryRecord
@@ -141,3 +143,46 @@ def test_an_erased_persons_decisions_follow_the_outcomes_of_the_records_streamed
     assert rows == replay_rows(
         events_of(records), policy, conflicts=[], recorded=recorded_of(records)
     )
+
+
+# --- the CLI's reader of a partition (streams.cli.partials), Kafka faked ------------------------
+
+
+@dataclass(frozen=True)
+class Written:
+    """A consumer record, as `iter_to_end` yields one."""
+
+    offset: int
+    value: bytes | None
+    topic: str = "leadflow.history"
+    partition: int = 0
+    key: bytes | None = None
+
+
+def test_a_partition_read_again_stops_where_the_first_read_ended(monkeypatch):
+    """Records written after the first read are no part of the share, and a bad record is
+    reported once, however often the partition is read."""
+    from streams.cli import partials as cli
+    from streams.kafka import readers
+
+    records = a_partition()
+    topic: list[Written] = [Written(0, b"not json")]
+    topic += [Written(n, r.model_dump_json().encode()) for n, r in enumerate(records[:50], 1)]
+
+    async def iter_to_end(*args: Any, **kwargs: Any) -> Any:
+        assert kwargs["partitions"] == [0]
+        for record in list(topic):
+            yield record
+
+    monkeypatch.setattr(readers, "iter_to_end", iter_to_end)
+    settings = type("Settings", (), {"bootstrap": "", "aiokafka_kwargs": lambda self: {}})()
+    loop = asyncio.new_event_loop()
+    try:
+        reader = cli._PartitionReader(loop, settings, "leadflow.history", 0, None)  # type: ignore[arg-type]
+        first = list(reader.first())
+        topic += [Written(51 + n, r.model_dump_json().encode()) for n, r in enumerate(records[50:])]
+        again = list(reader.again())
+    finally:
+        loop.close()
+    assert first == again == records[:50]
+    assert len(reader.invalid) == 1 and reader.invalid[0].startswith("leadflow.history/0@0: ")
