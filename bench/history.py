@@ -3,16 +3,22 @@ whole process, with its own peak RSS (issue 13: a year of history is ~50M record
 
 Starts a local broker, writes the history a replay of the synthetic stream records (as a
 worker would, keyed by person, over --partitions), then runs `leadflow replay --broker … >
-/dev/null` (`--command verify`: `leadflow verify --broker …`) for --rounds, and with
---reference another build's CLI in the same rounds (main before a change), with --jobs N the
-command on N processes too (`verify` only: the partitions split among them), and prints the
-best of each: wall, CPU, records/s, peak RSS, and the ratio to the reference and of --jobs N
-to the plain command. Peak RSS per history record tells whether the command holds the topic
-in memory.
+/dev/null` (`--command verify`: `leadflow verify --broker …`; `funnel` and `simulate` too)
+for --rounds, and with --reference another build's CLI in the same rounds (main before a
+change), with --jobs N the command on N processes too (`verify` only: the partitions split
+among them), and prints the best of each: wall, CPU, records/s, peak RSS, and the ratio to
+the reference and of --jobs N to the plain command. Peak RSS per history record tells
+whether the command holds the topic in memory. `--share 0` runs the command as one share of
+a run (`--partitions 0 --partial-out FILE`, the partial hashed with stdout): whether a share
+holds its partition in memory.
 
     python bench/history.py [--events 300000] [--persons 30000] [--partitions 4]
         [--rounds 2] [--reference CMD] [--broker-kind kafka|tansu] [--command replay|verify]
-        [--jobs N]
+        [--jobs N] [--command funnel|simulate --share 0 --partitions 2]
+
+A reference from another tree (`git archive main | tar -x -C SRC`): `--reference "env
+PYTHONPATH=SRC .venv/bin/python -P -m streams.cli"` (without `-P`, `-m` imports the tree of
+the working directory first, and the reference is this build).
 """
 
 from __future__ import annotations
@@ -72,8 +78,17 @@ async def fill(bootstrap: str, names: TopicNames, partitions: int, records: list
         await producer.stop()
 
 
-def timed(command: list[str]) -> dict:
-    """One run, its stdout into a file (hashed, then removed)."""
+#: What each command is run with, besides the broker (`--share` adds its options).
+COMMANDS = {
+    "replay": ["replay"],
+    "verify": ["verify"],
+    "funnel": ["funnel", "--preset", "default"],
+    "simulate": ["simulate", "--policy", "default", "--against", "growth"],
+}
+
+
+def timed(command: list[str], partial: Path | None = None) -> dict:
+    """One run, its stdout into a file (hashed with the partial it writes, then removed)."""
     out = OUT / "history-stdout.jsonl"
     started = time.perf_counter()
     with out.open("wb") as handle:
@@ -81,8 +96,12 @@ def timed(command: list[str]) -> dict:
     seconds = time.perf_counter() - started
     if code:
         raise SystemExit(f"{shlex.join(command)} failed with exit code {code}")
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    hashed = hashlib.sha256(out.read_bytes())
     out.unlink()
+    if partial is not None:
+        hashed.update(partial.read_bytes())
+        partial.unlink()
+    digest = hashed.hexdigest()
     return {"seconds": seconds, "cpu": cpu, "rss_mb": rss / 1024, "sha256": digest}
 
 
@@ -94,7 +113,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--reference", help="another build's leadflow command, same rounds")
     parser.add_argument("--broker-kind", choices=("kafka", "tansu"), default="kafka")
-    parser.add_argument("--command", choices=("replay", "verify"), default="replay")
+    parser.add_argument("--command", choices=tuple(COMMANDS), default="replay")
+    parser.add_argument("--share", help="run as this share: --partitions SHARE --partial-out")
     parser.add_argument("--jobs", type=int, default=0, help="also the command on N processes")
     args = parser.parse_args()
 
@@ -120,14 +140,21 @@ def main() -> int:
         for n in range(1, args.rounds + 1):
             line = []
             for name, (program, extra) in programs.items():
-                command = [*program, args.command, "--broker", broker.url, "--topic-prefix"]
-                command += [prefix, *extra]
-                result = timed(command)
+                command = [*program, *COMMANDS[args.command], "--broker", broker.url]
+                command += ["--topic-prefix", prefix, *extra]
+                partial = None
+                if args.share is not None:
+                    partial = OUT / "history-partial.json"
+                    command += ["--partitions", args.share, "--partial-out", str(partial)]
+                result = timed(command, partial)
                 if name not in best or result["seconds"] < best[name]["seconds"]:
                     best[name] = result
                 line.append(f"{name} {result['seconds']:.2f} s, {result['rss_mb']:.0f} MB")
             print(f"round {n}: " + "; ".join(line), flush=True)
-    print(f"best of {args.rounds} rounds, {len(records):,} history records, {args.command}:")
+    shared = "" if args.share is None else f" --partitions {args.share}"
+    print(
+        f"best of {args.rounds} rounds, {len(records):,} history records, {args.command}{shared}:"
+    )
     for name, r in best.items():
         per = r["rss_mb"] * 1024 * 1024 / len(records)
         print(

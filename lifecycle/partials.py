@@ -27,7 +27,7 @@ cannot be combined, with one line naming the file.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -336,27 +336,81 @@ def recorded_of(records: Iterable[Any]) -> Recorded:
     }
 
 
+def events_recorded(records: Iterable[Any], recorded: Recorded) -> Iterator[Event]:
+    """The records' events, one at a time, with `recorded` holding the outcomes of the record
+    whose event came last (if it kept any), for a `Replayer` given `recorded` to apply it.
+
+    As recorded (`follow=False`) an event is decided only when its own record is read, so
+    this is `recorded_of` of all the records, one record's entry at a time: a share holds
+    the outcomes of one record, not of its partition (a sealed history keeps outcomes on
+    most records that move someone)."""
+    for record in records:
+        _outcomes_of(record, recorded)
+        yield record.event
+    recorded.clear()
+
+
+def _outcomes_of(record: Any, recorded: Recorded) -> None:
+    """`recorded` = `recorded_of([record])`, in place."""
+    recorded.clear()
+    if getattr(record, "outcomes", None):
+        recorded[(record.person_id, record.event.event_id)] = (
+            record.policy_version,
+            record.outcomes,
+        )
+
+
+#: The events of a partition again, from its start: a second read of it (the CLI reads the
+#: partition from Kafka again), so a piece holds no event for the persons a merge touched.
+Reread = Callable[[], Iterable[Event]]
+
+
+def _rereadable(events: Iterable[Event], reread: Reread | None) -> tuple[Iterable[Event], Reread]:
+    """`events` and a way to read them again: `reread`, or without it the events kept."""
+    if reread is not None:
+        return events, reread
+    kept = events if isinstance(events, Sequence) else list(events)
+    return kept, lambda: kept
+
+
 def funnel_facts(
     view: Funnel,
-    events: Sequence[Event],
+    events: Iterable[Event],
     policy: Policy,
     merging: set[str],
     recorded: Recorded | None = None,
 ) -> dict[str, Any]:
     """One partition's funnel piece: the facts of the persons no merge touched, and the
-    funnel inputs of those in `merging` (decided again: decisions are per person)."""
-    ops: list[dict[str, Any]] = []
-    if merging:
-        replayer = Replayer(policy, follow=False, recorded=recorded)
-        for event in events:
-            if event.person_id in merging:
-                decision = replayer.apply(event)
-                if not decision.duplicate:
-                    ops.append(_op(decision))
+    funnel inputs of those in `merging` (decided again: decisions are per person). `events`
+    are read only if `merging` names someone."""
+    (ops,) = _merged_ops(events, [(policy, merging)], recorded) if merging else ([],)
+    return _facts_of(view, merging, ops)
+
+
+def _facts_of(view: Funnel, merging: set[str], ops: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "persons": {pid: _person_facts(p) for pid, p in view.persons.items() if pid not in merging},
         "ops": ops,
     }
+
+
+def _merged_ops(
+    events: Iterable[Event],
+    runs: Sequence[tuple[Policy, set[str]]],
+    recorded: Recorded | None,
+) -> list[list[dict[str, Any]]]:
+    """For each (policy, persons) the ops of those persons' decisions under the policy, in
+    one pass over `events`: as recorded a person's decisions depend on their events only."""
+    replayers = [
+        (Replayer(policy, follow=False, recorded=recorded), merging, []) for policy, merging in runs
+    ]
+    for event in events:
+        for replayer, merging, ops in replayers:
+            if event.person_id in merging:
+                decision = replayer.apply(event)
+                if not decision.duplicate:
+                    ops.append(_op(decision))
+    return [ops for _, _, ops in replayers]
 
 
 def combine_funnels(facts: Iterable[dict[str, Any]]) -> Funnel:
@@ -405,10 +459,17 @@ def _merging(decisions: Iterable[Decision], into: set[str]) -> Iterator[Decision
 
 
 def funnel_piece(
-    events: Iterable[Event], policy: Policy, recorded: Recorded | None = None
+    events: Iterable[Event],
+    policy: Policy,
+    recorded: Recorded | None = None,
+    reread: Reread | None = None,
 ) -> dict[str, Any]:
-    """One partition's funnel under `policy`, from its history's events as recorded."""
-    events = list(events)  # read twice: once for all, again for the persons a merge touched
+    """One partition's funnel under `policy`, from its history's events as recorded.
+
+    The events are read once, and again (`reread`) only for the persons a merge touched, if
+    any: memory for the partition's persons, not its events. Without `reread` the events are
+    kept for that second read."""
+    events, reread = _rereadable(events, reread)
     view = Funnel()
     conflicts: list[list[str]] = []
     merging: set[str] = set()
@@ -416,7 +477,7 @@ def funnel_piece(
         replayer = Replayer(policy, follow=False, recorded=recorded)
         for decision in _merging(_conflicts(map(replayer.apply, events), conflicts), merging):
             view.add_decision(decision)
-        facts = funnel_facts(view, events, policy, merging, recorded)
+        facts = funnel_facts(view, reread() if merging else (), policy, merging, recorded)
     return {"funnel": facts, "conflicts": conflicts}
 
 
@@ -441,21 +502,26 @@ def simulate_piece(
     policy_a: Policy,
     policy_b: Policy,
     recorded: Recorded | None = None,
+    reread: Reread | None = None,
 ) -> dict[str, Any]:
-    """One partition's what-if, from its history's events as recorded."""
-    events = list(events)  # read again for the persons a merge touched (`funnel_facts`)
+    """One partition's what-if, from its history's events as recorded; `reread` as for
+    `funnel_piece` (one second read serves both policies)."""
+    events, reread = _rereadable(events, reread)
     view_a, view_b = _MergeAware(), _MergeAware()
     with bulk_gc():
         result = simulate(
             events, policy_a, policy_b, recorded, follow=False, funnels=(view_a, view_b)
         )
-        facts_a = funnel_facts(view_a, events, policy_a, view_a.merging, recorded)
-        facts_b = funnel_facts(view_b, events, policy_b, view_b.merging, recorded)
+        merging = [(policy_a, view_a.merging), (policy_b, view_b.merging)]
+        if view_a.merging or view_b.merging:
+            ops_a, ops_b = _merged_ops(reread(), merging, recorded)
+        else:
+            ops_a, ops_b = [], []
     return {
         "events": result.events,
         "conflicts": result.conflicts,
-        "funnel_a": facts_a,
-        "funnel_b": facts_b,
+        "funnel_a": _facts_of(view_a, view_a.merging, ops_a),
+        "funnel_b": _facts_of(view_b, view_b.merging, ops_b),
         "differing": [
             [o.person_id, o.stage_a, o.stage_b, o.highest_a, o.highest_b] for o in result.differing
         ],
@@ -491,16 +557,21 @@ def _by_person(outcome: Outcome) -> str:
 # combining feeds them to `lifecycle.cohorts` in causal order.
 
 
-def cohort_piece(records: Sequence[Any], policy: Policy) -> dict[str, Any]:
-    """One partition's stage changes as reported (its history) and restated (`policy`)."""
+def cohort_piece(records: Iterable[Any], policy: Policy) -> dict[str, Any]:
+    """One partition's stage changes as reported (its history) and restated (`policy`), in
+    one pass over its records: the piece holds every change, not the records."""
+    reported: list[dict[str, Any]] = []
     restated: list[dict[str, Any]] = []
+    recorded: Recorded = {}
     with bulk_gc():
-        replayer = Replayer(policy, follow=False, recorded=recorded_of(records))
+        replayer = Replayer(policy, follow=False, recorded=recorded)
         for record in records:
+            reported.append(_op(record))
+            _outcomes_of(record, recorded)  # as `events_recorded`
             decision = replayer.apply(record.event)
             if not decision.duplicate:
                 restated.append(_op(decision))
-    return {"reported": [_op(r) for r in records], "restated": restated}
+    return {"reported": reported, "restated": restated}
 
 
 def combine_cohorts(pieces: Sequence[dict[str, Any]], period: str, by: str | None) -> Any:

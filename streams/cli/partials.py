@@ -21,7 +21,8 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,15 +41,16 @@ from lifecycle.partials import (
     combine_funnels,
     combine_simulations,
     combine_verifications,
+    events_recorded,
     funnel_piece,
     pieces_in_order,
-    recorded_of,
     replay_rows,
     simulate_piece,
     spans,
     verify_piece,
 )
 from lifecycle.policy import Policy
+from lifecycle.replay import Recorded
 from streams.cli.common import err, fail, out
 
 PartitionsOpt = Annotated[
@@ -87,7 +89,11 @@ def parse_partitions(text: str) -> list[int]:
 
 # --- reading a share ---------------------------------------------------------------------------
 
-Compute = Callable[[list[HistoryRecord]], dict[str, Any]]
+#: A partition's history records, streamed, and a way to read them again from its start.
+Records = Iterable[HistoryRecord]
+Compute = Callable[[Records, Callable[[], Records]], dict[str, Any]]
+#: Records parsed per step of the event loop (`streams.tools.export.HISTORY_BATCH`).
+READ_BATCH = 2_000
 
 
 def _share(
@@ -108,16 +114,28 @@ def _share(
     except ValueError as error:
         raise fail(str(error)) from None
     settings = Settings(broker=broker, topic_prefix=prefix)
-    return asyncio.run(checked(settings, _read_share(settings, wanted, compute)))
+    loop = asyncio.new_event_loop()
+    try:
+        topic, present, chosen, key_of = loop.run_until_complete(
+            checked(settings, _open_share(settings, wanted))
+        )
+        pieces: dict[int, dict[str, Any]] = {}
+        for partition in chosen:  # one partition at a time, streamed
+            reader = _PartitionReader(loop, settings, topic, partition, key_of)
+            pieces[partition] = {**compute(reader.first(), reader.again), "invalid": reader.invalid}
+        return topic, len(present), pieces
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
-async def _read_share(
-    settings: Any, wanted: list[int] | None, compute: Compute
-) -> tuple[str, int, dict[int, dict[str, Any]]]:
+async def _open_share(
+    settings: Any, wanted: list[int] | None
+) -> tuple[str, list[int], list[int], Callable[[str], Any]]:
+    """(topic, its partitions, those chosen, the opener of sealed fields), or one line."""
     from streams.kafka.keys import opener_of
-    from streams.kafka.readers import iter_to_end
     from streams.kafka.topics import TopicNotFound
-    from streams.tools.export import parse_history, topic_partitions, where
+    from streams.tools.export import topic_partitions
 
     topic = settings.topics.history
     try:
@@ -132,24 +150,75 @@ async def _read_share(
         )
     # Sealed personal fields open with the keys topic and the environment's master key, as
     # for a whole-history run (`streams.tools.export.read_history_topic`); erased persons' stay
-    # sealed and their decisions follow the outcomes history recorded (`recorded_of`).
-    key_of = await opener_of(settings, _warn)
-    pieces: dict[int, dict[str, Any]] = {}
-    for partition in chosen:  # one partition in memory at a time
-        records: list[HistoryRecord] = []
-        invalid: list[str] = []
-        async for record in iter_to_end(
-            settings.bootstrap,
-            topic,
-            partitions=[partition],
-            client_options=settings.aiokafka_kwargs(),
-        ):
-            try:
-                records.append(parse_history(record, key_of))
-            except ValueError as error:  # reported with the result (`render`, `_finish`)
-                invalid.append(f"{where(record)}: {error}")
-        pieces[partition] = {**compute(records), "invalid": invalid}
-    return topic, len(present), pieces
+    # sealed and their decisions follow the outcomes history recorded (`events_recorded`).
+    return topic, present, chosen, await opener_of(settings, _warn)
+
+
+class _PartitionReader:
+    """One partition of the history topic as parsed records, a batch in memory at a time
+    (the event loop runs while the caller waits for the next batch), and read again from
+    its start on demand (`again`, for the persons a merge touched) up to where the first
+    read ended: records written since then are not part of the share. Invalid records are
+    collected from the first read as `topic/partition@offset: reason`."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settings: Any,
+        topic: str,
+        partition: int,
+        key_of: Callable[[str], Any],
+    ) -> None:
+        self.loop, self.settings, self.topic = loop, settings, topic
+        self.partition, self.key_of = partition, key_of
+        self.invalid: list[str] = []
+        self.last: int | None = None  # the offset of the last record the first read gave
+
+    def first(self) -> Iterator[HistoryRecord]:
+        return self._records(first=True)
+
+    def again(self) -> Iterator[HistoryRecord]:
+        return self._records(first=False)
+
+    def _records(self, *, first: bool) -> Iterator[HistoryRecord]:
+        batches = self._batches(first)
+        try:
+            while (batch := self.loop.run_until_complete(anext(batches, None))) is not None:
+                yield from batch
+        finally:
+            if not self.loop.is_closed():  # else the share failed, and the loop with it
+                self.loop.run_until_complete(batches.aclose())
+
+    async def _batches(self, first: bool) -> AsyncIterator[list[HistoryRecord]]:
+        from streams.kafka.readers import iter_to_end
+        from streams.tools.export import parse_history, where
+
+        if not first and self.last is None:
+            return  # the first read found nothing
+        batch: list[HistoryRecord] = []
+        records = iter_to_end(
+            self.settings.bootstrap,
+            self.topic,
+            partitions=[self.partition],
+            client_options=self.settings.aiokafka_kwargs(),
+        )
+        async with aclosing(records):
+            async for record in records:
+                if first:
+                    self.last = record.offset
+                elif record.offset > self.last:  # type: ignore[operator]
+                    break
+                try:
+                    batch.append(parse_history(record, self.key_of))
+                except ValueError as error:  # reported with the result (`render`, `_finish`)
+                    if first:
+                        self.invalid.append(f"{where(record)}: {error}")
+                    continue
+                if len(batch) >= READ_BATCH:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
 
 
 def _warn(text: str) -> None:
@@ -212,8 +281,14 @@ def _check_by(by: str | None) -> None:
 def funnel_share(share: Share, policy: Policy, options: dict[str, Any]) -> None:
     _check_by(options["by"])
 
-    def compute(records: list[HistoryRecord]) -> dict[str, Any]:
-        return funnel_piece((r.event for r in records), policy, recorded_of(records))
+    def compute(records: Records, again: Callable[[], Records]) -> dict[str, Any]:
+        recorded: Recorded = {}
+        return funnel_piece(
+            events_recorded(records, recorded),
+            policy,
+            recorded,
+            lambda: events_recorded(again(), recorded),
+        )
 
     share.run("funnel", [policy], options, compute)
 
@@ -225,7 +300,7 @@ def cohort_share(share: Share, policy: Policy, period: str, options: dict[str, A
         raise fail(f"--cohort is {' or '.join(PERIODS)}")
     _check_by(options["by"])
 
-    def compute(records: list[HistoryRecord]) -> dict[str, Any]:
+    def compute(records: Records, again: Callable[[], Records]) -> dict[str, Any]:
         return cohort_piece(records, policy)
 
     share.run("funnel-cohort", [policy], {**options, "cohort": period}, compute)
@@ -234,14 +309,21 @@ def cohort_share(share: Share, policy: Policy, period: str, options: dict[str, A
 def simulate_share(
     share: Share, policy_a: Policy, policy_b: Policy, options: dict[str, Any]
 ) -> None:
-    def compute(records: list[HistoryRecord]) -> dict[str, Any]:
-        return simulate_piece((r.event for r in records), policy_a, policy_b, recorded_of(records))
+    def compute(records: Records, again: Callable[[], Records]) -> dict[str, Any]:
+        recorded: Recorded = {}
+        return simulate_piece(
+            events_recorded(records, recorded),
+            policy_a,
+            policy_b,
+            recorded,
+            lambda: events_recorded(again(), recorded),
+        )
 
     share.run("simulate", [policy_a, policy_b], options, compute)
 
 
 def verify_share(share: Share, known: dict[str, Policy]) -> None:
-    def compute(records: list[HistoryRecord]) -> dict[str, Any]:
+    def compute(records: Records, again: Callable[[], Records]) -> dict[str, Any]:
         return verify_piece(records, known)
 
     share.run("verify", [known[v] for v in sorted(known)], {}, compute)
@@ -250,16 +332,17 @@ def verify_share(share: Share, known: dict[str, Policy]) -> None:
 def replay_share(
     share: Share, policy: Policy, cutoff: datetime | None, options: dict[str, Any]
 ) -> None:
-    def compute(records: list[HistoryRecord]) -> dict[str, Any]:
+    def compute(records: Records, again: Callable[[], Records]) -> dict[str, Any]:
         conflicts: list[list[str]] = []
+        recorded: Recorded = {}
         rows = replay_rows(
-            (r.event for r in records),
+            events_recorded(records, recorded),
             policy,
             person=options["person"],
             cutoff=cutoff,
             state=options["state"],
             conflicts=conflicts,
-            recorded=recorded_of(records),
+            recorded=recorded,
         )
         return {"lines": [orjson.dumps(row).decode() for row in rows], "conflicts": conflicts}
 
