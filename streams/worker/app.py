@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
 from faust.types import TP
 
 from lifecycle.policy import Policy
-from streams.internals import BatchingApp, BatchingConsumer
+from streams.internals import BatchingApp, BatchingConsumer, TailTableManager
 from streams.kafka import topics
 from streams.kafka.client_internals import forbid_auto_creation
 from streams.kafka.keys import KeyRing
@@ -36,6 +36,7 @@ from streams.worker.batcher import Batcher
 from streams.worker.dedup_store import DedupStore
 from streams.worker.drain import Feed
 from streams.worker.outputs import Outputs
+from streams.worker.restore import changelog_tails
 from streams.worker.sweeper import sweep
 from streams.worker.watch import TOPICS_CHECK_INTERVAL, TopicsWatch
 
@@ -95,6 +96,8 @@ class LeadflowApp(BatchingApp):
     feed: Feed
     #: the producer is idempotent outside transactions too (`internals.IdempotentProducer`)
     idempotent_producer: bool = False
+    #: where each changelog partition's last record is (`internals.TailRecovery`)
+    changelog_tails: Callable[[Mapping[TP, int]], Awaitable[dict[TP, int]]]
 
 
 def faust_options(settings: Settings) -> dict[str, Any]:
@@ -115,6 +118,8 @@ def faust_options(settings: Settings) -> dict[str, Any]:
         # The table is checked against history after every assignment (streams.worker.recovery);
         # brokers that misreport end offsets (Tansu) must not crash the restore instead.
         "recovery_consistency_check": False,
+        # With --exactly-once the restore ends at the changelog's last record, not its marker.
+        "TableManager": TailTableManager,
         "processing_guarantee": "exactly_once" if settings.exactly_once else "at_least_once",
         # In a transaction the agent commits each batch with its outputs (Batcher): Faust's
         # timed and counted commits would commit outputs of a batch still in flight.
@@ -168,6 +173,7 @@ def make_app(
     names = settings.topics
     app = LeadflowApp(app_id(settings), **faust_options(settings))
     app.settings, app.policy, app.names = settings, policy, names
+    app.changelog_tails = functools.partial(changelog_tails, settings)
     app.idempotent_producer = idempotent_producer
     app.events_topic = app.topic(names.events, partitions=settings.partitions, **RAW)
     app.persons = app.Table(

@@ -25,12 +25,15 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from faust.types import TP
 
 from lifecycle.policy import load_preset
 from streams.kafka.publish import encode_event
 from streams.kafka.readers import iter_to_end, partitions_of, read_to_end
 from streams.kafka.topics import TopicNames, ensure_topics, topic_specs
+from streams.worker import restore
 from streams.worker.app import changelog_spec
+from streams.worker.restore import changelog_tails
 from streams.worker.run import policy_record
 from tests.faults.harness import (
     Publisher,
@@ -227,6 +230,50 @@ async def test_exactly_once_rebalances_apply_nothing_twice_when_first_positions_
     assert outcome.problems == []
     assert outcome.history == outcome.valid_ids == len(records) + outcome.ticks
     assert outcome.duplicates == 0, "\n".join(outcome.repeated)
+    # Each restore of the table's changelog ended at its partitions' last records
+    # (`streams.internals.TailRecovery`), not after Faust's 10 s wait for a marker.
+    assert not any("Aborted tx until highwater" in log for log in logs)
+
+
+async def test_a_transactional_changelog_is_restored_to_its_last_record_not_its_marker(
+    broker, make_topics, monkeypatch
+):
+    """What `streams.internals.TailRecovery` relies on: Faust's restore reads a partition to
+    its last stable offset - 1, a transaction marker a `read_committed` consumer never
+    receives (it waited 10 s for it at every assignment), and `changelog_tails` finds the
+    last record there is at or before that offset; an aborted transaction's records do not
+    count, and where none is within `TAIL` offsets Faust's end stays."""
+    names = await make_topics(partitions=2)
+    topic = names.history  # two partitions, written here as a changelog is
+    p0, p1 = TP(topic, 0), TP(topic, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id=topic)
+    await producer.start()
+    try:
+        async with producer.transaction():  # p0: 0-2, marker 3; p1: 0-1, marker 2
+            for partition, count in ((0, 3), (1, 2)):
+                for _ in range(count):
+                    await producer.send_and_wait(topic, b"x", partition=partition)
+        async with producer.transaction():  # p1: 3-4, marker 5
+            for _ in range(2):
+                await producer.send_and_wait(topic, b"x", partition=1)
+        await producer.begin_transaction()  # p0: 4-5 aborted, marker 6
+        for _ in range(2):
+            await producer.send_and_wait(topic, b"x", partition=0)
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+    reader = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, isolation_level="read_committed")
+    await reader.start()
+    try:
+        stable = await reader.end_offsets([p0, p1])
+    finally:
+        await reader.stop()
+    ends = {p0: stable[p0] - 1, p1: stable[p1] - 1}  # what Faust reads to
+    assert ends == {p0: 6, p1: 5}
+    settings = settings_for(broker.url, names)
+    assert await changelog_tails(settings, ends) == {p0: 2, p1: 4}
+    monkeypatch.setattr(restore, "TAIL", 2)  # p0's last two offsets: aborted, marker
+    assert await changelog_tails(settings, ends) == {p1: 4}
 
 
 async def test_a_new_producer_of_a_transactional_id_reads_what_its_last_commit_wrote(

@@ -29,6 +29,7 @@ import faust.app.base
 import faust.stores.rocksdb
 import faust.streams
 import faust.tables.base
+import faust.tables.manager
 import faust.tables.recovery
 import faust.tables.table
 import faust.transport.consumer
@@ -58,6 +59,25 @@ class Mirrored:
 
 
 MIRRORED = [
+    Mirrored(
+        "TailRecovery._build_highwaters wraps it (the restore's end: last stable offset - 1)",
+        faust.tables.recovery.Recovery._build_highwaters,
+        "(self, consumer: faust.types.transports.ConsumerT, tps: Set[faust.types.tuples.TP], "
+        "destination: Counter[faust.types.tuples.TP], title: str) -> None",
+        "91b4cc0d3724ae7b",
+    ),
+    Mirrored(
+        "TailRecovery ends what it waits for (two 5 s empty polls, then `detect_aborted_tx`)",
+        faust.tables.recovery.Recovery._slurp_changelogs.fun,
+        "(self) -> None",
+        "7825c7e50f766d5a",
+    ),
+    Mirrored(
+        "TailTableManager.recovery overrides it (makes the Recovery service once)",
+        faust.tables.manager.TableManager.recovery.fget,
+        "(self) -> faust.tables.recovery.Recovery",
+        "f0bf5de78b4c3d23",
+    ),
     Mirrored(
         "BatchingConsumer._drain_messages forks it",
         faust.transport.consumer.Consumer._drain_messages,
