@@ -47,7 +47,15 @@ from lifecycle.merge import MERGED
 from lifecycle.policy import Policy
 from lifecycle.replay import HashedIds, Recorded, Replayer, bulk_gc
 from lifecycle.simulate import Outcome, Simulation, fold_both
-from streams.tools.files import BadLine, ReadStats, plain_chunk, read_events
+from streams.tools.files import (
+    BadLine,
+    ReadStats,
+    has_sequence,
+    history_start,
+    line_starts,
+    plain_chunk,
+    read_events,
+)
 from streams.tools.repeats import DERIVED, Repeats, id_of, lenient_json
 
 #: Files at least this large are sharded by default (`--jobs 0`); below, forking costs more
@@ -151,10 +159,7 @@ def plain_keys(lines: list[bytes]) -> list[tuple[str | None, Any]] | None:
 
 def _plain(lines: list[bytes]) -> bool:
     """No line is a history record or starts `{"person_id"` (`person_of` parses those whole)."""
-    block = b"".join(lines)
-    return not (
-        block.startswith(b'{"person_id"') or b'\n{"person_id"' in block or b'"sequence"' in block
-    )
+    return not (history_start(line_starts(lines)) or has_sequence(b"".join(lines)))
 
 
 class _Keys(msgspec.Struct):
