@@ -173,7 +173,7 @@ _keys = msgspec.json.Decoder(_Keys).decode
 _person_id, _event_id = attrgetter("person_id"), attrgetter("event_id")
 
 
-def usual_owners(lines: list[bytes], groups: Groups, jobs: int) -> tuple[bytes, array[int]] | None:
+def usual_owners(lines: list[bytes], groups: Groups, jobs: int) -> tuple[bytes, list[int]] | None:
     """`scan_range`'s owner bytes and id hashes of a block of lines that all have a string
     person and a string event id (and none is a history record, `_plain`), else None: the
     same decode as `plain_keys`'s with stricter types, each step over the whole block in C
@@ -190,7 +190,7 @@ def usual_owners(lines: list[bytes], groups: Groups, jobs: int) -> tuple[bytes, 
         root = groups.root
         persons = [root(p) if p in parent else p for p in persons]
     owners = bytes(map(jobs.__rmod__, map(hash, persons)))  # hash(p) % jobs
-    return owners, array("q", map(hash, map(_event_id, keys)))
+    return owners, list(map(hash, map(_event_id, keys)))
 
 
 class Groups:
@@ -323,7 +323,7 @@ def ranges(path: Path, jobs: int) -> list[tuple[int, int]]:
 
 def scan_range(
     path: Path, groups: Groups, jobs: int, start: int, end: int
-) -> Iterator[tuple[list[bytes], bytes, array[int]]]:
+) -> Iterator[tuple[list[bytes], bytes, list[int]]]:
     """The lines of `path[start:end]` (whole lines), a block at a time, with the owner byte
     and event id hash of each: the owner is `groups.shard(person_of(line), jobs)`, the id
     `id_of`'s."""
@@ -359,7 +359,7 @@ def scan_range(
                         for s, i in zip(shards, ids, strict=True)
                     ]
                 ),
-                array("q", [hash(i) if type(i) is str else 0 for i in ids]),
+                [hash(i) if type(i) is str else 0 for i in ids],
             )
 
 
