@@ -47,7 +47,15 @@ from lifecycle.merge import MERGED
 from lifecycle.policy import Policy
 from lifecycle.replay import HashedIds, Recorded, Replayer, bulk_gc
 from lifecycle.simulate import Outcome, Simulation, fold_both
-from streams.tools.files import BadLine, ReadStats, plain_chunk, read_events
+from streams.tools.files import (
+    BadLine,
+    ReadStats,
+    has_sequence,
+    history_start,
+    line_starts,
+    plain_chunk,
+    read_events,
+)
 from streams.tools.repeats import DERIVED, Repeats, id_of, lenient_json
 
 #: Files at least this large are sharded by default (`--jobs 0`); below, forking costs more
@@ -151,10 +159,7 @@ def plain_keys(lines: list[bytes]) -> list[tuple[str | None, Any]] | None:
 
 def _plain(lines: list[bytes]) -> bool:
     """No line is a history record or starts `{"person_id"` (`person_of` parses those whole)."""
-    block = b"".join(lines)
-    return not (
-        block.startswith(b'{"person_id"') or b'\n{"person_id"' in block or b'"sequence"' in block
-    )
+    return not (history_start(line_starts(lines)) or has_sequence(b"".join(lines)))
 
 
 class _Keys(msgspec.Struct):
@@ -168,7 +173,7 @@ _keys = msgspec.json.Decoder(_Keys).decode
 _person_id, _event_id = attrgetter("person_id"), attrgetter("event_id")
 
 
-def usual_owners(lines: list[bytes], groups: Groups, jobs: int) -> tuple[bytes, array[int]] | None:
+def usual_owners(lines: list[bytes], groups: Groups, jobs: int) -> tuple[bytes, list[int]] | None:
     """`scan_range`'s owner bytes and id hashes of a block of lines that all have a string
     person and a string event id (and none is a history record, `_plain`), else None: the
     same decode as `plain_keys`'s with stricter types, each step over the whole block in C
@@ -185,7 +190,7 @@ def usual_owners(lines: list[bytes], groups: Groups, jobs: int) -> tuple[bytes, 
         root = groups.root
         persons = [root(p) if p in parent else p for p in persons]
     owners = bytes(map(jobs.__rmod__, map(hash, persons)))  # hash(p) % jobs
-    return owners, array("q", map(hash, map(_event_id, keys)))
+    return owners, list(map(hash, map(_event_id, keys)))
 
 
 class Groups:
@@ -318,7 +323,7 @@ def ranges(path: Path, jobs: int) -> list[tuple[int, int]]:
 
 def scan_range(
     path: Path, groups: Groups, jobs: int, start: int, end: int
-) -> Iterator[tuple[list[bytes], bytes, array[int]]]:
+) -> Iterator[tuple[list[bytes], bytes, list[int]]]:
     """The lines of `path[start:end]` (whole lines), a block at a time, with the owner byte
     and event id hash of each: the owner is `groups.shard(person_of(line), jobs)`, the id
     `id_of`'s."""
@@ -354,7 +359,7 @@ def scan_range(
                         for s, i in zip(shards, ids, strict=True)
                     ]
                 ),
-                array("q", [hash(i) if type(i) is str else 0 for i in ids]),
+                [hash(i) if type(i) is str else 0 for i in ids],
             )
 
 

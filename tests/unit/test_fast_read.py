@@ -204,3 +204,29 @@ def test_decide_builds_its_decision_in_the_field_order_it_passes():
         "erased", "duplicate", "last_touch_source", "touches", "conflict", "outcomes",
         "first_touch_at",
     ]  # fmt: skip
+
+
+#: Pieces of JSONL lines that the whole-chunk checks look for, and what they are made of.
+_PIECES = st.sampled_from(
+    [b'"sequence"', b"q", b"sequence", b'"seq', b"uence", b'{"person_id"', b"{", b"\n", b'"', b"x"]
+)
+
+
+@PROPERTY
+@given(st.lists(_PIECES, max_size=200), st.integers(0, 80))
+@example([b"q"] * 70 + [b'"sequence"'], 0)  # past the q's looked at one by one
+def test_has_sequence_is_the_word_search(pieces: list[bytes], qs: int):
+    joined = b"q" * qs + b"".join(pieces)
+    assert files.has_sequence(joined) is (b'"sequence"' in joined)
+
+
+@PROPERTY
+@given(st.lists(st.lists(_PIECES, max_size=6).map(b"".join), max_size=8))
+def test_line_starts_check_what_each_line_starts_with(lines: list[bytes]):
+    """As the chunk's lines are read (each ends at its only newline)."""
+    chunk = b"".join(lines).splitlines(keepends=True)
+    starts = files.line_starts(chunk)
+    joined = b"".join(chunk)
+    history = joined.startswith(b'{"person_id"') or b'\n{"person_id"' in joined
+    assert files.history_start(starts) is history
+    assert all(start[:1] == b"{" for start in starts) is all(c.startswith(b"{") for c in chunk)
