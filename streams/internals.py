@@ -421,10 +421,12 @@ class TailRecovery(faust_recovery.Recovery):
     consumer never receives, so the restore waits for its changelog queue to stay empty
     twice 5 s (`_slurp_changelogs`: `detect_aborted_tx`) before it takes the position for
     done: every assignment of a partition with a changelog held the worker 10 s (measured:
-    10.1-10.2 s from "Resuming flow" to "Done reading" at each rebalance). The app's
-    `changelog_tails` (`streams.worker.restore`) reads where the last record of each
-    partition is, and the restore ends when that record is applied; where it finds none,
-    Faust's own end stays.
+    10.1-11.2 s from "Resuming flow" to "Done reading" at each rebalance). And it takes that
+    offset from its consumer's last fetch: a partition not fetched yet (all of them, for a
+    worker just started) got -1, no restore, and recovery rebuilt its persons from history.
+    The app's `changelog_tails` (`streams.worker.restore`) reads where the last record of
+    each partition is, and the restore ends when that record is applied; where it finds
+    none, Faust's own end stays.
     """
 
     async def _build_highwaters(
@@ -432,19 +434,19 @@ class TailRecovery(faust_recovery.Recovery):
     ) -> None:
         await super()._build_highwaters(consumer, tps, destination, title)
         tails = getattr(self.app, "changelog_tails", None)
-        ends = {tp: end for tp, end in destination.items() if tp in tps and end >= 0}
+        ends = {tp: destination[tp] for tp in tps}
         if not (self.app.in_transaction and tails and ends):
             return
         last = await tails(ends)
-        lowered = {tp: at for tp, at in last.items() if at < ends[tp]}
-        if lowered:
-            for tp, at in lowered.items():  # a `Counter`: `update` would add
+        moved = {tp: at for tp, at in last.items() if at != ends[tp]}
+        if moved:
+            for tp, at in moved.items():  # a `Counter`: `update` would add
                 destination[tp] = at
             log.info(
-                "%s changelog partitions end in transaction markers: restoring up to their "
-                "last records %s",
+                "%s changelog partitions: restoring up to their last records, not to a "
+                "transaction marker or (-1) no end known yet: %s",
                 title,
-                {tp.partition: (ends[tp], at) for tp, at in sorted(lowered.items())},
+                {tp.partition: (ends[tp], at) for tp, at in sorted(moved.items())},
             )
 
 

@@ -2,7 +2,10 @@
 
 A transactional changelog partition ends in a commit marker, which no `read_committed`
 consumer receives: Faust's restore, told to read up to the marker, waited 10 s at every
-assignment for it (`streams.internals.TailRecovery`). `changelog_tails` reads the last
+assignment for it (`streams.internals.TailRecovery`). And Faust takes a partition's end from
+its consumer's last fetch, so a partition it has not fetched yet (every one, for a worker
+just started) gets none, and no restore at all: recovery then rebuilt every person of it
+from history. `changelog_tails` asks the broker for the ends it lacks and reads the last
 records of each partition to find the last one a restore can apply.
 """
 
@@ -14,7 +17,9 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from streams.kafka.readers import iter_to_end
+from aiokafka import TopicPartition
+
+from streams.kafka.readers import assigned_reader, iter_to_end
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,16 +32,20 @@ TIMEOUT = 10.0
 
 
 async def changelog_tails(settings: Settings, ends: Mapping[Any, int]) -> dict[Any, int]:
-    """The offset of the last record at or before `ends[tp]` (the offset Faust reads to) of
-    each changelog partition that has one within `TAIL` offsets of it; read_committed, so
-    records of aborted transactions do not count."""
-    by_topic: dict[str, dict[int, int]] = defaultdict(dict)
-    for tp, end in ends.items():
-        by_topic[tp.topic][tp.partition] = end
+    """The offset of the last record at or before `ends[tp]` (the offset Faust reads to; -1:
+    Faust has none, the last stable offset - 1 is asked for) of each changelog partition
+    that has one within `TAIL` offsets of it; read_committed, so records of aborted
+    transactions do not count."""
     key = {(tp.topic, tp.partition): tp for tp in ends}  # Faust's `TP`s
     last: dict[Any, int] = {}
     try:
         async with asyncio.timeout(TIMEOUT):
+            unknown = [tp for tp, end in ends.items() if end < 0]
+            ends = {**ends, **await _stable_ends(settings, unknown)}
+            by_topic: dict[str, dict[int, int]] = defaultdict(dict)
+            for tp, end in ends.items():
+                if end >= 0:
+                    by_topic[tp.topic][tp.partition] = end
             for topic, partitions in by_topic.items():
                 async for record in iter_to_end(
                     settings.bootstrap,
@@ -53,3 +62,17 @@ async def changelog_tails(settings: Settings, ends: Mapping[Any, int]) -> dict[A
         )
         return {}
     return last
+
+
+async def _stable_ends(settings: Settings, tps: list[Any]) -> dict[Any, int]:
+    """The last stable offset - 1 of each of `tps` (-1: empty), from the broker."""
+    if not tps:
+        return {}
+    options = {**settings.aiokafka_kwargs(), "bootstrap_servers": settings.bootstrap}
+    consumer = assigned_reader(options, client_id="leadflow-restore")
+    await consumer.start()
+    try:
+        stable = await consumer.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in tps])
+    finally:
+        await consumer.stop()
+    return {tp: stable[TopicPartition(tp.topic, tp.partition)] - 1 for tp in tps}

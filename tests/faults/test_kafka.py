@@ -231,8 +231,13 @@ async def test_exactly_once_rebalances_apply_nothing_twice_when_first_positions_
     assert outcome.history == outcome.valid_ids == len(records) + outcome.ticks
     assert outcome.duplicates == 0, "\n".join(outcome.repeated)
     # Each restore of the table's changelog ended at its partitions' last records
-    # (`streams.internals.TailRecovery`), not after Faust's 10 s wait for a marker.
+    # (`streams.internals.TailRecovery`), not after Faust's 10 s wait for a marker, and x2,
+    # new, restored its partitions from the changelog (Faust knew no end for them), rather
+    # than rebuild all their persons from history (a few may be, whose last changelog records
+    # went with an aborted transaction).
     assert not any("Aborted tx until highwater" in log for log in logs)
+    restored = re.findall(r"recovery: partitions .*?table consistent for (\d+)", logs[1])
+    assert restored and int(restored[0]) > 0, x2.tail()
 
 
 async def test_a_transactional_changelog_is_restored_to_its_last_record_not_its_marker(
@@ -272,6 +277,11 @@ async def test_a_transactional_changelog_is_restored_to_its_last_record_not_its_
     assert ends == {p0: 6, p1: 5}
     settings = settings_for(broker.url, names)
     assert await changelog_tails(settings, ends) == {p0: 2, p1: 4}
+    # Faust's end of a partition its consumer has not fetched yet is -1 (no restore at all):
+    # the broker is asked for it.
+    assert await changelog_tails(settings, {p0: -1, p1: 5}) == {p0: 2, p1: 4}
+    empty = TP(names.dead_letters, 0)
+    assert await changelog_tails(settings, {empty: -1}) == {}
     monkeypatch.setattr(restore, "TAIL", 2)  # p0's last two offsets: aborted, marker
     assert await changelog_tails(settings, ends) == {p1: 4}
 
