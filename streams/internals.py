@@ -34,7 +34,6 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT
 from faust.types.tuples import Message
-from faust.utils.functional import consecutive_numbers
 
 if TYPE_CHECKING:
     from streams.worker.drain import Feed
@@ -222,10 +221,16 @@ def ahead_of_read(
 
 def forget_acked_gaps(gap: Any, acked: Collection[int]) -> None:
     """Take the `acked` offsets out of a partition's read gaps (`IntervalTree`, ends
-    excluded), a run of consecutive offsets at a time (Faust's `consecutive_numbers`, as
-    `_new_offset` finds its runs)."""
-    for run in consecutive_numbers(sorted(acked)):
-        gap.chop(run[0], run[-1] + 1)
+    excluded), a run of consecutive offsets at a time."""
+    run_start = previous = None
+    for offset in sorted(acked):
+        if previous is None or offset != previous + 1:
+            if run_start is not None:
+                gap.chop(run_start, previous + 1)
+            run_start = offset
+        previous = offset
+    if run_start is not None:
+        gap.chop(run_start, previous + 1)
 
 
 # -- the events topic a fetched batch at a time ----------------------------------------------
